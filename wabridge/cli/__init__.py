@@ -1,0 +1,53 @@
+"""The `wabridge` console script: one parser, one module per command under wabridge/cli/.
+
+Each command module has `register(subparsers)`, which adds its parser and sets `func(args) -> int`.
+Exit codes: 0 success, 1 the work failed, 2 bad usage or configuration (said in one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from wabridge.engine.settings import SettingsError
+
+COMMANDS = ("serve", "migrate", "tenants", "replay", "transform", "sim", "demo", "keygen")
+
+
+class Parser(argparse.ArgumentParser):
+    """Bad usage is one clear line and exit 2, not a usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="wabridge", description="WhatsApp Cloud API -> Genesys Cloud Open Messaging bridge.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"wabridge.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"wabridge.cli.{name}":
+                continue  # command not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SettingsError as exc:
+        print(f"wabridge: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""The four ports between wabridge and its infrastructure, and the records that cross them.
+
+Each port has a production adapter on a real server and an embedded adapter (no server); one contract suite
+(tests/contract/) runs against both. Actors depend on these Protocols only, never on an adapter module.
+
+  Queue    RabbitMQ quorum queues, sharded by tenant    | SQLite (WAL) table with the same semantics
+  Cache    Redis, with a local LRU in front (lru.py)     | an in-process TTL map
+  Store    PostgreSQL (asyncpg)                          | SQLite (WAL)
+  Objects  S3 / MinIO / SeaweedFS (miniopy-async)        | a directory, with HMAC-signed expiring URLs
+
+Error contract: an adapter raises `BackendUnavailable` when its server cannot be reached (the caller decides:
+the ingress answers 503, a worker leaves the message unacked); every other exception is a bug or bad input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol, runtime_checkable
+
+import msgspec
+
+from wabridge.engine.secrets import Secret
+
+
+class BackendUnavailable(ConnectionError):
+    """The server behind a port is down or unreachable; the operation may succeed later."""
+
+    def __init__(self, port: str, detail: str) -> None:
+        super().__init__(f"{port} unavailable: {detail}")
+        self.port = port
+
+
+# --- records --------------------------------------------------------------------------------------------------------
+
+
+class GenesysCredential(msgspec.Struct, frozen=True):
+    """One Genesys OAuth client. Each has its own rate budget, so a tenant may hold several."""
+
+    client_id: str
+    client_secret: Secret
+
+
+class TenantConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything wabridge knows about one tenant. Secrets are `Secret`s: reprs and logs never show them."""
+
+    tenant_id: str
+    phone_number_ids: tuple[str, ...]
+    app_secret: Secret  # Meta app secret: HMAC key of X-Hub-Signature-256
+    verify_token: Secret  # Meta webhook verification handshake
+    whatsapp_token: Secret  # Graph API bearer token (media downloads)
+    genesys_api_url: str  # https://api.<region>
+    genesys_login_url: str  # https://login.<region>
+    genesys_integration_id: str
+    credentials: tuple[GenesysCredential, ...]
+    rate_limit_per_minute: int = 300  # per credential: Genesys's default client-credentials budget
+
+
+class TrackingStatus:
+    RECEIVED = "received"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    DEAD_LETTERED = "dead-lettered"
+    DUPLICATE = "duplicate"
+    UNROUTED = "unrouted"
+    ALL = (RECEIVED, DELIVERED, FAILED, DEAD_LETTERED, DUPLICATE, UNROUTED)
+
+
+class TrackingRecord(msgspec.Struct, kw_only=True):
+    """One row of message_tracking, unique per (tenant_id, wamid). A later write for the same key updates it."""
+
+    wamid: str
+    tenant_id: str
+    status: str  # a TrackingStatus value
+    direction: str = "inbound"
+    type: str = ""  # Meta message type (text, image, …)
+    conversation_id: str | None = None
+    genesys_message_id: str | None = None
+    attempts: int = 0
+    error: str | None = None
+    # The per-message work item, kept for failed/dead-lettered rows so `wabridge replay` can send it again.
+    payload: bytes | None = None
+    created_at: float = 0.0  # Unix seconds; 0 = now
+    updated_at: float = 0.0
+
+
+# --- Queue ----------------------------------------------------------------------------------------------------------
+
+
+class Delivery(Protocol):
+    """One message handed to a consumer. Exactly one of ack / retry / dead_letter settles it; until then it is
+    unacked and the broker redelivers it if the consumer dies."""
+
+    tenant_id: str
+    message_id: str
+    body: bytes
+    shard: int
+    attempt: int  # 1 on first delivery; the queue dead-letters after `delivery_limit` attempts
+
+    async def ack(self) -> None: ...
+
+    async def retry(self) -> None:
+        """Hand it back for redelivery (counts as an attempt; past the limit it is dead-lettered)."""
+
+    async def dead_letter(self, reason: str) -> None:
+        """Move it to the dead-letter queue now, keeping `reason`."""
+
+
+class Consumer(Protocol):
+    async def stop(self) -> None:
+        """Stop taking new deliveries; unsettled ones go back to the queue."""
+
+
+@runtime_checkable
+class Queue(Protocol):
+    shards: int
+
+    async def open(self) -> None:
+        """Connect and declare the topology idempotently."""
+
+    async def publish(self, tenant_id: str, body: bytes, *, message_id: str) -> None:
+        """Returns once the message is durable (publisher confirm); raises BackendUnavailable otherwise.
+        Concurrent publishes are pipelined: each caller awaits only its own confirm."""
+
+    async def consume(
+        self,
+        handler: Callable[[Delivery], Awaitable[None]],
+        *,
+        shards: Sequence[int] | None = None,
+        prefetch: int = 256,
+    ) -> Consumer:
+        """Deliver messages of the given shards (all by default) to `handler`. One active consumer per shard
+        across all processes, so a tenant's messages arrive in publish order."""
+
+    async def dead_letters(self, limit: int = 100) -> list[Delivery]:
+        """Take up to `limit` dead-lettered messages (settle each: ack drops it, retry republishes it)."""
+
+    async def ping(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+# --- Cache ----------------------------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Cache(Protocol):
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        """`ttl` in seconds (> 0)."""
+
+    async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
+        """True when this call created the key."""
+
+    async def delete(self, key: str) -> None: ...
+
+    async def incr(self, key: str, ttl: float) -> int:
+        """Atomic counter; the TTL is set when the key is created."""
+
+    async def ping(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+# --- Store ----------------------------------------------------------------------------------------------------------
+
+
+class PhoneNumberTaken(ValueError):
+    """A phone_number_id is already owned by another tenant."""
+
+
+@runtime_checkable
+class Store(Protocol):
+    async def open(self) -> None: ...
+
+    async def migrate(self) -> None:
+        """Create or upgrade the schema; safe to run any number of times."""
+
+    # tenants (secrets encrypted at rest with the SecretBox)
+    async def put_tenant(self, tenant: TenantConfig) -> None:
+        """Insert or update; raises PhoneNumberTaken if another tenant owns one of its phone numbers."""
+
+    async def get_tenant(self, tenant_id: str) -> TenantConfig | None: ...
+
+    async def tenant_for_phone_number(self, phone_number_id: str) -> TenantConfig | None: ...
+
+    async def list_tenants(self) -> list[TenantConfig]: ...
+
+    async def remove_tenant(self, tenant_id: str) -> bool: ...
+
+    # conversation mappings
+    async def get_conversation(self, tenant_id: str, wa_id: str) -> str | None: ...
+
+    async def put_conversation(self, tenant_id: str, wa_id: str, conversation_id: str) -> str:
+        """Insert if absent and return the stored id (the existing one when another writer won)."""
+
+    async def set_conversation(self, tenant_id: str, wa_id: str, conversation_id: str) -> None:
+        """Overwrite: Genesys answered with the conversation id it uses."""
+
+    async def touch_conversations(self, touches: Sequence[tuple[str, str, float]]) -> None:
+        """(tenant_id, wa_id, unix time) → last_activity_at, many at once (coalesced by the caller)."""
+
+    # message tracking
+    async def write_tracking(self, records: Sequence[TrackingRecord]) -> None:
+        """Upsert many rows in one round trip; durable when it returns."""
+
+    async def get_tracking(self, tenant_id: str, wamid: str) -> TrackingRecord | None: ...
+
+    async def list_tracking(
+        self,
+        *,
+        tenant_id: str | None = None,
+        statuses: Sequence[str] = (),
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 1000,
+    ) -> list[TrackingRecord]: ...
+
+    async def ping(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+# --- Objects --------------------------------------------------------------------------------------------------------
+
+WEBHOOKS_BUCKET = "webhooks-inbound"
+MEDIA_BUCKET = "media-inbound"
+
+
+@runtime_checkable
+class Objects(Protocol):
+    async def open(self) -> None:
+        """Create the private buckets if absent."""
+
+    async def put(
+        self, bucket: str, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None
+    ) -> None: ...
+
+    async def get(self, bucket: str, key: str) -> bytes:
+        """Raises KeyError when absent."""
+
+    async def presigned_get(self, bucket: str, key: str, *, expires: float = 3600) -> str:
+        """A URL anyone holding it can GET until it expires (Genesys downloads media with it)."""
+
+    async def ping(self) -> bool: ...
+
+    async def close(self) -> None: ...
