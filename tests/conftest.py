@@ -93,3 +93,20 @@ def server_settings(tmp_path: Path, database_url: str) -> Iterator[Settings]:
         secret_key=Secret(generate_key()),
         data_dir=tmp_path / "data",
     )
+
+
+@pytest.fixture
+async def proxy_factory() -> AsyncIterator:
+    """`await proxy_factory(url)` → (TcpProxy, url through the proxy). Cut it to take that server down."""
+    from tests.proxy import TcpProxy, host_port, swap_port
+
+    proxies: list[TcpProxy] = []
+
+    async def make(url: str):
+        proxy = await TcpProxy(*host_port(url)).start()
+        proxies.append(proxy)
+        return proxy, swap_port(url, proxy.port)
+
+    yield make
+    for p in proxies:
+        await p.close()
