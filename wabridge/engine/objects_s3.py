@@ -1,0 +1,184 @@
+"""Objects on S3 (MinIO in production, SeaweedFS in tests), through miniopy-async.
+
+Two private buckets, `{prefix}webhooks-inbound` and `{prefix}media-inbound`, made at `open()` if absent; callers
+name the plain bucket (ports.WEBHOOKS_BUCKET / MEDIA_BUCKET) and this adapter applies the prefix. No bucket policy
+is ever set, so the only way to read an object without the keys is a presigned URL (Genesys downloads media with one).
+
+Failing fast matters more than retrying here: the ingress answers 503 and a worker leaves its message unacked, and
+both retry on their own schedule. So the HTTP session has short connect timeouts and no retry layer (miniopy's
+default session retries 5xx five times with 5-minute timeouts), and every network failure becomes
+BackendUnavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from urllib.parse import urlsplit
+
+import aiohttp
+from miniopy_async import Minio
+from miniopy_async.error import InvalidResponseError, S3Error, ServerError
+
+from wabridge.engine.object_keys import extension_for, key_part, media_key, utc_day, webhook_key
+from wabridge.engine.ports import MEDIA_BUCKET, WEBHOOKS_BUCKET, BackendUnavailable
+from wabridge.engine.settings import Settings
+
+__all__ = ["S3Objects", "extension_for", "key_part", "media_key", "utc_day", "webhook_key"]
+
+PORT = "objects"
+BUCKETS = (WEBHOOKS_BUCKET, MEDIA_BUCKET)
+# S3 refuses presigned URLs valid longer than 7 days.
+MAX_PRESIGN_SECONDS = 7 * 24 * 3600
+_ABSENT_CODES = {"NoSuchKey", "NoSuchBucket", "NoSuchObject"}
+_BUSY_CODES = {"ServiceUnavailable", "SlowDown", "InternalError", "RequestTimeout"}
+_OWNED_CODES = {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}
+
+
+class S3Objects:
+    """The Objects port on an S3 server. `open()` before use, `close()` after (it closes the HTTP session)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        connect_timeout: float = 2.0,
+        read_timeout: float = 30.0,
+        max_connections: int = 64,
+    ) -> None:
+        if not settings.s3_endpoint or settings.s3_access_key is None or settings.s3_secret_key is None:
+            raise ValueError("S3Objects needs s3_endpoint, s3_access_key and s3_secret_key")
+        self._settings = settings
+        self._prefix = settings.s3_bucket_prefix
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._max_connections = max_connections  # bounds concurrent requests: aiohttp queues beyond it
+        self._client: Minio | None = None
+
+    def __repr__(self) -> str:  # never the keys
+        return f"S3Objects(endpoint={self._settings.s3_endpoint!r}, prefix={self._prefix!r})"
+
+    def bucket_name(self, bucket: str) -> str:
+        if bucket not in BUCKETS:
+            raise ValueError(f"unknown bucket {bucket!r}")
+        return self._prefix + bucket
+
+    async def open(self) -> None:
+        if self._client is None:
+            self._client = self._make_client()
+        for bucket in BUCKETS:
+            await self._ensure_bucket(self.bucket_name(bucket))
+
+    def _make_client(self) -> Minio:
+        s = self._settings
+        parts = urlsplit(s.s3_endpoint or "")
+        # The session is made here, inside the running loop, so aiohttp binds it to that loop.
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self._max_connections),
+            timeout=aiohttp.ClientTimeout(
+                connect=self._connect_timeout, sock_connect=self._connect_timeout, sock_read=self._read_timeout
+            ),
+        )
+        assert s.s3_access_key is not None and s.s3_secret_key is not None
+        return Minio(
+            parts.netloc,
+            access_key=s.s3_access_key.reveal(),
+            secret_key=s.s3_secret_key.reveal(),
+            secure=parts.scheme == "https",
+            # Given, so miniopy never asks the server for a bucket's location (one round trip per presign).
+            region=s.s3_region,
+            session=session,
+        )
+
+    async def _ensure_bucket(self, name: str) -> None:
+        client = self._require()
+        async with _translated(f"make bucket {name}"):
+            if await client.bucket_exists(name):
+                return
+            try:
+                await client.make_bucket(name)
+            except S3Error as exc:
+                # Another process made it between our check and our make: that is the outcome we wanted.
+                if exc.code not in _OWNED_CODES:
+                    raise
+
+    async def put(
+        self, bucket: str, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None
+    ) -> None:
+        client = self._require()
+        async with _translated(f"put {bucket}/{key}"):
+            await client.put_object(
+                self.bucket_name(bucket),
+                key,
+                io.BytesIO(data),
+                len(data),
+                content_type=content_type,
+                metadata=dict(metadata) if metadata else None,
+            )
+
+    async def get(self, bucket: str, key: str) -> bytes:
+        client = self._require()
+        async with _translated(f"get {bucket}/{key}"):
+            try:
+                response = await client.get_object(self.bucket_name(bucket), key)
+            except S3Error as exc:
+                if exc.code in _ABSENT_CODES:
+                    raise KeyError(f"{bucket}/{key}") from None
+                raise
+            try:
+                return await response.read()
+            finally:
+                response.release()
+
+    async def presigned_get(self, bucket: str, key: str, *, expires: float = 3600) -> str:
+        """Signing is local (the region is configured): no round trip, so it works while the server is down."""
+        client = self._require()
+        seconds = max(1, min(int(expires), MAX_PRESIGN_SECONDS))
+        async with _translated(f"presign {bucket}/{key}"):
+            return await client.presigned_get_object(
+                self.bucket_name(bucket), key, expires=timedelta(seconds=seconds)
+            )
+
+    async def ping(self) -> bool:
+        """True when the server answers and our webhooks bucket is there."""
+        if self._client is None:
+            return False
+        try:
+            return await self._client.bucket_exists(self.bucket_name(WEBHOOKS_BUCKET))
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, S3Error, ServerError, InvalidResponseError):
+            return False
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close_session()
+
+    def _require(self) -> Minio:
+        if self._client is None:
+            raise RuntimeError("S3Objects used before open()")
+        return self._client
+
+
+@asynccontextmanager
+async def _translated(operation: str) -> AsyncIterator[None]:
+    """Network failures and server-side faults become BackendUnavailable; the caller's own mistakes pass through."""
+    try:
+        yield
+    except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
+        if isinstance(exc, BackendUnavailable):
+            raise
+        raise BackendUnavailable(PORT, f"{operation}: {type(exc).__name__}: {exc}") from exc
+    except OSError as exc:
+        raise BackendUnavailable(PORT, f"{operation}: {type(exc).__name__}: {exc}") from exc
+    except ServerError as exc:
+        raise BackendUnavailable(PORT, f"{operation}: server error {exc.status_code}") from exc
+    except InvalidResponseError as exc:
+        # A non-XML answer: a proxy or a broken server in the way, not something the caller did.
+        raise BackendUnavailable(PORT, f"{operation}: {exc}") from exc
+    except S3Error as exc:
+        if exc.code in _BUSY_CODES:
+            raise BackendUnavailable(PORT, f"{operation}: {exc.code}") from exc
+        raise
