@@ -1,0 +1,593 @@
+"""`wabridge sim meta`: a stand-in for Meta — the Graph media endpoints, and a sender of signed webhooks.
+
+Graph side (what the media actor talks to), served by `MetaSim`:
+  GET  /{version}/{media_id}       Bearer token → {messaging_product, url, mime_type, sha256 (hex), file_size, id}
+                                   401 wrong/missing token, 404 unknown or forced-missing id
+  GET  /media/{media_id}?expires=&sig=   same Bearer → the bytes; 403 once the url is older than 5 minutes
+  POST /sim/faults                 {"media_status": 404|500|…, "count": n, "phase": "lookup"|"download"}
+                                   {"corrupt": n}  serve n downloads with one byte flipped (sha256 mismatch)
+                                   {"file_size": bytes, "count": n}  understate/overstate file_size in n lookups
+                                   {"missing": [media ids]}  those ids answer 404 from now on
+  DELETE /sim/faults               clear every fault
+  GET  /sim/stats                  counters: lookups, downloads, bytes_served, unauthorized, expired, faults_served
+  POST /sim/clock                  {"advance": seconds}: age issued urls without waiting
+
+Media ids are the self-describing ids of `webhooks.py`, so webhooks built anywhere resolve here.
+The HTTP server is a small asyncio HTTP/1.1 server (keep-alive, Content-Length only): a simulator needs port 0,
+in-process start/stop per test and streamed bodies, which Granian's embed API does not offer simply.
+
+Sender side: `send_kinds` (one signed webhook per message, or batches) and `run_load` (open loop, see its doc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import math
+import os
+import secrets
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import anyio
+import httpx
+import msgspec
+
+from wabridge.sim import webhooks
+
+URL_TTL = 300.0  # Meta: a media url is valid for 5 minutes
+MAX_HEADER_BYTES = 64 * 1024
+MAX_CONTROL_BODY = 64 * 1024
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+            405: "Method Not Allowed", 413: "Payload Too Large", 500: "Internal Server Error",
+            503: "Service Unavailable"}  # fmt: skip
+
+
+
+class SimStats(msgspec.Struct, frozen=True):
+    lookups: int = 0  # Graph lookups answered 200
+    downloads: int = 0  # downloads started (200)
+    bytes_served: int = 0
+    unauthorized: int = 0
+    expired: int = 0
+    not_found: int = 0
+    faults_served: int = 0
+
+
+@dataclass
+class _Fault:
+    phase: str  # "lookup" | "download"
+    status: int
+    remaining: int
+
+
+@dataclass
+class _Faults:
+    statuses: list[_Fault] = field(default_factory=list)
+    corrupt: int = 0
+    file_size: int | None = None
+    file_size_count: int = 0
+    missing: set[str] = field(default_factory=set)
+
+    def take_status(self, phase: str) -> int | None:
+        for fault in self.statuses:
+            if fault.phase == phase and fault.remaining > 0:
+                fault.remaining -= 1
+                return fault.status
+        return None
+
+
+class MetaSim:
+    """The Graph media endpoints on loopback. `async with MetaSim(port=0) as sim:` then point the bridge's
+    `graph_api_url` at `sim.graph_url`. `tokens` empty accepts any non-empty bearer token."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tokens: Iterable[str] = (),
+        version: str = "v23.0",
+        url_ttl: float = URL_TTL,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.host, self.port, self.version = host, port, version
+        self._tokens = frozenset(tokens)
+        self._url_ttl = url_ttl
+        self._clock = clock
+        self._skew = 0.0
+        self._url_key = secrets.token_bytes(32)  # signs download urls; a fresh sim never honours an old sim's url
+        self._faults = _Faults()
+        self._stats: dict[str, int] = dict.fromkeys(SimStats.__struct_fields__, 0)
+        self._server: asyncio.base_events.Server | None = None
+        self._connections: set[asyncio.StreamWriter] = set()
+
+    # --- lifecycle ------------------------------------------------------------------------------------------------
+
+    async def start(self) -> MetaSim:
+        self._server = await asyncio.start_server(self._serve, self.host, self.port, limit=MAX_HEADER_BYTES)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for writer in list(self._connections):
+                writer.transport.abort()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def __aenter__(self) -> MetaSim:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def graph_url(self) -> str:
+        return f"{self.base_url}/{self.version}"
+
+    # --- control (also over HTTP) ---------------------------------------------------------------------------------
+
+    def stats(self) -> SimStats:
+        return SimStats(**self._stats)
+
+    def inject(
+        self,
+        *,
+        media_status: int | None = None,
+        count: int = 1,
+        phase: str = "lookup",
+        corrupt: int = 0,
+        file_size: int | None = None,
+        missing: Iterable[str] = (),
+    ) -> None:
+        if phase not in ("lookup", "download"):
+            raise ValueError("phase must be 'lookup' or 'download'")
+        if media_status is not None:
+            self._faults.statuses.append(_Fault(phase, int(media_status), int(count)))
+        self._faults.corrupt += int(corrupt)
+        if file_size is not None:
+            self._faults.file_size, self._faults.file_size_count = int(file_size), int(count)
+        self._faults.missing.update(missing)
+
+    def clear_faults(self) -> None:
+        self._faults = _Faults()
+
+    def advance_clock(self, seconds: float) -> None:
+        self._skew += seconds
+
+    def _now(self) -> float:
+        return self._clock() + self._skew
+
+    def _count(self, name: str, n: int = 1) -> None:
+        self._stats[name] += n
+
+    # --- HTTP -----------------------------------------------------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._connections.add(writer)
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+                    return
+                method, target, headers = _parse_head(head)
+                length = int(headers.get("content-length", "0") or 0)
+                if length > MAX_CONTROL_BODY:
+                    await _respond(writer, 413, _json({"error": "body too large"}), close=True)
+                    return
+                body = await reader.readexactly(length) if length else b""
+                status, content_type, payload = self._route(method, target, headers, body)
+                close = headers.get("connection", "").lower() == "close"
+                await _respond(writer, status, payload, content_type=content_type, close=close)
+                if close:
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        finally:
+            self._connections.discard(writer)
+            writer.close()
+
+    def _route(self, method: str, target: str, headers: dict[str, str], body: bytes) -> tuple[int, str, "bytes | _Sized"]:
+        url = urlsplit(target)
+        parts = [p for p in url.path.split("/") if p]
+        json_type = "application/json"
+        if parts[:1] == ["sim"]:
+            return self._control(method, parts[1:], body)
+        if method != "GET":
+            return 405, json_type, _json({"error": "method not allowed"})
+        if len(parts) == 2 and parts[0] == "media":
+            return self._download(parts[1], parse_qs(url.query), headers)
+        if len(parts) == 2 and parts[0] == self.version:
+            return self._lookup(parts[1], headers)
+        return 404, json_type, _graph_error(404, "Unknown path")
+
+    def _control(self, method: str, parts: list[str], body: bytes) -> tuple[int, str, "bytes | _Sized"]:
+        json_type = "application/json"
+        try:
+            args = json.loads(body) if body else {}
+            if method == "GET" and parts == ["stats"]:
+                return 200, json_type, msgspec.json.encode(self.stats())
+            if method == "POST" and parts == ["faults"]:
+                self.inject(**args)
+                return 200, json_type, _json({"ok": True})
+            if method == "DELETE" and parts == ["faults"]:
+                self.clear_faults()
+                return 200, json_type, _json({"ok": True})
+            if method == "POST" and parts == ["clock"]:
+                self.advance_clock(float(args["advance"]))
+                return 200, json_type, _json({"ok": True})
+        except (ValueError, TypeError, KeyError) as exc:
+            return 400, json_type, _json({"error": str(exc)})
+        return 404, json_type, _json({"error": "unknown control endpoint"})
+
+    def _authorized(self, headers: dict[str, str]) -> bool:
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return False
+        return not self._tokens or token.strip() in self._tokens
+
+    def _lookup(self, media_id: str, headers: dict[str, str]) -> tuple[int, str, "bytes | _Sized"]:
+        json_type = "application/json"
+        if not self._authorized(headers):
+            self._count("unauthorized")
+            return 401, json_type, _graph_error(190, "Invalid OAuth access token.")
+        forced = self._faults.take_status("lookup")
+        if forced is not None:
+            self._count("faults_served")
+            return forced, json_type, _graph_error(forced, "Simulated fault")
+        try:
+            mime, size = webhooks.parse_media_id(media_id)
+        except webhooks.UnknownMedia:
+            mime = None
+        if mime is None or media_id in self._faults.missing:
+            self._count("not_found")
+            return 404, json_type, _graph_error(100, "Unsupported get request. Object does not exist.")
+        if self._faults.file_size_count > 0 and self._faults.file_size is not None:
+            self._faults.file_size_count -= 1
+            size = self._faults.file_size
+        expires = int(self._now() + self._url_ttl)
+        url = f"{self.base_url}/media/{media_id}?expires={expires}&sig={self._url_sig(media_id, expires)}"
+        self._count("lookups")
+        return 200, json_type, _json({
+            "messaging_product": "whatsapp", "url": url, "mime_type": mime,
+            "sha256": webhooks.sha256_hex(media_id), "file_size": size, "id": media_id,
+        })  # fmt: skip
+
+    def _url_sig(self, media_id: str, expires: int) -> str:
+        return hmac.new(self._url_key, f"{media_id}:{expires}".encode(), hashlib.sha256).hexdigest()[:32]
+
+    def _download(self, media_id: str, query: dict[str, list[str]], headers: dict[str, str]) -> tuple[int, str, "bytes | _Sized"]:
+        json_type = "application/json"
+        if not self._authorized(headers):
+            self._count("unauthorized")
+            return 401, json_type, _graph_error(190, "Invalid OAuth access token.")
+        try:
+            expires = int(query["expires"][0])
+            sig = query["sig"][0]
+        except (KeyError, ValueError, IndexError):
+            return 403, json_type, _graph_error(403, "Missing or malformed signature")
+        if not hmac.compare_digest(sig, self._url_sig(media_id, expires)):
+            return 403, json_type, _graph_error(403, "Bad signature")
+        if self._now() > expires:
+            self._count("expired")
+            return 403, json_type, _graph_error(403, "URL signature expired")
+        forced = self._faults.take_status("download")
+        if forced is not None:
+            self._count("faults_served")
+            return forced, json_type, _graph_error(forced, "Simulated fault")
+        if media_id in self._faults.missing:
+            self._count("not_found")
+            return 404, json_type, _graph_error(404, "Not found")
+        mime, size = webhooks.parse_media_id(media_id)
+        chunks = webhooks.iter_media_bytes(media_id)
+        if self._faults.corrupt > 0:
+            self._faults.corrupt -= 1
+            chunks = _corrupted(chunks)
+        self._count("downloads")
+        return 200, mime, _Sized(chunks, size, lambda n: self._count("bytes_served", n))
+
+
+# --- HTTP plumbing --------------------------------------------------------------------------------------------------
+
+
+class _Sized:
+    """A streamed body whose length is known up front (Content-Length), counting what was written."""
+
+    def __init__(self, chunks: Iterator[bytes], size: int, on_sent: Callable[[int], None]) -> None:
+        self.chunks, self.size, self.on_sent = chunks, size, on_sent
+
+
+def _corrupted(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    first = bytearray(next(chunks))
+    first[-1] ^= 0xFF
+    yield bytes(first)
+    yield from chunks
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _graph_error(code: int, message: str) -> bytes:
+    return _json({"error": {"message": message, "type": "OAuthException", "code": code, "fbtrace_id": "Sim"}})
+
+
+def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
+    lines = head.decode("latin-1").split("\r\n")
+    method, target, _ = (lines[0].split(" ", 2) + ["", ""])[:3]
+    headers = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return method, target, headers
+
+
+async def _respond(
+    writer: asyncio.StreamWriter,
+    status: int,
+    body: bytes | _Sized,
+    *,
+    content_type: str = "application/json",
+    close: bool = False,
+) -> None:
+    size = body.size if isinstance(body, _Sized) else len(body)
+    head = (
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {size}\r\nConnection: {'close' if close else 'keep-alive'}\r\n\r\n"
+    )
+    writer.write(head.encode())
+    if isinstance(body, _Sized):
+        for chunk in body.chunks:
+            writer.write(chunk)
+            body.on_sent(len(chunk))
+            await writer.drain()
+    else:
+        writer.write(body)
+    await writer.drain()
+
+
+# --- sender ---------------------------------------------------------------------------------------------------------
+
+SEND_KINDS = webhooks.ALL_KINDS + ("status", "bsuid")  # plus a receipt and a sender known only by user id
+
+
+class SendSummary(msgspec.Struct, frozen=True):
+    posts: int
+    messages: int
+    statuses: dict[str, int]  # HTTP status (or error name) → count
+
+
+class LoadReport(msgspec.Struct, frozen=True):
+    intended: int  # rate × duration
+    sent: int
+    skipped: int  # not sent: more than `max_pending` requests were already waiting (the target is far behind)
+    statuses: dict[str, int]
+    p50_ms: float
+    p99_ms: float
+    p999_ms: float
+    max_ms: float
+    elapsed_s: float
+    achieved_rate: float
+
+
+def customer_wa_id(n: int) -> str:
+    return f"1555{n % 10_000_000:07d}"
+
+
+def build_item(kind: str, customer: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(messages, statuses) for one send of `kind` (one of SEND_KINDS) by customer number `customer`."""
+    wa_id = customer_wa_id(customer)
+    if kind == "status":
+        return [], [webhooks.status(webhooks.new_wamid(), recipient_id=wa_id)]
+    if kind == "bsuid":
+        return [webhooks.message("text", wa_id=None, user_id=f"US.{customer:019d}")], []
+    return [webhooks.message(kind, wa_id=wa_id)], []
+
+
+def build_body(phone_number_id: str, kinds: Sequence[str], customer: int) -> bytes:
+    messages: list[dict[str, Any]] = []
+    statuses: list[dict[str, Any]] = []
+    for kind in kinds:
+        m, s = build_item(kind, customer)
+        messages += m
+        statuses += s
+    return webhooks.webhook(phone_number_id, messages, statuses=statuses)
+
+
+def _headers(body: bytes, app_secret: str) -> dict[str, str]:
+    return {"Content-Type": "application/json", "X-Hub-Signature-256": webhooks.sign(body, app_secret)}
+
+
+async def _post(client: httpx.AsyncClient, url: str, body: bytes, app_secret: str) -> str:
+    try:
+        response = await client.post(url, content=body, headers=_headers(body, app_secret))
+        return str(response.status_code)
+    except httpx.HTTPError as exc:
+        return type(exc).__name__
+
+
+async def send_kinds(
+    url: str,
+    app_secret: str,
+    phone_number_id: str,
+    *,
+    kinds: Sequence[str] = SEND_KINDS,
+    customers: int = 1,
+    count: int = 1,
+    batch: int = 1,
+    timeout: float = 10.0,
+) -> SendSummary:
+    """`count` rounds of every kind in `kinds`, customers taking turns message by message; `batch` messages per POST (one by one
+    by default, as Meta mostly does). Sent in order, one POST at a time."""
+    rounds = [kind for _ in range(count) for kind in kinds]
+    items = [(kind, n % customers) for n, kind in enumerate(rounds)]
+    counts: dict[str, int] = {}
+    posts = messages = 0
+    async with httpx.AsyncClient(timeout=timeout) as client:
+        for start in range(0, len(items), batch):
+            group = items[start : start + batch]
+            msgs: list[dict[str, Any]] = []
+            stats: list[dict[str, Any]] = []
+            for kind, customer in group:
+                m, s = build_item(kind, customer)
+                msgs += m
+                stats += s
+            body = webhooks.webhook(phone_number_id, msgs, statuses=stats)
+            code = await _post(client, url, body, app_secret)
+            counts[code] = counts.get(code, 0) + 1
+            posts += 1
+            messages += len(msgs)
+    return SendSummary(posts=posts, messages=messages, statuses=counts)
+
+
+async def run_load(
+    url: str,
+    app_secret: str,
+    phone_number_id: str,
+    *,
+    rate: float,
+    duration: float,
+    kinds: Sequence[str] = ("text",),
+    customers: int = 100,
+    concurrency: int = 64,
+    max_pending: int | None = None,
+    timeout: float = 10.0,
+) -> LoadReport:
+    """Open-loop load: request i is due at start + i/rate whatever happened to earlier ones, and its latency is
+    measured from that due time — so a stalled server shows up as latency instead of silently lowering the rate
+    (coordinated omission). At most `concurrency` requests are in flight (the connection pool); due requests wait
+    for a connection, up to `max_pending` (default 16 × concurrency) before new ones are skipped and counted."""
+    if rate <= 0 or duration <= 0:
+        raise ValueError("rate and duration must be positive")
+    total = int(rate * duration)
+    max_pending = max_pending or 16 * concurrency
+    latencies: list[float] = []
+    counts: dict[str, int] = {}
+    pending = skipped = 0
+    slots = anyio.Semaphore(concurrency)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async def one(i: int, due: float, client: httpx.AsyncClient) -> None:
+        nonlocal pending
+        try:
+            body = build_body(phone_number_id, (kinds[i % len(kinds)],), i % customers)
+            async with slots:
+                code = await _post(client, url, body, app_secret)
+            latencies.append(time.perf_counter() - due)
+            counts[code] = counts.get(code, 0) + 1
+        finally:
+            pending -= 1
+
+    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+        start = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for i in range(total):
+                due = start + i / rate
+                await anyio.sleep(max(0.0, due - time.perf_counter()))
+                if pending >= max_pending:
+                    skipped += 1
+                    continue
+                pending += 1
+                tg.start_soon(one, i, due, client)
+        elapsed = time.perf_counter() - start
+    latencies.sort()
+    return LoadReport(
+        intended=total,
+        sent=len(latencies),
+        skipped=skipped,
+        statuses=counts,
+        p50_ms=_percentile(latencies, 0.50),
+        p99_ms=_percentile(latencies, 0.99),
+        p999_ms=_percentile(latencies, 0.999),
+        max_ms=latencies[-1] * 1000 if latencies else 0.0,
+        elapsed_s=elapsed,
+        achieved_rate=len(latencies) / elapsed if elapsed else 0.0,
+    )
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    if not ordered:
+        return 0.0
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)] * 1000
+
+
+# --- CLI (wabridge/cli/sim.py mounts this under `wabridge sim meta`) -----------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="meta_command", metavar="ACTION", parser_class=type(parser))
+    sub.required = True
+    serve = sub.add_parser("serve", help="serve the Graph media endpoints until interrupted")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8091)
+    serve.add_argument("--token", action="append", default=[], help="accepted bearer token (repeat); none = any")
+    serve.add_argument("--version", default="v23.0", help="Graph API version in the path")
+    send = sub.add_parser("send", help="send signed webhooks of every message type, or a constant-rate load")
+    send.add_argument("--url", required=True, help="the bridge's webhook URL")
+    send.add_argument("--app-secret", default=os.environ.get("WABRIDGE_SIM_APP_SECRET"),
+                      help="Meta app secret (or WABRIDGE_SIM_APP_SECRET, which stays out of the process list)")
+    send.add_argument("--phone-number-id", required=True)
+    send.add_argument("--kinds", help=f"'all' or a comma list of: {','.join(SEND_KINDS)} (default: all; text under load)")
+    send.add_argument("--customers", type=int, default=1)
+    send.add_argument("--count", type=int, default=1, help="rounds of every kind")
+    send.add_argument("--batch", type=int, default=1, help="messages per POST")
+    send.add_argument("--rate", type=float, help="load mode: webhooks per second (open loop)")
+    send.add_argument("--duration", type=float, default=10.0, help="load mode: seconds")
+    send.add_argument("--concurrency", type=int, default=64, help="load mode: connections")
+
+
+def _kinds(text: str) -> tuple[str, ...]:
+    if text == "all":
+        return SEND_KINDS
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in SEND_KINDS]
+    if unknown or not kinds:
+        raise SystemExit(f"wabridge sim meta: unknown kind {unknown[:1] or text!r}; choose from {','.join(SEND_KINDS)}")
+    return kinds
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.meta_command == "serve":
+        return asyncio.run(_serve_forever(args))
+    if not args.app_secret:
+        print("wabridge sim meta send: --app-secret or WABRIDGE_SIM_APP_SECRET is required", file=sys.stderr)
+        return 2
+    kinds = _kinds(args.kinds or ("text" if args.rate else "all"))
+    if args.rate:
+        report = asyncio.run(run_load(args.url, args.app_secret, args.phone_number_id, rate=args.rate,
+                                      duration=args.duration, kinds=kinds,
+                                      customers=args.customers, concurrency=args.concurrency))  # fmt: skip
+        print(msgspec.json.encode(report).decode())
+        ok = report.statuses.get("200", 0)
+    else:
+        summary = asyncio.run(send_kinds(args.url, args.app_secret, args.phone_number_id, kinds=kinds,
+                                         customers=args.customers, count=args.count, batch=args.batch))  # fmt: skip
+        print(msgspec.json.encode(summary).decode())
+        ok = summary.statuses.get("200", 0)
+        report = summary
+    total = sum(report.statuses.values())
+    return 0 if total and ok == total else 1
+
+
+async def _serve_forever(args: argparse.Namespace) -> int:
+    async with MetaSim(host=args.host, port=args.port, tokens=args.token, version=args.version) as sim:
+        print(f"meta sim: graph_api_url={sim.graph_url} (Ctrl-C to stop)", flush=True)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()
+    return 0
