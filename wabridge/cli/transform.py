@@ -1,0 +1,61 @@
+"""`wabridge transform [FILE|-]`: Meta webhook JSON in, Genesys Open Messaging JSON out, no servers needed.
+
+A FILE holds one webhook (pretty-printed is fine); standard input (`-` or no argument) holds one webhook per line.
+Every Genesys message is printed as one JSON line on stdout; receipts, skipped items and undecodable inputs go to
+stderr, one line each, with their reason. Exit 0 when every input was a JSON object, 2 otherwise.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from typing import BinaryIO, TextIO
+
+from wabridge.codecs.results import Inbound, Skipped, StatusUpdate
+from wabridge.codecs.transform import WebhookDecodeError, encode_genesys, transform
+
+
+def register(sub) -> None:
+    p = sub.add_parser("transform", help="transform Meta webhooks to Genesys messages", description=__doc__)
+    p.add_argument("file", nargs="?", default="-", help="a webhook JSON file, or - for one webhook per stdin line")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if args.file == "-":
+        return transform_stream(_lines(sys.stdin.buffer), sys.stdout.buffer, sys.stderr)
+    try:
+        with open(args.file, "rb") as handle:
+            body = handle.read()
+    except OSError as exc:
+        print(f"wabridge transform: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return 2
+    return transform_stream(iter([body]), sys.stdout.buffer, sys.stderr)
+
+
+def _lines(stream: BinaryIO) -> Iterator[bytes]:
+    for line in stream:
+        if line.strip():
+            yield line
+
+
+def transform_stream(bodies: Iterator[bytes], out: BinaryIO, err: TextIO) -> int:
+    """Transform each body; 2 if any of them was not a JSON object, else 0. `out` gets UTF-8 JSON lines."""
+    status = 0
+    for number, body in enumerate(bodies, 1):
+        try:
+            results = transform(body)
+        except WebhookDecodeError as exc:
+            print(f"input {number}: invalid: {exc}", file=err)
+            status = 2
+            continue
+        for result in results:
+            match result:
+                case Inbound(message=message):
+                    out.write(encode_genesys(message) + b"\n")
+                case StatusUpdate(wamid=wamid, status=meta_status, receipt=receipt):
+                    print(f"input {number}: status {wamid}: {meta_status} (receipt {receipt or 'none'})", file=err)
+                case Skipped(reason=reason, detail=detail, wamid=wamid):
+                    print(f"input {number}: skipped {wamid or '-'}: {reason}: {detail}", file=err)
+    out.flush()
+    return status
