@@ -1,0 +1,301 @@
+"""The Store contract, run against PostgreSQL (real server) and SQLite (embedded)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+import uuid
+
+import asyncpg
+import pytest
+
+from wabridge.engine.ports import (
+    BackendUnavailable,
+    GenesysCredential,
+    PhoneNumberTaken,
+    Store,
+    TenantConfig,
+    TrackingRecord,
+    TrackingStatus,
+)
+from wabridge.engine.secrets import Secret, generate_key
+from wabridge.engine.store_postgres import PostgresStore
+from wabridge.engine.store_sqlite import SqliteStore
+
+pytestmark = pytest.mark.anyio
+
+PLAINTEXTS = ("meta-app-secret-XYZ", "verify-token-XYZ", "wa-token-XYZ", "genesys-secret-1-XYZ", "genesys-secret-2-XYZ")
+
+
+def tenant(tenant_id: str = "acme", phones: tuple[str, ...] = ("106540352242922",)) -> TenantConfig:
+    return TenantConfig(
+        tenant_id=tenant_id,
+        phone_number_ids=phones,
+        app_secret=Secret(PLAINTEXTS[0]),
+        verify_token=Secret(PLAINTEXTS[1]),
+        whatsapp_token=Secret(PLAINTEXTS[2]),
+        genesys_api_url="https://api.mypurecloud.ie",
+        genesys_login_url="https://login.mypurecloud.ie",
+        genesys_integration_id="5f1c7a52-0000-4000-8000-000000000001",
+        credentials=(
+            GenesysCredential("client-1", Secret(PLAINTEXTS[3])),
+            GenesysCredential("client-2", Secret(PLAINTEXTS[4])),
+        ),
+        rate_limit_per_minute=600,
+    )
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.servers)])
+def store_settings(request, tmp_path):
+    if request.param == "sqlite":
+        return request.getfixturevalue("embedded_settings")
+    return request.getfixturevalue("server_settings")
+
+
+def make_store(settings) -> Store:
+    return PostgresStore(settings) if settings.database_url is not None else SqliteStore(settings)
+
+
+@pytest.fixture
+async def store(store_settings):
+    s = make_store(store_settings)
+    await s.open()
+    await s.migrate()
+    yield s
+    await s.close()
+
+
+async def raw_tenant_rows(store: Store) -> list[str]:
+    """Every tenant row as text, read past the adapter."""
+    if isinstance(store, SqliteStore):
+        with sqlite3.connect(store.path) as db:
+            return [repr(tuple(r)) for r in db.execute("SELECT * FROM tenant_credentials")]
+    conn = await asyncpg.connect(store._url.reveal())
+    try:
+        return [repr(tuple(r.values())) for r in await conn.fetch("SELECT * FROM tenant_credentials")]
+    finally:
+        await conn.close()
+
+
+# --- schema ---
+
+
+async def test_migrate_twice_keeps_the_schema_and_the_data(store):
+    await store.put_tenant(tenant())
+    assert await store.migrate() == 1
+    assert await store.migrate() == 1
+    assert (await store.get_tenant("acme")).phone_number_ids == ("106540352242922",)
+
+
+# --- tenants ---
+
+
+async def test_a_tenant_reads_back_as_written_by_id_and_by_phone_number(store):
+    t = tenant(phones=("111", "222"))
+    await store.put_tenant(t)
+    assert await store.get_tenant("acme") == t
+    assert await store.tenant_for_phone_number("222") == t
+    assert await store.tenant_for_phone_number("999") is None
+    assert await store.list_tenants() == [t]
+
+
+async def test_updating_a_tenant_replaces_its_phone_numbers(store):
+    await store.put_tenant(tenant(phones=("111", "222")))
+    await store.put_tenant(tenant(phones=("222", "333")))
+    assert await store.tenant_for_phone_number("111") is None
+    assert (await store.tenant_for_phone_number("333")).tenant_id == "acme"
+    # the released number is free for another tenant now
+    await store.put_tenant(tenant("globex", phones=("111",)))
+    assert (await store.tenant_for_phone_number("111")).tenant_id == "globex"
+
+
+async def test_a_phone_number_owned_by_another_tenant_raises_phone_number_taken(store):
+    await store.put_tenant(tenant("acme", phones=("111",)))
+    with pytest.raises(PhoneNumberTaken, match="111"):
+        await store.put_tenant(tenant("globex", phones=("222", "111")))
+    assert await store.get_tenant("globex") is None  # nothing of the refused write remains
+    assert await store.tenant_for_phone_number("222") is None
+
+
+async def test_removing_a_tenant_frees_its_phone_numbers(store):
+    await store.put_tenant(tenant(phones=("111",)))
+    assert await store.remove_tenant("acme") is True
+    assert await store.remove_tenant("acme") is False
+    assert await store.tenant_for_phone_number("111") is None
+    assert await store.list_tenants() == []
+
+
+async def test_secrets_are_encrypted_in_the_database_and_hidden_in_reprs(store):
+    await store.put_tenant(tenant())
+    rows = await raw_tenant_rows(store)
+    assert len(rows) == 1
+    for plaintext in PLAINTEXTS:
+        assert plaintext not in rows[0]
+        assert plaintext not in repr(await store.get_tenant("acme"))
+    assert "v1:" in rows[0]
+
+
+async def test_reencrypt_secrets_moves_every_tenant_to_the_new_primary_key(store_settings):
+    old = make_store(store_settings)
+    await old.open()
+    await old.migrate()
+    await old.put_tenant(tenant())
+    await old.close()
+    rotated_settings = store_settings.replace(
+        secret_key=Secret(f"{generate_key()},{store_settings.secret_key.reveal()}")
+    )
+    rotated = make_store(rotated_settings)
+    await rotated.open()
+    try:
+        assert await rotated.reencrypt_secrets() == 1
+        assert await rotated.reencrypt_secrets() == 0
+        assert await rotated.get_tenant("acme") == tenant()
+        new_key_id = rotated_settings.secret_box().primary_key_id
+        assert all(f"v1:{new_key_id}:" in row for row in await raw_tenant_rows(rotated))
+    finally:
+        await rotated.close()
+
+
+# --- conversation mappings ---
+
+
+async def test_concurrent_put_conversation_agree_on_one_id(store):
+    ids = [str(uuid.uuid4()) for _ in range(8)]
+    results = await asyncio.gather(*(store.put_conversation("acme", "16505551234", i) for i in ids))
+    assert len(set(results)) == 1
+    assert results[0] in ids
+    assert await store.get_conversation("acme", "16505551234") == results[0]
+
+
+async def test_mappings_are_per_tenant_and_set_conversation_overwrites(store):
+    a, b, c = (str(uuid.uuid4()) for _ in range(3))
+    assert await store.put_conversation("acme", "1650", a) == a
+    assert await store.put_conversation("globex", "1650", b) == b
+    await store.set_conversation("acme", "1650", c)
+    assert await store.get_conversation("acme", "1650") == c
+    assert await store.get_conversation("globex", "1650") == b
+    assert await store.get_conversation("acme", "unknown") is None
+
+
+async def test_touch_conversations_accepts_many_touches_at_once(store):
+    conv = str(uuid.uuid4())
+    await store.put_conversation("acme", "1650", conv)
+    later = time.time() + 60
+    await store.touch_conversations([("acme", "1650", later - 30), ("acme", "1650", later), ("acme", "none", later)])
+    assert await store.get_conversation("acme", "1650") == conv
+
+
+# --- tracking ---
+
+
+async def test_tracking_rows_upsert_and_later_states_win(store):
+    await store.write_tracking([TrackingRecord(wamid="w1", tenant_id="acme", status="received", type="text",
+                                               payload=b"work")])  # fmt: skip
+    await store.write_tracking([TrackingRecord(wamid="w1", tenant_id="acme", status="failed", attempts=2,
+                                               error="genesys 503")])  # fmt: skip
+    row = await store.get_tracking("acme", "w1")
+    assert (row.status, row.attempts, row.error, row.type, row.payload) == ("failed", 2, "genesys 503", "text", b"work")
+    await store.write_tracking([TrackingRecord(wamid="w1", tenant_id="acme", status="delivered", attempts=3,
+                                               genesys_message_id="g-1", conversation_id="c-1")])  # fmt: skip
+    row = await store.get_tracking("acme", "w1")
+    assert (row.status, row.attempts, row.error, row.genesys_message_id, row.payload) == ("delivered", 3, None, "g-1", None)
+    assert row.created_at <= row.updated_at
+
+
+async def test_a_duplicate_never_overwrites_a_delivered_row(store):
+    await store.write_tracking([TrackingRecord(wamid="w1", tenant_id="acme", status="delivered")])
+    await store.write_tracking([TrackingRecord(wamid="w1", tenant_id="acme", status="duplicate")])
+    await store.write_tracking([
+        TrackingRecord(wamid="w2", tenant_id="acme", status="received"),
+        TrackingRecord(wamid="w2", tenant_id="acme", status="duplicate"),
+        TrackingRecord(wamid="w3", tenant_id="acme", status="duplicate"),
+    ])  # fmt: skip
+    assert (await store.get_tracking("acme", "w1")).status == "delivered"
+    assert (await store.get_tracking("acme", "w2")).status == "received"
+    assert (await store.get_tracking("acme", "w3")).status == "duplicate"  # a first sighting is still recorded
+
+
+async def test_a_batch_with_several_states_of_one_message_keeps_the_last(store):
+    await store.write_tracking([
+        TrackingRecord(wamid="w1", tenant_id="acme", status="received"),
+        TrackingRecord(wamid="w1", tenant_id="acme", status="delivered", attempts=1),
+    ])  # fmt: skip
+    assert (await store.get_tracking("acme", "w1")).status == "delivered"
+
+
+async def test_list_tracking_filters_by_tenant_status_and_time(store):
+    t0 = 1_700_000_000.0
+    await store.write_tracking([
+        TrackingRecord(wamid=f"w{i}", tenant_id="acme" if i % 2 else "globex",
+                       status=TrackingStatus.ALL[i % 4], created_at=t0 + i)
+        for i in range(20)
+    ])  # fmt: skip
+    everything = await store.list_tracking()
+    assert len(everything) == 20
+    assert [r.created_at for r in everything] == sorted(r.created_at for r in everything)
+    acme_failed = await store.list_tracking(tenant_id="acme", statuses=["failed", "dead-lettered"])
+    assert {r.wamid for r in acme_failed} == {f"w{i}" for i in range(20) if i % 2 and i % 4 in (2, 3)}
+    window = await store.list_tracking(since=t0 + 5, until=t0 + 8)
+    assert [r.wamid for r in window] == ["w5", "w6", "w7"]
+    assert len(await store.list_tracking(limit=3)) == 3
+
+
+async def test_an_unknown_tracking_status_is_refused(store):
+    with pytest.raises(Exception):
+        await store.write_tracking([TrackingRecord(wamid="w1", tenant_id="acme", status="read")])
+    assert await store.get_tracking("acme", "w1") is None
+
+
+# --- outages ---
+
+
+@pytest.mark.servers
+async def test_postgres_down_raises_backend_unavailable_and_recovers_after_restore(server_settings, proxy_factory):
+    proxy, url = await proxy_factory(server_settings.database_url.reveal())
+    store = PostgresStore(server_settings.replace(database_url=Secret(url)))
+    await store.open()
+    try:
+        await store.migrate()
+        await store.put_tenant(tenant())
+        proxy.cut()
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailable):
+            await store.write_tracking([TrackingRecord(wamid="w1", tenant_id="acme", status="received")])
+        with pytest.raises(BackendUnavailable):
+            await store.get_tenant("acme")
+        assert time.monotonic() - started < 10
+        assert await store.ping() is False
+        proxy.restore()
+        await store.write_tracking([TrackingRecord(wamid="w1", tenant_id="acme", status="received")])
+        assert (await store.get_tracking("acme", "w1")).status == "received"
+        assert await store.ping() is True
+    finally:
+        await store.close()
+
+
+@pytest.mark.servers
+async def test_postgres_unreachable_at_open_raises_backend_unavailable(server_settings, proxy_factory):
+    proxy, url = await proxy_factory(server_settings.database_url.reveal())
+    proxy.cut()
+    store = PostgresStore(server_settings.replace(database_url=Secret(url)))
+    with pytest.raises(BackendUnavailable):
+        await store.open()
+
+
+async def test_two_sqlite_stores_on_one_file_see_each_others_writes(embedded_settings):
+    first, second = SqliteStore(embedded_settings), SqliteStore(embedded_settings)
+    await first.open()
+    await second.open()
+    try:
+        await first.migrate()
+        await second.migrate()
+        ids = await asyncio.gather(
+            first.put_conversation("acme", "1650", "a"), second.put_conversation("acme", "1650", "b")
+        )
+        assert ids[0] == ids[1]
+        await first.write_tracking([TrackingRecord(wamid="w1", tenant_id="acme", status="received")])
+        assert (await second.get_tracking("acme", "w1")).status == "received"
+    finally:
+        await first.close()
+        await second.close()

@@ -1,0 +1,50 @@
+"""`wabridge migrate`: create or upgrade the database schema of the configured store (idempotent).
+
+PostgreSQL when WABRIDGE_DATABASE_URL is set, else the embedded SQLite file under the data directory.
+Prints one line; exit 0 on success, 1 when the database cannot be reached, 2 on bad configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from wabridge.engine.ports import BackendUnavailable
+from wabridge.engine.settings import Settings, load_settings
+
+
+def register(sub) -> None:
+    p = sub.add_parser("migrate", help="create or upgrade the database schema", description=__doc__)
+    p.add_argument("--config", help="TOML settings file (default: $WABRIDGE_CONFIG)")
+    p.set_defaults(func=run)
+
+
+def configured_store(settings: Settings):
+    """The Store the settings select: PostgreSQL with a database URL, SQLite otherwise."""
+    if settings.database_url is not None:
+        from wabridge.engine.store_postgres import PostgresStore
+
+        return PostgresStore(settings)
+    from wabridge.engine.store_sqlite import SqliteStore
+
+    return SqliteStore(settings)
+
+
+async def migrate(settings: Settings) -> str:
+    store = configured_store(settings)
+    await store.open()
+    try:
+        version = await store.migrate()
+    finally:
+        await store.close()
+    return f"schema at version {version} ({store!r})"
+
+
+def run(args) -> int:
+    settings = load_settings(config_file=args.config)
+    try:
+        print(asyncio.run(migrate(settings)))
+    except BackendUnavailable as exc:
+        print(f"wabridge migrate: {exc}", file=sys.stderr)
+        return 1
+    return 0

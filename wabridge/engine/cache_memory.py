@@ -1,0 +1,73 @@
+"""The Cache port in process: the embedded adapter (no Redis), for `wabridge serve` without configuration.
+
+Shared by the tasks of one process only. Bounded: past `max_entries` the least recently used key is dropped, which
+for a cache is the documented behaviour (a miss, then the store answers). Expired keys are dropped when touched.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+
+from wabridge.engine.settings import Settings
+
+DEFAULT_MAX_ENTRIES = 100_000
+
+
+class MemoryCache:
+    def __init__(self, settings: Settings | None = None, *, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()  # key → (value, monotonic deadline)
+
+    def __repr__(self) -> str:
+        return f"MemoryCache(entries={len(self._entries)}, max_entries={self.max_entries})"
+
+    def _live(self, key: str) -> bytes | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry[1] <= time.monotonic():
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return entry[0]
+
+    def _store(self, key: str, value: bytes, ttl: float) -> None:
+        if ttl <= 0:
+            raise ValueError(f"ttl must be > 0 seconds, got {ttl}")
+        self._entries[key] = (value, time.monotonic() + ttl)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    async def get(self, key: str) -> bytes | None:
+        return self._live(key)
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        self._store(key, value, ttl)
+
+    async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
+        if self._live(key) is not None:
+            return False
+        self._store(key, value, ttl)
+        return True
+
+    async def delete(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+    async def incr(self, key: str, ttl: float) -> int:
+        current = self._live(key)
+        if current is None:
+            self._store(key, b"1", ttl)
+            return 1
+        count = int(current) + 1
+        self._entries[key] = (str(count).encode(), self._entries[key][1])  # the window keeps its first deadline
+        return count
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        self._entries.clear()

@@ -1,0 +1,92 @@
+"""The Cache port on Redis (redis.asyncio).
+
+Every key is `settings.key_prefix + key` (see keys.py). Timeouts are short on purpose: when Redis is down the caller
+must learn it within about a second and fall back to the store, not hang on a socket; every connection or timeout
+error becomes `BackendUnavailable("cache", …)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import TypeVar
+
+import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from wabridge.engine.ports import BackendUnavailable
+from wabridge.engine.settings import Settings
+
+T = TypeVar("T")
+
+SOCKET_TIMEOUT = 1.0  # seconds per command; a healthy loopback Redis answers in ~0.1 ms
+CONNECT_TIMEOUT = 0.5
+MAX_CONNECTIONS = 64
+
+_DOWN = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+
+
+class RedisCache:
+    def __init__(self, settings: Settings) -> None:
+        if not settings.redis_url:
+            raise ValueError("RedisCache needs settings.redis_url")
+        self._prefix = settings.key_prefix
+        # One immediate retry: a pooled connection may have died with a Redis restart; the second try opens a
+        # fresh one. No backoff: an outage is reported, not waited out.
+        self._redis = redis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=SOCKET_TIMEOUT,
+            socket_connect_timeout=CONNECT_TIMEOUT,
+            retry=Retry(NoBackoff(), 1),
+            max_connections=MAX_CONNECTIONS,
+        )
+
+    def __repr__(self) -> str:  # the URL may hold a password
+        return f"RedisCache(prefix={self._prefix!r})"
+
+    async def _call(self, op: Awaitable[T]) -> T:
+        try:
+            return await op
+        except _DOWN as exc:
+            raise BackendUnavailable("cache", f"redis: {type(exc).__name__}") from exc
+
+    async def get(self, key: str) -> bytes | None:
+        return await self._call(self._redis.get(self._prefix + key))
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        await self._call(self._redis.set(self._prefix + key, value, px=_ms(ttl)))
+
+    async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
+        return bool(await self._call(self._redis.set(self._prefix + key, value, px=_ms(ttl), nx=True)))
+
+    async def delete(self, key: str) -> None:
+        await self._call(self._redis.delete(self._prefix + key))
+
+    async def incr(self, key: str, ttl: float) -> int:
+        full = self._prefix + key
+        # INCR and PEXPIRE NX in one MULTI: one round trip, and the window starts when the key is created.
+        async def both() -> list:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.incr(full)
+                pipe.pexpire(full, _ms(ttl), nx=True)
+                return await pipe.execute()
+
+        count, _ = await self._call(both())
+        return int(count)
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._redis.ping())
+        except _DOWN:
+            return False
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+def _ms(ttl: float) -> int:
+    if ttl <= 0:
+        raise ValueError(f"ttl must be > 0 seconds, got {ttl}")
+    return max(1, int(ttl * 1000))

@@ -1,0 +1,86 @@
+"""A bounded in-process LRU in front of a remote Cache, for hot keys read on every message (tenant config, tokens,
+conversation mappings).
+
+The staleness bound: a local copy lives at most `max_staleness` seconds (and never past the TTL it was set with), so a
+key changed in Redis by another process is seen here within `max_staleness`. A change made through this LocalCache
+(set, delete, incr, set_if_absent) updates or drops the local copy at once. Misses are remembered too, under the same
+bound: an unknown phone_number_id flooding the ingress costs one Redis GET per `max_staleness`, not one per request.
+`incr` and `set_if_absent` always go to the remote: rate counters and de-duplication must be shared by processes.
+Past `max_entries` the least recently used key is dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+
+from wabridge.engine.ports import Cache
+
+
+class LocalCache:
+    def __init__(self, remote: Cache, *, max_entries: int = 10_000, max_staleness: float = 1.0) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        if max_staleness <= 0:
+            raise ValueError("max_staleness must be > 0 seconds")
+        self.remote = remote
+        self.max_entries = max_entries
+        self.max_staleness = max_staleness
+        self._entries: OrderedDict[str, tuple[bytes | None, float]] = OrderedDict()  # key → (value, deadline)
+        # Bumped by every write through this cache: a get whose remote read overlapped a write must not
+        # remember what it read (it may be the value from before the write).
+        self._writes = 0
+
+    def __repr__(self) -> str:
+        return f"LocalCache(entries={len(self._entries)}, max_staleness={self.max_staleness}, remote={self.remote!r})"
+
+    def _remember(self, key: str, value: bytes | None, lifetime: float) -> None:
+        self._entries[key] = (value, time.monotonic() + min(lifetime, self.max_staleness))
+        self._entries.move_to_end(key)
+        if len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    async def get(self, key: str) -> bytes | None:
+        entry = self._entries.get(key)
+        if entry is not None:
+            if entry[1] > time.monotonic():
+                self._entries.move_to_end(key)
+                return entry[0]
+            del self._entries[key]
+        writes = self._writes
+        value = await self.remote.get(key)
+        if writes == self._writes:
+            self._remember(key, value, self.max_staleness)
+        return value
+
+    def _forget(self, key: str) -> None:
+        self._writes += 1
+        self._entries.pop(key, None)
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        self._forget(key)  # if the remote write fails, no local copy may claim it succeeded
+        await self.remote.set(key, value, ttl)
+        self._remember(key, value, ttl)
+
+    async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
+        self._forget(key)
+        return await self.remote.set_if_absent(key, value, ttl)
+
+    async def delete(self, key: str) -> None:
+        self._forget(key)
+        await self.remote.delete(key)
+
+    async def incr(self, key: str, ttl: float) -> int:
+        self._forget(key)
+        return await self.remote.incr(key, ttl)
+
+    def invalidate(self, key: str) -> None:
+        """Forget the local copy (the next get asks the remote)."""
+        self._forget(key)
+
+    async def ping(self) -> bool:
+        return await self.remote.ping()
+
+    async def close(self) -> None:
+        self._entries.clear()
+        await self.remote.close()

@@ -1,0 +1,491 @@
+"""The Store port on PostgreSQL (asyncpg, one pool).
+
+Schema (migrate() creates or upgrades it, under an advisory lock, recording each step in schema_version):
+  tenant_credentials      one row per tenant; every secret encrypted at rest (SecretBox, context "<tenant>:<field>")
+                          with the encrypting key id beside it, so reencrypt_secrets() finds rows to rotate
+  tenant_phone_numbers    phone_number_id → tenant (primary key: a number belongs to one tenant at most)
+  conversation_mappings   (tenant_id, wa_id) → conversation_id UUID, last_activity_at, created_at
+  message_tracking        (tenant_id, wamid) → status, attempts, error, …, payload; index for replay queries
+
+Tracking upserts, the rule for "duplicate": a duplicate of a wamid we already track is a separate fact about a
+redelivery, never a new state of the message, so a `duplicate` write inserts a row only when none exists and never
+overwrites an existing one (a delivered message stays delivered). Any other status overwrites: the bridge writes
+each message's states in order (one tenant, one shard, one worker). A `delivered` write without payload clears the
+stored payload (it was kept only for replay); other writes without payload keep it.
+
+Down: connection errors and timeouts become BackendUnavailable("store", …); the pool reconnects by itself later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from wabridge.engine.ports import (
+    BackendUnavailable,
+    GenesysCredential,
+    PhoneNumberTaken,
+    TenantConfig,
+    TrackingRecord,
+    TrackingStatus,
+)
+from wabridge.engine.secrets import Secret, SecretBox
+from wabridge.engine.settings import Settings
+
+POOL_MAX = 8
+CONNECT_TIMEOUT = 2.0  # seconds; an unreachable database is reported, not waited for
+COMMAND_TIMEOUT = 10.0
+MIGRATION_LOCK = 0x77616272  # "wabr": one migrator at a time across processes
+
+# --- tenants: the sealed form both stores keep --------------------------------------------------------------------
+
+SECRET_FIELDS = ("app_secret", "verify_token", "whatsapp_token")
+
+
+class _SealedCredential(msgspec.Struct, frozen=True):
+    client_id: str
+    client_secret: str  # ciphertext
+
+
+_credentials_codec = (msgspec.json.Encoder(), msgspec.json.Decoder(list[_SealedCredential]))
+
+
+def seal_tenant(box: SecretBox, tenant: TenantConfig) -> dict[str, Any]:
+    """The row form of a tenant: plain fields as they are, secrets as SecretBox ciphertexts bound to tenant+field."""
+    t = tenant.tenant_id
+    row: dict[str, Any] = {
+        "tenant_id": t,
+        "phone_number_ids": list(tenant.phone_number_ids),
+        "genesys_api_url": tenant.genesys_api_url,
+        "genesys_login_url": tenant.genesys_login_url,
+        "genesys_integration_id": tenant.genesys_integration_id,
+        "rate_limit_per_minute": tenant.rate_limit_per_minute,
+        "key_id": box.primary_key_id,
+    }
+    for field in SECRET_FIELDS:
+        row[field] = box.encrypt(getattr(tenant, field).reveal(), context=f"{t}:{field}")
+    sealed = [
+        _SealedCredential(c.client_id, box.encrypt(c.client_secret.reveal(), context=f"{t}:client_secret:{c.client_id}"))
+        for c in tenant.credentials
+    ]
+    row["credentials"] = _credentials_codec[0].encode(sealed).decode()
+    return row
+
+
+def open_tenant(box: SecretBox, row: Any) -> TenantConfig:
+    t = row["tenant_id"]
+    credentials = tuple(
+        GenesysCredential(c.client_id, Secret(box.decrypt(c.client_secret, context=f"{t}:client_secret:{c.client_id}")))
+        for c in _credentials_codec[1].decode(row["credentials"])
+    )
+    phones = row["phone_number_ids"]
+    return TenantConfig(
+        tenant_id=t,
+        phone_number_ids=tuple(phones if isinstance(phones, list) else msgspec.json.decode(phones)),
+        app_secret=Secret(box.decrypt(row["app_secret"], context=f"{t}:app_secret")),
+        verify_token=Secret(box.decrypt(row["verify_token"], context=f"{t}:verify_token")),
+        whatsapp_token=Secret(box.decrypt(row["whatsapp_token"], context=f"{t}:whatsapp_token")),
+        genesys_api_url=row["genesys_api_url"],
+        genesys_login_url=row["genesys_login_url"],
+        genesys_integration_id=row["genesys_integration_id"],
+        credentials=credentials,
+        rate_limit_per_minute=row["rate_limit_per_minute"],
+    )
+
+
+def needs_rotation(box: SecretBox, row: Any) -> bool:
+    if any(box.needs_rotation(row[f]) for f in SECRET_FIELDS):
+        return True
+    return any(box.needs_rotation(c.client_secret) for c in _credentials_codec[1].decode(row["credentials"]))
+
+
+def latest_per_key(records: Sequence[TrackingRecord]) -> list[TrackingRecord]:
+    """One record per (tenant, wamid) for a single-statement upsert, applying the duplicate rule within the batch:
+    the last non-duplicate write wins; a duplicate counts only for a key nothing else in the batch wrote."""
+    latest: dict[tuple[str, str], TrackingRecord] = {}
+    for rec in records:
+        key = (rec.tenant_id, rec.wamid)
+        if rec.status == TrackingStatus.DUPLICATE and key in latest:
+            continue
+        latest[key] = rec
+    return list(latest.values())
+
+
+# --- schema -------------------------------------------------------------------------------------------------------
+
+_STATUSES = ", ".join(f"'{s}'" for s in TrackingStatus.ALL)
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the whole first schema
+    f"""
+    CREATE TABLE tenant_credentials (
+        tenant_id text PRIMARY KEY,
+        phone_number_ids text[] NOT NULL,
+        app_secret text NOT NULL,
+        verify_token text NOT NULL,
+        whatsapp_token text NOT NULL,
+        genesys_api_url text NOT NULL,
+        genesys_login_url text NOT NULL,
+        genesys_integration_id text NOT NULL,
+        credentials text NOT NULL,
+        rate_limit_per_minute integer NOT NULL,
+        key_id text NOT NULL,
+        updated_at timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE TABLE tenant_phone_numbers (
+        phone_number_id text PRIMARY KEY,
+        tenant_id text NOT NULL REFERENCES tenant_credentials (tenant_id) ON DELETE CASCADE
+    );
+    CREATE INDEX tenant_phone_numbers_tenant ON tenant_phone_numbers (tenant_id);
+    CREATE TABLE conversation_mappings (
+        tenant_id text NOT NULL,
+        wa_id text NOT NULL,
+        conversation_id uuid NOT NULL,
+        last_activity_at timestamptz NOT NULL DEFAULT now(),
+        created_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (tenant_id, wa_id)
+    );
+    CREATE INDEX conversation_mappings_conversation ON conversation_mappings (conversation_id);
+    CREATE TABLE message_tracking (
+        tenant_id text NOT NULL,
+        wamid text NOT NULL,
+        conversation_id text,
+        direction text NOT NULL,
+        type text NOT NULL,
+        status text NOT NULL CHECK (status IN ({_STATUSES})),
+        attempts integer NOT NULL DEFAULT 0,
+        error text,
+        genesys_message_id text,
+        payload bytea,
+        created_at timestamptz NOT NULL,
+        updated_at timestamptz NOT NULL,
+        PRIMARY KEY (tenant_id, wamid)
+    );
+    CREATE INDEX message_tracking_replay ON message_tracking (tenant_id, status, created_at);
+    CREATE INDEX message_tracking_created ON message_tracking (created_at);
+    """,
+)
+
+# Arrays in, one statement, one round trip (see bench/test_store_bench.py for the measured alternatives).
+_UPSERT_TRACKING = """
+INSERT INTO message_tracking AS t (tenant_id, wamid, conversation_id, direction, type, status, attempts, error,
+                                   genesys_message_id, payload, created_at, updated_at)
+SELECT u.tenant_id, u.wamid, u.conversation_id, u.direction, u.type, u.status, u.attempts, u.error,
+       u.genesys_message_id, u.payload, to_timestamp(u.created_at), to_timestamp(u.updated_at)
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], $8::text[],
+            $9::text[], $10::bytea[], $11::float8[], $12::float8[])
+     AS u(tenant_id, wamid, conversation_id, direction, type, status, attempts, error, genesys_message_id, payload,
+          created_at, updated_at)
+ON CONFLICT (tenant_id, wamid) DO UPDATE SET
+    status = EXCLUDED.status,
+    attempts = EXCLUDED.attempts,
+    error = EXCLUDED.error,
+    conversation_id = COALESCE(EXCLUDED.conversation_id, t.conversation_id),
+    genesys_message_id = COALESCE(EXCLUDED.genesys_message_id, t.genesys_message_id),
+    type = CASE WHEN EXCLUDED.type = '' THEN t.type ELSE EXCLUDED.type END,
+    payload = CASE WHEN EXCLUDED.payload IS NOT NULL THEN EXCLUDED.payload
+                   WHEN EXCLUDED.status = 'delivered' THEN NULL ELSE t.payload END,
+    updated_at = EXCLUDED.updated_at
+WHERE EXCLUDED.status <> 'duplicate'
+"""
+
+_TRACKING_COLUMNS = """wamid, tenant_id, status, direction, type, conversation_id, genesys_message_id, attempts, error,
+    payload, extract(epoch FROM created_at)::float8 AS created_at, extract(epoch FROM updated_at)::float8 AS updated_at"""
+
+_DOWN = (
+    OSError,
+    TimeoutError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+)
+
+
+class PostgresStore:
+    def __init__(self, settings: Settings) -> None:
+        if settings.database_url is None:
+            raise ValueError("PostgresStore needs settings.database_url")
+        self._url = settings.database_url
+        self._box = settings.secret_box()
+        self._pool: asyncpg.Pool | None = None
+
+    def __repr__(self) -> str:  # host and database only: the URL may hold a password
+        from urllib.parse import urlsplit
+
+        url = urlsplit(self._url.reveal())
+        return f"PostgresStore({url.hostname}:{url.port or 5432}{url.path})"
+
+    # --- lifecycle ---
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        try:
+            self._pool = await asyncpg.create_pool(
+                self._url.reveal(),
+                min_size=1,
+                max_size=POOL_MAX,
+                timeout=CONNECT_TIMEOUT,
+                command_timeout=COMMAND_TIMEOUT,
+            )
+        except _DOWN as exc:
+            raise BackendUnavailable("store", f"postgresql: {type(exc).__name__}") from exc
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    def _conn(self):
+        if self._pool is None:
+            raise RuntimeError("PostgresStore.open() was not called")
+        return _Guarded(self._pool)
+
+    async def ping(self) -> bool:
+        try:
+            async with self._conn() as conn:
+                return await conn.fetchval("SELECT 1") == 1
+        except BackendUnavailable:
+            return False
+
+    async def migrate(self) -> int:
+        """Returns the schema version now in place."""
+        async with self._conn() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version"
+                " (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            current = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
+            for version, ddl in enumerate(MIGRATIONS[current:], start=current + 1):
+                await conn.execute(ddl)
+                await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+            return len(MIGRATIONS)
+
+    # --- tenants ---
+
+    async def put_tenant(self, tenant: TenantConfig) -> None:
+        row = seal_tenant(self._box, tenant)
+        async with self._conn() as conn, conn.transaction():
+            await conn.execute(
+                """INSERT INTO tenant_credentials (tenant_id, phone_number_ids, app_secret, verify_token,
+                       whatsapp_token, genesys_api_url, genesys_login_url, genesys_integration_id, credentials,
+                       rate_limit_per_minute, key_id)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                   ON CONFLICT (tenant_id) DO UPDATE SET phone_number_ids = EXCLUDED.phone_number_ids,
+                       app_secret = EXCLUDED.app_secret, verify_token = EXCLUDED.verify_token,
+                       whatsapp_token = EXCLUDED.whatsapp_token, genesys_api_url = EXCLUDED.genesys_api_url,
+                       genesys_login_url = EXCLUDED.genesys_login_url,
+                       genesys_integration_id = EXCLUDED.genesys_integration_id,
+                       credentials = EXCLUDED.credentials, rate_limit_per_minute = EXCLUDED.rate_limit_per_minute,
+                       key_id = EXCLUDED.key_id, updated_at = now()""",
+                row["tenant_id"], row["phone_number_ids"], row["app_secret"], row["verify_token"],
+                row["whatsapp_token"], row["genesys_api_url"], row["genesys_login_url"],
+                row["genesys_integration_id"], row["credentials"], row["rate_limit_per_minute"], row["key_id"],
+            )  # fmt: skip
+            phones = list(tenant.phone_number_ids)
+            await conn.execute(
+                "DELETE FROM tenant_phone_numbers WHERE tenant_id = $1 AND NOT (phone_number_id = ANY($2))",
+                tenant.tenant_id, phones,
+            )  # fmt: skip
+            # The primary key serialises concurrent claims: DO NOTHING waits for a competing insert to commit.
+            await conn.execute(
+                "INSERT INTO tenant_phone_numbers (phone_number_id, tenant_id) SELECT p, $2 FROM unnest($1::text[]) p"
+                " ON CONFLICT (phone_number_id) DO NOTHING",
+                phones, tenant.tenant_id,
+            )  # fmt: skip
+            taken = await conn.fetchrow(
+                "SELECT phone_number_id, tenant_id FROM tenant_phone_numbers"
+                " WHERE phone_number_id = ANY($1) AND tenant_id <> $2 LIMIT 1",
+                phones, tenant.tenant_id,
+            )  # fmt: skip
+            if taken is not None:
+                raise PhoneNumberTaken(
+                    f"phone_number_id {taken['phone_number_id']} belongs to tenant {taken['tenant_id']}"
+                )
+
+    async def get_tenant(self, tenant_id: str) -> TenantConfig | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow("SELECT * FROM tenant_credentials WHERE tenant_id = $1", tenant_id)
+        return None if row is None else open_tenant(self._box, row)
+
+    async def tenant_for_phone_number(self, phone_number_id: str) -> TenantConfig | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                "SELECT c.* FROM tenant_phone_numbers p JOIN tenant_credentials c USING (tenant_id)"
+                " WHERE p.phone_number_id = $1",
+                phone_number_id,
+            )
+        return None if row is None else open_tenant(self._box, row)
+
+    async def list_tenants(self) -> list[TenantConfig]:
+        async with self._conn() as conn:
+            rows = await conn.fetch("SELECT * FROM tenant_credentials ORDER BY tenant_id")
+        return [open_tenant(self._box, r) for r in rows]
+
+    async def remove_tenant(self, tenant_id: str) -> bool:
+        async with self._conn() as conn:
+            status = await conn.execute("DELETE FROM tenant_credentials WHERE tenant_id = $1", tenant_id)
+        return status == "DELETE 1"
+
+    async def reencrypt_secrets(self) -> int:
+        """Re-encrypt every tenant whose secrets were sealed with a key other than the primary one (key rotation:
+        configure `new,old`, run this, then drop the old key). Returns the number of tenants rewritten."""
+        async with self._conn() as conn, conn.transaction():
+            rows = await conn.fetch("SELECT * FROM tenant_credentials FOR UPDATE")
+            stale = [r for r in rows if needs_rotation(self._box, r)]
+            for r in stale:
+                sealed = seal_tenant(self._box, open_tenant(self._box, r))
+                await conn.execute(
+                    "UPDATE tenant_credentials SET app_secret = $2, verify_token = $3, whatsapp_token = $4,"
+                    " credentials = $5, key_id = $6, updated_at = now() WHERE tenant_id = $1",
+                    sealed["tenant_id"], sealed["app_secret"], sealed["verify_token"], sealed["whatsapp_token"],
+                    sealed["credentials"], sealed["key_id"],
+                )  # fmt: skip
+        return len(stale)
+
+    # --- conversation mappings ---
+
+    async def get_conversation(self, tenant_id: str, wa_id: str) -> str | None:
+        async with self._conn() as conn:
+            value = await conn.fetchval(
+                "SELECT conversation_id FROM conversation_mappings WHERE tenant_id = $1 AND wa_id = $2",
+                tenant_id, wa_id,
+            )  # fmt: skip
+        return None if value is None else str(value)
+
+    async def put_conversation(self, tenant_id: str, wa_id: str, conversation_id: str) -> str:
+        async with self._conn() as conn:
+            won = await conn.fetchval(
+                "INSERT INTO conversation_mappings (tenant_id, wa_id, conversation_id) VALUES ($1, $2, $3)"
+                " ON CONFLICT (tenant_id, wa_id) DO NOTHING RETURNING conversation_id",
+                tenant_id, wa_id, conversation_id,
+            )  # fmt: skip
+            if won is not None:
+                return str(won)
+            # Another writer won; a new statement (new snapshot) sees its committed row.
+            existing = await conn.fetchval(
+                "SELECT conversation_id FROM conversation_mappings WHERE tenant_id = $1 AND wa_id = $2",
+                tenant_id, wa_id,
+            )  # fmt: skip
+        return str(existing)
+
+    async def set_conversation(self, tenant_id: str, wa_id: str, conversation_id: str) -> None:
+        async with self._conn() as conn:
+            await conn.execute(
+                "INSERT INTO conversation_mappings (tenant_id, wa_id, conversation_id) VALUES ($1, $2, $3)"
+                " ON CONFLICT (tenant_id, wa_id) DO UPDATE SET conversation_id = EXCLUDED.conversation_id,"
+                " last_activity_at = now()",
+                tenant_id, wa_id, conversation_id,
+            )  # fmt: skip
+
+    async def touch_conversations(self, touches: Sequence[tuple[str, str, float]]) -> None:
+        latest: dict[tuple[str, str], float] = {}
+        for tenant_id, wa_id, at in touches:
+            latest[(tenant_id, wa_id)] = max(at, latest.get((tenant_id, wa_id), at))
+        if not latest:
+            return
+        keys = list(latest)
+        async with self._conn() as conn:
+            await conn.execute(
+                """UPDATE conversation_mappings m SET last_activity_at = to_timestamp(u.at)
+                   FROM unnest($1::text[], $2::text[], $3::float8[]) AS u(tenant_id, wa_id, at)
+                   WHERE m.tenant_id = u.tenant_id AND m.wa_id = u.wa_id AND m.last_activity_at < to_timestamp(u.at)""",
+                [k[0] for k in keys], [k[1] for k in keys], list(latest.values()),
+            )  # fmt: skip
+
+    # --- message tracking ---
+
+    async def write_tracking(self, records: Sequence[TrackingRecord]) -> None:
+        rows = latest_per_key(records)
+        if not rows:
+            return
+        now = time.time()
+        async with self._conn() as conn:
+            await conn.execute(
+                _UPSERT_TRACKING,
+                [r.tenant_id for r in rows],
+                [r.wamid for r in rows],
+                [r.conversation_id for r in rows],
+                [r.direction for r in rows],
+                [r.type for r in rows],
+                [r.status for r in rows],
+                [r.attempts for r in rows],
+                [r.error for r in rows],
+                [r.genesys_message_id for r in rows],
+                [r.payload for r in rows],
+                [r.created_at or now for r in rows],
+                [r.updated_at or now for r in rows],
+            )
+
+    async def get_tracking(self, tenant_id: str, wamid: str) -> TrackingRecord | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {_TRACKING_COLUMNS} FROM message_tracking WHERE tenant_id = $1 AND wamid = $2",
+                tenant_id, wamid,
+            )  # fmt: skip
+        return None if row is None else TrackingRecord(**dict(row))
+
+    async def list_tracking(
+        self,
+        *,
+        tenant_id: str | None = None,
+        statuses: Sequence[str] = (),
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 1000,
+    ) -> list[TrackingRecord]:
+        where, args = [], []
+        if tenant_id is not None:
+            args.append(tenant_id)
+            where.append(f"tenant_id = ${len(args)}")
+        if statuses:
+            args.append(list(statuses))
+            where.append(f"status = ANY(${len(args)})")
+        if since is not None:
+            args.append(since)
+            where.append(f"created_at >= to_timestamp(${len(args)})")
+        if until is not None:
+            args.append(until)
+            where.append(f"created_at < to_timestamp(${len(args)})")
+        args.append(limit)
+        sql = (
+            f"SELECT {_TRACKING_COLUMNS} FROM message_tracking"
+            f" {'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY created_at, wamid LIMIT ${len(args)}"
+        )
+        async with self._conn() as conn:
+            rows = await conn.fetch(sql, *args)
+        return [TrackingRecord(**dict(r)) for r in rows]
+
+
+class _Guarded:
+    """Acquire a pooled connection; connection failures anywhere inside become BackendUnavailable."""
+
+    __slots__ = ("_pool", "_conn")
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._conn = None
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        try:
+            self._conn = await self._pool.acquire(timeout=CONNECT_TIMEOUT)
+        except _DOWN as exc:
+            raise BackendUnavailable("store", f"postgresql: {type(exc).__name__}") from exc
+        return self._conn
+
+    async def __aexit__(self, kind, exc, tb) -> None:
+        try:
+            await self._pool.release(self._conn)
+        except _DOWN:
+            pass  # the pool drops a broken connection itself
+        if exc is not None and isinstance(exc, _DOWN) and not isinstance(exc, BackendUnavailable):
+            raise BackendUnavailable("store", f"postgresql: {type(exc).__name__}") from exc
+

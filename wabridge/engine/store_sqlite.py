@@ -1,0 +1,385 @@
+"""The Store port on SQLite (stdlib sqlite3, WAL): what `wabridge serve` uses with no configuration.
+
+Same schema, same rules as store_postgres.py (read its docstring: the duplicate rule, payload clearing, secrets sealed
+per tenant+field). Timestamps are REAL Unix seconds. Several processes may open the same file: WAL lets readers run
+beside the one writer, writes take the lock with BEGIN IMMEDIATE and wait up to BUSY_TIMEOUT for it, and a lock still
+held after that is reported as BackendUnavailable (the caller retries later, as with a PostgreSQL outage).
+
+Every call runs on one dedicated thread that owns the connection: the event loop never waits on the disk, and the
+connection is never shared between threads. synchronous=FULL, because write_tracking promises durability on return
+and a batch of hundreds of rows pays for one fsync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import msgspec
+
+from wabridge.engine.ports import (
+    BackendUnavailable,
+    PhoneNumberTaken,
+    TenantConfig,
+    TrackingRecord,
+    TrackingStatus,
+)
+from wabridge.engine.settings import Settings
+from wabridge.engine.store_postgres import latest_per_key, needs_rotation, open_tenant, seal_tenant
+
+T = TypeVar("T")
+
+FILENAME = "wabridge.sqlite3"
+BUSY_TIMEOUT = 5.0  # seconds another process may hold the write lock before we report the store unavailable
+
+_STATUSES = ", ".join(f"'{s}'" for s in TrackingStatus.ALL)
+
+MIGRATIONS: tuple[str, ...] = (
+    f"""
+    CREATE TABLE tenant_credentials (
+        tenant_id TEXT PRIMARY KEY,
+        phone_number_ids TEXT NOT NULL,  -- JSON array, in the tenant's order
+        app_secret TEXT NOT NULL,
+        verify_token TEXT NOT NULL,
+        whatsapp_token TEXT NOT NULL,
+        genesys_api_url TEXT NOT NULL,
+        genesys_login_url TEXT NOT NULL,
+        genesys_integration_id TEXT NOT NULL,
+        credentials TEXT NOT NULL,
+        rate_limit_per_minute INTEGER NOT NULL,
+        key_id TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE tenant_phone_numbers (
+        phone_number_id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenant_credentials (tenant_id) ON DELETE CASCADE
+    );
+    CREATE INDEX tenant_phone_numbers_tenant ON tenant_phone_numbers (tenant_id);
+    CREATE TABLE conversation_mappings (
+        tenant_id TEXT NOT NULL,
+        wa_id TEXT NOT NULL,
+        conversation_id TEXT NOT NULL,
+        last_activity_at REAL NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (tenant_id, wa_id)
+    );
+    CREATE INDEX conversation_mappings_conversation ON conversation_mappings (conversation_id);
+    CREATE TABLE message_tracking (
+        tenant_id TEXT NOT NULL,
+        wamid TEXT NOT NULL,
+        conversation_id TEXT,
+        direction TEXT NOT NULL,
+        type TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ({_STATUSES})),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        genesys_message_id TEXT,
+        payload BLOB,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (tenant_id, wamid)
+    );
+    CREATE INDEX message_tracking_replay ON message_tracking (tenant_id, status, created_at);
+    CREATE INDEX message_tracking_created ON message_tracking (created_at);
+    """,
+)
+
+_UPSERT_TRACKING = """
+INSERT INTO message_tracking AS t (tenant_id, wamid, conversation_id, direction, type, status, attempts, error,
+                                   genesys_message_id, payload, created_at, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (tenant_id, wamid) DO UPDATE SET
+    status = excluded.status,
+    attempts = excluded.attempts,
+    error = excluded.error,
+    conversation_id = COALESCE(excluded.conversation_id, t.conversation_id),
+    genesys_message_id = COALESCE(excluded.genesys_message_id, t.genesys_message_id),
+    type = CASE WHEN excluded.type = '' THEN t.type ELSE excluded.type END,
+    payload = CASE WHEN excluded.payload IS NOT NULL THEN excluded.payload
+                   WHEN excluded.status = 'delivered' THEN NULL ELSE t.payload END,
+    updated_at = excluded.updated_at
+WHERE excluded.status <> 'duplicate'
+"""
+
+_TRACKING_COLUMNS = (
+    "wamid, tenant_id, status, direction, type, conversation_id, genesys_message_id, attempts, error, payload,"
+    " created_at, updated_at"
+)
+_TENANT_COLUMNS = (
+    "tenant_id", "phone_number_ids", "app_secret", "verify_token", "whatsapp_token", "genesys_api_url",
+    "genesys_login_url", "genesys_integration_id", "credentials", "rate_limit_per_minute", "key_id",
+)  # fmt: skip
+
+
+class SqliteStore:
+    def __init__(self, settings: Settings) -> None:
+        self.path = settings.data_dir / FILENAME
+        self._box = settings.secret_box()
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wabridge-sqlite")
+        self._db: sqlite3.Connection | None = None
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({str(self.path)!r})"
+
+    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            if self._db is None:
+                raise RuntimeError("SqliteStore.open() was not called")
+            try:
+                return work(self._db)
+            except sqlite3.OperationalError as exc:
+                if self._db.in_transaction:
+                    self._db.rollback()
+                if "locked" in str(exc) or "busy" in str(exc):
+                    raise BackendUnavailable("store", f"sqlite: {exc}") from exc
+                raise
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.rollback()
+                raise
+
+        return await asyncio.get_running_loop().run_in_executor(self._thread, call)
+
+    # --- lifecycle ---
+
+    async def open(self) -> None:
+        def connect() -> None:
+            if self._db is not None:
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            self._db = db
+
+        await asyncio.get_running_loop().run_in_executor(self._thread, connect)
+
+    async def close(self) -> None:
+        def disconnect() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        await asyncio.get_running_loop().run_in_executor(self._thread, disconnect)
+        self._thread.shutdown(wait=True)
+
+    async def ping(self) -> bool:
+        try:
+            return await self._run(lambda db: db.execute("SELECT 1").fetchone()[0] == 1)
+        except (BackendUnavailable, RuntimeError):
+            return False
+
+    async def migrate(self) -> int:
+        def work(db: sqlite3.Connection) -> int:
+            db.execute("BEGIN IMMEDIATE")  # one migrator at a time across processes
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+            )
+            current = db.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+            for version, ddl in enumerate(MIGRATIONS[current:], start=current + 1):
+                for statement in ddl.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute("INSERT INTO schema_version VALUES (?, ?)", (version, time.time()))
+            db.execute("COMMIT")
+            return len(MIGRATIONS)
+
+        return await self._run(work)
+
+    # --- tenants ---
+
+    async def put_tenant(self, tenant: TenantConfig) -> None:
+        row = seal_tenant(self._box, tenant)
+        row["phone_number_ids"] = msgspec.json.encode(row["phone_number_ids"]).decode()
+        phones = list(tenant.phone_number_ids)
+
+        def work(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            marks = ", ".join("?" for _ in phones)
+            taken = db.execute(
+                f"SELECT phone_number_id, tenant_id FROM tenant_phone_numbers"
+                f" WHERE phone_number_id IN ({marks}) AND tenant_id <> ? LIMIT 1",
+                (*phones, tenant.tenant_id),
+            ).fetchone()
+            if taken is not None:
+                raise PhoneNumberTaken(
+                    f"phone_number_id {taken['phone_number_id']} belongs to tenant {taken['tenant_id']}"
+                )
+            columns = ", ".join(_TENANT_COLUMNS)
+            updates = ", ".join(f"{c} = excluded.{c}" for c in _TENANT_COLUMNS[1:])
+            db.execute(
+                f"INSERT INTO tenant_credentials ({columns}, updated_at) VALUES ({', '.join('?' * 12)})"
+                f" ON CONFLICT (tenant_id) DO UPDATE SET {updates}, updated_at = excluded.updated_at",
+                (*(row[c] for c in _TENANT_COLUMNS), time.time()),
+            )
+            db.execute(
+                f"DELETE FROM tenant_phone_numbers WHERE tenant_id = ? AND phone_number_id NOT IN ({marks})",
+                (tenant.tenant_id, *phones),
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO tenant_phone_numbers (phone_number_id, tenant_id) VALUES (?, ?)",
+                [(p, tenant.tenant_id) for p in phones],
+            )
+            db.execute("COMMIT")
+
+        await self._run(work)
+
+    async def _tenants(self, sql: str, args: tuple = ()) -> list[TenantConfig]:
+        rows = await self._run(lambda db: db.execute(sql, args).fetchall())
+        return [open_tenant(self._box, r) for r in rows]
+
+    async def get_tenant(self, tenant_id: str) -> TenantConfig | None:
+        found = await self._tenants("SELECT * FROM tenant_credentials WHERE tenant_id = ?", (tenant_id,))
+        return found[0] if found else None
+
+    async def tenant_for_phone_number(self, phone_number_id: str) -> TenantConfig | None:
+        found = await self._tenants(
+            "SELECT c.* FROM tenant_phone_numbers p JOIN tenant_credentials c USING (tenant_id)"
+            " WHERE p.phone_number_id = ?",
+            (phone_number_id,),
+        )
+        return found[0] if found else None
+
+    async def list_tenants(self) -> list[TenantConfig]:
+        return await self._tenants("SELECT * FROM tenant_credentials ORDER BY tenant_id")
+
+    async def remove_tenant(self, tenant_id: str) -> bool:
+        def work(db: sqlite3.Connection) -> bool:
+            return db.execute("DELETE FROM tenant_credentials WHERE tenant_id = ?", (tenant_id,)).rowcount == 1
+
+        return await self._run(work)
+
+    async def reencrypt_secrets(self) -> int:
+        """Re-encrypt tenants sealed with a key other than the primary one; returns how many were rewritten."""
+
+        def work(db: sqlite3.Connection) -> int:
+            db.execute("BEGIN IMMEDIATE")
+            stale = [r for r in db.execute("SELECT * FROM tenant_credentials") if needs_rotation(self._box, r)]
+            for r in stale:
+                sealed = seal_tenant(self._box, open_tenant(self._box, r))
+                db.execute(
+                    "UPDATE tenant_credentials SET app_secret = ?, verify_token = ?, whatsapp_token = ?,"
+                    " credentials = ?, key_id = ?, updated_at = ? WHERE tenant_id = ?",
+                    (sealed["app_secret"], sealed["verify_token"], sealed["whatsapp_token"], sealed["credentials"],
+                     sealed["key_id"], time.time(), sealed["tenant_id"]),
+                )  # fmt: skip
+            db.execute("COMMIT")
+            return len(stale)
+
+        return await self._run(work)
+
+    # --- conversation mappings ---
+
+    async def get_conversation(self, tenant_id: str, wa_id: str) -> str | None:
+        def work(db: sqlite3.Connection) -> str | None:
+            row = db.execute(
+                "SELECT conversation_id FROM conversation_mappings WHERE tenant_id = ? AND wa_id = ?", (tenant_id, wa_id)
+            ).fetchone()
+            return None if row is None else row[0]
+
+        return await self._run(work)
+
+    async def put_conversation(self, tenant_id: str, wa_id: str, conversation_id: str) -> str:
+        def work(db: sqlite3.Connection) -> str:
+            now = time.time()
+            db.execute(
+                "INSERT INTO conversation_mappings VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant_id, wa_id) DO NOTHING",
+                (tenant_id, wa_id, conversation_id, now, now),
+            )
+            return db.execute(
+                "SELECT conversation_id FROM conversation_mappings WHERE tenant_id = ? AND wa_id = ?", (tenant_id, wa_id)
+            ).fetchone()[0]
+
+        return await self._run(work)
+
+    async def set_conversation(self, tenant_id: str, wa_id: str, conversation_id: str) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            now = time.time()
+            db.execute(
+                "INSERT INTO conversation_mappings VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant_id, wa_id) DO UPDATE"
+                " SET conversation_id = excluded.conversation_id, last_activity_at = excluded.last_activity_at",
+                (tenant_id, wa_id, conversation_id, now, now),
+            )
+
+        await self._run(work)
+
+    async def touch_conversations(self, touches: Sequence[tuple[str, str, float]]) -> None:
+        rows = [(at, tenant_id, wa_id, at) for tenant_id, wa_id, at in touches]
+        if not rows:
+            return
+
+        def work(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "UPDATE conversation_mappings SET last_activity_at = ?"
+                " WHERE tenant_id = ? AND wa_id = ? AND last_activity_at < ?",
+                rows,
+            )
+            db.execute("COMMIT")
+
+        await self._run(work)
+
+    # --- message tracking ---
+
+    async def write_tracking(self, records: Sequence[TrackingRecord]) -> None:
+        if not records:
+            return
+        now = time.time()
+        rows = [
+            (r.tenant_id, r.wamid, r.conversation_id, r.direction, r.type, r.status, r.attempts, r.error,
+             r.genesys_message_id, r.payload, r.created_at or now, r.updated_at or now)
+            for r in latest_per_key(records)
+        ]  # fmt: skip
+
+        def work(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(_UPSERT_TRACKING, rows)
+            db.execute("COMMIT")
+
+        await self._run(work)
+
+    async def get_tracking(self, tenant_id: str, wamid: str) -> TrackingRecord | None:
+        def work(db: sqlite3.Connection) -> Any:
+            return db.execute(
+                f"SELECT {_TRACKING_COLUMNS} FROM message_tracking WHERE tenant_id = ? AND wamid = ?",
+                (tenant_id, wamid),
+            ).fetchone()
+
+        row = await self._run(work)
+        return None if row is None else TrackingRecord(**dict(row))
+
+    async def list_tracking(
+        self,
+        *,
+        tenant_id: str | None = None,
+        statuses: Sequence[str] = (),
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 1000,
+    ) -> list[TrackingRecord]:
+        where: list[str] = []
+        args: list[Any] = []
+        if tenant_id is not None:
+            where.append("tenant_id = ?")
+            args.append(tenant_id)
+        if statuses:
+            where.append(f"status IN ({', '.join('?' for _ in statuses)})")
+            args.extend(statuses)
+        if since is not None:
+            where.append("created_at >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("created_at < ?")
+            args.append(until)
+        sql = (
+            f"SELECT {_TRACKING_COLUMNS} FROM message_tracking {'WHERE ' + ' AND '.join(where) if where else ''}"
+            " ORDER BY created_at, wamid LIMIT ?"
+        )
+        rows = await self._run(lambda db: db.execute(sql, (*args, limit)).fetchall())
+        return [TrackingRecord(**dict(r)) for r in rows]
