@@ -1,0 +1,404 @@
+"""The webhook ingress: Meta POSTs here; the answer is 200 only once the payload is durable in the queue.
+
+One request, in order (nothing in the payload is trusted before step 3):
+  1. the body is read with a bound (413 past settings.max_body_bytes, from Content-Length or while streaming);
+  2. `phone_number_id`s are read through a tiny view (codecs/routing.py) — only to pick the tenants, and so the keys;
+  3. the X-Hub-Signature-256 HMAC over the raw bytes is checked with every such tenant's app secret (401 if any fails);
+  4. the raw body is archived in the background (bounded; a failure is logged and counted, never blocks);
+  5. one queue message per tenant is published, and the answer waits for the broker's confirm (503 if it cannot).
+A body no tenant owns is answered 200 (Meta would retry it for 7 days otherwise), archived and tracked `unrouted`.
+
+Error contract (as courier's): the caller's bad input gets a 4xx and a log line; our own backends being down gets a
+503, so Meta retries and nothing acknowledged is ever lost. Duplicates are possible (Meta retries, multi-tenant
+partial failures): the workers de-duplicate by wamid.
+
+`IngressApp` is a Granian RSGI application; each Granian worker process builds its own with `app_factory()` and opens
+its own backends in `__rsgi_init__`. `handle(method, path, query, headers, body)` is the whole request logic without
+HTTP, for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import time
+from collections.abc import Mapping
+from hashlib import sha256
+from typing import Any
+
+import msgspec
+
+from wabridge.actors.http import JSON, BadContentLength, BodyTooLarge, Response, query_params, read_body, text
+from wabridge.actors.tenants import TenantDirectory
+from wabridge.codecs.routing import MalformedWebhook, QueuedWebhook, encode_queued, read_routing, split_by_tenant
+from wabridge.engine import metrics
+from wabridge.engine.object_keys import webhook_key
+from wabridge.engine.ports import WEBHOOKS_BUCKET, BackendUnavailable, TenantConfig, TrackingRecord, TrackingStatus
+from wabridge.engine.settings import Settings, load_settings
+
+log = logging.getLogger("wabridge.ingress")
+
+WEBHOOK_PATH = "/webhook/meta"
+UNROUTED_ARCHIVE_TENANT = "_unrouted"  # archive prefix of bodies no tenant owns (tracked with tenant_id "")
+MAX_CHALLENGE = 1024  # characters; Meta sends a short number
+ARCHIVE_TIMEOUT = 30.0  # seconds one archive put may take before it counts as failed
+CLOSE_DEADLINE = 10.0  # seconds archives still running at shutdown get to finish
+
+REQUESTS = metrics.REGISTRY.counter(
+    "wabridge_ingress_requests_total", "HTTP requests answered by the ingress", ("route", "status")
+)
+PUBLISH_SECONDS = metrics.REGISTRY.histogram(
+    "wabridge_ingress_publish_seconds", "Time from publish to the broker's confirm, per queued webhook"
+)
+ARCHIVE_FAILURES = metrics.REGISTRY.counter(
+    "wabridge_ingress_archive_failures_total", "Raw webhooks not archived (failed, or dropped at the bound)", ("reason",)
+)
+ARCHIVES_RUNNING = metrics.REGISTRY.gauge("wabridge_ingress_archives_running", "Archive puts in flight")
+UNROUTED = metrics.REGISTRY.counter(
+    "wabridge_ingress_unrouted_total", "Webhook changes whose phone_number_id no tenant owns"
+)
+QUEUED = metrics.REGISTRY.counter("wabridge_ingress_queued_total", "Queue messages confirmed by the broker")
+TENANT_LOOKUPS = metrics.REGISTRY.counter(
+    "wabridge_tenant_lookups_total", "Tenant directory lookups by the tier that answered", ("tier",)
+)
+TENANT_HIT_RATIO = metrics.REGISTRY.gauge(
+    "wabridge_tenant_cache_hit_ratio", "Share of tenant lookups answered by the in-process cache"
+)
+
+
+def _signature_ok(secret: str, body: bytes, header: str) -> bool:
+    expected = "sha256=" + hmac.new(secret.encode(), body, sha256).hexdigest()
+    return hmac.compare_digest(expected, header)
+
+
+def _new_webhook_id(received_at: float) -> str:
+    # Time first (archive keys sort by arrival), then 40 random bits: unique per POST without coordination.
+    return f"{int(received_at * 1000):011x}{os.urandom(5).hex()}"
+
+
+class IngressApp:
+    """The RSGI application. Give it open `backends` (tests), or let `__rsgi_init__` open them (Granian workers)."""
+
+    def __init__(self, settings: Settings, backends: Any = None, *, max_archives: int = 256) -> None:
+        self.settings = settings
+        self.backends = backends
+        self.directory: TenantDirectory | None = None
+        self._max_archives = max_archives
+        self._archives: set[asyncio.Task[None]] = set()
+        self._exit = contextlib.AsyncExitStack()
+        self._last_drop_log = 0.0
+        self._ok = {route: REQUESTS.labels(route, "200") for route in ("webhook", "handshake", "healthz")}
+        if backends is not None:
+            self._bind(backends)
+
+    # --- life cycle -------------------------------------------------------------------------------------------
+
+    def _bind(self, backends: Any) -> None:
+        self.backends = backends
+        self.directory = TenantDirectory(backends.store, backends.cache, self.settings.secret_box())
+        directory = self.directory
+        for tier, field in (("local", "local_hits"), ("cache", "cache_hits"), ("store", "store_lookups")):
+            TENANT_LOOKUPS.labels(tier).set_function(lambda f=field: getattr(directory.statistics(), f))
+        TENANT_HIT_RATIO.set_function(lambda: directory.statistics().hit_ratio)
+        ARCHIVES_RUNNING.set_function(lambda: len(self._archives))
+
+    async def start(self) -> None:
+        if self.backends is None:
+            from wabridge.engine.backends import open_backends
+
+            self._bind(await self._exit.enter_async_context(open_backends(self.settings)))
+
+    async def aclose(self) -> None:
+        """Let running archives finish (bounded by CLOSE_DEADLINE), then close what we opened."""
+        if self._archives:
+            _, pending = await asyncio.wait(set(self._archives), timeout=CLOSE_DEADLINE)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        await self._exit.aclose()
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.run_until_complete(self.start())
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.run_until_complete(self.aclose())
+
+    # --- RSGI -------------------------------------------------------------------------------------------------
+
+    async def __rsgi__(self, scope: Any, proto: Any) -> None:
+        if scope.proto != "http":
+            return
+        headers = scope.headers
+        body = b""
+        if scope.method == "POST":
+            try:
+                body = await read_body(proto, headers, self.settings.max_body_bytes)
+            except BodyTooLarge:
+                REQUESTS.labels("webhook", "413").inc()
+                proto.response_bytes(413, [("connection", "close")], b"payload too large")
+                return
+            except BadContentLength:
+                REQUESTS.labels("webhook", "400").inc()
+                proto.response_bytes(400, [], b"bad content-length")
+                return
+        response = await self.handle(scope.method, scope.path, scope.query_string, headers, body)
+        proto.response_bytes(*response)
+
+    async def handle(
+        self, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes
+    ) -> Response:
+        """Answer one request; the body is already read (and within the limit)."""
+        route, response = await self._route(method, path, query, headers, body)
+        if response.status == 200 and route in self._ok:
+            self._ok[route].inc()
+        else:
+            REQUESTS.labels(route, str(response.status)).inc()
+        return response
+
+    async def _route(
+        self, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes
+    ) -> tuple[str, Response]:
+        if path == WEBHOOK_PATH or path.startswith(WEBHOOK_PATH + "/"):
+            tenant_id = path[len(WEBHOOK_PATH) + 1 :] or None
+            if tenant_id is not None and "/" in tenant_id:
+                return "other", text(404, "not found")
+            if method == "POST":
+                return "webhook", await self._guarded(self.receive_webhook(tenant_id, headers, body))
+            if method == "GET":
+                return "handshake", await self._guarded(self.handshake(tenant_id, query))
+            return "other", text(405, "method not allowed")
+        if method != "GET":
+            return "other", text(405 if path in ("/healthz", "/readyz", "/metrics") else 404, "")
+        if path == "/healthz":
+            return "healthz", text(200, "ok")
+        if path == "/readyz":
+            return "readyz", await self.readiness()
+        if path == "/metrics":
+            return "metrics", Response(200, [("content-type", metrics.CONTENT_TYPE)], metrics.REGISTRY.render())
+        if path.startswith("/objects/"):
+            return "objects", await self.serve_object(path, query)
+        return "other", text(404, "not found")
+
+    async def _guarded(self, answer: Any) -> Response:
+        try:
+            return await answer
+        except BackendUnavailable as exc:
+            log.warning("answering 503: %s", exc)
+            return text(503, "backend unavailable, retry later")
+
+    # --- Meta: the verification handshake ---------------------------------------------------------------------
+
+    async def handshake(self, tenant_id: str | None, query: str) -> Response:
+        try:
+            params = query_params(query)
+        except ValueError:
+            return text(400, "bad query")
+        challenge = params.get("hub.challenge", "")
+        token = params.get("hub.verify_token", "")
+        if params.get("hub.mode") != "subscribe" or not token or len(challenge) > MAX_CHALLENGE:
+            return text(403, "forbidden")
+        assert self.directory is not None
+        if tenant_id is not None:
+            tenant = await self.directory.by_id(tenant_id)
+            candidates = [tenant] if tenant is not None else []
+        else:
+            candidates = await self.directory.all()
+        matched = False
+        for tenant in candidates:  # no early exit: the time taken does not tell which tenant matched
+            matched |= hmac.compare_digest(tenant.verify_token.reveal().encode(), token.encode())
+        return text(200, challenge) if matched else text(403, "forbidden")
+
+    # --- Meta: a webhook --------------------------------------------------------------------------------------
+
+    async def receive_webhook(self, path_tenant_id: str | None, headers: Mapping[str, str], body: bytes) -> Response:
+        received_at = time.time()
+        signature = headers.get("x-hub-signature-256") or ""
+        if not signature.startswith("sha256="):
+            return text(401, "missing signature")
+        assert self.directory is not None
+        path_tenant = None
+        if path_tenant_id is not None:
+            path_tenant = await self.directory.by_id(path_tenant_id)
+            if path_tenant is None:
+                return text(404, "unknown tenant")
+            if not _signature_ok(path_tenant.app_secret.reveal(), body, signature):
+                return text(401, "bad signature")
+        try:
+            routing = read_routing(body)
+        except MalformedWebhook:
+            return text(400, "malformed webhook")
+        owners: dict[str, TenantConfig] = {}  # phone_number_id → owner
+        unknown: list[str] = []
+        for number in routing.phone_number_ids:
+            tenant = await self.directory.by_phone_number(number)
+            if tenant is None:
+                unknown.append(number)
+            else:
+                owners[number] = tenant
+        tenants = {t.tenant_id: t for t in owners.values()}
+        if path_tenant is not None and (routing.unlabelled_changes or not routing.phone_number_ids):
+            tenants.setdefault(path_tenant.tenant_id, path_tenant)
+        if not tenants:
+            return await self._unrouted(routing.message_ids, unknown, body, received_at)
+        if not self._verified(tenants.values(), body, signature, skip=path_tenant):
+            return text(401, "bad signature")
+        if unknown:
+            UNROUTED.inc(len(unknown))
+            log.warning("webhook partly unrouted: no tenant owns phone_number_id %s", [n[:64] for n in unknown[:8]])
+        if len(tenants) == 1 and not unknown:
+            parts = {next(iter(tenants)): body}  # the raw signed bytes, untouched
+        else:
+            fallback = path_tenant.tenant_id if path_tenant is not None else next(iter(tenants))
+            parts = split_by_tenant(body, {n: t.tenant_id for n, t in owners.items()}, fallback=fallback)
+        await self._enqueue(parts, body, received_at)
+        return text(200, "ok")
+
+    def _verified(self, tenants: Any, body: bytes, signature: str, *, skip: TenantConfig | None) -> bool:
+        checked: dict[str, bool] = {}  # tenants of one Meta app share its secret: one HMAC per secret
+        for tenant in tenants:
+            if skip is not None and tenant.tenant_id == skip.tenant_id:
+                continue  # already verified from the path
+            secret = tenant.app_secret.reveal()
+            ok = checked.get(secret)
+            if ok is None:
+                ok = checked[secret] = _signature_ok(secret, body, signature)
+            if not ok:
+                return False
+        return True
+
+    async def _enqueue(self, parts: dict[str, bytes], raw: bytes, received_at: float) -> None:
+        webhook_id = _new_webhook_id(received_at)
+        publishes = []
+        for tenant_id, part in parts.items():
+            archive_key = webhook_key(tenant_id, received_at, webhook_id)
+            self._archive(archive_key, raw, tenant_id, webhook_id)
+            message = encode_queued(QueuedWebhook(tenant_id, received_at, archive_key, part))
+            publishes.append(self._publish(tenant_id, message, f"{webhook_id}:{tenant_id}"))
+        if len(publishes) == 1:
+            await publishes[0]
+        else:
+            await asyncio.gather(*publishes)  # one failure → 503: Meta resends all, workers drop duplicates
+
+    async def _publish(self, tenant_id: str, message: bytes, message_id: str) -> None:
+        started = time.perf_counter()
+        await self.backends.queue.publish(tenant_id, message, message_id=message_id)
+        PUBLISH_SECONDS.observe(time.perf_counter() - started)
+        QUEUED.inc()
+
+    async def _unrouted(self, wamids: tuple[str, ...], numbers: list[str], body: bytes, received_at: float) -> Response:
+        """Nobody owns this body: keep it (archive + tracking) and answer 200 so Meta stops resending it."""
+        webhook_id = _new_webhook_id(received_at)
+        UNROUTED.inc(max(len(numbers), 1))
+        self._archive(webhook_key(UNROUTED_ARCHIVE_TENANT, received_at, webhook_id), body, "", webhook_id)
+        reason = f"no tenant owns phone_number_id {', '.join(n[:64] for n in numbers[:4]) or '(none in payload)'}"
+        # Unsigned input: bounded to Meta's own maximum of updates per POST.
+        records = [
+            TrackingRecord(wamid=wamid[:256], tenant_id="", status=TrackingStatus.UNROUTED, error=reason,
+                           created_at=received_at, updated_at=received_at)
+            for wamid in dict.fromkeys(wamids[:1000] or (f"webhook:{webhook_id}",))
+        ]
+        await self.backends.store.write_tracking(records)
+        log.warning("unrouted webhook %s: %s", webhook_id, reason)
+        return text(200, "ok")
+
+    # --- the raw archive: in the background, bounded ----------------------------------------------------------
+
+    def _archive(self, key: str, body: bytes, tenant_id: str, webhook_id: str) -> None:
+        if len(self._archives) >= self._max_archives:
+            ARCHIVE_FAILURES.labels("dropped").inc()
+            now = time.monotonic()
+            if now - self._last_drop_log > 1.0:  # one line a second at most, whatever the flood
+                self._last_drop_log = now
+                log.error("archive backlog at its bound (%d): webhook %s not archived", self._max_archives, webhook_id)
+            return
+        task = asyncio.get_running_loop().create_task(self._put_archive(key, body, tenant_id, webhook_id))
+        self._archives.add(task)
+        task.add_done_callback(self._archives.discard)
+
+    async def _put_archive(self, key: str, body: bytes, tenant_id: str, webhook_id: str) -> None:
+        try:
+            async with asyncio.timeout(ARCHIVE_TIMEOUT):
+                await self.backends.objects.put(
+                    WEBHOOKS_BUCKET, key, body, content_type="application/json",
+                    metadata={"tenant-id": tenant_id, "webhook-id": webhook_id},
+                )
+        except Exception as exc:  # counted and logged: an archive never decides the answer
+            ARCHIVE_FAILURES.labels("failed").inc()
+            log.error("archive of webhook %s failed: %s", webhook_id, exc.__class__.__name__)
+
+    # --- operations -------------------------------------------------------------------------------------------
+
+    async def readiness(self) -> Response:
+        from wabridge.engine.backends import readiness
+
+        checks = await readiness(self.backends)
+        status = 200 if all(checks.values()) else 503
+        return Response(status, JSON, msgspec.json.encode(checks))
+
+    async def serve_object(self, path: str, query: str) -> Response:
+        """Signed URLs of the embedded object store (Genesys downloads media here); 404 when objects are on S3."""
+        open_signed = getattr(self.backends.objects, "open_signed", None)
+        bucket, _, key = path[len("/objects/") :].partition("/")
+        if open_signed is None or not bucket or not key:
+            return text(404, "not found")
+        try:
+            params = query_params(query)
+            content, content_type = await open_signed(
+                bucket, key, params.get("expires", ""), params.get("signature", "")
+            )
+        except (PermissionError, ValueError):
+            return text(403, "forbidden")
+        except KeyError:
+            return text(404, "not found")
+        return Response(200, [("content-type", content_type)], content)
+
+
+# --- running under Granian ------------------------------------------------------------------------------------
+
+
+def app_factory() -> IngressApp:
+    """Granian's target (`wabridge.actors.ingress:app_factory`, factory mode): runs in each worker process."""
+    from wabridge.engine import logs
+
+    settings = load_settings()
+    logs.configure(settings.log_level)
+    return IngressApp(settings)
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """The WABRIDGE_* variables that make `load_settings()` in a worker process rebuild `settings`."""
+    from dataclasses import fields
+
+    from wabridge.engine.secrets import Secret
+
+    env = {}
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if value is not None:
+            env["WABRIDGE_" + f.name.upper()] = value.reveal() if isinstance(value, Secret) else str(value)
+    return env
+
+
+def serve_ingress(settings: Settings, *, workers: int) -> None:
+    """Run the ingress under Granian (RSGI, uvloop, HTTP/1.1) until a signal stops it. Blocks."""
+    from granian import Granian
+    from granian.constants import HTTPModes, Interfaces, Loops
+
+    for name in [n for n in os.environ if n.startswith("WABRIDGE_")]:
+        del os.environ[name]  # the workers must see exactly `settings`, nothing left over
+    os.environ.update(settings_environment(settings))
+    Granian(
+        "wabridge.actors.ingress:app_factory",
+        factory=True,
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.RSGI,
+        loop=Loops.uvloop,
+        http=HTTPModes.http1,
+        workers=workers,
+        websockets=False,
+    ).serve()

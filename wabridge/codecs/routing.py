@@ -1,0 +1,158 @@
+"""Routing a Meta webhook to its tenants, and the message the ingress queues for the workers.
+
+The ingress must read `phone_number_id` *before* it can verify the signature (the number picks the tenant, the tenant
+picks the HMAC key). So this module decodes only `entry[].changes[].value.metadata.phone_number_id` (and the message
+ids, for tracking what could not be routed) through a small "view": everything else in the payload is skipped by the
+decoder, never trusted, never built. The HMAC check decides; this read only picks the key.
+
+One POST may carry entries for several phone numbers (several tenants under one Meta app). `split_by_tenant`
+re-wraps the changes of each tenant into an envelope of its own, copying each change's JSON verbatim (`msgspec.Raw`).
+When a body concerns one tenant only, the ingress queues the raw bytes untouched and this split never runs.
+
+Schema rule: new fields get defaults, unknown fields are ignored (a webhook field we don't know is still routed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import msgspec
+
+# --- the routing view: only what picks the tenant ---------------------------------------------------------------
+
+
+class _Metadata(msgspec.Struct):
+    phone_number_id: str = ""
+
+
+class _MessageId(msgspec.Struct):
+    id: str = ""
+
+
+class _Value(msgspec.Struct):
+    metadata: _Metadata | None = None
+    messages: list[_MessageId] = []
+
+
+class _Change(msgspec.Struct):
+    field: str = ""
+    value: _Value | None = None
+
+
+class _Entry(msgspec.Struct):
+    changes: list[_Change] = []
+
+
+class _Envelope(msgspec.Struct):
+    entry: list[_Entry] = []
+
+
+class MalformedWebhook(ValueError):
+    """The body is not JSON, or not shaped like a Meta webhook envelope."""
+
+
+class Routing(msgspec.Struct, frozen=True):
+    """What one webhook body says about where it goes (unverified until the HMAC check passes)."""
+
+    phone_number_ids: tuple[str, ...]  # distinct, in order of appearance
+    message_ids: tuple[str, ...]  # wamids of `messages` (not statuses), for tracking an unroutable body
+    unlabelled_changes: int  # changes without a phone_number_id (account updates and the like)
+    changes: int
+
+
+_envelope_decoder = msgspec.json.Decoder(_Envelope)
+
+
+def read_routing(body: bytes) -> Routing:
+    """Decode only the routing fields of a webhook body. Raises MalformedWebhook."""
+    try:
+        envelope = _envelope_decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MalformedWebhook(str(exc)) from None
+    numbers: dict[str, None] = {}  # an ordered set
+    wamids: list[str] = []
+    unlabelled = changes = 0
+    for entry in envelope.entry:
+        for change in entry.changes:
+            changes += 1
+            value = change.value
+            number = value.metadata.phone_number_id if value is not None and value.metadata is not None else ""
+            if number:
+                numbers[number] = None
+            else:
+                unlabelled += 1
+            if value is not None:
+                wamids.extend(m.id for m in value.messages if m.id)
+    return Routing(tuple(numbers), tuple(wamids), unlabelled, changes)
+
+
+# --- splitting one envelope per tenant --------------------------------------------------------------------------
+
+
+class _RawEnvelope(msgspec.Struct):
+    object: str = "whatsapp_business_account"
+    entry: list[dict[str, msgspec.Raw]] = []
+
+
+class _ChangeView(msgspec.Struct):
+    value: _Value | None = None
+
+
+_raw_envelope_decoder = msgspec.json.Decoder(_RawEnvelope)
+_raw_changes_decoder = msgspec.json.Decoder(list[msgspec.Raw])
+_change_view_decoder = msgspec.json.Decoder(_ChangeView)
+_json_encoder = msgspec.json.Encoder()
+
+
+def split_by_tenant(body: bytes, tenant_of: Mapping[str, str], *, fallback: str | None) -> dict[str, bytes]:
+    """One envelope per tenant, each with that tenant's changes only (entry fields and change JSON kept verbatim).
+
+    `tenant_of` maps phone_number_id → tenant id. A change without a phone_number_id goes to `fallback`; a change whose
+    number no tenant owns goes nowhere (the caller tracks it as unrouted). Raises MalformedWebhook.
+    """
+    try:
+        envelope = _raw_envelope_decoder.decode(body)
+        per_tenant: dict[str, list[dict[str, msgspec.Raw | list[msgspec.Raw]]]] = {}
+        for entry in envelope.entry:
+            kept: dict[str, list[msgspec.Raw]] = {}
+            raw_changes = entry.get("changes")
+            for raw in _raw_changes_decoder.decode(raw_changes) if raw_changes is not None else ():
+                value = _change_view_decoder.decode(raw).value
+                number = value.metadata.phone_number_id if value is not None and value.metadata is not None else ""
+                tenant = tenant_of.get(number) if number else fallback
+                if tenant is not None:
+                    kept.setdefault(tenant, []).append(raw)
+            for tenant, raws in kept.items():
+                rewrapped: dict[str, msgspec.Raw | list[msgspec.Raw]] = {**entry, "changes": raws}
+                per_tenant.setdefault(tenant, []).append(rewrapped)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MalformedWebhook(str(exc)) from None
+    return {
+        tenant: _json_encoder.encode({"object": envelope.object, "entry": entries})
+        for tenant, entries in per_tenant.items()
+    }
+
+
+# --- the queue message ------------------------------------------------------------------------------------------
+
+
+class QueuedWebhook(msgspec.Struct, frozen=True, array_like=True):
+    """One verified webhook body for one tenant, as the ingress queues it (msgpack). `array_like`: positional
+    fields keep the message small; new fields go at the end with defaults."""
+
+    tenant_id: str
+    received_at: float  # Unix seconds, when the ingress read the body
+    archive_key: str  # where the raw body is archived (written in the background: may be missing if that failed)
+    body: bytes  # the raw signed body, or this tenant's re-wrapped part of it
+
+
+_queued_encoder = msgspec.msgpack.Encoder()
+_queued_decoder = msgspec.msgpack.Decoder(QueuedWebhook)
+
+
+def encode_queued(message: QueuedWebhook) -> bytes:
+    return _queued_encoder.encode(message)
+
+
+def decode_queued(data: bytes) -> QueuedWebhook:
+    return _queued_decoder.decode(data)
