@@ -185,7 +185,9 @@ async def test_an_unknown_bucket_is_a_caller_error(objects: Objects) -> None:
 async def test_many_concurrent_puts_all_land(objects: Objects) -> None:
     async with anyio.create_task_group() as tg:
         for i in range(40):
-            tg.start_soon(lambda i=i: objects.put(MEDIA_BUCKET, f"acme/n/{i}.txt", str(i).encode(), content_type="text/plain"))
+            tg.start_soon(
+                lambda i=i: objects.put(MEDIA_BUCKET, f"acme/n/{i}.txt", str(i).encode(), content_type="text/plain")
+            )
     for i in range(40):
         assert await objects.get(MEDIA_BUCKET, f"acme/n/{i}.txt") == str(i).encode()
 
@@ -272,7 +274,9 @@ async def test_s3_repr_never_shows_the_keys(tmp_path: Path) -> None:
 # --- directory only ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("key", ["../objects.key", "acme/../../objects.key", "/etc/passwd", "a//b", "a\\..\\b", ".", ""])
+@pytest.mark.parametrize(
+    "key", ["../objects.key", "acme/../../objects.key", "/etc/passwd", "a//b", "a\\..\\b", ".", ""]
+)
 async def test_the_directory_refuses_keys_that_could_leave_the_bucket(dir_objects: DirectoryObjects, key: str) -> None:
     with pytest.raises(ValueError):
         await dir_objects.put(MEDIA_BUCKET, key, b"x", content_type="text/plain")
@@ -303,7 +307,9 @@ async def test_a_directory_url_points_at_the_bridge_and_names_the_key(embedded_s
     assert len(query["signature"][0]) == 64
 
 
-async def test_a_directory_url_is_honoured_by_another_process_on_the_same_data_dir(embedded_settings: Settings) -> None:
+async def test_a_directory_url_is_honoured_by_another_process_on_the_same_data_dir(
+    embedded_settings: Settings,
+) -> None:
     writer, server = DirectoryObjects(embedded_settings), DirectoryObjects(embedded_settings)
     await writer.open()
     await server.open()

@@ -109,7 +109,8 @@ class DirectoryObjects:
         seconds = max(1, min(int(expires), MAX_PRESIGN_SECONDS))
         deadline = str(int(time.time()) + seconds)
         signature = self._sign(bucket, key, deadline)
-        return f"{self._base_url}/objects/{bucket}/{quote(key, safe=_URL_SAFE)}?expires={deadline}&signature={signature}"
+        path = f"/objects/{bucket}/{quote(key, safe=_URL_SAFE)}"
+        return f"{self._base_url}{path}?expires={deadline}&signature={signature}"
 
     async def open_signed(self, bucket: str, key: str, expires: str, signature: str) -> tuple[bytes, str]:
         """Serve a signed URL: (content, content type). PermissionError (403) for a bad or expired signature or a

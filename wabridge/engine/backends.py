@@ -1,0 +1,105 @@
+"""The backend factory: one adapter per port, chosen from the settings, opened together and closed in reverse.
+
+A port whose server URL is set gets its real adapter; otherwise its embedded one (so `wabridge` runs with no servers
+at all, and a deployment can mix: e.g. real PostgreSQL with a directory for objects). Adapter modules are imported
+only when chosen, so an embedded deployment never imports aio-pika or miniopy, and a broken adapter module breaks
+only the deployments that use it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from wabridge.engine.ports import Cache, Objects, Queue, Store
+from wabridge.engine.settings import Settings
+
+_E = "wabridge.engine"
+# port → (the setting that selects the real adapter, real adapter, embedded adapter)
+ADAPTERS: dict[str, tuple[str, str, str]] = {
+    "store": ("database_url", f"{_E}.store_postgres:PostgresStore", f"{_E}.store_sqlite:SqliteStore"),
+    "cache": ("redis_url", f"{_E}.cache_redis:RedisCache", f"{_E}.cache_memory:MemoryCache"),
+    "queue": ("amqp_url", f"{_E}.queue_amqp:AmqpQueue", f"{_E}.queue_sqlite:SqliteQueue"),
+    "objects": ("s3_endpoint", f"{_E}.objects_s3:S3Objects", f"{_E}.objects_dir:DirectoryObjects"),
+}
+# Opened in this order, closed in the reverse: consumers on the queue stop before the store they write to closes.
+OPEN_ORDER = ("store", "cache", "queue", "objects")
+
+# The local LRU in front of the cache (see lru.py for what the staleness bound means).
+LOCAL_CACHE_ENTRIES = 10_000
+LOCAL_CACHE_STALENESS = 1.0  # seconds
+PING_TIMEOUT = 1.0  # seconds per backend in readiness(): /readyz must answer even when a server hangs
+
+
+@dataclass
+class Backends:
+    queue: Queue
+    cache: Cache
+    store: Store
+    objects: Objects
+    settings: Settings
+
+
+def adapter_path(settings: Settings, port: str) -> str:
+    """`module:Class` of the adapter `settings` selects for `port`."""
+    setting, real, embedded = ADAPTERS[port]
+    return real if getattr(settings, setting) else embedded
+
+
+def adapter_kinds(settings: Settings) -> dict[str, str]:
+    """Which adapter each port gets, e.g. {"queue": "AmqpQueue", …}: for the start-up log line."""
+    return {port: adapter_path(settings, port).rpartition(":")[2] for port in OPEN_ORDER}
+
+
+def make_adapter(settings: Settings, port: str) -> Any:
+    module, _, name = adapter_path(settings, port).partition(":")
+    adapter = getattr(importlib.import_module(module), name)(settings)
+    if port == "cache":
+        from wabridge.engine.lru import LocalCache
+
+        adapter = LocalCache(adapter, max_entries=LOCAL_CACHE_ENTRIES, max_staleness=LOCAL_CACHE_STALENESS)
+    return adapter
+
+
+@asynccontextmanager
+async def open_backends(settings: Settings, *, migrate: bool = True) -> AsyncIterator[Backends]:
+    """Open every port's adapter (and bring the store's schema up to date unless `migrate=False`); on exit, or when
+    one fails to open, close those already made in reverse order. Opening errors (BackendUnavailable when a server
+    is down) propagate to the caller."""
+    async with AsyncExitStack() as stack:
+        opened: dict[str, Any] = {}
+        for port in OPEN_ORDER:
+            adapter = make_adapter(settings, port)
+            # Registered before open(): an adapter that fails half-way (a session made, a bucket refused) still
+            # releases what it holds.
+            stack.push_async_callback(adapter.close)
+            open_ = getattr(adapter, "open", None)  # the Cache port has no open(): its clients connect lazily
+            if open_ is not None:
+                await open_()
+            if port == "store" and migrate:
+                await adapter.migrate()
+            opened[port] = adapter
+        yield Backends(settings=settings, **opened)
+
+
+async def readiness(backends: Backends, *, timeout: float = PING_TIMEOUT) -> dict[str, bool]:
+    """Ping every backend at once, each bounded by `timeout`: {"store": True, "cache": True, …}. A ping that
+    raises or overruns counts as not ready."""
+    results = dict.fromkeys(OPEN_ORDER, False)
+
+    async def ping(port: str) -> None:
+        with anyio.move_on_after(timeout):
+            try:
+                results[port] = bool(await getattr(backends, port).ping())
+            except Exception:  # readiness reports; it never fails the probe itself
+                results[port] = False
+
+    async with anyio.create_task_group() as tg:
+        for port in OPEN_ORDER:
+            tg.start_soon(ping, port)
+    return results
