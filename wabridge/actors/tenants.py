@@ -14,7 +14,8 @@ share one store query (single flight), so a flood of unknown numbers cannot hamm
 
 A Cache that is down is skipped (the store answers); a Store that is down raises BackendUnavailable to the caller.
 Staleness: a change made through `invalidate` here is seen at once in this process, by other processes after at
-most `ttl` seconds (their in-process tier) — pass the previous config too when phone numbers were removed.
+most `ttl` seconds (their in-process tier) plus the Cache port's own local staleness (LocalCache, 1 s) — pass the
+previous config too when phone numbers were removed, so their old entries go as well.
 """
 
 from __future__ import annotations
