@@ -1,0 +1,148 @@
+"""The tracking writer: group commit over a real store (SQLite embedded, PostgreSQL with servers)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+
+from wabridge.actors.tracking import TrackingWriter
+from wabridge.engine.ports import BackendUnavailable, TrackingRecord
+from wabridge.engine.secrets import Secret
+from wabridge.engine.store_postgres import PostgresStore
+from wabridge.engine.store_sqlite import SqliteStore
+
+pytestmark = pytest.mark.anyio
+
+
+class CountingStore:
+    """A real store, with its write_tracking calls counted (what group commit is about)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.batch_sizes: list[int] = []
+        self.touch_batches: list[list[tuple[str, str, float]]] = []
+
+    async def write_tracking(self, records):
+        self.batch_sizes.append(len(records))
+        await self.inner.write_tracking(records)
+
+    async def touch_conversations(self, touches):
+        self.touch_batches.append(list(touches))
+        await self.inner.touch_conversations(touches)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.servers)])
+def store_settings(request):
+    return request.getfixturevalue("embedded_settings" if request.param == "sqlite" else "server_settings")
+
+
+@pytest.fixture
+async def store(store_settings):
+    inner = PostgresStore(store_settings) if store_settings.database_url else SqliteStore(store_settings)
+    await inner.open()
+    await inner.migrate()
+    yield CountingStore(inner)
+    await inner.close()
+
+
+def rec(i: int, status: str = "received") -> TrackingRecord:
+    return TrackingRecord(wamid=f"wamid.{i}", tenant_id="acme", status=status, type="text")
+
+
+async def test_many_concurrent_records_share_few_writes_and_all_are_durable_on_return(store):
+    async with TrackingWriter(store, max_batch=100, max_delay=0.01) as writer:
+        await asyncio.gather(*(writer.record(rec(i)) for i in range(250)))
+        stats = writer.statistics()
+    assert len(await store.list_tracking(limit=1000)) == 250
+    assert sum(store.batch_sizes) == 250
+    assert max(store.batch_sizes) <= 100
+    assert len(store.batch_sizes) <= 5  # 250 callers, batches of at most 100: three writes, a little slack
+    assert (stats.rows, stats.failed_batches) == (250, 0)
+
+
+async def test_a_lone_record_is_written_after_about_max_delay(store):
+    async with TrackingWriter(store, max_delay=0.005) as writer:
+        started = time.monotonic()
+        await writer.record(rec(1))
+        assert time.monotonic() - started < 1.0
+    assert (await store.get_tracking("acme", "wamid.1")).status == "received"
+
+
+async def test_later_records_of_one_message_update_its_row(store):
+    async with TrackingWriter(store) as writer:
+        await writer.record(rec(1))
+        await writer.record(TrackingRecord(wamid="wamid.1", tenant_id="acme", status="delivered", attempts=1))
+        await writer.record(rec(1, "duplicate"))
+    row = await store.get_tracking("acme", "wamid.1")
+    assert (row.status, row.attempts) == ("delivered", 1)
+
+
+async def test_touches_are_coalesced_and_written_with_a_later_batch(store):
+    conv = str(uuid.uuid4())
+    await store.put_conversation("acme", "1650", conv)
+    later = time.time() + 2
+    async with TrackingWriter(store) as writer:
+        for at in (later, later - 1, later - 2):
+            await writer.touch("acme", "1650", at)
+        await writer.record(rec(1))
+        assert writer.statistics().touches_dropped == 0
+    assert store.touch_batches == [[("acme", "1650", later)]]  # three touches, one row, the latest time
+    assert await store.get_conversation("acme", "1650") == conv
+
+
+async def test_aclose_flushes_what_is_pending(store):
+    writer = TrackingWriter(store, max_delay=10)  # would wait 10 s for more rows
+    await writer.start()
+    waiting = [asyncio.ensure_future(writer.record(rec(i))) for i in range(3)]
+    await asyncio.sleep(0.01)
+    started = time.monotonic()
+    await writer.aclose()
+    await asyncio.gather(*waiting)
+    assert time.monotonic() - started < 5
+    assert len(await store.list_tracking()) == 3
+
+
+async def test_record_on_a_closed_writer_raises_backend_unavailable(store):
+    writer = TrackingWriter(store)
+    with pytest.raises(BackendUnavailable):
+        await writer.record(rec(1))
+
+
+async def test_the_pending_buffer_is_bounded_and_full_callers_wait_for_room(store):
+    async with TrackingWriter(store, max_batch=10, max_pending=20) as writer:
+        calls = [asyncio.ensure_future(writer.record(rec(i))) for i in range(100)]
+        high_water = 0
+        while not all(c.done() for c in calls):
+            high_water = max(high_water, writer.statistics().pending)
+            await asyncio.sleep(0)
+        await asyncio.gather(*calls)
+    assert high_water <= 20
+    assert len(await store.list_tracking()) == 100
+
+
+@pytest.mark.servers
+async def test_with_the_store_down_callers_get_backend_unavailable_and_later_writes_succeed(
+    server_settings, proxy_factory
+):
+    proxy, url = await proxy_factory(server_settings.database_url.reveal())
+    store = PostgresStore(server_settings.replace(database_url=Secret(url)))
+    await store.open()
+    await store.migrate()
+    try:
+        async with TrackingWriter(store) as writer:
+            proxy.cut()
+            results = await asyncio.gather(*(writer.record(rec(i)) for i in range(10)), return_exceptions=True)
+            assert all(isinstance(r, BackendUnavailable) for r in results)
+            assert writer.statistics().failed_batches >= 1
+            proxy.restore()
+            await writer.record(rec(99))
+        assert (await store.get_tracking("acme", "wamid.99")).status == "received"
+        assert await store.get_tracking("acme", "wamid.1") is None
+    finally:
+        await store.close()
