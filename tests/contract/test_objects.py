@@ -222,6 +222,24 @@ async def test_s3_applies_the_bucket_prefix(s3_objects) -> None:
 
 
 @pytest.mark.servers
+async def test_s3_processes_starting_together_all_open_the_same_new_buckets(tmp_path: Path) -> None:
+    from wabridge.engine.objects_s3 import S3Objects
+
+    settings = s3_settings(tmp_path)
+    starters = [S3Objects(settings) for _ in range(4)]
+    try:
+        async with anyio.create_task_group() as tg:
+            for objects in starters:
+                tg.start_soon(objects.open)
+        await starters[0].put(WEBHOOKS_BUCKET, "acme/w.json", b"{}", content_type="application/json")
+        assert await starters[3].get(WEBHOOKS_BUCKET, "acme/w.json") == b"{}"
+    finally:
+        for objects in starters:
+            await objects.close()
+        await remove_buckets(settings)
+
+
+@pytest.mark.servers
 async def test_s3_going_down_surfaces_backend_unavailable_quickly(tmp_path: Path, proxy_factory) -> None:
     from wabridge.engine.objects_s3 import S3Objects
 
