@@ -231,8 +231,84 @@ async def test_load_mode_keeps_the_arrival_rate_and_measures_latency_from_the_in
     async with receiver as url:
         # 2 connections, 50 ms per request: capacity 40/s against 100/s offered. A closed loop would report
         # ~50 ms; measured from the due time, the queue that builds up must show in the tail.
-        report = await run_load(url, "s3cret", PHONE, rate=100, duration=0.5, concurrency=2)
+        report = await run_load(url, "s3cret", PHONE, rate=100, duration=0.5, concurrency=2, max_pending=100)
     assert report.intended == 50 and report.sent == 50 and report.skipped == 0
     assert report.statuses == {"200": 50}
     assert report.p50_ms >= 50 and report.p99_ms > 400
     assert report.p50_ms <= report.p99_ms <= report.p999_ms <= report.max_ms
+
+
+async def test_load_mode_skips_and_counts_requests_beyond_its_pending_bound_instead_of_queueing_forever() -> None:
+    receiver = Receiver("s3cret", delay=0.2)
+    async with receiver as url:
+        report = await run_load(url, "s3cret", PHONE, rate=100, duration=0.3, concurrency=1, max_pending=5)
+    assert report.intended == 30 and report.skipped > 0 and report.sent + report.skipped == 30
+
+
+# --- command line ---------------------------------------------------------------------------------------------------
+
+
+def meta_parser():
+    import argparse
+
+    from wabridge.sim import meta
+
+    parser = argparse.ArgumentParser(prog="wabridge sim meta")
+    meta.add_arguments(parser)
+    return parser
+
+
+def test_the_serve_command_prints_its_graph_url_and_serves_lookups() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from tests.sim.test_meta_sim import meta_parser; from wabridge.sim import meta; "
+        "sys.exit(meta.run(meta_parser().parse_args(['serve', '--port', '0', '--token', 'cli-token'])))"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        graph_url = line.split("graph_api_url=")[1].split()[0]
+        media_id = webhooks.media_id_for("image/jpeg", 10)
+        assert httpx.get(f"{graph_url}/{media_id}", headers=auth("cli-token")).json()["file_size"] == 10
+        assert httpx.get(f"{graph_url}/{media_id}", headers=auth("other")).status_code == 401
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        proc.stdout.close()
+
+
+def test_the_send_command_sends_the_chosen_kinds_and_exits_zero_when_all_were_accepted(capsys) -> None:
+    import threading
+
+    from wabridge.sim import meta
+
+    receiver = Receiver("cli-secret")
+    ready = threading.Event()
+    stop: asyncio.Event | None = None
+    urls: list[str] = []
+
+    async def serve() -> None:
+        nonlocal stop
+        stop = asyncio.Event()
+        async with receiver as url:
+            urls.append(url)
+            ready.set()
+            await stop.wait()
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),))
+    thread.start()
+    try:
+        assert ready.wait(10)
+        base = ["send", "--url", urls[0], "--phone-number-id", PHONE, "--kinds", "text,image,bsuid", "--count", "2"]
+        assert meta.run(meta_parser().parse_args([*base, "--app-secret", "cli-secret"])) == 0
+        summary = json.loads(capsys.readouterr().out)
+        assert summary == {"posts": 6, "messages": 6, "statuses": {"200": 6}}
+        assert meta.run(meta_parser().parse_args([*base, "--app-secret", "wrong"])) == 1
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+        loop.close()
+    assert len(receiver.bodies) == 6 and receiver.bad_signatures == 6

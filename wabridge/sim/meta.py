@@ -191,7 +191,10 @@ class MetaSim:
                     await _respond(writer, 413, _json({"error": "body too large"}), close=True)
                     return
                 body = await reader.readexactly(length) if length else b""
-                status, content_type, payload = self._route(method, target, headers, body)
+                try:
+                    status, content_type, payload = self._route(method, target, headers, body)
+                except Exception as exc:  # a simulator bug answers 500 rather than hanging the client
+                    status, content_type, payload = 500, "application/json", _json({"error": repr(exc)[:200]})
                 close = headers.get("connection", "").lower() == "close"
                 await _respond(writer, status, payload, content_type=content_type, close=close)
                 if close:
