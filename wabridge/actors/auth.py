@@ -1,0 +1,208 @@
+"""Genesys OAuth tokens (client credentials): one login per credential however many deliveries wait for it.
+
+Where a token lives, nearest first:
+  process memory  the token this process fetched, until the cache TTL would end; a token read from the cache, for
+                  at most LOCAL_HOLD_S (the cache does not say how long it has left, but a cached token always has
+                  at least EXPIRY_MARGIN_S of life, so holding it 60 s more is safe).
+  Cache port      `tenant:{tenantId}:oauth:token` for the tenant's first credential (the seed's key, unchanged),
+                  `tenant:{tenantId}:oauth:token:{client_id}` for each further one; TTL expires_in − 300 s, or half
+                  the lifetime for tokens shorter than 10 min (Genesys allows 5 min). Stored as is: the tokens are
+                  short-lived, and the cache is ours. They are never logged (only tenant and client ids are).
+  the login       POST {login}/oauth/token, Basic client_id:client_secret, grant_type=client_credentials.
+Single flight: the first caller for a credential starts one fetch task (cache, then login); every caller arriving
+while it runs awaits that same task (shielded: a cancelled caller does not cancel the others' login), so 100 waiting
+deliveries make one login, and a failing login fails them all at once instead of being retried 100 times in a row.
+Cache down (BackendUnavailable): ignored, memory and the login carry on alone (each process then logs in once).
+A 401 from the API: the caller `invalidate()`s the token it used — only if it is still the current one, so a burst of
+401s on one stale token makes one new login, not one per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+import httpx
+import msgspec
+
+from wabridge.engine import keys
+from wabridge.engine.ports import BackendUnavailable, Cache, GenesysCredential, TenantConfig
+
+log = logging.getLogger(__name__)
+
+EXPIRY_MARGIN_S = keys.OAUTH_TOKEN_MARGIN
+LOCAL_HOLD_S = 60.0
+MAX_CREDENTIALS = 10_000  # memory bound: tokens of this many credentials, least recently used dropped
+
+
+class LoginFailed(Exception):
+    """The Genesys login did not give a token. `permanent`: the credentials were refused (fix the tenant config)."""
+
+    def __init__(self, tenant_id: str, client_id: str, detail: str, *, status: int | None, permanent: bool) -> None:
+        super().__init__(f"genesys login for tenant {tenant_id} client {client_id} failed: {detail}")
+        self.status = status
+        self.permanent = permanent
+
+
+class LoginReply(msgspec.Struct):
+    access_token: str
+    expires_in: float = 86_400.0
+    token_type: str = "bearer"
+
+
+class TokenStatistics(msgspec.Struct, frozen=True):
+    logins: int
+    from_memory: int
+    from_cache: int
+    invalidated: int
+
+
+_decode_login = msgspec.json.Decoder(LoginReply).decode
+
+
+def token_key(tenant: TenantConfig, credential: GenesysCredential) -> str:
+    """The seed's key for the first credential; the others named by client id (the Cache adapter adds the prefix)."""
+    first = not tenant.credentials or credential.client_id == tenant.credentials[0].client_id
+    return keys.oauth_token(tenant.tenant_id, None if first else credential.client_id)
+
+
+class TokenProvider:
+    """`await tokens.token(tenant, credential)` → a bearer token valid for a while yet."""
+
+    def __init__(
+        self,
+        cache: Cache | None,
+        *,
+        timeout: float = 10.0,
+        http: httpx.AsyncClient | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._cache = cache
+        self._own_http = http is None
+        self._http = http or httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=32))
+        self._clock = clock
+        self._held: OrderedDict[str, tuple[str, float]] = OrderedDict()  # key → (token, local deadline)
+        self._flights: dict[str, asyncio.Future[str]] = {}  # bounded by the credentials being logged in right now
+        self._logins = self._from_memory = self._from_cache = self._invalidated = 0
+
+    async def token(self, tenant: TenantConfig, credential: GenesysCredential | None = None) -> str:
+        credential = credential or tenant.credentials[0]
+        key = token_key(tenant, credential)
+        if (held := self._from_process(key)) is not None:
+            self._from_memory += 1
+            return held
+        flight = self._flights.get(key)
+        if flight is None:
+            flight = asyncio.ensure_future(self._fetch(key, tenant, credential))
+            self._flights[key] = flight
+            flight.add_done_callback(lambda done: self._landed(key, done))
+        return await asyncio.shield(flight)
+
+    async def _fetch(self, key: str, tenant: TenantConfig, credential: GenesysCredential) -> str:
+        cached = await self._cache_get(key)
+        if cached is not None:
+            self._from_cache += 1
+            self._hold(key, cached, LOCAL_HOLD_S)
+            return cached
+        token, expires_in = await self._login(tenant, credential)
+        ttl = keys.oauth_token_ttl(expires_in)
+        self._hold(key, token, ttl)
+        await self._cache_set(key, token, ttl)
+        return token
+
+    def _landed(self, key: str, flight: asyncio.Future[str]) -> None:
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+        if not flight.cancelled():
+            flight.exception()  # retrieved here so a flight whose callers all left is not reported as lost
+
+    async def invalidate(self, tenant: TenantConfig, credential: GenesysCredential, token: str) -> None:
+        """The API refused `token` (401): forget it, unless a newer one has replaced it already."""
+        key = token_key(tenant, credential)
+        held = self._held.get(key)
+        if held is not None and held[0] != token:
+            return
+        self._held.pop(key, None)
+        self._invalidated += 1
+        if self._cache is None:
+            return
+        try:
+            if await self._cache.get(key) == token.encode():
+                await self._cache.delete(key)
+        except BackendUnavailable:
+            pass
+
+    def statistics(self) -> TokenStatistics:
+        return TokenStatistics(self._logins, self._from_memory, self._from_cache, self._invalidated)
+
+    async def aclose(self) -> None:
+        self._held.clear()
+        for flight in list(self._flights.values()):
+            flight.cancel()
+        if self._own_http:
+            await self._http.aclose()
+
+    # --- internals -------------------------------------------------------------------------------------------------
+
+    def _from_process(self, key: str) -> str | None:
+        held = self._held.get(key)
+        if held is None:
+            return None
+        if held[1] <= self._clock():
+            del self._held[key]
+            return None
+        return held[0]
+
+    def _hold(self, key: str, token: str, seconds: float) -> None:
+        self._held[key] = (token, self._clock() + seconds)
+        self._held.move_to_end(key)
+        while len(self._held) > MAX_CREDENTIALS:
+            self._held.popitem(last=False)
+
+    async def _cache_get(self, key: str) -> str | None:
+        if self._cache is None:
+            return None
+        try:
+            value = await self._cache.get(key)
+        except BackendUnavailable:
+            return None
+        return value.decode() if value else None
+
+    async def _cache_set(self, key: str, token: str, ttl: float) -> None:
+        if self._cache is None or ttl <= 0:
+            return
+        try:
+            await self._cache.set(key, token.encode(), ttl)
+        except BackendUnavailable:
+            pass
+
+    async def _login(self, tenant: TenantConfig, credential: GenesysCredential) -> tuple[str, float]:
+        url = tenant.genesys_login_url.rstrip("/") + "/oauth/token"
+        fail = lambda detail, status=None, permanent=False: LoginFailed(  # noqa: E731
+            tenant.tenant_id, credential.client_id, detail, status=status, permanent=permanent
+        )
+        try:
+            response = await self._http.post(
+                url,
+                auth=(credential.client_id, credential.client_secret.reveal()),
+                data={"grant_type": "client_credentials"},
+            )
+        except httpx.TimeoutException:
+            raise fail("timed out") from None
+        except httpx.TransportError as exc:
+            raise fail(f"{type(exc).__name__}") from None
+        if response.status_code != 200:
+            # 400/401/403: the client is unknown or not allowed — no retry will change that.
+            permanent = response.status_code in (400, 401, 403)
+            raise fail(f"HTTP {response.status_code}", response.status_code, permanent)
+        try:
+            reply = _decode_login(response.content)
+        except msgspec.DecodeError:
+            raise fail("unreadable login reply", 200) from None
+        self._logins += 1
+        log.info("genesys login ok tenant=%s client=%s expires_in=%s", tenant.tenant_id, credential.client_id,
+                 reply.expires_in)
+        return reply.access_token, reply.expires_in
