@@ -3,7 +3,8 @@
 Field names and enum values are Genesys's own (docs/reference.md, section 2). Flags, once for all Structs here:
 - `rename="camel"`: Genesys spells fields in camelCase (`messageId`, `idType`, `mediaType`, `customAttributes`);
 - `omit_defaults=True`: an absent field is left out of the JSON, never sent as `null`;
-- `frozen=True`: a built message is a value; `with_media_url` and friends return a changed copy.
+- `frozen=True`: a built message is a value; `with_media_url` and friends return a changed copy;
+- `gc=False`: these values never form reference cycles, so the garbage collector need not track them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ IdType = Literal["Phone", "Email", "Opaque"]
 MediaType = Literal["Image", "Video", "Audio", "File", "Link"]
 
 
-class OpenMessagingFrom(Struct, rename="camel", omit_defaults=True, frozen=True):
+class OpenMessagingFrom(Struct, rename="camel", omit_defaults=True, frozen=True, gc=False):
     id: str
     id_type: IdType
     nickname: str | None = None
@@ -25,11 +26,11 @@ class OpenMessagingFrom(Struct, rename="camel", omit_defaults=True, frozen=True)
     last_name: str | None = None
 
 
-class ChannelMetadata(Struct, rename="camel", omit_defaults=True, frozen=True):
+class ChannelMetadata(Struct, rename="camel", omit_defaults=True, frozen=True, gc=False):
     custom_attributes: dict[str, str] | None = None
 
 
-class OpenInboundMessageChannel(Struct, rename="camel", omit_defaults=True, frozen=True):
+class OpenInboundMessageChannel(Struct, rename="camel", omit_defaults=True, frozen=True, gc=False):
     message_id: str
     time: str
     # `from` is a Python keyword: the field is `from_` here, "from" on the wire
@@ -37,7 +38,7 @@ class OpenInboundMessageChannel(Struct, rename="camel", omit_defaults=True, froz
     metadata: ChannelMetadata | None = None
 
 
-class OpenMessageAttachment(Struct, rename="camel", omit_defaults=True, frozen=True):
+class OpenMessageAttachment(Struct, rename="camel", omit_defaults=True, frozen=True, gc=False):
     media_type: MediaType
     url: str | None = None
     mime: str | None = None
@@ -46,13 +47,13 @@ class OpenMessageAttachment(Struct, rename="camel", omit_defaults=True, frozen=T
     sha256: str | None = None
 
 
-class OpenMessageContent(Struct, rename="camel", omit_defaults=True, frozen=True):
+class OpenMessageContent(Struct, rename="camel", omit_defaults=True, frozen=True, gc=False):
     # Genesys types each content item by `contentType`; required here (no default) so omit_defaults keeps it
     content_type: Literal["Attachment"]
     attachment: OpenMessageAttachment
 
 
-class OpenInboundNormalizedMessage(Struct, rename="camel", omit_defaults=True, frozen=True):
+class OpenInboundNormalizedMessage(Struct, rename="camel", omit_defaults=True, frozen=True, gc=False):
     channel: OpenInboundMessageChannel
     text: str | None = None
     content: list[OpenMessageContent] | None = None

@@ -3,6 +3,7 @@
 All three are tagged Structs (`tag=True`: the class name is the tag), so a `Result` round-trips through
 `msgspec.msgpack` as a union; the bridge stores one as the replay payload of a message.
 Schema evolution: new fields get defaults, so older stored payloads still decode.
+`gc=False` on all: these values never form reference cycles, so the garbage collector need not track them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from wabridge.codecs.genesys import IdType, OpenInboundNormalizedMessage
 AttachmentType = Literal["Image", "Video", "Audio", "File"]
 
 
-class Route(Struct, frozen=True, kw_only=True):
+class Route(Struct, frozen=True, kw_only=True, gc=False):
     """Routing facts of one inbound message: tenant key, customer key, de-duplication key, order."""
 
     phone_number_id: str  # the business number the customer wrote to: finds the tenant
@@ -33,7 +34,7 @@ class Route(Struct, frozen=True, kw_only=True):
     type: str  # Meta's message type as received ("text", "image", "pool", ...)
 
 
-class MediaRef(Struct, frozen=True, kw_only=True):
+class MediaRef(Struct, frozen=True, kw_only=True, gc=False):
     """The media the media actor must fetch from Meta; the Genesys attachment url is `media:<media_id>` until then."""
 
     media_id: str
@@ -58,13 +59,13 @@ class MediaRef(Struct, frozen=True, kw_only=True):
         return digest if len(digest) == 32 else None
 
 
-class Inbound(Struct, tag=True, frozen=True):
+class Inbound(Struct, tag=True, frozen=True, gc=False):
     route: Route
     message: OpenInboundNormalizedMessage
     media: MediaRef | None = None
 
 
-class Skipped(Struct, tag=True, frozen=True):
+class Skipped(Struct, tag=True, frozen=True, gc=False):
     """An item that produces no Genesys message, and why. `reason` is a short code from SKIP_REASONS."""
 
     reason: str
@@ -73,13 +74,13 @@ class Skipped(Struct, tag=True, frozen=True):
     phone_number_id: str | None = None
 
 
-class StatusError(Struct, frozen=True):
+class StatusError(Struct, frozen=True, gc=False):
     code: int | None = None
     title: str | None = None
     details: str | None = None
 
 
-class StatusUpdate(Struct, tag=True, frozen=True, kw_only=True):
+class StatusUpdate(Struct, tag=True, frozen=True, kw_only=True, gc=False):
     """A receipt for a message the business sent. `receipt` is the Genesys receipt status, None when it has none."""
 
     phone_number_id: str

@@ -21,20 +21,20 @@ with a single contact, that one. Its `profile.name` becomes `nickname`, split at
 
 from __future__ import annotations
 
-from msgspec import Struct
-
 from wabridge.codecs.genesys import IdType, OpenMessagingFrom
 from wabridge.codecs.meta import Contact, Message
 
 _MAX_ID = 128  # characters: longer ids are not Meta's, and they key caches and database rows
+_NAME_MAX = 256  # characters of a profile name passed on
+# Senders already identified, by what identifies them. Hot customers write many messages: a hit costs 0.1 µs, the
+# rules 0.6 µs (measured). Cleared whole when full; Senders are immutable, so sharing them is safe.
+_SENDERS_MAX = 4096
+_senders: dict[tuple[str | None, ...], Sender] = {}
 
 
-class Sender(Struct, frozen=True):
-    sender_id: str
-    id_type: IdType
-    wa_id: str | None
-    user_id: str | None
-    from_: OpenMessagingFrom
+# (Genesys `channel.from`, wa_id, user_id); `from.id` / `from.idType` are `Route.sender_id` / `Route.id_type`.
+# A plain tuple: a NamedTuple cost 0.37 µs to build here, a tuple 0.03 µs.
+Sender = tuple[OpenMessagingFrom, str | None, str | None]
 
 
 class MissingSender(ValueError):
@@ -46,10 +46,10 @@ def _is_phone(value: str | None) -> bool:
 
 
 def _usable(value: str | None) -> str | None:
-    if value is None:
+    """The id if it can key a mapping: 1-128 printable characters without surrounding spaces."""
+    if value is None or not 0 < len(value) <= _MAX_ID or not value.isprintable() or value != value.strip():
         return None
-    value = value.strip()
-    return value if 0 < len(value) <= _MAX_ID and value.isprintable() else None
+    return value
 
 
 def matching_contact(msg: Message, contacts: list[Contact]) -> Contact | None:
@@ -63,30 +63,42 @@ def matching_contact(msg: Message, contacts: list[Contact]) -> Contact | None:
 
 def identify(msg: Message, contact: Contact | None) -> Sender:
     """The sender of `msg` by the rules above; raises MissingSender when there is none."""
-    sent_from = _usable(msg.from_)
-    wa_id = sent_from if _is_phone(sent_from) else None
-    if wa_id is None and contact is not None and _is_phone(contact.wa_id):
-        wa_id = contact.wa_id
-    user_id = _usable(msg.from_user_id) or (_usable(contact.user_id) if contact is not None else None)
+    if contact is None:
+        key = (msg.from_, msg.from_user_id, None, None, None)
+    else:
+        name = contact.profile.name if contact.profile is not None else None
+        key = (msg.from_, msg.from_user_id, contact.wa_id, contact.user_id, name)
+    sender = _senders.get(key)
+    if sender is None:
+        sender = _identify(*key)
+        if len(_senders) >= _SENDERS_MAX:
+            _senders.clear()
+        _senders[key] = sender
+    return sender
+
+
+def _identify(
+    sent_from: str | None, from_user_id: str | None, contact_wa_id: str | None, contact_user_id: str | None,
+    name: str | None,
+) -> Sender:
+    wa_id = sent_from if _is_phone(sent_from) else (contact_wa_id if _is_phone(contact_wa_id) else None)
+    user_id = _usable(from_user_id) or _usable(contact_user_id)
     if wa_id is not None:
         sender_id, id_type = wa_id, "Phone"
     elif user_id is not None:
         sender_id, id_type = user_id, "Opaque"
-    elif sent_from is not None:  # rule 2: a non-numeric `from` is a user id
+    elif (sent_from := _usable(sent_from)) is not None:  # rule 2: a non-numeric `from` is a user id
         sender_id = user_id = sent_from
         id_type = "Opaque"
     else:
         raise MissingSender("no phone number and no user id")
-    name = contact.profile.name if contact is not None and contact.profile is not None else None
-    name = name.strip()[:256] if name else None
-    first = last = None
-    if name:
-        first, _, rest = name.partition(" ")
-        last = rest.strip() or None
-    return Sender(
-        sender_id=sender_id,
-        id_type=id_type,  # type: ignore[arg-type]
-        wa_id=wa_id,
-        user_id=user_id,
-        from_=OpenMessagingFrom(id=sender_id, id_type=id_type, nickname=name or None, first_name=first, last_name=last),  # type: ignore[arg-type]
-    )
+    return OpenMessagingFrom(sender_id, id_type, *_names(name)), wa_id, user_id  # type: ignore[arg-type]
+
+
+def _names(name: str | None) -> tuple[str | None, str | None, str | None]:
+    """(nickname, firstName, lastName) from a WhatsApp profile name."""
+    name = (name or "").strip()[:_NAME_MAX]
+    if not name:
+        return None, None, None
+    first, _, rest = name.partition(" ")
+    return name, first, rest.strip() or None

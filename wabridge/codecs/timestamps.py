@@ -3,8 +3,8 @@
 Meta sends Unix **seconds** as a string; milliseconds have been seen in the wild. A value of 1e11 or more is taken as
 milliseconds (1e11 s is the year 5138, 1e11 ms is 1973): both normalise to float seconds.
 Genesys wants `2026-06-08T20:59:43.000Z`. `datetime.strftime` was 1.7 µs of a 3.9 µs transform (44 %, see
-docs/performance.md); formatting the per-second prefix from `time.gmtime` once and caching it makes the usual case a
-dict lookup.
+docs/performance.md). Here a time is formatted from `time.gmtime` once (0.56 µs measured) and cached with the parsed
+timestamp, so the usual case is two dict lookups (about 0.1 µs).
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ import time
 
 _MILLIS_FROM = 1e11
 _LATEST = 253402300799.0  # 9999-12-31T23:59:59Z: Genesys's format has four year digits
-_PREFIX_CACHE_MAX = 4096  # seconds; cleared whole when full (a webhook's messages share a few seconds)
-_prefixes: dict[int, str] = {}
+# Both caches are cleared whole when full: a stream of webhooks carries a few distinct seconds at a time.
+_CACHE_MAX = 4096  # entries
+_parsed: dict[str, float] = {}  # Meta's timestamp text -> seconds
+_times: dict[float, str] = {}  # seconds -> Genesys time text
 
 
 class InvalidTimestamp(ValueError):
@@ -25,17 +27,29 @@ class InvalidTimestamp(ValueError):
 def parse_meta_timestamp(value: object) -> float:
     """Unix seconds as a float from Meta's `timestamp` (str or number; seconds or milliseconds)."""
     if isinstance(value, str):
-        if value.isdigit() and len(value) <= 20:
-            seconds = float(int(value))
-        else:
-            try:
-                seconds = float(value)
-            except ValueError:
-                raise InvalidTimestamp(f"not a number: {value[:40]!r}") from None
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        raise InvalidTimestamp("missing")
+        cached = _parsed.get(value)
+        if cached is not None:
+            return cached
+        seconds = _parse_text(value)
+        if len(_parsed) >= _CACHE_MAX:
+            _parsed.clear()
+        _parsed[value] = seconds
+        return seconds
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return _checked(float(value))
+    raise InvalidTimestamp("missing")
+
+
+def _parse_text(value: str) -> float:
+    if value.isdigit() and len(value) <= 20:
+        return _checked(float(int(value)))
+    try:
+        return _checked(float(value))
+    except ValueError:
+        raise InvalidTimestamp(f"not a number: {value[:40]!r}") from None
+
+
+def _checked(seconds: float) -> float:
     if not math.isfinite(seconds) or seconds < 0:
         raise InvalidTimestamp(f"out of range: {seconds!r}")
     if seconds >= _MILLIS_FROM:
@@ -47,15 +61,19 @@ def parse_meta_timestamp(value: object) -> float:
 
 def iso_time(seconds: float) -> str:
     """`YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC, milliseconds) for Unix seconds in [0, 9999-12-31]."""
+    text = _times.get(seconds)
+    if text is None:
+        text = _format(seconds)
+        if len(_times) >= _CACHE_MAX:
+            _times.clear()
+        _times[seconds] = text
+    return text
+
+
+def _format(seconds: float) -> str:
     whole = int(seconds)
-    prefix = _prefixes.get(whole)
-    if prefix is None:
-        t = time.gmtime(whole)
-        prefix = "%04d-%02d-%02dT%02d:%02d:%02d." % (t.tm_year, t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec)
-        if len(_prefixes) >= _PREFIX_CACHE_MAX:
-            _prefixes.clear()
-        _prefixes[whole] = prefix
     millis = int(round((seconds - whole) * 1000.0))
-    if millis >= 1000:  # rounding of x.9995 and up: recompute from the next second
-        return iso_time(float(whole + 1))
-    return f"{prefix}{millis:03d}Z"
+    if millis >= 1000:  # x.9995 and up rounds into the next second
+        whole, millis = whole + 1, 0
+    t = time.gmtime(whole)
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (t.tm_year, t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec, millis)

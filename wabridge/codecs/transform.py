@@ -151,15 +151,15 @@ def _inbound(msg: Message, phone_number_id: str, display: str, contacts: list[Co
         return Skipped("malformed_message", f"timestamp {exc}"[:_DETAIL_MAX], wamid, phone_number_id)
     contact = matching_contact(msg, contacts)
     try:
-        sender = identify(msg, contact)
+        sender, wa_id, user_id = identify(msg, contact)
     except MissingSender as exc:
         return Skipped("missing_sender", str(exc), wamid, phone_number_id)
 
     kind = msg.type
     meta: dict[str, str] = {"type": kind[:64]}
     custom: dict[str, str] = {"phone_number_id": phone_number_id, "display_phone_number": display}
-    if sender.user_id is not None:
-        custom["user_id"] = sender.user_id
+    if user_id is not None:
+        custom["user_id"] = user_id
     if contact is not None and contact.profile is not None and contact.profile.username:
         put(custom, "username", contact.profile.username)
     if msg.context is not None or msg.referral is not None or msg.errors or msg.group_id is not None:
@@ -188,10 +188,10 @@ def _inbound(msg: Message, phone_number_id: str, display: str, contacts: list[Co
     route = Route(
         phone_number_id=phone_number_id,
         display_phone_number=display,
-        sender_id=sender.sender_id,
+        sender_id=sender.id,
         id_type=sender.id_type,
-        wa_id=sender.wa_id,
-        user_id=sender.user_id,
+        wa_id=wa_id,
+        user_id=user_id,
         wamid=wamid,
         timestamp=seconds,
         type=kind,
@@ -199,7 +199,7 @@ def _inbound(msg: Message, phone_number_id: str, display: str, contacts: list[Co
     channel = OpenInboundMessageChannel(
         message_id=wamid,
         time=iso_time(seconds),
-        from_=sender.from_,
+        from_=sender,
         metadata=ChannelMetadata(custom_attributes=custom),
     )
     message = OpenInboundNormalizedMessage(channel=channel, text=text, content=content, metadata=meta)
