@@ -28,6 +28,7 @@ import pytest
 from tests.conftest import CORPUS, REPO
 from wabridge.actors.ingress import IngressApp, serve_ingress, settings_environment  # noqa: F401
 from wabridge.codecs.routing import QueuedWebhook, decode_queued
+from wabridge.engine.object_keys import webhook_key
 from wabridge.engine.ports import WEBHOOKS_BUCKET, GenesysCredential, TenantConfig, TrackingStatus
 from wabridge.engine.secrets import Secret
 from wabridge.engine.settings import Settings
@@ -151,7 +152,8 @@ async def test_signed_webhook_is_queued_once_as_its_raw_bytes_and_archived(app: 
     assert answer.status == 200
     [(tenant_id, message_id, queued)] = await drain(embedded.queue, expect=1)
     assert (tenant_id, queued.tenant_id, queued.body) == ("acme", "acme", HELLO)  # untouched: still verifiable
-    assert message_id.endswith(":acme") and queued.archive_key.startswith("acme/")
+    webhook_id = message_id.removesuffix(":acme")
+    assert queued.archive_key == webhook_key("acme", queued.received_at, webhook_id)  # the objects' key scheme
     await archives_settled(app)
     assert await embedded.objects.get(WEBHOOKS_BUCKET, queued.archive_key) == HELLO
 

@@ -74,6 +74,27 @@ def _signature_ok(secret: str, body: bytes, header: str) -> bool:
     return hmac.compare_digest(expected, header)
 
 
+def _archive_prefixes() -> Any:
+    """`webhook_key` without its per-request work: the `{tenant}/{day}` prefix is cached per tenant and UTC day
+    (object_keys escapes the tenant id character by character: ~2 µs a request, measured in the bench), and a
+    webhook id is lowercase hex, which `key_part` leaves as it is. Bounded: cleared when full."""
+    cache: dict[tuple[str, int], str] = {}
+
+    def archive_key(tenant_id: str, received_at: float, webhook_id: str) -> str:
+        day = int(received_at // 86400)
+        prefix = cache.get((tenant_id, day))
+        if prefix is None:
+            if len(cache) >= 4096:
+                cache.clear()
+            prefix = cache[(tenant_id, day)] = webhook_key(tenant_id, received_at, "0").rpartition("/")[0]
+        return f"{prefix}/{webhook_id}.json"
+
+    return archive_key
+
+
+archive_key = _archive_prefixes()
+
+
 def _new_webhook_id(received_at: float) -> str:
     # Time first (archive keys sort by arrival), then 40 random bits: unique per POST without coordination.
     return f"{int(received_at * 1000):011x}{os.urandom(5).hex()}"
@@ -145,7 +166,12 @@ class IngressApp:
                 REQUESTS.labels("webhook", "400").inc()
                 proto.response_bytes(400, [], b"bad content-length")
                 return
-        response = await self.handle(scope.method, scope.path, scope.query_string, headers, body)
+        try:
+            response = await self.handle(scope.method, scope.path, scope.query_string, headers, body)
+        except Exception:  # our bug, never the caller's: logged whole, answered 500 so Meta retries
+            log.exception("ingress failed on %s %s", scope.method, scope.path[:100])
+            REQUESTS.labels("other", "500").inc()
+            response = text(500, "internal error")
         proto.response_bytes(*response)
 
     async def handle(
@@ -274,9 +300,9 @@ class IngressApp:
         webhook_id = _new_webhook_id(received_at)
         publishes = []
         for tenant_id, part in parts.items():
-            archive_key = webhook_key(tenant_id, received_at, webhook_id)
-            self._archive(archive_key, raw, tenant_id, webhook_id)
-            message = encode_queued(QueuedWebhook(tenant_id, received_at, archive_key, part))
+            key = archive_key(tenant_id, received_at, webhook_id)
+            self._archive(key, raw, tenant_id, webhook_id)
+            message = encode_queued(QueuedWebhook(tenant_id, received_at, key, part))
             publishes.append(self._publish(tenant_id, message, f"{webhook_id}:{tenant_id}"))
         if len(publishes) == 1:
             await publishes[0]
