@@ -81,6 +81,10 @@ class WebhookDecodeError(ValueError):
     """The body is not JSON, or not a JSON object: the sender's fault, answered with 400."""
 
 
+# What a decoder raises on bad bytes: msgspec reports invalid UTF-8 inside a string as UnicodeDecodeError, not as
+# DecodeError (msgspec 0.22); RecursionError is a guard should nesting ever outrun msgspec's own depth limit.
+_NOT_JSON = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
 _webhook_decoder = msgspec.json.Decoder(Webhook)
 _raw_webhook_decoder = msgspec.json.Decoder(RawWebhook)
 _raw_entry_decoder = msgspec.json.Decoder(RawEntry)
@@ -103,9 +107,9 @@ def transform(body: bytes) -> list[Result]:
     """All results of one webhook body, in payload order. Raises WebhookDecodeError only."""
     try:
         hook = _webhook_decoder.decode(body)
-    except msgspec.ValidationError:
+    except (msgspec.ValidationError, UnicodeDecodeError):
         return _transform_in_layers(body)
-    except (msgspec.DecodeError, RecursionError) as exc:
+    except _NOT_JSON as exc:
         raise WebhookDecodeError(f"not JSON: {_short(exc)}") from None
     if hook.object != WABA_OBJECT:
         return [Skipped("unsupported_object", f"object {hook.object[:64]!r}")]
@@ -325,7 +329,7 @@ def _transform_in_layers(body: bytes) -> list[Result]:
     except msgspec.ValidationError as exc:
         _require_object(body)
         return [Skipped("malformed_entry", f"webhook: {_short(exc)}")]
-    except (msgspec.DecodeError, RecursionError) as exc:
+    except _NOT_JSON as exc:
         raise WebhookDecodeError(f"not JSON: {_short(exc)}") from None
     if hook.object != WABA_OBJECT:
         return [Skipped("unsupported_object", f"object {hook.object[:64]!r}")]
@@ -333,7 +337,7 @@ def _transform_in_layers(body: bytes) -> list[Result]:
     for raw_entry in hook.entry:
         try:
             entry = _raw_entry_decoder.decode(raw_entry)
-        except (msgspec.DecodeError, RecursionError) as exc:
+        except _NOT_JSON as exc:
             out.append(Skipped("malformed_entry", f"entry: {_short(exc)}"))
             continue
         for raw_change in entry.changes:
@@ -346,7 +350,7 @@ def _transform_in_layers(body: bytes) -> list[Result]:
 def _require_object(body: bytes) -> None:
     try:
         decoded = _any_decoder.decode(body)
-    except (msgspec.DecodeError, RecursionError) as exc:
+    except _NOT_JSON as exc:
         raise WebhookDecodeError(f"not JSON: {_short(exc)}") from None
     if not isinstance(decoded, dict):
         raise WebhookDecodeError(f"not a JSON object: {type(decoded).__name__}")
@@ -359,7 +363,7 @@ def _change_in_layers(raw_change: msgspec.Raw, out: list[Result]) -> None:
             out.append(Skipped("unsupported_field", f"field {change.field[:64]!r}"))
             return
         value = _raw_value_decoder.decode(change.value)
-    except (msgspec.DecodeError, RecursionError) as exc:
+    except _NOT_JSON as exc:
         out.append(Skipped("malformed_entry", f"change: {_short(exc)}"))
         return
     phone_number_id = value.metadata.phone_number_id
@@ -370,14 +374,14 @@ def _change_in_layers(raw_change: msgspec.Raw, out: list[Result]) -> None:
     for raw in value.messages:
         try:
             msg = _message_decoder.decode(raw)
-        except (msgspec.DecodeError, RecursionError) as exc:
+        except _NOT_JSON as exc:
             out.append(Skipped("malformed_message", _short(exc), _wamid_of(raw), phone_number_id))
             continue
         out.append(_inbound(msg, phone_number_id, value.metadata.display_phone_number, contacts))
     for raw in value.statuses:
         try:
             status = _status_decoder.decode(raw)
-        except (msgspec.DecodeError, RecursionError) as exc:
+        except _NOT_JSON as exc:
             out.append(Skipped("malformed_status", _short(exc), _wamid_of(raw), phone_number_id))
             continue
         out.append(_status_update(status, phone_number_id))
@@ -392,7 +396,7 @@ def _decode_or_none(decoder: msgspec.json.Decoder):
     def decode(raw: msgspec.Raw):
         try:
             return decoder.decode(raw)
-        except (msgspec.DecodeError, RecursionError):
+        except _NOT_JSON:
             return None  # a bad contact only costs the sender's name
 
     return decode
@@ -402,7 +406,7 @@ def _wamid_of(raw: msgspec.Raw) -> str | None:
     """The id of a message that failed to decode, so the skip can still be traced; None if it has none."""
     try:
         value = _id_decoder.decode(raw).id
-    except (msgspec.DecodeError, RecursionError):
+    except _NOT_JSON:
         return None
     return value if isinstance(value, str) and 0 < len(value) <= _ID_MAX else None
 
