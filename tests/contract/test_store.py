@@ -299,3 +299,16 @@ async def test_two_sqlite_stores_on_one_file_see_each_others_writes(embedded_set
     finally:
         await first.close()
         await second.close()
+
+
+def test_wabridge_migrate_prints_one_line_and_can_run_twice(tmp_path, monkeypatch, capsys):
+    from wabridge.cli import main
+
+    for var in ("WABRIDGE_DATABASE_URL", "WABRIDGE_REDIS_URL", "WABRIDGE_AMQP_URL", "WABRIDGE_S3_ENDPOINT",
+                "WABRIDGE_CONFIG", "WABRIDGE_SECRET_KEY"):  # fmt: skip
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("WABRIDGE_DATA_DIR", str(tmp_path))
+    assert main(["migrate"]) == 0
+    assert main(["migrate"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"schema at version 1 (SqliteStore({str(tmp_path / 'wabridge.sqlite3')!r}))"] * 2
