@@ -1,0 +1,110 @@
+"""The relay: one customer message from Meta's shape to a Genesys agent, tracked. Called inside the customer's
+ordering lane (tenant.py), so one customer's messages pass here one at a time, in the order they were sent.
+
+    seen before?   the tracking row says delivered / failed / dead-lettered → `duplicate`, not sent again
+    conversation   state.py: cache → store → new id
+    media          media.py: Meta → object storage → presigned URL (or a text notice)
+    delivery       delivery.py: rate budget, OAuth token, POST with retries
+    tracking       tracking.py: batched, and awaited — the queue message is acked only after this row is durable
+
+Errors: `BackendUnavailable` (store or objects down) propagates: the caller leaves the queue message unacked and
+it comes back later. A Genesys refusal is not an error here: the message is tracked `failed` with its payload,
+so `wabridge replay` can send it again.
+"""
+
+from __future__ import annotations
+
+import time
+
+from wabridge.actors.delivery import DeliveryFailed, GenesysDelivery
+from wabridge.actors.media import MediaFetcher
+from wabridge.actors.state import ConversationState
+from wabridge.actors.tracking import TrackingWriter
+from wabridge.codecs.results import Inbound, pack_result
+from wabridge.codecs.transform import encode_genesys
+from wabridge.engine.logs import get_logger
+from wabridge.engine.metrics import REGISTRY
+from wabridge.engine.ports import Store, TenantConfig, TrackingRecord, TrackingStatus
+
+log = get_logger("relay")
+
+# A message in one of these states is never sent again by a redelivery: Meta's retries and our own redeliveries
+# after a crash stop here. A row still `received` was in flight at a crash: it is sent again (at-least-once).
+SETTLED = frozenset({TrackingStatus.DELIVERED, TrackingStatus.FAILED, TrackingStatus.DEAD_LETTERED})
+
+OUTCOMES = REGISTRY.counter("wabridge_deliveries_total", "Customer messages by outcome.", ["outcome"])
+_delivered, _failed, _duplicate = (OUTCOMES.labels(o) for o in ("delivered", "failed", "duplicate"))
+_media_notices = REGISTRY.counter("wabridge_media_notices_total", "Media replaced by a text notice.", ["reason"])
+_latency = REGISTRY.histogram("wabridge_relay_seconds", "From webhook receipt to tracked delivery.", [])
+
+
+class Relay:
+    def __init__(
+        self,
+        store: Store,
+        state: ConversationState,
+        media: MediaFetcher,
+        delivery: GenesysDelivery,
+        tracker: TrackingWriter,
+    ) -> None:
+        self._store = store
+        self._state = state
+        self._media = media
+        self._delivery = delivery
+        self._tracker = tracker
+
+    async def relay(self, tenant: TenantConfig, inbound: Inbound, received_at: float, *, replay: bool = False) -> str:
+        """Deliver one message; returns the tracking status it ended in."""
+        route = inbound.route
+        tenant_id = tenant.tenant_id
+        existing = await self._store.get_tracking(tenant_id, route.wamid)
+        if existing is not None and (existing.status in SETTLED if not replay else existing.status == "delivered"):
+            _duplicate.inc()
+            await self._tracker.record(self._record(tenant_id, inbound, TrackingStatus.DUPLICATE))
+            return TrackingStatus.DUPLICATE
+
+        conversation_id = await self._state.conversation_for(tenant_id, route.sender_id)
+        message, media_error = inbound.message, None
+        if inbound.media is not None:
+            outcome = await self._media.resolve(tenant, inbound)
+            message = outcome.apply(inbound)
+            if not outcome.stored:
+                media_error = outcome.error
+                _media_notices.labels(outcome.reason).inc()
+
+        try:
+            delivered = await self._delivery.deliver(tenant, encode_genesys(message))
+        except DeliveryFailed as exc:
+            _failed.inc()
+            log.warning("delivery failed", extra={"tenant_id": tenant_id, "wamid": route.wamid, "error": exc.error})
+            error = exc.error if not exc.body else f"{exc.error}: {exc.body.decode(errors='replace')}"
+            await self._tracker.record(
+                self._record(
+                    tenant_id, inbound, TrackingStatus.FAILED,
+                    conversation_id=conversation_id, attempts=exc.attempts, error=error, payload=pack_result(inbound),
+                )
+            )  # fmt: skip
+            return TrackingStatus.FAILED
+
+        if delivered.conversation_id and delivered.conversation_id != conversation_id:
+            conversation_id = delivered.conversation_id
+            await self._state.adopt(tenant_id, route.sender_id, conversation_id)
+        await self._tracker.record(
+            self._record(
+                tenant_id, inbound, TrackingStatus.DELIVERED,
+                conversation_id=conversation_id, attempts=1, error=media_error,
+                genesys_message_id=delivered.genesys_message_id,
+            )
+        )  # fmt: skip
+        await self._tracker.touch(tenant_id, route.sender_id, time.time())
+        _delivered.inc()
+        _latency.observe(max(0.0, time.time() - received_at))
+        return TrackingStatus.DELIVERED
+
+    @staticmethod
+    def _record(tenant_id: str, inbound: Inbound, status: str, **fields) -> TrackingRecord:
+        now = time.time()
+        return TrackingRecord(
+            wamid=inbound.route.wamid, tenant_id=tenant_id, status=status, type=inbound.route.type,
+            created_at=now, updated_at=now, **fields,
+        )  # fmt: skip

@@ -1,0 +1,139 @@
+"""The worker: consumes its shards of the queue and runs the tenant actors that deliver to Genesys.
+
+    queue shard ──(shard order)──▶ router mailbox ──▶ registry of supervised TenantActors ──▶ lanes ──▶ relay
+
+The queue calls `_accept` for each delivery in shard order; `_accept` only puts it into the bounded router mailbox
+(no await in between, so the order survives), and one router task hands deliveries to their tenant's actor.
+A full tenant mailbox makes the router wait, which stops taking from the queue: backpressure all the way to the
+broker, whose prefetch window bounds what this process holds.
+
+Drain (SIGTERM): stop routing; every tenant actor finishes what its lanes admitted and settles its deliveries; then
+the consumer stops, and whatever was never routed goes back to the queue unacked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from wabridge.actors.auth import TokenProvider
+from wabridge.actors.delivery import GenesysDelivery
+from wabridge.actors.media import MediaFetcher
+from wabridge.actors.ratelimit import RateBudget
+from wabridge.actors.relay import Relay
+from wabridge.actors.state import ConversationState
+from wabridge.actors.tenant import TenantActor
+from wabridge.actors.tenants import TenantDirectory
+from wabridge.actors.tracking import TrackingWriter
+from wabridge.engine.backends import Backends
+from wabridge.engine.drain import Shutdown
+from wabridge.engine.logs import get_logger
+from wabridge.engine.mailbox import Mailbox, MailboxClosed
+from wabridge.engine.ports import Delivery
+from wabridge.engine.registry import Registry
+from wabridge.engine.supervisor import Supervisor
+
+log = get_logger("worker")
+
+PREFETCH = 4096  # unacked deliveries per consumer: bounds memory (~1 KB each) and what a crash hands back
+MAX_TENANT_ACTORS = 1000
+TENANT_IDLE_TIMEOUT = 300.0  # s
+
+
+class Worker:
+    def __init__(self, backends: Backends, *, shards: Sequence[int] | None = None, prefetch: int = PREFETCH) -> None:
+        settings = backends.settings
+        self.backends = backends
+        self.shards = shards
+        self.prefetch = prefetch
+        self.directory = TenantDirectory(backends.store, backends.cache, settings.secret_box())
+        self.tokens = TokenProvider(backends.cache)
+        self.budget = RateBudget(backends.cache)
+        self.delivery = GenesysDelivery(self.tokens, self.budget)
+        self.media = MediaFetcher(backends.objects, settings)
+        self.tracker = TrackingWriter(backends.store)
+        self.relay = Relay(
+            backends.store, ConversationState(backends.cache, backends.store), self.media, self.delivery, self.tracker
+        )
+        self._router: Mailbox[Delivery] = Mailbox(prefetch)
+        self._settings = settings
+
+    def _tenant_actor(self, tenant_id: str) -> TenantActor:
+        return TenantActor(
+            tenant_id,
+            directory=self.directory,
+            relay=self.relay,
+            tracker=self.tracker,
+            concurrency=self._settings.tenant_concurrency,
+            max_pending=max(self.prefetch // 2, 1),
+        )
+
+    async def _accept(self, delivery: Delivery) -> None:
+        try:
+            await self._router.send(delivery)
+        except MailboxClosed:
+            pass  # draining: left unsettled, it returns to the queue when the consumer stops
+
+    @staticmethod
+    def _on_failed(delivery: Any, exc: BaseException) -> None:
+        """A tenant actor crashed twice on this delivery: hand it back; the queue's delivery limit ends a poison
+        message in the dead-letter queue instead of looping forever."""
+        log.error("tenant actor failed on %r: %s: %s; handing it back", delivery, type(exc).__name__, exc)
+        task = asyncio.ensure_future(delivery.retry())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    @contextlib.asynccontextmanager
+    async def started(self) -> AsyncIterator[Worker]:
+        """The relay's writers and HTTP clients running; closed (tracking flushed) on exit."""
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(self.tracker)
+            stack.push_async_callback(self.tokens.aclose)
+            stack.push_async_callback(self.delivery.aclose)
+            stack.push_async_callback(self.media.aclose)
+            yield self
+
+    async def run(self, shutdown: Shutdown) -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(self.started())
+            consumer = await self.backends.queue.consume(self._accept, shards=self.shards, prefetch=self.prefetch)
+            stack.push_async_callback(consumer.stop)
+            supervisor = await stack.enter_async_context(Supervisor("worker", max_restarts=10, period=10.0))
+            tenants: Registry[str] = await stack.enter_async_context(
+                Registry(
+                    supervisor, self._tenant_actor, kind="tenant", max_live=MAX_TENANT_ACTORS,
+                    idle_timeout=TENANT_IDLE_TIMEOUT, capacity=self._settings.mailbox_size, retries=1,
+                    on_failed=self._on_failed,
+                )
+            )  # fmt: skip
+            log.info("worker consuming", extra={"shards": list(self.shards or range(self.backends.queue.shards))})
+            router = asyncio.create_task(self._route(tenants), name="worker-router")
+            stopping = asyncio.ensure_future(shutdown.wait())
+            try:
+                await asyncio.wait({router, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if router.done():
+                    router.result()  # the router died: raise its error, the process stops non-zero
+            finally:
+                stopping.cancel()
+                log.info("worker draining")
+                self._router.close()
+                self._router.take_all()  # never routed: returned unacked when the consumer stops
+                router.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await router
+            # Leaving the stack: the registry stops every tenant actor (each finishes its lanes and settles its
+            # deliveries), then the supervisor, the consumer (unsettled deliveries go back), the writers and clients.
+
+    async def _route(self, tenants: Registry[str]) -> None:
+        router = self._router
+        while True:
+            delivery = await router.receive()
+            await tenants.tell(delivery.tenant_id, delivery)
+
+
+async def run_worker(settings, shutdown: Shutdown, *, shards: Sequence[int] | None = None) -> None:
+    from wabridge.engine.backends import open_backends
+
+    async with open_backends(settings) as backends:
+        await Worker(backends, shards=shards).run(shutdown)

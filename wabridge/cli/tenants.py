@@ -1,0 +1,166 @@
+"""`wabridge tenants add|list|remove`: the tenants a deployment serves, kept in the store with secrets encrypted.
+
+A secret flag given as `-` is read from a prompt without echo, so it never lands in shell history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+
+import anyio
+
+from wabridge.engine.ports import GenesysCredential, PhoneNumberTaken, TenantConfig
+from wabridge.engine.secrets import Secret
+from wabridge.engine.settings import load_settings
+
+# Genesys Cloud regions (reference.md §2): API at https://api.<region>, login at https://login.<region>.
+REGIONS = (
+    "mypurecloud.com", "mypurecloud.ie", "mypurecloud.de", "mypurecloud.jp", "mypurecloud.com.au",
+    "usw2.pure.cloud", "cac1.pure.cloud", "apne2.pure.cloud", "euw2.pure.cloud", "aps1.pure.cloud",
+    "sae1.pure.cloud", "mec1.pure.cloud", "apne3.pure.cloud", "euc2.pure.cloud", "mxc1.pure.cloud",
+    "apse1.pure.cloud",
+)  # fmt: skip
+
+
+def region_urls(region: str) -> tuple[str, str]:
+    """(api url, login url) for a Genesys region."""
+    return f"https://api.{region}", f"https://login.{region}"
+
+
+def register(sub) -> None:
+    p = sub.add_parser("tenants", help="add, list or remove tenants", description=__doc__)
+    tsub = p.add_subparsers(dest="tenants_command", metavar="ACTION", parser_class=type(p))
+    tsub.required = True
+
+    add = tsub.add_parser("add", help="add a tenant, or update it if the id exists")
+    add.add_argument("tenant_id")
+    add.add_argument("--phone-number-id", action="append", required=True, dest="phone_number_ids",
+                     help="Meta phone_number_id routed to this tenant (repeatable)")
+    add.add_argument("--app-secret", required=True, help="Meta app secret ('-' to prompt)")
+    add.add_argument("--verify-token", required=True, help="webhook verify token ('-' to prompt)")
+    add.add_argument("--whatsapp-token", required=True, help="WhatsApp Cloud API access token ('-' to prompt)")
+    where = add.add_mutually_exclusive_group(required=True)
+    where.add_argument("--genesys-region", choices=REGIONS, metavar="REGION",
+                       help="Genesys Cloud region, e.g. mypurecloud.ie")
+    where.add_argument("--genesys-api-url", help="Genesys API base URL (with --genesys-login-url)")
+    add.add_argument("--genesys-login-url", help="Genesys login base URL (with --genesys-api-url)")
+    add.add_argument("--genesys-client-id", action="append", required=True, dest="client_ids",
+                     help="OAuth client id (repeatable, paired with --genesys-client-secret)")
+    add.add_argument("--genesys-client-secret", action="append", required=True, dest="client_secrets",
+                     help="OAuth client secret ('-' to prompt; repeatable)")
+    add.add_argument("--genesys-integration-id", required=True, help="Open Messaging integration id")
+    add.add_argument("--genesys-rate-limit", type=int, default=300, metavar="PER_MIN",
+                     help="delivery budget per credential per minute (default 300, Genesys's default)")
+    add.set_defaults(func=run_add)
+
+    ls = tsub.add_parser("list", help="list tenants (no secrets shown)")
+    ls.set_defaults(func=run_list)
+
+    rm = tsub.add_parser("remove", help="remove a tenant")
+    rm.add_argument("tenant_id")
+    rm.set_defaults(func=run_remove)
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _secret(value: str, prompt: str) -> Secret:
+    if value == "-":
+        value = getpass.getpass(f"{prompt}: ")
+    if not value:
+        raise SystemExit(f"wabridge: {prompt} must not be empty")
+    return Secret(value)
+
+
+def tenant_from_args(args: argparse.Namespace) -> TenantConfig:
+    if args.genesys_region:
+        api_url, login_url = region_urls(args.genesys_region)
+    else:
+        if not args.genesys_login_url:
+            raise _UsageError("--genesys-api-url needs --genesys-login-url")
+        api_url, login_url = args.genesys_api_url.rstrip("/"), args.genesys_login_url.rstrip("/")
+    if len(args.client_ids) != len(args.client_secrets):
+        raise _UsageError("--genesys-client-id and --genesys-client-secret must be given in pairs")
+    if args.genesys_rate_limit < 1:
+        raise _UsageError("--genesys-rate-limit must be at least 1")
+    credentials = tuple(
+        GenesysCredential(client_id=cid, client_secret=_secret(sec, f"Genesys client secret for {cid}"))
+        for cid, sec in zip(args.client_ids, args.client_secrets)
+    )
+    return TenantConfig(
+        tenant_id=args.tenant_id,
+        phone_number_ids=tuple(dict.fromkeys(args.phone_number_ids)),
+        app_secret=_secret(args.app_secret, "Meta app secret"),
+        verify_token=_secret(args.verify_token, "verify token"),
+        whatsapp_token=_secret(args.whatsapp_token, "WhatsApp token"),
+        genesys_api_url=api_url,
+        genesys_login_url=login_url,
+        genesys_integration_id=args.genesys_integration_id,
+        credentials=credentials,
+        rate_limit_per_minute=args.genesys_rate_limit,
+    )
+
+
+async def _with_store(work):
+    """Run `work(store, directory)` with only the store and cache open: tenants can be managed while the broker
+    is down. The directory forgets a changed tenant in Redis too, so running bridges see the change quickly."""
+    from wabridge.actors.tenants import TenantDirectory
+    from wabridge.engine.backends import open_backends
+
+    settings = load_settings()
+    async with open_backends(settings, ports=("store", "cache")) as backends:
+        directory = TenantDirectory(backends.store, backends.cache, settings.secret_box())
+        return await work(backends.store, directory)
+
+
+def run_add(args: argparse.Namespace) -> int:
+    try:
+        tenant = tenant_from_args(args)
+    except _UsageError as exc:
+        print(f"wabridge tenants add: error: {exc}", file=sys.stderr)
+        return 2
+
+    async def work(store, directory) -> int:
+        previous = await store.get_tenant(tenant.tenant_id)
+        try:
+            await store.put_tenant(tenant)
+        except PhoneNumberTaken as exc:
+            print(f"wabridge tenants add: error: {exc}", file=sys.stderr)
+            return 1
+        await directory.invalidate(tenant, previous=previous)
+        existed = previous is not None
+        print(f"{'updated' if existed else 'added'} tenant {tenant.tenant_id} "
+              f"({', '.join(tenant.phone_number_ids)})")
+        return 0
+
+    return anyio.run(_with_store, work)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    async def work(store, directory) -> int:
+        tenants = await store.list_tenants()
+        if not tenants:
+            print("no tenants")
+        for t in tenants:
+            print(f"{t.tenant_id}\tphone_number_ids={','.join(t.phone_number_ids)}\tapi={t.genesys_api_url}\t"
+                  f"integration={t.genesys_integration_id}\tcredentials={len(t.credentials)}\t"
+                  f"rate_limit={t.rate_limit_per_minute}/min")
+        return 0
+
+    return anyio.run(_with_store, work)
+
+
+def run_remove(args: argparse.Namespace) -> int:
+    async def work(store, directory) -> int:
+        tenant = await store.get_tenant(args.tenant_id)
+        if tenant is None or not await store.remove_tenant(args.tenant_id):
+            print(f"wabridge tenants remove: no tenant {args.tenant_id!r}", file=sys.stderr)
+            return 1
+        await directory.invalidate(tenant)
+        print(f"removed tenant {args.tenant_id}")
+        return 0
+
+    return anyio.run(_with_store, work)
