@@ -9,7 +9,7 @@ only the deployments that use it.
 from __future__ import annotations
 
 import importlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -67,13 +67,16 @@ def make_adapter(settings: Settings, port: str) -> Any:
 
 
 @asynccontextmanager
-async def open_backends(settings: Settings, *, migrate: bool = True) -> AsyncIterator[Backends]:
+async def open_backends(
+    settings: Settings, *, migrate: bool = True, ports: Sequence[str] = OPEN_ORDER
+) -> AsyncIterator[Backends]:
     """Open every port's adapter (and bring the store's schema up to date unless `migrate=False`); on exit, or when
     one fails to open, close those already made in reverse order. Opening errors (BackendUnavailable when a server
-    is down) propagate to the caller."""
+    is down) propagate to the caller. `ports` limits what is opened (a CLI command that needs only the store does
+    not need the broker up); the others are None."""
     async with AsyncExitStack() as stack:
-        opened: dict[str, Any] = {}
-        for port in OPEN_ORDER:
+        opened: dict[str, Any] = dict.fromkeys(OPEN_ORDER)
+        for port in (p for p in OPEN_ORDER if p in ports):
             adapter = make_adapter(settings, port)
             # Registered before open(): an adapter that fails half-way (a session made, a bucket refused) still
             # releases what it holds.
