@@ -103,9 +103,12 @@ class AmqpDelivery:
         channel = self._message.channel
         if channel.is_closed:
             return
-        # Shielded: a cancelled handler must not leave a half-sent ack behind.
+        # Shielded: a cancelled handler must not leave a half-sent ack behind. The settlement may then fail
+        # unobserved (the channel died): its error is read here so it is not reported as never retrieved.
+        settling = asyncio.ensure_future(action(channel, self._message.delivery.delivery_tag))
+        settling.add_done_callback(_read_error)
         with contextlib.suppress(*_BROKER_ERRORS):
-            await asyncio.shield(action(channel, self._message.delivery.delivery_tag))
+            await asyncio.shield(settling)
 
 
 class AmqpConsumer:
@@ -151,9 +154,12 @@ class AmqpConsumer:
         while not self._stopping.is_set():
             channel = self._channel
             if channel is not None:
-                stop = asyncio.ensure_future(self._stopping.wait())
-                await asyncio.wait([stop, channel.closing], return_when=asyncio.FIRST_COMPLETED)
+                stop, closed = asyncio.ensure_future(self._stopping.wait()), channel.closing
+                await asyncio.wait([stop, closed], return_when=asyncio.FIRST_COMPLETED)
                 stop.cancel()
+                if closed.done() and not closed.cancelled():
+                    closed.exception()  # retrieved: the cause is the broker going away, already handled here
+                closed.cancel()
                 if self._stopping.is_set():
                     return
                 self._channel = None
@@ -350,6 +356,11 @@ class AmqpQueue:
         finally:
             with contextlib.suppress(*_BROKER_ERRORS):
                 await channel.close()
+
+
+def _read_error(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _text(value: Any) -> str:

@@ -104,10 +104,17 @@ class SqliteDelivery:
         self._settled = True
         consumer = self._queue._settling(self)
         # Shielded from a cancelled handler; a closed queue is fine: the row is delivered again (at-least-once).
+        writing = asyncio.ensure_future(self._queue._write(write))
+        writing.add_done_callback(_read_error)  # still read if the handler is cancelled while it runs
         with contextlib.suppress(BackendUnavailable):
-            await asyncio.shield(self._queue._write(write))
+            await asyncio.shield(writing)
         if consumer is not None:
             consumer.settled(self._seq)
+
+
+def _read_error(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _return_rows(db: sqlite3.Connection, limit: int, where: str, args: tuple[Any, ...]) -> None:
