@@ -198,3 +198,19 @@ async def test_an_exception_in_the_supervised_block_propagates_plainly_and_stops
             ref = root.spawn(Idle, name="idle")
             raise KeyError("body failed")
     assert ref.stopped and not ref.alive
+
+
+async def test_a_failing_on_stop_after_a_clean_drain_is_logged_not_restarted(caplog: pytest.LogCaptureFixture) -> None:
+    class BadStop(Actor):
+        async def on_receive(self, message: object) -> None:
+            pass
+
+        async def on_stop(self) -> None:
+            raise OSError("socket already closed")
+
+    async with Supervisor(max_restarts=0, period=1.0) as root:
+        ref = root.spawn(BadStop, name="bad-stop")
+        await ref.tell("x")
+        await ref.stop()
+    assert ref.restarts == 0 and ref.stopped
+    assert any(r.getMessage() == "on_stop failed" and r.exc_info for r in caplog.records)

@@ -181,7 +181,8 @@ class ActorRef:
                     self._interrupted(exc)  # cancelled: no crash to count, but the message in hand is kept
                 await self._stop_quietly(actor)
                 raise
-            await actor.on_stop()
+            # A failing on_stop after a clean drain is logged, not a crash: restarting would only run it again.
+            await self._stop_quietly(actor)
         finally:
             self.alive = False
 
@@ -189,7 +190,7 @@ class ActorRef:
         try:
             await actor.on_stop()
         except Exception:
-            self.log.exception("on_stop failed after a crash")
+            self.log.exception("on_stop failed")
 
     async def _run(self, actor: Actor) -> None:
         mailbox = self.mailbox
