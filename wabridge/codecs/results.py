@@ -8,7 +8,6 @@ Schema evolution: new fields get defaults, so older stored payloads still decode
 
 from __future__ import annotations
 
-import base64
 import binascii
 from typing import Literal
 
@@ -46,14 +45,17 @@ class MediaRef(Struct, frozen=True, kw_only=True, gc=False):
 
     def sha256_digest(self) -> bytes | None:
         """The 32-byte digest whether Meta sent hex or base64; None when absent or not a SHA-256 in either form."""
-        value = (self.sha256 or "").strip()
+        value = self.sha256
+        if not value or len(value) > 100:
+            return None
         if len(value) == 64:
             try:
                 return bytes.fromhex(value)
             except ValueError:
                 pass
         try:
-            digest = base64.b64decode(value + "=" * (-len(value) % 4), validate=True)
+            # binascii in strict mode: base64.b64decode(validate=True) runs a regex first (1 µs against 0.2 µs)
+            digest = binascii.a2b_base64(value + "=" * (-len(value) % 4), strict_mode=True)
         except (binascii.Error, ValueError):
             return None
         return digest if len(digest) == 32 else None
