@@ -35,6 +35,10 @@ _dead = REGISTRY.counter("wabridge_dead_letters_total", "Queue messages moved to
 Job = tuple[TenantConfig, Inbound, float]
 
 
+class CustomerBlocked(Exception):
+    """An earlier message of this customer failed: this one is handed back with it, to keep their order."""
+
+
 class TenantActor(Actor):
     def __init__(
         self,
@@ -52,6 +56,8 @@ class TenantActor(Actor):
         self._tracker = tracker
         self._lanes: Lanes[str, Job, str] = Lanes(self._relay_job, concurrency=concurrency, max_pending=max_pending)
         self._settling: set[asyncio.Task[None]] = set()
+        self._queued: dict[str, int] = {}  # sender → messages in its lane (bounded by the lanes' max_pending)
+        self._blocked: set[str] = set()  # senders whose lane had a failure: the rest of the lane goes back too
         self.log = get_logger("tenant", tenant_id=tenant_id, actor=f"tenant:{tenant_id}")
 
     async def on_start(self) -> None:
@@ -82,7 +88,9 @@ class TenantActor(Actor):
             match result:
                 case Inbound(route=route):
                     _inbound.inc()
-                    pending.append(await self._lanes.submit(route.sender_id, (tenant, result, queued.received_at)))
+                    future = await self._lanes.submit(route.sender_id, (tenant, result, queued.received_at))
+                    self._queued[route.sender_id] = self._queued.get(route.sender_id, 0) + 1
+                    pending.append(future)
                 case Skipped(wamid=str() as wamid, reason=reason, detail=detail):
                     # A customer message we could not read: visible in tracking, nothing to deliver.
                     _skipped.inc()
@@ -97,8 +105,24 @@ class TenantActor(Actor):
         task.add_done_callback(self._settling.discard)
 
     async def _relay_job(self, sender_id: str, job: Job) -> str:
-        tenant, inbound, received_at = job
-        return await self._relay.relay(tenant, inbound, received_at)
+        """One message of a customer's lane. After a failure the customer's later messages fail too, until the lane
+        is empty: they all go back to the queue together, so none overtakes the one that failed."""
+        try:
+            if sender_id in self._blocked:
+                raise CustomerBlocked(sender_id)
+            tenant, inbound, received_at = job
+            try:
+                return await self._relay.relay(tenant, inbound, received_at)
+            except BaseException:
+                self._blocked.add(sender_id)
+                raise
+        finally:
+            left = self._queued.get(sender_id, 1) - 1
+            if left:
+                self._queued[sender_id] = left
+            else:
+                del self._queued[sender_id]
+                self._blocked.discard(sender_id)
 
     async def _settle(self, delivery: Delivery, pending: list[asyncio.Future[Any]]) -> None:
         outcomes = await asyncio.gather(*pending, return_exceptions=True)

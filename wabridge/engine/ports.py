@@ -79,6 +79,7 @@ class TrackingRecord(msgspec.Struct, kw_only=True):
     error: str | None = None
     # The per-message work item, kept for failed/dead-lettered rows so `wabridge replay` can send it again.
     payload: bytes | None = None
+    duplicates: int = 0  # times the message came again after it was settled (Meta retries, redeliveries)
     created_at: float = 0.0  # Unix seconds; 0 = now
     updated_at: float = 0.0
 

@@ -104,6 +104,17 @@ def needs_rotation(box: SecretBox, row: Any) -> bool:
     return any(box.needs_rotation(c.client_secret) for c in _credentials_codec[1].decode(row["credentials"]))
 
 
+def duplicate_counts(records: Sequence[TrackingRecord]) -> dict[tuple[str, str], int]:
+    """(tenant, wamid) → how many `duplicate` writes the batch holds: added to the row's `duplicates` counter, the
+    one trace a repeat leaves on a row whose status it must not change."""
+    counts: dict[tuple[str, str], int] = {}
+    for rec in records:
+        if rec.status == TrackingStatus.DUPLICATE:
+            key = (rec.tenant_id, rec.wamid)
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 def latest_per_key(records: Sequence[TrackingRecord]) -> list[TrackingRecord]:
     """One record per (tenant, wamid) for a single-statement upsert, applying the duplicate rule within the batch:
     the last non-duplicate write wins; a duplicate counts only for a key nothing else in the batch wrote."""
@@ -169,6 +180,8 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX message_tracking_replay ON message_tracking (tenant_id, status, created_at);
     CREATE INDEX message_tracking_created ON message_tracking (created_at);
     """,
+    # 2: repeats of a settled message are counted on its row
+    "ALTER TABLE message_tracking ADD COLUMN duplicates integer NOT NULL DEFAULT 0",
 )
 
 # Arrays in, one statement, one round trip (see bench/test_store_bench.py for the measured alternatives).
@@ -194,8 +207,14 @@ ON CONFLICT (tenant_id, wamid) DO UPDATE SET
 WHERE EXCLUDED.status <> 'duplicate'
 """
 
+_COUNT_DUPLICATES = """
+UPDATE message_tracking AS t SET duplicates = t.duplicates + u.n
+FROM unnest($1::text[], $2::text[], $3::int[]) AS u(tenant_id, wamid, n)
+WHERE t.tenant_id = u.tenant_id AND t.wamid = u.wamid
+"""
+
 _TRACKING_COLUMNS = """wamid, tenant_id, status, direction, type, conversation_id, genesys_message_id, attempts, error,
-    payload, extract(epoch FROM created_at)::float8 AS created_at, extract(epoch FROM updated_at)::float8 AS updated_at"""
+    payload, duplicates, extract(epoch FROM created_at)::float8 AS created_at, extract(epoch FROM updated_at)::float8 AS updated_at"""
 
 _DOWN = (
     OSError,
@@ -408,7 +427,8 @@ class PostgresStore:
         if not rows:
             return
         now = time.time()
-        async with self._conn() as conn:
+        duplicates = duplicate_counts(records)
+        async with self._conn() as conn, conn.transaction():
             await conn.execute(
                 _UPSERT_TRACKING,
                 [r.tenant_id for r in rows],
@@ -424,6 +444,11 @@ class PostgresStore:
                 [r.created_at or now for r in rows],
                 [r.updated_at or now for r in rows],
             )
+            if duplicates:
+                await conn.execute(
+                    _COUNT_DUPLICATES,
+                    [k[0] for k in duplicates], [k[1] for k in duplicates], list(duplicates.values()),
+                )  # fmt: skip
 
     async def get_tracking(self, tenant_id: str, wamid: str) -> TrackingRecord | None:
         async with self._conn() as conn:

@@ -31,7 +31,13 @@ from wabridge.engine.ports import (
     TrackingStatus,
 )
 from wabridge.engine.settings import Settings
-from wabridge.engine.store_postgres import latest_per_key, needs_rotation, open_tenant, seal_tenant
+from wabridge.engine.store_postgres import (
+    duplicate_counts,
+    latest_per_key,
+    needs_rotation,
+    open_tenant,
+    seal_tenant,
+)
 
 T = TypeVar("T")
 
@@ -88,6 +94,8 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX message_tracking_replay ON message_tracking (tenant_id, status, created_at);
     CREATE INDEX message_tracking_created ON message_tracking (created_at);
     """,
+    # 2: repeats of a settled message are counted on its row (see store_postgres.duplicate_counts)
+    "ALTER TABLE message_tracking ADD COLUMN duplicates INTEGER NOT NULL DEFAULT 0",
 )
 
 _UPSERT_TRACKING = """
@@ -109,7 +117,7 @@ WHERE excluded.status <> 'duplicate'
 
 _TRACKING_COLUMNS = (
     "wamid, tenant_id, status, direction, type, conversation_id, genesys_message_id, attempts, error, payload,"
-    " created_at, updated_at"
+    " duplicates, created_at, updated_at"
 )
 _TENANT_COLUMNS = (
     "tenant_id", "phone_number_ids", "app_secret", "verify_token", "whatsapp_token", "genesys_api_url",
@@ -339,9 +347,14 @@ class SqliteStore:
             for r in latest_per_key(records)
         ]  # fmt: skip
 
+        duplicates = [(n, tenant, wamid) for (tenant, wamid), n in duplicate_counts(records).items()]
+
         def work(db: sqlite3.Connection) -> None:
             db.execute("BEGIN IMMEDIATE")
             db.executemany(_UPSERT_TRACKING, rows)
+            db.executemany(
+                "UPDATE message_tracking SET duplicates = duplicates + ? WHERE tenant_id = ? AND wamid = ?", duplicates
+            )
             db.execute("COMMIT")
 
         await self._run(work)
