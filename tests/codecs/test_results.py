@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from wabridge.codecs.meta import Contact, Message, Profile
 from wabridge.codecs.results import (
@@ -141,3 +144,9 @@ def test_the_contact_is_matched_by_phone_or_user_id_when_there_are_several():
     assert matching_contact(msg(**{"from": "222"}), [a, b]) is None
     sender, _, _ = identify(msg(from_user_id="US.9"), b)
     assert (sender.nickname, sender.first_name, sender.last_name) == ("B Bee", "B", "Bee")
+
+
+@given(st.integers(min_value=0, max_value=253402300799), st.integers(min_value=0, max_value=999))
+def test_iso_time_agrees_with_datetime_for_every_second_and_millisecond(seconds, millis):
+    expected = datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + f".{millis:03d}Z"
+    assert iso_time(seconds + millis / 1000) == expected
