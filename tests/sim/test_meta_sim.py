@@ -245,6 +245,14 @@ async def test_load_mode_skips_and_counts_requests_beyond_its_pending_bound_inst
     assert report.intended == 30 and report.skipped > 0 and report.sent + report.skipped == 30
 
 
+async def test_load_mode_counts_connection_failures_instead_of_stopping() -> None:
+    receiver = Receiver("s3cret")
+    async with receiver as url:
+        pass  # closed again: nothing listens on that port now
+    report = await run_load(url, "s3cret", PHONE, rate=200, duration=0.1, concurrency=2)
+    assert report.sent == 20 and report.statuses == {"ConnectionRefusedError": 20}
+
+
 # --- command line ---------------------------------------------------------------------------------------------------
 
 
