@@ -17,6 +17,7 @@ import pytest
 
 from tests.contract.queue_harness import Collector, QueueKit, hold, take_dead_letters
 from wabridge.engine.ports import BackendUnavailable, Delivery, Queue
+from wabridge.engine.queue_sqlite import LEASE_TTL as LEASE_TTL_SECONDS
 from wabridge.engine.queue_sqlite import SqliteQueue, shard_of
 from wabridge.engine.secrets import Secret
 from wabridge.engine.settings import Settings
@@ -410,3 +411,31 @@ async def test_a_shard_lease_left_by_a_dead_process_is_taken_over_after_it_expir
     finally:
         await dead.close()
         await alive.close()
+
+
+async def test_messages_held_by_a_killed_worker_process_are_redelivered_at_once(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    settings = Settings(data_dir=tmp_path / "data")
+    queue = SqliteQueue(settings)
+    await queue.open()
+    try:
+        await queue.publish("tenant-a", b"x", message_id="m1")
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tests.contract.queue_crash_worker", str(settings.data_dir),
+            stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parents[2])
+        assert worker.stdout is not None
+        with anyio.fail_after(20):
+            assert (await worker.stdout.readline()).split() == [b"holding", b"m1"]
+        worker.kill()  # SIGKILL: no release, the lease row stays with a dead pid
+        await worker.wait()
+        started = time.monotonic()
+        got = Collector()
+        consumer = await queue.consume(got)
+        (delivery,) = await got.wait_for(1, timeout=5)
+        assert (delivery.message_id, delivery.attempt) == ("m1", 2)
+        assert time.monotonic() - started < LEASE_TTL_SECONDS
+        await consumer.stop()
+    finally:
+        await queue.close()

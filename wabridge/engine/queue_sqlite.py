@@ -7,8 +7,8 @@
   commit: one fsync for many publishes, and the event loop never blocks on the disk).
 - Order: rows carry an autoincrement `seq`; a shard is read in `seq` order, and a retried row keeps its place.
 - One consumer per shard across processes: a lease row per shard, renewed every LEASE_RENEW seconds, expiring after
-  LEASE_TTL (a crashed process's shards are taken over then). Taking a shard returns its unacked rows to ready, so
-  messages held by a dead consumer are delivered again.
+  LEASE_TTL; a lease whose process is gone from this host is taken at once (a restarted worker does not wait).
+  Taking a shard returns its unacked rows to ready, so messages held by a dead consumer are delivered again.
 - Attempts: counted when a row is delivered. A row that comes back (retry, consumer stopped or crashed) once it has
   been delivered `delivery_limit` times becomes a dead letter with reason `delivery_limit` (RabbitMQ's x-death word).
 - Several processes may publish into the same file (busy_timeout); a lock held past it raises BackendUnavailable.
@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import sqlite3
 import time
 import uuid
@@ -42,6 +44,7 @@ LEASE_RENEW = 1.0  # s between lease renewals; also how soon a waiting consumer 
 POLL = 0.05  # s between looks for rows published by another process
 
 READY, LEASED, DEAD, DEAD_TAKEN = 0, 1, 2, 3
+HOST = socket.gethostname()  # a lease held by a dead pid on this host is taken at once, not after LEASE_TTL
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS queue_messages (
@@ -55,7 +58,13 @@ CREATE TABLE IF NOT EXISTS queue_messages (
     reason TEXT
 );
 CREATE INDEX IF NOT EXISTS queue_messages_by_shard ON queue_messages (state, shard, seq);
-CREATE TABLE IF NOT EXISTS queue_leases (shard INTEGER PRIMARY KEY, owner TEXT NOT NULL, expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS queue_leases (
+    shard INTEGER PRIMARY KEY,
+    owner TEXT NOT NULL,
+    expires REAL NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL
+);
 """
 
 T = TypeVar("T")
@@ -110,6 +119,16 @@ class SqliteDelivery:
             await asyncio.shield(writing)
         if consumer is not None:
             consumer.settled(self._seq)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def _read_error(future: asyncio.Future[Any]) -> None:
@@ -170,10 +189,16 @@ class SqliteConsumer:
         now = time.time()
         owned = []
         for shard in self._shards:
-            db.execute("INSERT INTO queue_leases (shard, owner, expires) VALUES (?, ?, ?) "
-                       "ON CONFLICT (shard) DO UPDATE SET owner = excluded.owner, expires = excluded.expires "
+            holder = db.execute("SELECT host, pid FROM queue_leases WHERE shard = ? AND owner <> ?",
+                                (shard, self.owner)).fetchone()
+            if holder is not None and holder[0] == HOST and not _alive(holder[1]):
+                # Its process is gone from this machine: no need to wait for the lease to expire.
+                db.execute("DELETE FROM queue_leases WHERE shard = ?", (shard,))
+            db.execute("INSERT INTO queue_leases (shard, owner, expires, host, pid) VALUES (?, ?, ?, ?, ?) "
+                       "ON CONFLICT (shard) DO UPDATE SET owner = excluded.owner, expires = excluded.expires, "
+                       "host = excluded.host, pid = excluded.pid "
                        "WHERE queue_leases.owner = excluded.owner OR queue_leases.expires < ?",
-                       (shard, self.owner, now + LEASE_TTL, now))
+                       (shard, self.owner, now + LEASE_TTL, HOST, os.getpid(), now))
             if db.execute("SELECT owner FROM queue_leases WHERE shard = ?", (shard,)).fetchone()[0] == self.owner:
                 owned.append(shard)
                 if shard not in self.owned:  # newly taken: what the previous owner held unacked is ready again
