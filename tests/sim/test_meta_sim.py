@@ -266,25 +266,13 @@ def meta_parser():
     return parser
 
 
-def test_the_serve_command_prints_its_graph_url_and_serves_lookups() -> None:
-    import subprocess
-    import sys
+def test_the_serve_command_runs_in_a_child_process_and_serves_lookups() -> None:
+    from wabridge.sim.meta import MetaSimProcess
 
-    code = (
-        "import sys; from tests.sim.test_meta_sim import meta_parser; from wabridge.sim import meta; "
-        "sys.exit(meta.run(meta_parser().parse_args(['serve', '--port', '0', '--token', 'cli-token'])))"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        graph_url = line.split("graph_api_url=")[1].split()[0]
+    with MetaSimProcess(tokens=["cli-token"]) as graph_url:
         media_id = webhooks.media_id_for("image/jpeg", 10)
         assert httpx.get(f"{graph_url}/{media_id}", headers=auth("cli-token")).json()["file_size"] == 10
         assert httpx.get(f"{graph_url}/{media_id}", headers=auth("other")).status_code == 401
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        proc.stdout.close()
 
 
 def test_the_send_command_sends_the_chosen_kinds_and_exits_zero_when_all_were_accepted(capsys) -> None:

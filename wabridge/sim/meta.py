@@ -30,6 +30,7 @@ import json
 import math
 import os
 import secrets
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -195,7 +196,8 @@ class MetaSim:
                 except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
                     return
                 method, target, headers = _parse_head(head)
-                length = int(headers.get("content-length", "0") or 0)
+                length = headers.get("content-length", "0")
+                length = int(length) if length.isdigit() else MAX_CONTROL_BODY + 1  # unreadable: refuse it
                 if length > MAX_CONTROL_BODY:
                     await _respond(writer, 413, _json({"error": "body too large"}), close=True)
                     return
@@ -626,7 +628,7 @@ def _kinds(text: str) -> tuple[str, ...]:
     kinds = tuple(k.strip() for k in text.split(",") if k.strip())
     unknown = [k for k in kinds if k not in SEND_KINDS]
     if unknown or not kinds:
-        raise SystemExit(f"wabridge sim meta: unknown kind {unknown[:1] or text!r}; choose from {','.join(SEND_KINDS)}")
+        raise ValueError(f"unknown kind {(unknown or [text])[0]!r}; choose from {','.join(SEND_KINDS)}")
     return kinds
 
 
@@ -636,7 +638,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.app_secret:
         print("wabridge sim meta send: --app-secret or WABRIDGE_SIM_APP_SECRET is required", file=sys.stderr)
         return 2
-    kinds = _kinds(args.kinds or ("text" if args.rate else "all"))
+    try:
+        kinds = _kinds(args.kinds or ("text" if args.rate else "all"))
+    except ValueError as exc:
+        print(f"wabridge sim meta send: {exc}", file=sys.stderr)
+        return 2
     if args.rate:
         report = asyncio.run(run_load(args.url, args.app_secret, args.phone_number_id, rate=args.rate,
                                       duration=args.duration, kinds=kinds,
@@ -653,9 +659,48 @@ def run(args: argparse.Namespace) -> int:
     return 0 if total and ok == total else 1
 
 
+class MetaSimProcess:
+    """The Graph endpoints in a child process (`python -m wabridge.sim.meta serve`), so a benchmark's simulator does
+    not share the measured process's event loop. `with MetaSimProcess(tokens=[…]) as graph_url: …`"""
+
+    def __init__(self, *, port: int = 0, tokens: Iterable[str] = (), version: str = "v23.0") -> None:
+        self.argv = [sys.executable, "-m", "wabridge.sim.meta", "serve", "--port", str(port), "--version", version]
+        for token in tokens:
+            self.argv += ["--token", token]  # test tokens only: a child's argv is visible to local users
+        self.process: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> str:
+        self.process = subprocess.Popen(self.argv, stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if "graph_api_url=" not in line:
+            self.__exit__()
+            raise RuntimeError(f"meta sim did not start: {line!r}")
+        return line.split("graph_api_url=", 1)[1].split()[0]
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            if self.process.stdout is not None:
+                self.process.stdout.close()
+            self.process = None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="wabridge sim meta")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
 async def _serve_forever(args: argparse.Namespace) -> int:
     async with MetaSim(host=args.host, port=args.port, tokens=args.token, version=args.version) as sim:
         print(f"meta sim: graph_api_url={sim.graph_url} (Ctrl-C to stop)", flush=True)
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.Event().wait()
     return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
