@@ -1,6 +1,7 @@
 """Transform throughput: Meta webhook bytes -> Genesys JSON bytes, for a text and an image webhook.
 
-Three implementations (the first also timed with its caches emptied on every call) do the same work and must produce identical bytes (asserted before timing):
+Three implementations do the same work and must produce identical bytes (asserted before timing); the first is
+also timed with its caches emptied on every call:
 - wabridge's msgspec path: `transform` + `encode_genesys`;
 - stdlib `json` + dicts, written the way a team would (datetime for the time);
 - pydantic v2 models, the same.
@@ -265,7 +266,12 @@ def with_pydantic(body: bytes) -> list[bytes]:
     return out
 
 
-IMPLEMENTATIONS = {"msgspec": with_msgspec, "msgspec_cold_caches": with_msgspec_cold, "stdlib_json": with_stdlib, "pydantic_v2": with_pydantic}
+IMPLEMENTATIONS = {
+    "msgspec": with_msgspec,
+    "msgspec_cold_caches": with_msgspec_cold,
+    "stdlib_json": with_stdlib,
+    "pydantic_v2": with_pydantic,
+}
 
 
 @pytest.mark.parametrize("kind", list(WEBHOOKS))

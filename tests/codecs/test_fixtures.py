@@ -177,7 +177,10 @@ def test_statuses_become_status_updates_with_genesys_receipt_values():
     delivered, read, failed = results("statuses")
     assert isinstance(delivered, StatusUpdate) and isinstance(read, StatusUpdate) and isinstance(failed, StatusUpdate)
     assert [(s.wamid, s.status, s.receipt) for s in (delivered, read, failed)] == [
-        ("wamid.OUT1", "delivered", "Delivered"), ("wamid.OUT2", "read", "Delivered"), ("wamid.OUT3", "failed", "Failed")]
+        ("wamid.OUT1", "delivered", "Delivered"),
+        ("wamid.OUT2", "read", "Delivered"),
+        ("wamid.OUT3", "failed", "Failed"),
+    ]
     assert read.callback_data == "genesys:abc"
     assert failed.errors[0].code == 131047 and failed.errors[0].details == "More than 24 hours have passed"
     assert delivered.timestamp == 1780952390.0 and delivered.recipient_id == "16505551234"

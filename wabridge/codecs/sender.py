@@ -21,7 +21,7 @@ with a single contact, that one. Its `profile.name` becomes `nickname`, split at
 
 from __future__ import annotations
 
-from wabridge.codecs.genesys import IdType, OpenMessagingFrom
+from wabridge.codecs.genesys import OpenMessagingFrom
 from wabridge.codecs.meta import Contact, Message
 
 _MAX_ID = 128  # characters: longer ids are not Meta's, and they key caches and database rows
