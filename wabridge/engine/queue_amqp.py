@@ -173,7 +173,7 @@ class AmqpConsumer:
                 failures = 0
             except (*_BROKER_ERRORS, BackendUnavailable, TimeoutError) as exc:
                 failures += 1
-                log.warning("queue consumer re-subscription failed: %s", exc)
+                log.warning("queue consumer re-subscription failed: %s", type(exc).__name__)  # no URL in logs
 
     async def stop(self) -> None:
         self._stopping.set()

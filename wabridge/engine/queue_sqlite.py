@@ -387,9 +387,13 @@ class SqliteQueue:
             await consumer.stop()
         if self._writer is not None:
             assert self._pending is not None
+            writer, self._writer = self._writer, None  # new writes are refused from here on
             await self._pending.put(None)  # the writes queued before it still land
-            writer, self._writer = self._writer, None
             await writer
+            while not self._pending.empty():  # put while the sentinel waited for room: refused, not left hanging
+                item = self._pending.get_nowait()
+                if item is not None and not item[1].done():
+                    item[1].set_exception(BackendUnavailable(PORT, "queue closed"))
         if self._db is not None:
             await self._in_thread(self._db.close)
             self._db = None
