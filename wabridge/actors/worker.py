@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -33,6 +34,7 @@ from wabridge.engine.logs import get_logger
 from wabridge.engine.mailbox import Mailbox, MailboxClosed
 from wabridge.engine.ports import Delivery
 from wabridge.engine.registry import Registry
+from wabridge.engine.settings import SettingsError
 from wabridge.engine.supervisor import Supervisor
 
 log = get_logger("worker")
@@ -40,6 +42,22 @@ log = get_logger("worker")
 PREFETCH = 4096  # unacked deliveries per consumer: bounds memory (~1 KB each) and what a crash hands back
 MAX_TENANT_ACTORS = 1000
 TENANT_IDLE_TIMEOUT = 300.0  # s
+# Seconds one Genesys request may take (delivery.py's default when unset). Not a Settings field yet: an operator knob
+# read here only, so the end-to-end tests can make a hanging Genesys cost seconds instead of 3 × 10 s.
+GENESYS_TIMEOUT_ENV = "WABRIDGE_GENESYS_TIMEOUT"
+
+
+def genesys_timeout() -> dict[str, float]:
+    raw = os.environ.get(GENESYS_TIMEOUT_ENV)
+    if not raw:
+        return {}
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise SettingsError(f"{GENESYS_TIMEOUT_ENV} must be a number of seconds, got {raw!r}") from None
+    if not 0 < seconds <= 300:
+        raise SettingsError(f"{GENESYS_TIMEOUT_ENV} must be between 0 and 300 seconds, got {raw!r}")
+    return {"timeout": seconds}
 
 
 class Worker:
@@ -51,7 +69,7 @@ class Worker:
         self.directory = TenantDirectory(backends.store, backends.cache, settings.secret_box())
         self.tokens = TokenProvider(backends.cache)
         self.budget = RateBudget(backends.cache)
-        self.delivery = GenesysDelivery(self.tokens, self.budget)
+        self.delivery = GenesysDelivery(self.tokens, self.budget, **genesys_timeout())
         self.media = MediaFetcher(backends.objects, settings)
         self.tracker = TrackingWriter(backends.store)
         self.relay = Relay(
