@@ -17,7 +17,7 @@ SAMPLES = [p.read_bytes() for p in sorted(FIXTURES.glob("*.json"))]
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    st.none() | st.booleans() | st.integers() | st.integers(min_value=2**63, max_value=2**80) | st.floats(allow_nan=False) | st.text(max_size=30),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
     max_leaves=20,
 )
@@ -119,3 +119,20 @@ def test_invalid_utf8_in_the_envelope_is_a_decode_error():
     except WebhookDecodeError:
         return
     raise AssertionError("invalid UTF-8 in the envelope was accepted")
+
+
+def test_a_lone_surrogate_escape_is_a_decode_error():
+    body = (FIXTURES / "text.json").read_bytes().replace(b"Does it come", b"Does \\ud800 come")
+    try:
+        transform(body)
+    except WebhookDecodeError:
+        return
+    raise AssertionError("a lone surrogate was accepted")
+
+
+def test_error_codes_too_large_for_msgpack_are_dropped_not_fatal():
+    hook = json.loads((FIXTURES / "statuses.json").read_bytes())
+    hook["entry"][0]["changes"][0]["value"]["statuses"][2]["errors"][0]["code"] = 2**70
+    *_, failed = transform(json.dumps(hook).encode())
+    assert isinstance(failed, StatusUpdate) and failed.errors[0].code is None
+    assert unpack_result(pack_result(failed)) == failed

@@ -304,8 +304,13 @@ def _status_update(status: Status, phone_number_id: str) -> Result:
         recipient_id=status.recipient_id,
         recipient_user_id=status.recipient_user_id,
         callback_data=status.biz_opaque_callback_data,
-        errors=tuple(StatusError(e.code, e.title, _details(e)) for e in status.errors[:10]),
+        errors=tuple(StatusError(_code(e.code), e.title, _details(e)) for e in status.errors[:10]),
     )
+
+
+def _code(code: int | None) -> int | None:
+    """Meta's error code if it fits msgpack's 64 bits (the replay payload); JSON allows any size."""
+    return code if code is not None and -(2**63) <= code < 2**63 else None
 
 
 def _details(error: Error) -> str | None:
