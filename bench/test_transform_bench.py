@@ -119,8 +119,7 @@ def with_stdlib(body: bytes) -> list[bytes]:
                     attachment = {"mediaType": MEDIA_TYPES[kind], "url": "media:" + media["id"],
                                   "mime": media.get("mime_type"), "filename": media.get("filename"),
                                   "text": media.get("caption"), "sha256": sha_hex(media.get("sha256"))}
-                    genesys["content"] = [{"contentType": "Attachment",
-                                           "attachment": {k: v for k, v in attachment.items() if v is not None}}]
+                    genesys["content"] = [{"attachment": {k: v for k, v in attachment.items() if v is not None}}]
                 genesys["metadata"] = {"type": kind}
                 out.append(json.dumps(genesys, separators=(",", ":"), ensure_ascii=False).encode())
     return out
@@ -224,7 +223,6 @@ class GAttachment(Out):
 
 
 class GContent(Out):
-    content_type: str = "Attachment"
     attachment: GAttachment
 
 

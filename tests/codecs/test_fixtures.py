@@ -79,7 +79,7 @@ def test_media_message_carries_a_placeholder_url_and_keeps_mime_sha_filename_cap
         expected["filename"] = filename
     if caption:
         expected["text"] = caption
-    assert item == {"contentType": "Attachment", "attachment": expected}
+    assert item == {"attachment": expected}
     assert "text" not in wire(inbound)
 
 

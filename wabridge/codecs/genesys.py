@@ -48,8 +48,8 @@ class OpenMessageAttachment(Struct, rename="camel", omit_defaults=True, frozen=T
 
 
 class OpenMessageContent(Struct, rename="camel", omit_defaults=True, frozen=True, gc=False):
-    # Genesys types each content item by `contentType`; required here (no default) so omit_defaults keeps it
-    content_type: Literal["Attachment"]
+    # `OpenInboundMessageContent` in Genesys's API has one field, `attachment` (checked against the official SDK's
+    # model): no `contentType` on the inbound side, unlike the outbound `OpenMessageContent`.
     attachment: OpenMessageAttachment
 
 

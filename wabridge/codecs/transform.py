@@ -273,7 +273,6 @@ def _media_ref(kind: str, payload: Media) -> MediaRef:
 def _attachment(media: MediaRef) -> OpenMessageContent:
     digest = media.sha256_digest()
     return OpenMessageContent(
-        content_type="Attachment",
         attachment=OpenMessageAttachment(
             media_type=media.media_type,
             url=MEDIA_PLACEHOLDER + media.media_id,
