@@ -1,0 +1,248 @@
+"""Deliver one encoded Genesys Open Messaging message: `await delivery.deliver(tenant, body) -> Delivered`.
+
+POST {api}/api/v2/conversations/messages/{integrationId}/inbound/open/message?prefetchConversationId=true with the
+body as given (the codecs encode it; this module never decodes or logs it: it holds customer text).
+What each answer does (a table, `OUTCOMES`, not a chain of ifs):
+  2xx              → Delivered(genesys_message_id, conversation_id or None)
+  401              → drop the token, log in again, retry once (not counted as an attempt); a second 401 with the
+                     fresh token is permanent: the OAuth client lacks the permission, no retry will fix it.
+  429              → sleep Retry-After (capped; backoff when absent), retry; not counted as an attempt, since the
+                     budget (ratelimit.py) is what should keep us under the limit, but at most `rate_limited_max`
+                     times per message so a misconfigured budget cannot hold a message forever.
+  408, 5xx,        → back off (exponential from `backoff_base`, equal jitter) and retry; after `attempts` tries
+  timeouts, errors   DeliveryFailed(permanent=False): the bridge dead-letters and tracks `failed`.
+  other 4xx        → DeliveryFailed(permanent=True) at once, with the Genesys error body kept (bounded).
+A login refused (400/401/403 from /oauth/token) is permanent too; a login that times out or answers 5xx is an attempt.
+Each tenant has its own HTTP/1.1 keep-alive pool; at most `max_clients` pools, the least recently used closed first
+(once its in-flight requests finish).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import anyio
+import httpx
+import msgspec
+
+from wabridge.actors.auth import LoginFailed, TokenProvider
+from wabridge.actors.ratelimit import RateBudget
+from wabridge.engine.ports import TenantConfig
+
+log = logging.getLogger(__name__)
+
+MESSAGE_PATH = "/api/v2/conversations/messages/{integration_id}/inbound/open/message?prefetchConversationId=true"
+KEPT_BODY_BYTES = 4096
+
+DELIVERED, RELOGIN, RATE_LIMITED, RETRY, REJECTED = "delivered", "relogin", "rate-limited", "retry", "rejected"
+OUTCOMES = {401: RELOGIN, 408: RETRY, 429: RATE_LIMITED}
+
+
+def outcome_of(status: int) -> str:
+    if 200 <= status < 300:
+        return DELIVERED
+    return OUTCOMES.get(status, RETRY if status >= 500 else REJECTED)
+
+
+class Delivered(msgspec.Struct, frozen=True):
+    genesys_message_id: str
+    conversation_id: str | None = None
+
+
+class DeliveryFailed(Exception):
+    """Genesys did not take the message. `permanent`: sending it again unchanged will not help."""
+
+    def __init__(
+        self, error: str, attempts: int, permanent: bool = False, *, status: int | None = None, body: bytes = b""
+    ) -> None:
+        super().__init__(error)
+        self.error = error
+        self.attempts = attempts
+        self.permanent = permanent
+        self.status = status
+        self.body = body[:KEPT_BODY_BYTES]
+
+    def __repr__(self) -> str:
+        return f"DeliveryFailed({self.error!r}, attempts={self.attempts}, permanent={self.permanent})"
+
+
+class DeliveryStatistics(msgspec.Struct, frozen=True):
+    delivered: int
+    failed: int
+    retries: int  # backoffs after 408/5xx/timeouts/unreachable
+    rate_limited: int  # 429s waited out
+    relogins: int  # 401s answered by a new token
+    open_pools: int  # per-tenant HTTP pools currently kept
+
+
+class _Reply(msgspec.Struct):
+    id: str = ""
+    conversationId: str | None = None
+
+
+_decode_reply = msgspec.json.Decoder(_Reply).decode
+
+
+class _Pool:
+    __slots__ = ("client", "users", "retired")
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client, self.users, self.retired = client, 0, False
+
+
+class GenesysDelivery:
+    def __init__(
+        self,
+        tokens: TokenProvider,
+        budget: RateBudget | None = None,
+        *,
+        attempts: int = 3,
+        timeout: float = 10.0,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+        retry_after_max: float = 120.0,
+        rate_limited_max: int = 5,
+        max_clients: int = 256,
+        connections_per_tenant: int = 32,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    ) -> None:
+        self._tokens = tokens
+        self._budget = budget
+        self._attempts = attempts
+        self._timeout = timeout
+        self._backoff_base = backoff_base
+        self._backoff_max = backoff_max
+        self._retry_after_max = retry_after_max
+        self._rate_limited_max = rate_limited_max
+        self._max_clients = max_clients
+        self._connections = connections_per_tenant
+        self._sleep = sleep
+        self._pools: OrderedDict[str, _Pool] = OrderedDict()
+        self._retired: set[_Pool] = set()
+        self._counts = {"delivered": 0, "failed": 0, "retries": 0, "rate_limited": 0, "relogins": 0}
+
+    def statistics(self) -> DeliveryStatistics:
+        return DeliveryStatistics(**self._counts, open_pools=len(self._pools))
+
+    async def deliver(self, tenant: TenantConfig, body: bytes) -> Delivered:
+        try:
+            delivered = await self._deliver(tenant, body)
+        except DeliveryFailed:
+            self._counts["failed"] += 1
+            raise
+        self._counts["delivered"] += 1
+        return delivered
+
+    async def _deliver(self, tenant: TenantConfig, body: bytes) -> Delivered:
+        url = tenant.genesys_api_url.rstrip("/") + MESSAGE_PATH.format(integration_id=tenant.genesys_integration_id)
+        attempts = rate_limited = 0
+        relogged = False
+        while True:
+            attempts += 1
+            credential = await self._budget.acquire(tenant) if self._budget else tenant.credentials[0]
+            status, content, error, retry_after = None, b"", "", None
+            try:
+                token = await self._tokens.token(tenant, credential)
+            except LoginFailed as exc:
+                if exc.permanent:
+                    raise DeliveryFailed(str(exc), attempts, True, status=exc.status) from None
+                outcome, error = RETRY, str(exc)
+            else:
+                try:
+                    async with self._client(tenant) as client:
+                        response = await client.post(
+                            url,
+                            content=body,
+                            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+                        )
+                except httpx.TimeoutException:
+                    outcome, error = RETRY, "genesys timed out"
+                except httpx.TransportError as exc:
+                    outcome, error = RETRY, f"genesys unreachable ({type(exc).__name__})"
+                else:
+                    status, content = response.status_code, response.content
+                    outcome, error = outcome_of(status), f"genesys answered HTTP {status}"
+                    retry_after = response.headers.get("retry-after")
+            match outcome:
+                case "delivered":
+                    return _delivered(content, tenant.tenant_id)
+                case "relogin":
+                    await self._tokens.invalidate(tenant, credential, token)
+                    if relogged:
+                        raise DeliveryFailed(f"{error} with a fresh token", attempts, True, status=status, body=content)
+                    relogged = True
+                    self._counts["relogins"] += 1
+                    attempts -= 1
+                case "rate-limited":
+                    rate_limited += 1
+                    if rate_limited > self._rate_limited_max:
+                        raise DeliveryFailed(f"{error} {rate_limited} times", attempts, status=status, body=content)
+                    attempts -= 1
+                    self._counts["rate_limited"] += 1
+                    await self._sleep(self._retry_after(retry_after, rate_limited))
+                case "rejected":
+                    raise DeliveryFailed(error, attempts, True, status=status, body=content)
+                case _:
+                    if attempts >= self._attempts:
+                        raise DeliveryFailed(error, attempts, status=status, body=content)
+                    self._counts["retries"] += 1
+                    log.info("delivery retry tenant=%s attempt=%d: %s", tenant.tenant_id, attempts, error)
+                    await self._sleep(self._backoff(attempts))
+
+    async def aclose(self) -> None:
+        pools = list(self._pools.values()) + list(self._retired)
+        self._pools.clear()
+        self._retired.clear()
+        for pool in pools:
+            await pool.client.aclose()
+
+    # --- internals -------------------------------------------------------------------------------------------------
+
+    def _backoff(self, attempt: int) -> float:
+        delay = min(self._backoff_max, self._backoff_base * 2 ** (attempt - 1))
+        return delay / 2 + random.uniform(0, delay / 2)  # equal jitter: spreads retries, keeps a floor
+
+    def _retry_after(self, header: str | None, times: int) -> float:
+        try:
+            seconds = float(header) if header is not None else self._backoff(times)
+        except ValueError:  # an HTTP-date: Genesys sends seconds, so this is not worth parsing
+            seconds = self._backoff(times)
+        return min(max(seconds, 0.0), self._retry_after_max)
+
+    @contextlib.asynccontextmanager
+    async def _client(self, tenant: TenantConfig) -> AsyncIterator[httpx.AsyncClient]:
+        pool = self._pools.get(tenant.tenant_id)
+        if pool is None:
+            limits = httpx.Limits(max_connections=self._connections, max_keepalive_connections=self._connections)
+            pool = self._pools[tenant.tenant_id] = _Pool(httpx.AsyncClient(timeout=self._timeout, limits=limits))
+            while len(self._pools) > self._max_clients:
+                _, old = self._pools.popitem(last=False)
+                old.retired = True
+                if old.users == 0:
+                    await old.client.aclose()
+                else:
+                    self._retired.add(old)
+        else:
+            self._pools.move_to_end(tenant.tenant_id)
+        pool.users += 1
+        try:
+            yield pool.client
+        finally:
+            pool.users -= 1
+            if pool.retired and pool.users == 0 and pool in self._retired:
+                self._retired.discard(pool)
+                await pool.client.aclose()
+
+
+def _delivered(content: bytes, tenant_id: str) -> Delivered:
+    try:
+        reply = _decode_reply(content)
+    except msgspec.DecodeError:
+        # Genesys took it: failing now would make the bridge send it again, a duplicate. Keep going without an id.
+        log.warning("delivery accepted but the reply was unreadable tenant=%s", tenant_id)
+        return Delivered("", None)
+    return Delivered(reply.id, reply.conversationId)
