@@ -1,0 +1,155 @@
+"""`python -m bench.run [--quick] [--only NAME,...]`: the bridge's bench suite on the real servers (`make bench`).
+
+Needs the servers' WABRIDGE_* environment (the Makefile exports it). Writes bench/results/bench-<mode>-<time>.json
+and a self-contained .html report next to it, and prints a summary with every target said met or missed.
+Exit status: 0 when the suite ran (missed targets are reported, not failures), 1 if an audit found a lost message,
+2 if the suite could not run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from bench import report, scenarios
+from bench.scenarios.rig import Rig
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ORDER = ("ceilings", "ingress", "e2e", "overload", "soak", "rate_budget", "scale_out")
+
+
+def _machine() -> str:
+    model = ""
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{platform.node()}: {os.cpu_count()} CPUs {model}, Python {platform.python_version()}, load {os.getloadavg()}"
+
+
+def _public(value: Any) -> Any:
+    """Drops the private `_…` keys (raw per-message times) before writing."""
+    if isinstance(value, dict):
+        return {k: _public(v) for k, v in value.items() if not str(k).startswith("_")}
+    if isinstance(value, list):
+        return [_public(v) for v in value]
+    return value
+
+
+def _audits(value: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    found = []
+    if isinstance(value, dict):
+        if "audit" in value and isinstance(value["audit"], dict):
+            found.append((path, value["audit"]))
+        for k, v in value.items():
+            if k != "audit":
+                found += _audits(v, f"{path}.{k}" if path else k)
+    elif isinstance(value, list):
+        for n, v in enumerate(value):
+            found += _audits(v, f"{path}[{n}]")
+    return found
+
+
+def targets(s: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+
+    def add(name: str, value: Any, target: str, met: bool) -> None:
+        out.append({"name": name, "value": value, "target": target, "met": bool(met)})
+
+    ing, ceil, e2e = s.get("ingress", {}), s.get("ceilings", {}), s.get("e2e", {})
+    rate = ing.get("sustained_per_s", 0.0)
+    if ing:
+        add("ingress durable webhooks/s", round(rate), "≥ 10,000", rate >= 10_000)
+        add("ingress p99 at 64 connections (best step)", f"{ing['p99_ms_at_best']:.1f} ms", "≤ 20 ms",
+            ing["p99_ms_at_best"] <= 20)  # fmt: skip
+    if ing and ceil.get("fastapi"):
+        ratio = rate / max(ceil["fastapi"]["ok_per_s"], 1)
+        add("ingress / conventional FastAPI ingress", f"{ratio:.2f}×", "≥ 3×", ratio >= 3)
+    if ing and ceil.get("broker"):
+        ratio = rate / max(ceil["broker"]["aiormq_256_in_flight"], 1)
+        add("ingress / broker confirmed-publish ceiling", f"{ratio:.0%}", "≥ 65 %", ratio >= 0.65)
+    if ing and ceil.get("granian_ok"):
+        add("ingress / Granian 'ok' ceiling", f"{rate / max(ceil['granian_ok']['ok_per_s'], 1):.0%}", "(info)", True)
+    if e2e:
+        add("end-to-end msgs/s with 0 lost", round(e2e["sustained_per_s"]), "≥ 5,000", e2e["sustained_per_s"] >= 5000)
+        add("end-to-end p99 at 1,000 msgs/s", f"{e2e['p99_ms_at_1000']:.1f} ms", "≤ 25 ms", e2e["p99_ms_at_1000"] <= 25)
+    rss = [v["usage"]["rss_mb_max"] for v in s.values() if isinstance(v, dict) and v.get("usage") and v is not ceil]
+    if rss:
+        add("bridge RSS, max over scenarios", f"{max(rss):.0f} MB", "≤ 200 MB", max(rss) <= 200)
+    if s.get("soak"):
+        g = s["soak"]["rss_growth_pct"]
+        add("soak RSS growth (2nd quarter → last quarter)", f"{g:+.1f} %", "flat (< 10 %)", abs(g) < 10)
+    if s.get("rate_budget"):
+        rb = s["rate_budget"]
+        add("rate budget: 429s drawn by the bursting tenant", rb["rate_limited_429"], "≈ 0", rb["rate_limited_429"] <= 3)
+    if s.get("scale_out"):
+        so = s["scale_out"]
+        add("failover takeover", f"{so['takeover_s']:.2f} s", "within seconds", so["takeover_s"] < 10)
+        one, two = so["one_worker"]["delivered_per_s"], so["two_workers"]["delivered_per_s"]
+        add("two workers / one worker", f"{two / max(one, 1):.2f}×", "(info: 2 cores shared)", True)
+    lost = sum(a.get("lost", 0) for _, a in _audits(s))
+    dup = sum(a.get("duplicated", 0) for _, a in _audits(s))
+    add("lost messages, all audits", lost, "0", lost == 0)
+    add("duplicated messages, all audits", dup, "0", dup == 0)
+    return out
+
+
+async def _run(args: argparse.Namespace) -> dict[str, Any]:
+    names = args.only.split(",") if args.only else list(ORDER)
+    rig = Rig(quick=args.quick)
+    results: dict[str, Any] = {"mode": "quick" if args.quick else "full", "machine": _machine(),
+                               "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "scenarios": {}, "errors": {}}  # fmt: skip
+    await rig.open()
+    try:
+        for name in names:
+            scenarios._say(f"--- {name}")
+            t0 = time.monotonic()
+            try:
+                results["scenarios"][name] = await getattr(scenarios, name)(rig, results["scenarios"])
+            except Exception as exc:  # one scenario failing to run must not hide the others' figures
+                traceback.print_exc()
+                results["errors"][name] = f"{type(exc).__name__}: {exc}"
+            scenarios._say(f"    {name} took {time.monotonic() - t0:.0f} s")
+    finally:
+        await rig.close()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="the short version CI runs (≤ 4 minutes)")
+    parser.add_argument("--only", help=f"comma-separated scenarios among {','.join(ORDER)}")
+    args = parser.parse_args(argv)
+    if not os.environ.get("WABRIDGE_AMQP_URL"):
+        print("bench: the servers' WABRIDGE_* environment is missing (use `make bench`)", file=sys.stderr)
+        return 2
+    import uvloop
+
+    started = time.monotonic()
+    results = _public(uvloop.run(_run(args)))
+    results["duration_s"] = round(time.monotonic() - started)
+    results["targets"] = targets(results["scenarios"])
+    lines = [f"{t['name']}: {t['value']} (target {t['target']}) — {'met' if t['met'] else 'MISSED'}"
+             for t in results["targets"]]  # fmt: skip
+    lines += [f"scenario {k} did not run: {v}" for k, v in results["errors"].items()]
+    results["summary"] = lines
+    RESULTS.mkdir(exist_ok=True)
+    stem = RESULTS / f"bench-{results['mode']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    stem.with_suffix(".html").write_text(report.render(results))
+    print("\n".join(["", "bench summary", *lines, f"results: {stem}.json and .html ({results['duration_s']} s)"]))
+    lost = sum(a.get("lost", 0) for _, a in _audits(results["scenarios"]))
+    return 1 if lost else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""The bench scenarios (issue 6). Each takes the rig and the figures measured so far, and returns a JSON-able dict.
+
+  ceilings     Granian RSGI "ok" (and the generator's own rate), RabbitMQ's confirmed-publish ceiling (aiormq vs
+               aio-pika), the conventional FastAPI + pydantic + aio-pika ingress
+  ingress      1. highest sustained rate of 200-acknowledged durable webhooks, `serve --role ingress --workers 2`
+  e2e          2. webhook → Genesys simulator, msgs/s and latency, audited
+  overload     3. 2× the ingress's sustainable rate: sheds (503) or slows, memory bounded, nothing accepted lost
+  soak         4. minutes (quick: 30 s) at a moderate rate: RSS and queue depth flat
+  rate_budget  5. simulator at 300 requests/min per client, one tenant bursts above it
+  scale_out    6. one worker vs two (shards split), then one of two SIGKILLed under load (single-active-consumer)
+Throughput scenarios run the Genesys simulator without its rate limit (and say so in their result).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from bench.loadgen import Tenant
+from bench.scenarios.audit import acknowledged, audit, per_second, sim_count, wait_delivered
+from bench.scenarios.rig import Rig, Sampler, free_port
+
+
+def _strip(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k not in ("status_by_request", "answered_at")}
+
+
+def _say(text: str) -> None:
+    print(f"bench: {text}", flush=True)
+
+
+# --- comparators ----------------------------------------------------------------------------------------------------
+
+
+async def ceilings(rig: Rig, figures: dict[str, Any]) -> dict[str, Any]:
+    seconds = 3 if rig.quick else 8
+    out: dict[str, Any] = {}
+    port = free_port()
+    ok = rig.start([sys.executable, "-m", "bench.comparators.ok_app", str(port), "1"])
+    try:
+        await rig.wait_http(port, "/", ok)
+        with Sampler([ok.pid]) as s:
+            r = await rig.load(rig.spec(port, 30000, seconds, label="ok"))
+        out["granian_ok"] = _strip(r) | {"server": s.summary()}
+        out["generator_us_per_request"] = r["generator_cpu_s"] / max(r["sent"], 1) * 1e6
+        _say(f"Granian ok: {r['ok_per_s']:.0f} req/s (generator {out['generator_us_per_request']:.1f} µs CPU/req)")
+    finally:
+        rig.stop(ok)
+    queue = f"{rig.tag}_ceiling"
+    rig.extra_queues.append(queue)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.comparators.broker_ceiling", rig.settings.amqp_url.reveal(), queue, str(seconds),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    stdout, _ = await proc.communicate()
+    out["broker"] = json.loads(stdout.decode().strip().splitlines()[-1])
+    _say(f"broker ceiling: {out['broker']}")
+    queue = f"{rig.tag}_fastapi"
+    rig.extra_queues.append(queue)
+    port = free_port()
+    env = rig.env() | {"BENCH_AMQP_URL": rig.settings.amqp_url.reveal(), "BENCH_QUEUE": queue,
+                       "BENCH_TENANTS": json.dumps({t.phone_number_id: t.app_secret for t in rig.tenants})}  # fmt: skip
+    fa = rig.start([sys.executable, "-m", "bench.comparators.fastapi_ingress", str(port)], env=env)
+    try:
+        await rig.wait_http(port, "/docs", fa)
+        with Sampler([fa.pid]) as s:
+            r = await rig.load(rig.spec(port, 6000, seconds, label="fa"))
+        out["fastapi"] = _strip(r) | {"server": s.summary()}
+        _say(f"FastAPI + pydantic + aio-pika: {r['ok_per_s']:.0f} req/s, p99 {r['latency_ms']['p99']:.1f} ms")
+    finally:
+        rig.stop(fa)
+    return out
+
+
+# --- 1. ingress saturation --------------------------------------------------------------------------------------------
+
+
+async def ingress(rig: Rig, figures: dict[str, Any]) -> dict[str, Any]:
+    rates, seconds = ([6000, 12000], 4) if rig.quick else ([4000, 8000, 12000, 16000], 10)
+    port = free_port()
+    proc = rig.start_bridge("ingress", port=port, workers=2)
+    steps, audits = [], []
+    try:
+        await rig.wait_http(port, proc=proc)
+        with Sampler([proc.pid]) as s:
+            for n, rate in enumerate(rates):
+                r = await rig.load(rig.spec(port, rate, seconds, label=f"i{n}"))
+                queued = sum(c[0] for c in (await rig.queue_counts()).values())
+                audits.append({"acked": r["ok"], "in_queue": queued, "lost": max(0, r["ok"] - queued)})
+                await rig.purge_queues()
+                steps.append(_strip(r))
+                _say(f"ingress at {rate}/s offered: {r['ok_per_s']:.0f} acked/s, p99 {r['latency_ms']['p99']:.1f} ms, "
+                     f"statuses {r['statuses']}, unsent {r['unsent']}; in queue {queued} of {r['ok']} acked")
+        usage = s.summary()
+    finally:
+        rig.stop(proc)
+    best = max(steps, key=lambda r: r["ok_per_s"])
+    return {"steps": steps, "sustained_per_s": best["ok_per_s"], "p99_ms_at_best": best["latency_ms"]["p99"],
+            "audit": {"lost": sum(a["lost"] for a in audits), "duplicated": 0, "per_step": audits,
+                      "how": "200 acks vs messages in the shard queues (no worker running)"},
+            "usage": usage}  # fmt: skip
+
+
+# --- the full bridge ------------------------------------------------------------------------------------------------
+
+
+class Bridge:
+    """An ingress (Granian, 2 workers) and worker processes, sampled together."""
+
+    def __init__(self, rig: Rig, workers: list[str | None]) -> None:
+        self.rig, self.worker_shards = rig, workers
+        self.port = free_port()
+        self.ingress = None
+        self.workers: list[Any] = []
+
+    async def __aenter__(self) -> Bridge:
+        self.ingress = self.rig.start_bridge("ingress", port=self.port, workers=2)
+        for shards in self.worker_shards:
+            self.workers.append(self.rig.start_bridge("worker", shards=shards))
+            await asyncio.sleep(0.5)  # start order decides which worker is active on a shared shard
+        await self.rig.wait_http(self.port, proc=self.ingress)
+        await self.rig.wait_consuming()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for proc in [self.ingress, *self.workers]:
+            self.rig.stop(proc)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in [self.ingress, *self.workers]]
+
+
+async def _e2e_step(rig: Rig, bridge: Bridge, rate: float, seconds: float, label: str, *,
+                    drain: float = 90.0) -> dict[str, Any]:  # fmt: skip
+    genesys_url = rig.genesys.url
+    before = await sim_count(genesys_url)
+    spec = rig.spec(bridge.port, rate, seconds, label=label)
+    r = await rig.load(spec)
+    acked = acknowledged(spec, r)
+    drained_s = await wait_delivered(genesys_url, before + len(acked), drain)
+    result = await audit(acked, genesys_url, rig.settings.database_url.reveal(), f"wamid.B{spec.run_tag}")
+    times = result.pop("receive_times")
+    delivered_rate = 0.0
+    if times:
+        delivered_rate = len(times) / max(times[-1] - r["wall_start"], 1e-3)
+    out = _strip(r) | {"audit": result, "delivered_per_s": delivered_rate, "drain_s": drained_s,
+                       "delivered_per_second": per_second(times, r["wall_start"]),
+                       "_receive_times": times}  # fmt: skip
+    a = result
+    _say(f"e2e {label} at {rate}/s: acked {r['ok']} ({r['ok_per_s']:.0f}/s), delivered {delivered_rate:.0f}/s, "
+         f"e2e p50/p99 {a['e2e_latency_ms']['p50']:.1f}/{a['e2e_latency_ms']['p99']:.1f} ms, lost {a['lost']}, "
+         f"duplicated {a['duplicated']}, reordered {a['reordered']}, statuses {r['statuses']}")
+    return out
+
+
+async def e2e(rig: Rig, figures: dict[str, Any]) -> dict[str, Any]:
+    plan = [(1000, 5), (5000, 5)] if rig.quick else [(1000, 10), (5000, 10), (7000, 10)]
+    async with Bridge(rig, [None]) as bridge:
+        with Sampler(bridge.pids) as s:
+            steps = [await _e2e_step(rig, bridge, rate, sec, f"e{n}") for n, (rate, sec) in enumerate(plan)]
+        usage = s.summary()
+    best = max(steps, key=lambda r: r["delivered_per_s"] if r["audit"]["lost"] == 0 else 0)
+    return {"steps": steps, "sustained_per_s": best["delivered_per_s"], "usage": usage,
+            "p99_ms_at_1000": steps[0]["audit"]["e2e_latency_ms"]["p99"],
+            "simulator_rate_limit": "off"}  # fmt: skip
+
+
+async def overload(rig: Rig, figures: dict[str, Any]) -> dict[str, Any]:
+    sustainable = figures.get("ingress", {}).get("sustained_per_s") or 8000
+    rate = min(2 * sustainable, 24000)
+    seconds = 3 if rig.quick else 10
+    async with Bridge(rig, [None]) as bridge:
+        with Sampler(bridge.pids) as s:
+            step = await _e2e_step(rig, bridge, rate, seconds, "o", drain=240.0)
+        usage = s.summary()
+    return {"offered_per_s": rate, "step": step, "usage": usage, "simulator_rate_limit": "off",
+            "shed_503": step["statuses"].get("503", 0)}  # fmt: skip
+
+
+async def soak(rig: Rig, figures: dict[str, Any]) -> dict[str, Any]:
+    seconds = 30 if rig.quick else 180
+    rate = 1000
+    depth: list[tuple[float, int]] = []
+    async with Bridge(rig, [None]) as bridge:
+        with Sampler(bridge.pids, interval=1.0) as s:
+            step_task = asyncio.create_task(_e2e_step(rig, bridge, rate, seconds, "s"))
+            t0 = time.time()
+            while not step_task.done() and time.time() - t0 < seconds + 120:
+                depth.append((round(time.time() - t0, 1), sum(c[0] for c in (await rig.queue_counts()).values())))
+                await asyncio.wait({step_task}, timeout=2.0)
+            step = await step_task
+        usage = s.summary()
+    rss = [x[1] for x in usage["samples"]]
+    q = max(1, len(rss) // 4)
+    early, late = sum(rss[q : 2 * q]) / q, sum(rss[-q:]) / q
+    return {"rate": rate, "seconds": seconds, "step": step, "usage": usage, "queue_depth": depth,
+            "rss_growth_pct": round((late - early) / early * 100, 1) if early else 0.0,
+            "queue_depth_max": max((d[1] for d in depth), default=0), "simulator_rate_limit": "off"}  # fmt: skip
+
+
+# --- 5. rate budget ---------------------------------------------------------------------------------------------------
+
+
+async def rate_budget(rig: Rig, figures: dict[str, Any]) -> dict[str, Any]:
+    """Fresh tenants (never cached by a running bridge) with the default 300/min budget; the simulator limits too."""
+    rig.start_genesys(rate_limit=300)
+    saved = rig.tenants
+    rig.tenants = [Tenant(f"rb-{n}", f"20654035224{n:04d}", f"rb-secret-{n}-{rig.tag}") for n in range(10)]
+    try:
+        await rig.put_tenants(rate_limit_per_minute=300)
+        burst_n, burst_s = 360, 2.0  # 20 % over one minute's budget, in 2 s
+        async with Bridge(rig, [None]) as bridge:
+            # Start 8 s before a minute boundary, so the overflow is due in ~10 s, not up to 60.
+            await asyncio.sleep((52 - time.time() % 60) % 60)
+            burst = rig.spec(bridge.port, burst_n / burst_s, burst_s, connections=16, label="rb",
+                             only_tenant="rb-0")  # fmt: skip
+            burst.customers = 20
+            others = rig.spec(bridge.port, 18, 10, connections=8, label="ro", tenants=rig.tenants[1:])
+            others.customers = 90
+            rb, ro = await asyncio.gather(rig.load(burst), rig.load(others))
+            acked_b, acked_o = acknowledged(burst, rb), acknowledged(others, ro)
+            await wait_delivered(rig.genesys.url, len(acked_b) + len(acked_o), 120)
+            db = rig.settings.database_url.reveal()
+            audit_b = await audit(acked_b, rig.genesys.url, db, f"wamid.B{burst.run_tag}")
+            audit_o = await audit(acked_o, rig.genesys.url, db, f"wamid.B{others.run_tag}")
+            stats = rig.genesys.stats()
+    finally:
+        rig.tenants = saved
+        rig.start_genesys(rate_limit=0)
+    times = audit_b.pop("receive_times")
+    audit_o.pop("receive_times")
+    in_first_window = sum(1 for t in times if int(t // 60) == int(rb["wall_start"] // 60))
+    _say(f"rate budget: burst {len(acked_b)} acked, {in_first_window} delivered in the burst's minute, "
+         f"429s drawn {stats.get('rate_limited', 0)}, lost {audit_b['lost']}, reordered {audit_b['reordered']}; "
+         f"other tenants e2e p99 {audit_o['e2e_latency_ms']['p99']:.1f} ms, lost {audit_o['lost']}")
+    return {"burst": _strip(rb) | {"audit": audit_b}, "others": _strip(ro) | {"audit": audit_o},
+            "delivered_in_burst_minute": in_first_window, "rate_limited_429": stats.get("rate_limited", 0),
+            "simulator_rate_limit": "300/min per client"}  # fmt: skip
+
+
+# --- 6. scale-out and failover -----------------------------------------------------------------------------------------
+
+
+async def scale_out(rig: Rig, figures: dict[str, Any]) -> dict[str, Any]:
+    rate, seconds = (5000, 5) if rig.quick else (7000, 10)
+    out: dict[str, Any] = {"simulator_rate_limit": "off"}
+    for name, workers in (("one_worker", [None]), ("two_workers", ["0,1", "2,3"])):
+        async with Bridge(rig, workers) as bridge:
+            with Sampler(bridge.pids) as s:
+                out[name] = await _e2e_step(rig, bridge, rate, seconds, name[:3])
+            out[name]["usage"] = s.summary()
+    # Failover: two workers on all shards; the first is active everywhere (single-active-consumer), the second waits.
+    seconds = 8 if rig.quick else 20
+    async with Bridge(rig, [None, None]) as bridge:
+        spec_rate = 1000
+        load = asyncio.create_task(_e2e_step(rig, bridge, spec_rate, seconds, "fo"))
+        await asyncio.sleep(seconds * 0.4)
+        killed_at = time.time()
+        os.killpg(bridge.workers[0].pid, signal.SIGKILL)
+        _say("SIGKILLed the active worker under load")
+        step = await load
+    out["failover"] = step
+    out["failover"]["killed_at_s"] = round(killed_at - step["wall_start"], 2)
+    out["takeover_s"] = _takeover(step["_receive_times"], killed_at)
+    _say(f"failover: takeover {out['takeover_s']:.2f} s, lost {step['audit']['lost']}, "
+         f"duplicated {step['audit']['duplicated']}, reordered {step['audit']['reordered']}")
+    return out
+
+
+def _takeover(times: list[float], killed_at: float) -> float:
+    """The longest silence at the simulator from just before the kill on: how long no message was delivered
+    (at 1,000 msgs/s the normal gap is ~1 ms, so this is the takeover time)."""
+    after = [t for t in times if t >= killed_at - 0.2]
+    return round(max((b - a for a, b in zip(after, after[1:])), default=0.0), 3)
