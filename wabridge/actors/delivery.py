@@ -15,6 +15,10 @@ What each answer does (a table, `OUTCOMES`, not a chain of ifs):
 A login refused (400/401/403 from /oauth/token) is permanent too; a login that times out or answers 5xx is an attempt.
 Each tenant has its own HTTP/1.1 keep-alive pool; at most `max_clients` pools, the least recently used closed first
 (once its in-flight requests finish).
+
+HTTP client: aiohttp, not httpx. Measured in one run against the Genesys simulator (3,000 POSTs, 32 in flight,
+uvloop; bench/test_delivery_client_bench.py): httpx 125–288 req/s, aiohttp 4,428–4,947
+req/s — httpx's connection pool was the bottleneck of end-to-end throughput. aiohttp already came with miniopy-async.
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ import random
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import aiohttp
 import anyio
-import httpx
 import msgspec
 
 from wabridge.actors.auth import LoginFailed, TokenProvider
@@ -90,7 +94,7 @@ _decode_reply = msgspec.json.Decoder(_Reply).decode
 class _Pool:
     __slots__ = ("client", "users", "retired")
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
+    def __init__(self, client: aiohttp.ClientSession) -> None:
         self.client, self.users, self.retired = client, 0, False
 
 
@@ -153,20 +157,17 @@ class GenesysDelivery:
                 outcome, error = RETRY, str(exc)
             else:
                 try:
-                    async with self._client(tenant) as client:
-                        response = await client.post(
-                            url,
-                            content=body,
-                            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-                        )
-                except httpx.TimeoutException:
+                    async with self._client(tenant) as client, client.post(
+                        url, data=body, headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+                    ) as response:
+                        status, content = response.status, await response.read()
+                        retry_after = response.headers.get("Retry-After")
+                except TimeoutError:
                     outcome, error = RETRY, "genesys timed out"
-                except httpx.TransportError as exc:
+                except aiohttp.ClientError as exc:
                     outcome, error = RETRY, f"genesys unreachable ({type(exc).__name__})"
                 else:
-                    status, content = response.status_code, response.content
                     outcome, error = outcome_of(status), f"genesys answered HTTP {status}"
-                    retry_after = response.headers.get("retry-after")
             match outcome:
                 case "delivered":
                     return _delivered(content, tenant.tenant_id)
@@ -198,7 +199,7 @@ class GenesysDelivery:
         self._pools.clear()
         self._retired.clear()
         for pool in pools:
-            await pool.client.aclose()
+            await pool.client.close()
 
     # --- internals -------------------------------------------------------------------------------------------------
 
@@ -214,16 +215,20 @@ class GenesysDelivery:
         return min(max(seconds, 0.0), self._retry_after_max)
 
     @contextlib.asynccontextmanager
-    async def _client(self, tenant: TenantConfig) -> AsyncIterator[httpx.AsyncClient]:
+    async def _client(self, tenant: TenantConfig) -> AsyncIterator[aiohttp.ClientSession]:
         pool = self._pools.get(tenant.tenant_id)
         if pool is None:
-            limits = httpx.Limits(max_connections=self._connections, max_keepalive_connections=self._connections)
-            pool = self._pools[tenant.tenant_id] = _Pool(httpx.AsyncClient(timeout=self._timeout, limits=limits))
+            session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._connections, keepalive_timeout=30),
+                timeout=aiohttp.ClientTimeout(total=self._timeout),
+                raise_for_status=False,
+            )
+            pool = self._pools[tenant.tenant_id] = _Pool(session)
             while len(self._pools) > self._max_clients:
                 _, old = self._pools.popitem(last=False)
                 old.retired = True
                 if old.users == 0:
-                    await old.client.aclose()
+                    await old.client.close()
                 else:
                     self._retired.add(old)
         else:
@@ -235,7 +240,7 @@ class GenesysDelivery:
             pool.users -= 1
             if pool.retired and pool.users == 0 and pool in self._retired:
                 self._retired.discard(pool)
-                await pool.client.aclose()
+                await pool.client.close()
 
 
 def _delivered(content: bytes, tenant_id: str) -> Delivered:
