@@ -34,6 +34,7 @@ from wabridge.engine.logs import get_logger
 from wabridge.engine.mailbox import Mailbox, MailboxClosed
 from wabridge.engine.ports import Delivery
 from wabridge.engine.registry import Registry
+from wabridge.engine.status_server import serve_status
 from wabridge.engine.settings import SettingsError
 from wabridge.engine.supervisor import Supervisor
 
@@ -115,6 +116,7 @@ class Worker:
     async def run(self, shutdown: Shutdown) -> None:
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self.started())
+            await stack.enter_async_context(serve_status(self._settings.host, self._settings.worker_metrics_port))
             consumer = await self.backends.queue.consume(self._accept, shards=self.shards, prefetch=self.prefetch)
             stack.push_async_callback(consumer.stop)
             supervisor = await stack.enter_async_context(Supervisor("worker", max_restarts=10, period=10.0))

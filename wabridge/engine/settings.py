@@ -47,6 +47,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1
+    metrics_port: int | None = None  # a worker's /metrics; None = port + 1, 0 = off
     public_url: str | None = None  # where Genesys reaches media the bridge serves itself
     max_body_bytes: int = 3 * 1024 * 1024
     graph_api_url: str = DEFAULT_GRAPH_API_URL
@@ -58,6 +59,10 @@ class Settings:
     @property
     def embedded(self) -> bool:
         return not (self.redis_url or self.database_url or self.amqp_url or self.s3_endpoint)
+
+    @property
+    def worker_metrics_port(self) -> int:
+        return self.port + 1 if self.metrics_port is None else self.metrics_port
 
     @property
     def media_base_url(self) -> str:
@@ -109,12 +114,12 @@ def _convert(name: str, kind: Any, raw: Any) -> Any:
         if raw in ("", None):
             return None
         return Secret(str(raw))
-    if kind in ("int", int):
+    if kind in ("int", int, "int | None"):
         try:
             value = int(raw)
         except (TypeError, ValueError):
             raise SettingsError(f"{var} must be a whole number, got {raw!r}") from None
-        if value < (0 if name == "port" else 1):
+        if value < (0 if name in ("port", "metrics_port") else 1):
             raise SettingsError(f"{var} must be at least 1, got {value}")
         return value
     if kind in ("Path", Path):
