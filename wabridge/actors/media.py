@@ -25,8 +25,6 @@ Memory is bounded by `concurrency × max_bytes` (the Objects port takes whole by
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import random
 from dataclasses import dataclass
@@ -36,7 +34,7 @@ import httpx
 import msgspec
 
 from wabridge.codecs.genesys import OpenInboundNormalizedMessage
-from wabridge.codecs.results import Inbound, MediaRef
+from wabridge.codecs.results import Inbound, MediaRef, sha256_digest
 from wabridge.codecs.transform import media_as_text, with_media_url
 from wabridge.engine.object_keys import extension_for, media_key
 from wabridge.engine.ports import MEDIA_BUCKET, Objects, TenantConfig
@@ -231,21 +229,3 @@ class MediaFetcher:
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise _Retry(f"lookup answer unreadable: {type(exc).__name__}") from None
-
-
-def sha256_digest(value: object) -> bytes | None:
-    """Meta's sha256 as 32 bytes, whether it came hex (Graph lookup) or base64 (webhooks); None if neither."""
-    if not isinstance(value, str) or not value.strip():
-        return None
-    value = value.strip()
-    if len(value) == 64:
-        try:
-            return bytes.fromhex(value)
-        except ValueError:
-            pass
-    try:
-        digest = base64.b64decode(value + "=" * (-len(value) % 4), validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    return digest if len(digest) == 32 else None
-

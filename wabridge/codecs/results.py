@@ -33,6 +33,24 @@ class Route(Struct, frozen=True, kw_only=True, gc=False):
     type: str  # Meta's message type as received ("text", "image", "pool", ...)
 
 
+def sha256_digest(value: object) -> bytes | None:
+    """Meta's sha256 as 32 bytes, whether it came hex (Graph lookup, some webhooks) or base64 (other webhooks);
+    None when absent or not a SHA-256 in either form."""
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    if len(value) == 64:
+        try:
+            return bytes.fromhex(value)
+        except ValueError:
+            pass
+    try:
+        digest = base64.b64decode(value + "=" * (-len(value) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return digest if len(digest) == 32 else None
+
+
 class MediaRef(Struct, frozen=True, kw_only=True, gc=False):
     """The media the media actor must fetch from Meta; the Genesys attachment url is `media:<media_id>` until then."""
 
@@ -45,20 +63,7 @@ class MediaRef(Struct, frozen=True, kw_only=True, gc=False):
 
     def sha256_digest(self) -> bytes | None:
         """The 32-byte digest whether Meta sent hex or base64; None when absent or not a SHA-256 in either form."""
-        value = self.sha256
-        if not value or len(value) > 100:
-            return None
-        if len(value) == 64:
-            try:
-                return bytes.fromhex(value)
-            except ValueError:
-                pass
-        try:
-            # binascii in strict mode: base64.b64decode(validate=True) runs a regex first (1 µs against 0.2 µs)
-            digest = binascii.a2b_base64(value + "=" * (-len(value) % 4), strict_mode=True)
-        except (binascii.Error, ValueError):
-            return None
-        return digest if len(digest) == 32 else None
+        return sha256_digest(self.sha256)
 
 
 class Inbound(Struct, tag=True, frozen=True, gc=False):
