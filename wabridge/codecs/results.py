@@ -39,13 +39,16 @@ def sha256_digest(value: object) -> bytes | None:
     if not isinstance(value, str):
         return None
     value = value.strip()
+    if not value or len(value) > 100:
+        return None
     if len(value) == 64:
         try:
             return bytes.fromhex(value)
         except ValueError:
             pass
     try:
-        digest = base64.b64decode(value + "=" * (-len(value) % 4), validate=True)
+        # binascii in strict mode: base64.b64decode(validate=True) runs a regex first (1 µs against 0.2 µs)
+        digest = binascii.a2b_base64(value + "=" * (-len(value) % 4), strict_mode=True)
     except (binascii.Error, ValueError):
         return None
     return digest if len(digest) == 32 else None
