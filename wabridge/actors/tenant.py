@@ -3,8 +3,10 @@
 It takes the queue deliveries of its tenant in shard order, turns each webhook into per-message results
 (codecs.transform) and puts every customer message into that customer's ordering lane (engine.lanes): one
 customer's messages reach Genesys strictly in the order they were sent, different customers in parallel up to
-`tenant_concurrency`. A delivery is acked once all of its messages are tracked; if any of them could not be (a
-backend is down, the process is draining), it is handed back to the queue and comes again — the relay's
+`tenant_concurrency`. A delivery is acked once all of its messages are tracked. A backend outage holds the message
+in place (relay.hold_through_outage: retried, still unacked) rather than spend one of the queue's few attempts on
+it; if a message still cannot be tracked (the outage outlasts the hold, the process is draining), its delivery is
+handed back to the queue and comes again — the relay's
 de-duplication makes the already-delivered ones `duplicate`s instead of second deliveries.
 """
 
@@ -15,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from wabridge.actors.relay import Relay
+from wabridge.actors.relay import Relay, hold_through_outage
 from wabridge.actors.tenants import TenantDirectory
 from wabridge.actors.tracking import TrackingWriter
 from wabridge.codecs.results import Inbound, Skipped, StatusUpdate
@@ -58,12 +60,14 @@ class TenantActor(Actor):
         self._settling: set[asyncio.Task[None]] = set()
         self._queued: dict[str, int] = {}  # sender → messages in its lane (bounded by the lanes' max_pending)
         self._blocked: set[str] = set()  # senders whose lane had a failure: the rest of the lane goes back too
+        self._stopping = False  # a drain: stop holding messages through an outage, hand them back instead
         self.log = get_logger("tenant", tenant_id=tenant_id, actor=f"tenant:{tenant_id}")
 
     async def on_start(self) -> None:
         await self._lanes.__aenter__()
 
     async def on_stop(self) -> None:
+        self._stopping = True
         # Admitted messages finish (the drain deadline bounds this); then every delivery gets its ack or retry.
         await self._lanes.__aexit__(None, None, None)
         if self._settling:
@@ -79,7 +83,7 @@ class TenantActor(Actor):
             self.log.error("unreadable queue message %s dead-lettered: %s", delivery.message_id, exc)
             await delivery.dead_letter(f"unreadable: {exc}")
             return
-        tenant = await self._directory.by_id(self.tenant_id)
+        tenant = await hold_through_outage(lambda: self._directory.by_id(self.tenant_id), give_up=self._giving_up)
         if tenant is None:
             await self._unrouted(delivery, results)
             return
@@ -112,7 +116,9 @@ class TenantActor(Actor):
                 raise CustomerBlocked(sender_id)
             tenant, inbound, received_at = job
             try:
-                return await self._relay.relay(tenant, inbound, received_at)
+                return await hold_through_outage(
+                    lambda: self._relay.relay(tenant, inbound, received_at), give_up=self._giving_up
+                )
             except BaseException:
                 self._blocked.add(sender_id)
                 raise
@@ -123,6 +129,9 @@ class TenantActor(Actor):
             else:
                 del self._queued[sender_id]
                 self._blocked.discard(sender_id)
+
+    def _giving_up(self) -> bool:
+        return self._stopping
 
     async def _settle(self, delivery: Delivery, pending: list[asyncio.Future[Any]]) -> None:
         outcomes = await asyncio.gather(*pending, return_exceptions=True)

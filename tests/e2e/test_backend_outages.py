@@ -1,0 +1,96 @@
+"""A server the bridge depends on goes down (a `proxy_factory` proxy cut between the bridge and the shared server)
+while webhooks keep coming: nothing answered 200 is lost. Real servers only: the embedded backends live in the
+bridge's own files and do not go down on their own."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tests.e2e.harness import PHONE_NUMBER_ID, Bridge, Genesys, put_tenant
+from wabridge.engine.secrets import Secret
+from wabridge.engine.settings import Settings
+from wabridge.sim import webhooks
+from wabridge.sim.meta import MetaSim
+
+pytestmark = [pytest.mark.anyio, pytest.mark.servers]
+
+
+async def start_bridge(server_settings: Settings, genesys: Genesys, meta: MetaSim, tmp_path, **through) -> Bridge:
+    """A bridge whose settings name the proxies in `through`; the test reads tracking rows directly."""
+    direct = server_settings.replace(graph_api_url=meta.graph_url)
+    await put_tenant(direct, genesys.url)
+    bridge = Bridge(direct.replace(**through), tmp_path / "bridge", inspect_settings=direct)
+    await bridge.start()
+    return bridge
+
+
+def texts(n: int, wa_id: str = "15550000009") -> list[dict]:
+    return [webhooks.message("text", wa_id=wa_id, text=f"message {i}") for i in range(n)]
+
+
+async def delivered_wamids(genesys: Genesys) -> list[str]:
+    return [r["body"]["channel"]["messageId"] for r in await genesys.messages()]
+
+
+async def test_object_storage_down_during_archive_still_answers_200_and_delivers(
+    server_settings: Settings, genesys: Genesys, meta: MetaSim, proxy_factory, tmp_path
+) -> None:
+    proxy, url = await proxy_factory(server_settings.s3_endpoint)
+    bridge = await start_bridge(server_settings, genesys, meta, tmp_path, s3_endpoint=url)
+    try:
+        proxy.cut()
+        wamids = await bridge.send(*texts(3))
+        rows = await bridge.wait_tracked(wamids)
+        assert [rows[w].status for w in wamids] == ["delivered"] * 3
+        assert await delivered_wamids(genesys) == wamids
+    finally:
+        await bridge.aclose()
+
+
+async def test_redis_down_costs_speed_only_messages_are_still_delivered(
+    server_settings: Settings, genesys: Genesys, meta: MetaSim, proxy_factory, tmp_path
+) -> None:
+    proxy, url = await proxy_factory(server_settings.redis_url)
+    bridge = await start_bridge(server_settings, genesys, meta, tmp_path, redis_url=url)
+    try:
+        first = await bridge.send(*texts(1, wa_id="15550000010"))
+        await bridge.wait_tracked(first)
+        proxy.cut()
+        same = await bridge.send(*texts(3, wa_id="15550000010"))
+        other = await bridge.send(*texts(2, wa_id="15550000011"))
+        rows = await bridge.wait_tracked(same + other, timeout=90)
+        assert [rows[w].status for w in same + other] == ["delivered"] * 5
+        received = await delivered_wamids(genesys)
+        assert sorted(received) == sorted(first + same + other), "each delivered once"
+        assert [w for w in received if w in first + same] == first + same, "one customer's order kept"
+    finally:
+        await bridge.aclose()
+
+
+async def test_postgresql_down_holds_messages_unacked_and_delivers_them_once_it_is_back(
+    server_settings: Settings, genesys: Genesys, meta: MetaSim, proxy_factory, tmp_path
+) -> None:
+    assert server_settings.database_url is not None
+    proxy, url = await proxy_factory(server_settings.database_url.reveal())
+    bridge = await start_bridge(server_settings, genesys, meta, tmp_path, database_url=Secret(url))
+    try:
+        first = await bridge.send(*texts(1))
+        await bridge.wait_tracked(first)
+        proxy.cut()
+        answered: dict[str, int] = {}
+        for message in texts(4):
+            answered[message["id"]] = await bridge.post(webhooks.webhook(PHONE_NUMBER_ID, [message]), timeout=20)
+        assert set(answered.values()) <= {200, 503}, answered
+        await asyncio.sleep(3)  # the worker meets the outage: it must hold the messages, not burn their attempts
+        proxy.restore()
+        accepted = [w for w, status in answered.items() if status == 200]
+        rows = await bridge.wait_tracked(accepted, timeout=90)
+        assert [rows[w].status for w in accepted] == ["delivered"] * len(accepted)
+        received = await delivered_wamids(genesys)
+        assert [w for w in received if w in accepted] == accepted
+        assert len(received) == len(set(received)), "nothing delivered twice"
+    finally:
+        await bridge.aclose()
