@@ -78,6 +78,16 @@ def _run_worker(settings, shards, deadline: float) -> int:
     return drain.run(lambda shutdown: run_worker(settings, shutdown, shards=shards), deadline=deadline)
 
 
+def _stop_with_parent() -> None:
+    """In the ingress child, before exec: SIGTERM it when this process dies. In its own session it would otherwise
+    outlive a killed bridge, holding the port so a restarted bridge cannot listen (tests/e2e/test_cli.py)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
 def _run_all(settings, shards, args) -> int:
     """The ingress in a child process (Granian owns its own processes and signals), the worker here."""
     from wabridge.actors.ingress import settings_environment
@@ -88,6 +98,7 @@ def _run_all(settings, shards, args) -> int:
         [sys.executable, "-m", "wabridge", "serve", "--role", "ingress"],
         env=env,
         start_new_session=True,  # a Ctrl-C reaches us once; we pass the stop on to the ingress ourselves
+        preexec_fn=_stop_with_parent,
     )
     try:
         status = _run_worker(settings, shards, args.drain_deadline)

@@ -1,6 +1,8 @@
 """`wabridge tenants add|list|remove`: the tenants a deployment serves, kept in the store with secrets encrypted.
 
-A secret flag given as `-` is read from a prompt without echo, so it never lands in shell history.
+A secret flag given as `-` is read from a prompt without echo, so it never lands in shell history; when stdin is
+not a terminal (a pipe, a secrets manager), one line of stdin per `-` flag, in the order the flags are listed in
+`--help`, with no prompt and no warning.
 """
 
 from __future__ import annotations
@@ -69,7 +71,12 @@ class _UsageError(Exception):
 
 def _secret(value: str, prompt: str) -> Secret:
     if value == "-":
-        value = getpass.getpass(f"{prompt}: ")
+        if sys.stdin.isatty():
+            value = getpass.getpass(f"{prompt}: ")
+        else:
+            # getpass would open /dev/tty, fail without one and warn "input may be echoed" before reading stdin
+            # anyway: nothing is echoed from a pipe, so read it plainly.
+            value = sys.stdin.readline().rstrip("\r\n")
     if not value:
         raise SystemExit(f"wabridge: {prompt} must not be empty")
     return Secret(value)
@@ -86,6 +93,10 @@ def tenant_from_args(args: argparse.Namespace) -> TenantConfig:
         raise _UsageError("--genesys-client-id and --genesys-client-secret must be given in pairs")
     if args.genesys_rate_limit < 1:
         raise _UsageError("--genesys-rate-limit must be at least 1")
+    # Read in `--help` order: piped secrets are one line each, in this order.
+    app_secret = _secret(args.app_secret, "Meta app secret")
+    verify_token = _secret(args.verify_token, "verify token")
+    whatsapp_token = _secret(args.whatsapp_token, "WhatsApp token")
     credentials = tuple(
         GenesysCredential(client_id=cid, client_secret=_secret(sec, f"Genesys client secret for {cid}"))
         for cid, sec in zip(args.client_ids, args.client_secrets)
@@ -93,9 +104,9 @@ def tenant_from_args(args: argparse.Namespace) -> TenantConfig:
     return TenantConfig(
         tenant_id=args.tenant_id,
         phone_number_ids=tuple(dict.fromkeys(args.phone_number_ids)),
-        app_secret=_secret(args.app_secret, "Meta app secret"),
-        verify_token=_secret(args.verify_token, "verify token"),
-        whatsapp_token=_secret(args.whatsapp_token, "WhatsApp token"),
+        app_secret=app_secret,
+        verify_token=verify_token,
+        whatsapp_token=whatsapp_token,
         genesys_api_url=api_url,
         genesys_login_url=login_url,
         genesys_integration_id=args.genesys_integration_id,

@@ -1,0 +1,123 @@
+"""The command line as an operator meets it, in subprocesses: help, bad usage, tenants, migrate, and a bridge
+whose main process is killed alone."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import pytest
+
+from tests.e2e.harness import Bridge, Genesys, run_cli
+from wabridge.actors.ingress import settings_environment
+from wabridge.cli import COMMANDS
+from wabridge.engine.backends import open_backends
+from wabridge.engine.settings import Settings
+from wabridge.sim import webhooks
+
+pytestmark = pytest.mark.anyio
+
+SECRETS = {"app": "app-secret-7f3a", "verify": "verify-token-91c2", "whatsapp": "wa-token-55e0",
+           "client": "client-secret-0b9d"}  # fmt: skip
+
+
+def cli_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WABRIDGE_")}
+    env.update(settings_environment(settings))
+    return env
+
+
+def add_args(tenant_id: str, phone: str, *, app: str, verify: str, whatsapp: str, client: str) -> list[str]:
+    return ["tenants", "add", tenant_id, "--phone-number-id", phone, "--app-secret", app, "--verify-token", verify,
+            "--whatsapp-token", whatsapp, "--genesys-region", "mypurecloud.ie", "--genesys-client-id", "c1",
+            "--genesys-client-secret", client, "--genesys-integration-id", "integration-1"]  # fmt: skip
+
+
+SUBCOMMANDS = [c for c in COMMANDS if c != "sim"] + ["sim meta", "sim genesys", "tenants add", "tenants list",
+                                                      "tenants remove"]  # fmt: skip
+
+
+async def test_help_of_every_command_exits_0(embedded_settings: Settings) -> None:
+    env = cli_env(embedded_settings)
+    results = await asyncio.gather(*(run_cli(*c.split(), "--help", env=env) for c in ["", *SUBCOMMANDS]))
+    for command, (status, out, err) in zip(["", *SUBCOMMANDS], results):
+        assert status == 0, (command, err)
+        assert "usage:" in out, command
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["no-such-command"], ["serve", "--port", "eighty"], ["tenants"], ["tenants", "add", "t"],
+     ["replay", "--since", "yesterday"], ["serve", "--role", "sideways"]],
+    ids=["unknown-command", "bad-port", "missing-action", "missing-flags", "bad-time", "bad-role"],
+)  # fmt: skip
+async def test_bad_usage_exits_2_with_one_line_on_stderr(embedded_settings: Settings, args: list[str]) -> None:
+    status, out, err = await run_cli(*args, env=cli_env(embedded_settings))
+    assert status == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert "error" in err and out == ""
+
+
+async def test_tenants_add_list_remove_round_trip_never_shows_a_secret(backend_settings: Settings) -> None:
+    env = cli_env(backend_settings)
+    status, out, err = await run_cli(*add_args("acme", "1111", **SECRETS), env=env)
+    assert (status, out.strip()) == (0, "added tenant acme (1111)"), err
+
+    status, out, err = await run_cli("tenants", "list", env=env)
+    assert status == 0, err
+    assert "acme\tphone_number_ids=1111" in out and "credentials=1" in out
+    for secret in SECRETS.values():
+        assert secret not in out + err
+
+    assert (await run_cli(*add_args("other", "1111", **SECRETS), env=env))[0] == 1, "a phone number has one owner"
+    status, out, _ = await run_cli("tenants", "remove", "acme", env=env)
+    assert (status, out.strip()) == (0, "removed tenant acme")
+    assert (await run_cli("tenants", "list", env=env))[1].strip() == "no tenants"
+    status, _, err = await run_cli("tenants", "remove", "acme", env=env)
+    assert status == 1 and "no tenant 'acme'" in err
+
+
+async def test_secrets_given_as_dash_are_read_from_stdin_without_echo_or_warning(embedded_settings: Settings) -> None:
+    piped = "\n".join([SECRETS["app"], SECRETS["verify"], SECRETS["client"]]) + "\n"
+    args = add_args("acme", "2222", app="-", verify="-", whatsapp=SECRETS["whatsapp"], client="-")
+
+    status, out, err = await run_cli(*args, env=cli_env(embedded_settings), stdin=piped.encode())
+
+    assert (status, out.strip(), err) == (0, "added tenant acme (2222)", "")
+    async with open_backends(embedded_settings, ports=("store",)) as backends:
+        tenant = await backends.store.get_tenant("acme")
+    assert tenant is not None
+    assert tenant.app_secret.reveal() == SECRETS["app"]
+    assert tenant.verify_token.reveal() == SECRETS["verify"]
+    assert tenant.whatsapp_token.reveal() == SECRETS["whatsapp"]
+    assert tenant.credentials[0].client_secret.reveal() == SECRETS["client"]
+
+
+async def test_an_empty_secret_on_stdin_is_refused(embedded_settings: Settings) -> None:
+    args = add_args("acme", "3333", app="-", verify="v", whatsapp="w", client="c")
+    status, _, err = await run_cli(*args, env=cli_env(embedded_settings), stdin=b"\n")
+    assert status != 0 and "must not be empty" in err
+
+
+async def test_migrate_twice_leaves_the_schema_at_the_same_version(backend_settings: Settings) -> None:
+    env = cli_env(backend_settings)
+    first = await run_cli("migrate", env=env)
+    second = await run_cli("migrate", env=env)
+    assert first[0] == second[0] == 0, first[2] + second[2]
+    assert first[1].startswith("schema at version ") and first[1] == second[1]
+
+
+async def test_killing_only_the_bridge_main_process_stops_its_ingress_too(bridge: Bridge, genesys: Genesys) -> None:
+    # Not the process group: only the worker process, as an OOM killer would.
+    assert bridge.process is not None
+    os.kill(bridge.process.pid, signal.SIGKILL)
+    await bridge._reap(10)
+    for _ in range(200):
+        if await bridge.post(b"{}") == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert await bridge.post(b"{}") == 0, "the ingress outlived its bridge and still holds the port"
+    await bridge.start()
+    wamids = await bridge.send(webhooks.message("text"))
+    assert (await bridge.wait_tracked(wamids))[wamids[0]].status == "delivered"
