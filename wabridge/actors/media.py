@@ -122,7 +122,7 @@ class MediaFetcher:
         attempts: int = 3,
         backoff: float = 0.2,
         max_bytes: int = GENESYS_MAX_ATTACHMENT,
-        concurrency: int = 8,
+        concurrency: int = 32,
         timeout: float = 30.0,
     ) -> None:
         if attempts < 1 or concurrency < 1 or max_bytes < 1:

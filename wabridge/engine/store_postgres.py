@@ -37,8 +37,11 @@ from wabridge.engine.ports import (
 from wabridge.engine.secrets import Secret, SecretBox
 from wabridge.engine.settings import Settings
 
-POOL_MAX = 8
+POOL_MAX = 16  # a worker's relays share it; waiting for a free connection is backpressure, not an outage
 CONNECT_TIMEOUT = 2.0  # seconds; an unreachable database is reported, not waited for
+# Waiting for a pooled connection while hundreds of relays share 16 is normal under load. With 2 s here, a busy
+# pool read as "PostgreSQL down" and sent ~1,000 messages/s back to the queue in the bench (bench/README.md).
+ACQUIRE_TIMEOUT = 30.0
 COMMAND_TIMEOUT = 10.0
 MIGRATION_LOCK = 0x77616272  # "wabr": one migrator at a time across processes
 
@@ -501,7 +504,7 @@ class _Guarded:
 
     async def __aenter__(self) -> asyncpg.Connection:
         try:
-            self._conn = await self._pool.acquire(timeout=CONNECT_TIMEOUT)
+            self._conn = await self._pool.acquire(timeout=ACQUIRE_TIMEOUT)
         except _DOWN as exc:
             raise BackendUnavailable("store", f"postgresql: {type(exc).__name__}") from exc
         return self._conn
