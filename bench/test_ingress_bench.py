@@ -95,7 +95,7 @@ def app(loop, tmp_path_factory) -> IngressApp:
         await store.put_tenant(tenant("acme", "1234567890"))
         await store.put_tenant(tenant("initech", "1122334455667"))
         backends = BenchBackends(MemoryQueue(), LocalCache(MemoryCache(settings)), store, MemoryObjects(), settings)
-        return IngressApp(settings, backends, max_archives=4096)
+        return IngressApp(settings, backends)
 
     ingress = loop.run_until_complete(setup())
     yield ingress

@@ -26,9 +26,10 @@ import msgspec
 import pytest
 
 from tests.conftest import CORPUS, REPO
+from wabridge.actors.archive import encode_record, read_archived
 from wabridge.actors.ingress import IngressApp, serve_ingress, settings_environment  # noqa: F401
 from wabridge.codecs.routing import QueuedWebhook, decode_queued
-from wabridge.engine.object_keys import webhook_key
+from wabridge.engine.object_keys import archive_segment_key
 from wabridge.engine.ports import WEBHOOKS_BUCKET, GenesysCredential, TenantConfig, TrackingStatus
 from wabridge.engine.secrets import Secret
 from wabridge.engine.settings import Settings
@@ -111,8 +112,8 @@ async def drain(queue, *, expect: int, settle: float = 0.3, timeout: float = 10.
 
 
 async def archives_settled(app: IngressApp) -> None:
-    while app._archives:
-        await asyncio.wait(set(app._archives))
+    assert app.archive is not None
+    await app.archive.flush()
 
 
 # --- the verification handshake -----------------------------------------------------------------------------------
@@ -152,10 +153,21 @@ async def test_signed_webhook_is_queued_once_as_its_raw_bytes_and_archived(app: 
     assert answer.status == 200
     [(tenant_id, message_id, queued)] = await drain(embedded.queue, expect=1)
     assert (tenant_id, queued.tenant_id, queued.body) == ("acme", "acme", HELLO)  # untouched: still verifiable
-    webhook_id = message_id.removesuffix(":acme")
-    assert queued.archive_key == webhook_key("acme", queued.received_at, webhook_id)  # the objects' key scheme
+    segment, _, index = queued.archive_key.partition("#")
+    segment_id = segment.rpartition("/")[2].removesuffix(".ndjson")
+    assert segment == archive_segment_key("acme", queued.received_at, segment_id) and index == "0"
     await archives_settled(app)
-    assert await embedded.objects.get(WEBHOOKS_BUCKET, queued.archive_key) == HELLO
+    assert await read_archived(embedded.objects, queued.archive_key) == HELLO
+
+
+async def test_webhooks_of_one_tenant_share_a_segment_and_each_is_found_by_its_key(app: IngressApp, embedded) -> None:
+    bodies = [HELLO.replace(b"external_id", f"wamid-{n}".encode()) for n in range(5)]
+    for body in bodies:
+        assert (await app.handle("POST", "/webhook/meta", "", sign(body, "acme-app-secret"), body)).status == 200
+    keys = {q.body: q.archive_key for _, _, q in await drain(embedded.queue, expect=5)}
+    assert len({key.partition("#")[0] for key in keys.values()}) == 1  # one object, not five
+    await archives_settled(app)
+    assert [await read_archived(embedded.objects, keys[body]) for body in bodies] == bodies
 
 
 async def test_tenant_in_the_path_is_verified_with_that_tenants_secret(app: IngressApp, embedded) -> None:
@@ -236,8 +248,9 @@ async def test_body_nobody_owns_is_200_tracked_unrouted_and_archived(app: Ingres
     [row] = await embedded.store.list_tracking(statuses=[TrackingStatus.UNROUTED])
     assert (row.wamid, row.status) == ("external_id", "unrouted") and "999000999" in (row.error or "")
     await archives_settled(app)
-    archived = [p for p in (embedded.objects.root / WEBHOOKS_BUCKET / "_unrouted").rglob("*.json")]
-    assert [p.read_bytes() for p in archived] == [body]
+    [segment] = [p for p in (embedded.objects.root / WEBHOOKS_BUCKET / "_unrouted").rglob("*.ndjson")]
+    key = str(segment.relative_to(embedded.objects.root / WEBHOOKS_BUCKET))
+    assert await read_archived(embedded.objects, key + "#0") == body
 
 
 # --- backends failing ---------------------------------------------------------------------------------------------
@@ -269,16 +282,19 @@ async def test_archive_failure_still_answers_200_queues_and_is_counted(app: Ingr
 async def test_archive_backlog_at_its_bound_drops_archives_not_messages(embedded_settings, embedded) -> None:
     from wabridge.actors.ingress import ARCHIVE_FAILURES
 
-    app = IngressApp(embedded_settings, embedded, max_archives=1)
+    record = len(encode_record("1a2149412" + "0" * 12, time.time(), HELLO))  # every record of HELLO is this long
+    app = IngressApp(embedded_settings, embedded, max_archive_bytes=2 * record + record // 2)  # room for two
     dropped = ARCHIVE_FAILURES.labels("dropped")
     before = dropped.get()
     results = await asyncio.gather(
         *(app.handle("POST", "/webhook/meta", "", sign(HELLO, "acme-app-secret"), HELLO) for _ in range(5))
     )
     assert [r.status for r in results] == [200] * 5
-    assert dropped.get() >= before + 1
-    assert len(await drain(embedded.queue, expect=5)) == 5
+    assert dropped.get() == before + 3
+    got = await drain(embedded.queue, expect=5)
+    assert len(got) == 5 and sorted(bool(q.archive_key) for _, _, q in got) == [False] * 3 + [True] * 2
     await app.aclose()
+    assert app.archive is not None and app.archive.pending_bytes == 0
 
 
 # --- operations ---------------------------------------------------------------------------------------------------
@@ -393,7 +409,7 @@ async def test_on_real_servers_a_signed_webhook_is_confirmed_queued_and_archived
     [(tenant_id, _, queued)] = await drain(real.queue, expect=1)
     assert (tenant_id, queued.body) == ("acme", HELLO)
     await archives_settled(app)
-    assert await real.objects.get(WEBHOOKS_BUCKET, queued.archive_key) == HELLO
+    assert await read_archived(real.objects, queued.archive_key) == HELLO
     await app.aclose()
 
 

@@ -4,7 +4,8 @@ One request, in order (nothing in the payload is trusted before step 3):
   1. the body is read with a bound (413 past settings.max_body_bytes, from Content-Length or while streaming);
   2. `phone_number_id`s are read through a tiny view (codecs/routing.py) — only to pick the tenants, and so the keys;
   3. the X-Hub-Signature-256 HMAC over the raw bytes is checked with every such tenant's app secret (401 if any fails);
-  4. the raw body is archived in the background (bounded; a failure is logged and counted, never blocks);
+  4. the raw body is appended to the tenant's archive segment (actors/archive.py: put in the background, many
+     webhooks per object; bounded; a failure is logged and counted, never blocks);
   5. one queue message per tenant is published, and the answer waits for the broker's confirm (503 if it cannot).
 A body no tenant owns is answered 200 (Meta would retry it for 7 days otherwise), archived and tracked `unrouted`.
 
@@ -31,12 +32,13 @@ from typing import Any
 
 import msgspec
 
+from wabridge.actors.archive import MAX_BYTES as ARCHIVE_MAX_BYTES
+from wabridge.actors.archive import ArchiveWriter
 from wabridge.actors.http import JSON, BadContentLength, BodyTooLarge, Response, query_params, read_body, text
 from wabridge.actors.tenants import TenantDirectory
 from wabridge.codecs.routing import MalformedWebhook, QueuedWebhook, encode_queued, read_routing, split_by_tenant
 from wabridge.engine import metrics
-from wabridge.engine.object_keys import webhook_key
-from wabridge.engine.ports import WEBHOOKS_BUCKET, BackendUnavailable, TenantConfig, TrackingRecord, TrackingStatus
+from wabridge.engine.ports import BackendUnavailable, TenantConfig, TrackingRecord, TrackingStatus
 from wabridge.engine.settings import Settings, load_settings
 
 log = logging.getLogger("wabridge.ingress")
@@ -44,8 +46,7 @@ log = logging.getLogger("wabridge.ingress")
 WEBHOOK_PATH = "/webhook/meta"
 UNROUTED_ARCHIVE_TENANT = "_unrouted"  # archive prefix of bodies no tenant owns (tracked with tenant_id "")
 MAX_CHALLENGE = 1024  # characters; Meta sends a short number
-ARCHIVE_TIMEOUT = 30.0  # seconds one archive put may take before it counts as failed
-CLOSE_DEADLINE = 10.0  # seconds archives still running at shutdown get to finish
+CLOSE_DEADLINE = 10.0  # seconds the archive's last segments get at shutdown
 
 REQUESTS = metrics.REGISTRY.counter(
     "wabridge_ingress_requests_total", "HTTP requests answered by the ingress", ("route", "status")
@@ -56,7 +57,10 @@ PUBLISH_SECONDS = metrics.REGISTRY.histogram(
 ARCHIVE_FAILURES = metrics.REGISTRY.counter(
     "wabridge_ingress_archive_failures_total", "Raw webhooks not archived (failed, or dropped at the bound)", ("reason",)
 )
-ARCHIVES_RUNNING = metrics.REGISTRY.gauge("wabridge_ingress_archives_running", "Archive puts in flight")
+ARCHIVES_RUNNING = metrics.REGISTRY.gauge("wabridge_ingress_archives_running", "Archive segment puts in flight")
+ARCHIVE_BYTES = metrics.REGISTRY.gauge(
+    "wabridge_ingress_archive_pending_bytes", "Raw webhook bytes buffered or being put by the archive"
+)
 UNROUTED = metrics.REGISTRY.counter(
     "wabridge_ingress_unrouted_total", "Webhook changes whose phone_number_id no tenant owns"
 )
@@ -74,27 +78,6 @@ def _signature_ok(secret: str, body: bytes, header: str) -> bool:
     return hmac.compare_digest(expected, header)
 
 
-def _archive_prefixes() -> Any:
-    """`webhook_key` without its per-request work: the `{tenant}/{day}` prefix is cached per tenant and UTC day
-    (object_keys escapes the tenant id character by character: ~2 µs a request, measured in the bench), and a
-    webhook id is lowercase hex, which `key_part` leaves as it is. Bounded: cleared when full."""
-    cache: dict[tuple[str, int], str] = {}
-
-    def archive_key(tenant_id: str, received_at: float, webhook_id: str) -> str:
-        day = int(received_at // 86400)
-        prefix = cache.get((tenant_id, day))
-        if prefix is None:
-            if len(cache) >= 4096:
-                cache.clear()
-            prefix = cache[(tenant_id, day)] = webhook_key(tenant_id, received_at, "0").rpartition("/")[0]
-        return f"{prefix}/{webhook_id}.json"
-
-    return archive_key
-
-
-archive_key = _archive_prefixes()
-
-
 def _new_webhook_id(received_at: float) -> str:
     # Time first (archive keys sort by arrival), then 40 random bits: unique per POST without coordination.
     return f"{int(received_at * 1000):011x}{os.urandom(5).hex()}"
@@ -103,14 +86,13 @@ def _new_webhook_id(received_at: float) -> str:
 class IngressApp:
     """The RSGI application. Give it open `backends` (tests), or let `__rsgi_init__` open them (Granian workers)."""
 
-    def __init__(self, settings: Settings, backends: Any = None, *, max_archives: int = 256) -> None:
+    def __init__(self, settings: Settings, backends: Any = None, *, max_archive_bytes: int = ARCHIVE_MAX_BYTES) -> None:
         self.settings = settings
         self.backends = backends
         self.directory: TenantDirectory | None = None
-        self._max_archives = max_archives
-        self._archives: set[asyncio.Task[None]] = set()
+        self.archive: ArchiveWriter | None = None
+        self._max_archive_bytes = max_archive_bytes
         self._exit = contextlib.AsyncExitStack()
-        self._last_drop_log = 0.0
         self._ok = {route: REQUESTS.labels(route, "200") for route in ("webhook", "handshake", "healthz")}
         if backends is not None:
             self._bind(backends)
@@ -124,7 +106,12 @@ class IngressApp:
         for tier, field in (("local", "local_hits"), ("cache", "cache_hits"), ("store", "store_lookups")):
             TENANT_LOOKUPS.labels(tier).set_function(lambda f=field: getattr(directory.statistics(), f))
         TENANT_HIT_RATIO.set_function(lambda: directory.statistics().hit_ratio)
-        ARCHIVES_RUNNING.set_function(lambda: len(self._archives))
+        self.archive = archive = ArchiveWriter(
+            backends.objects, on_failure=lambda reason, n: ARCHIVE_FAILURES.labels(reason).inc(n),
+            max_bytes=self._max_archive_bytes,
+        )
+        ARCHIVES_RUNNING.set_function(lambda: archive.puts_running)
+        ARCHIVE_BYTES.set_function(lambda: archive.pending_bytes)
 
     async def start(self) -> None:
         if self.backends is None:
@@ -133,13 +120,9 @@ class IngressApp:
             self._bind(await self._exit.enter_async_context(open_backends(self.settings)))
 
     async def aclose(self) -> None:
-        """Let running archives finish (bounded by CLOSE_DEADLINE), then close what we opened."""
-        if self._archives:
-            _, pending = await asyncio.wait(set(self._archives), timeout=CLOSE_DEADLINE)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending)
+        """Put the archive's last segments (bounded by CLOSE_DEADLINE), then close what we opened."""
+        if self.archive is not None:
+            await self.archive.aclose(CLOSE_DEADLINE)
         await self._exit.aclose()
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -299,9 +282,9 @@ class IngressApp:
     async def _enqueue(self, parts: dict[str, bytes], raw: bytes, received_at: float) -> None:
         webhook_id = _new_webhook_id(received_at)
         publishes = []
+        assert self.archive is not None
         for tenant_id, part in parts.items():
-            key = archive_key(tenant_id, received_at, webhook_id)
-            self._archive(key, raw, tenant_id, webhook_id)
+            key = self.archive.append(tenant_id, webhook_id, received_at, raw)
             message = encode_queued(QueuedWebhook(tenant_id, received_at, key, part))
             publishes.append(self._publish(tenant_id, message, f"{webhook_id}:{tenant_id}"))
         if len(publishes) == 1:
@@ -319,7 +302,8 @@ class IngressApp:
         """Nobody owns this body: keep it (archive + tracking) and answer 200 so Meta stops resending it."""
         webhook_id = _new_webhook_id(received_at)
         UNROUTED.inc(max(len(numbers), 1))
-        self._archive(webhook_key(UNROUTED_ARCHIVE_TENANT, received_at, webhook_id), body, "", webhook_id)
+        assert self.archive is not None
+        self.archive.append(UNROUTED_ARCHIVE_TENANT, webhook_id, received_at, body)
         reason = f"no tenant owns phone_number_id {', '.join(n[:64] for n in numbers[:4]) or '(none in payload)'}"
         # Unsigned input: bounded to Meta's own maximum of updates per POST.
         records = [
@@ -330,31 +314,6 @@ class IngressApp:
         await self.backends.store.write_tracking(records)
         log.warning("unrouted webhook %s: %s", webhook_id, reason)
         return text(200, "ok")
-
-    # --- the raw archive: in the background, bounded ----------------------------------------------------------
-
-    def _archive(self, key: str, body: bytes, tenant_id: str, webhook_id: str) -> None:
-        if len(self._archives) >= self._max_archives:
-            ARCHIVE_FAILURES.labels("dropped").inc()
-            now = time.monotonic()
-            if now - self._last_drop_log > 1.0:  # one line a second at most, whatever the flood
-                self._last_drop_log = now
-                log.error("archive backlog at its bound (%d): webhook %s not archived", self._max_archives, webhook_id)
-            return
-        task = asyncio.get_running_loop().create_task(self._put_archive(key, body, tenant_id, webhook_id))
-        self._archives.add(task)
-        task.add_done_callback(self._archives.discard)
-
-    async def _put_archive(self, key: str, body: bytes, tenant_id: str, webhook_id: str) -> None:
-        try:
-            async with asyncio.timeout(ARCHIVE_TIMEOUT):
-                await self.backends.objects.put(
-                    WEBHOOKS_BUCKET, key, body, content_type="application/json",
-                    metadata={"tenant-id": tenant_id, "webhook-id": webhook_id},
-                )
-        except Exception as exc:  # counted and logged: an archive never decides the answer
-            ARCHIVE_FAILURES.labels("failed").inc()
-            log.error("archive of webhook %s failed: %s", webhook_id, exc.__class__.__name__)
 
     # --- operations -------------------------------------------------------------------------------------------
 

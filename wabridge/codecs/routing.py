@@ -142,7 +142,7 @@ class QueuedWebhook(msgspec.Struct, frozen=True, array_like=True):
 
     tenant_id: str
     received_at: float  # Unix seconds, when the ingress read the body
-    archive_key: str  # where the raw body is archived (written in the background: may be missing if that failed)
+    archive_key: str  # `{segment key}#{line}` of the raw body (actors/archive.py; best-effort: may be missing)
     body: bytes  # the raw signed body, or this tenant's re-wrapped part of it
 
 

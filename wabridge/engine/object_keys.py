@@ -1,6 +1,7 @@
 """Object keys: where a raw webhook and a media file live in their bucket, built from data Meta sent us.
 
-  webhooks-inbound   {tenant}/{YYYY-MM-DD}/{webhook id}.json
+  webhooks-inbound   {tenant}/{YYYY-MM-DD}/{webhook id}.json         (one webhook per object)
+                     {tenant}/{YYYY-MM-DD}/{segment id}.ndjson       (the ingress's archive: many per object)
   media-inbound      {tenant}/{media type}/{YYYY-MM-DD}/{message id}.{ext}     (the seed's shape)
 
 Every part comes from outside (tenant ids from config, wamids and mime types from Meta), so each is made safe to be
@@ -90,6 +91,11 @@ def utc_day(when: float | date | str) -> str:
 def webhook_key(tenant_id: str, received_at: float, webhook_id: str) -> str:
     """Key of one raw webhook body in the webhooks bucket."""
     return f"{key_part(tenant_id)}/{utc_day(received_at)}/{key_part(webhook_id)}.json"
+
+
+def archive_segment_key(tenant_id: str, received_at: float, segment_id: str) -> str:
+    """Key of one archive segment (newline-delimited records of raw webhooks, see actors/archive.py)."""
+    return f"{key_part(tenant_id)}/{utc_day(received_at)}/{key_part(segment_id)}.ndjson"
 
 
 def media_key(tenant_id: str, media_type: str, day: float | date | str, message_id: str, ext: str) -> str:
