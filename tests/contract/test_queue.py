@@ -439,3 +439,57 @@ async def test_messages_held_by_a_killed_worker_process_are_redelivered_at_once(
         await consumer.stop()
     finally:
         await queue.close()
+
+
+# --- the batched publisher's frames (queue_amqp.publish_frames) ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exchange", "tenant_id", "body", "max_content"),
+    [
+        ("q_INBOUND", "acme", b'{"object":"whatsapp_business_account"}', 131064),
+        ("", "t\u00e9nant-\U0001f600", b"", 131064),  # UTF-8 names, an empty body: no body frame
+        ("q", "acme", bytes(range(256)) * 40, 4096),  # a body over the frame size: split in order
+    ],
+)
+def test_direct_publish_frames_are_byte_for_byte_what_pamqp_marshals(exchange, tenant_id, body, max_content) -> None:
+    from pamqp import commands as spec
+
+    from wabridge.engine.queue_amqp import PERSISTENT, TENANT_HEADER, generic_publish_frames, publish_frames
+
+    message_id = f"1a2149412ce8f7:{tenant_id}"
+    direct = publish_frames(7, exchange, tenant_id, body, message_id=message_id, tenant_id=tenant_id,
+                            max_content=max_content)
+    properties = spec.Basic.Properties(delivery_mode=PERSISTENT, message_id=message_id,
+                                       headers={TENANT_HEADER: tenant_id})
+    assert direct == generic_publish_frames(7, exchange, tenant_id, body, properties, max_content=max_content)
+
+
+def test_a_routing_key_over_255_bytes_is_refused_before_anything_is_written() -> None:
+    from wabridge.engine.queue_amqp import publish_frames
+
+    with pytest.raises(ValueError):
+        publish_frames(1, "q", "x" * 256, b"{}", message_id="m", tenant_id="x" * 256, max_content=131064)
+
+
+@pytest.mark.servers
+async def test_many_publishes_in_flight_with_large_bodies_arrive_whole_and_once(amqp_kit: QueueKit) -> None:
+    queue = await amqp_kit.open()
+    bodies = {f"m{n}": os.urandom(n * 997 % 300_000 + 1) for n in range(300)}  # some span several frames
+    await asyncio.gather(*(queue.publish(TENANTS[n % 12], b, message_id=m) for n, (m, b) in enumerate(bodies.items())))
+    got: dict[str, bytes] = {}
+    done = asyncio.Event()
+
+    async def handler(delivery: Delivery) -> None:
+        got[delivery.message_id] = delivery.body
+        await delivery.ack()
+        if len(got) == len(bodies):
+            done.set()
+
+    consumer = await queue.consume(handler)
+    try:
+        await asyncio.wait_for(done.wait(), 60)
+        await asyncio.sleep(0.3)  # nothing more comes
+    finally:
+        await consumer.stop()
+    assert got == bodies

@@ -12,11 +12,16 @@ to `delivery_limit - 1`: with the default 3 a message is handled at most 3 times
 with x-death reason `delivery_limit`. `dead_letter(reason)` publishes a copy to the dead queue with the
 `x-wabridge-reason` header (confirmed) and then acks the original.
 
-Publishing uses aiormq directly: `basic_publish(..., wait=False)` queues the frames without waiting for the socket
-drain, so many publishes are in flight and each caller awaits only its own confirm (group commit by the broker).
-aio-pika's `publish` holds the channel lock until its frame is drained, which serialises the writers; see
-bench/test_queue_bench.py for the figures of both in the same run. A caller never hears success for a message the
-broker did not confirm: a nack, a timeout or a lost connection raise `BackendUnavailable`.
+Publishing is batched on top of aiormq. A caller puts its message in an outbox and awaits its own confirm; one
+writer task takes everything the outbox holds (up to PUBLISH_BATCH), numbers the messages with the channel's
+delivery tags, registers each caller's confirm future with aiormq, and hands the frames of the whole batch to the
+connection as ONE write. Many publishes stay in flight and the broker confirms them in groups (`multiple=True`).
+Per message this skips aiormq's channel lock, its timeout and drain futures, its 10-frame write queue (where 64
+concurrent `basic_publish` calls queued one frame per loop turn) and one socket write; the frames of our one
+message shape are encoded directly (`publish_frames`, byte-for-byte pamqp's output, tested). The writer is the only
+publisher on its channel, so delivery tags and the order frames reach the socket agree. A caller never hears
+success for a message the broker did not confirm: a nack, a timeout or a lost connection raise
+`BackendUnavailable`.
 """
 
 from __future__ import annotations
@@ -24,13 +29,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import aiormq
-from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
+from aiormq.abc import AbstractChannel, AbstractConnection, ChannelFrame, DeliveredMessage
 from pamqp import commands as spec
+from pamqp.body import ContentBody
+from pamqp.header import ContentHeader
 
 from wabridge.engine.ports import BackendUnavailable, Delivery
 from wabridge.engine.settings import Settings
@@ -46,6 +54,7 @@ CONNECT_TIMEOUT = 3.0  # s: a broker that does not answer by then is down for th
 CONFIRM_TIMEOUT = 10.0  # s: an unconfirmed publish after this is reported failed (it may still land: at-least-once)
 RECONNECT_PAUSE = 0.5  # s: after a failed connect, publishes fail fast this long instead of each dialling again
 MAX_IN_FLIGHT = 4096  # publishes awaiting their confirm; more callers wait (bounded, then time out)
+PUBLISH_BATCH = 512  # messages per socket write at most (~300 KB of 560-byte webhooks)
 CONSUMER_BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)  # s between consumer re-subscriptions while the broker is away
 
 _BROKER_ERRORS = (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, OSError, RuntimeError)
@@ -57,6 +66,47 @@ def shard_queue(queue_name: str, shard: int) -> str:
 
 def dead_queue(queue_name: str) -> str:
     return f"{queue_name}.dead"
+
+
+# --- frames of one published message ------------------------------------------------------------------------------
+
+_FRAME_HEAD = struct.Struct(">BHI")  # frame type, channel, payload size
+_FRAME_END = b"\xce"
+_PUBLISH_METHOD = struct.pack(">HHH", 60, 40, 0)  # Basic.Publish, reserved short
+# content header: class 60, weight 0, body size; property flags = headers | delivery_mode | message_id
+_HEADER_HEAD = struct.Struct(">HHQH")
+_HEADER_FLAGS = 0x2000 | 0x1000 | 0x0080
+_TENANT_FIELD = bytes([len(TENANT_HEADER)]) + TENANT_HEADER.encode() + b"S"
+
+
+def publish_frames(channel: int, exchange: str, routing_key: str, body: bytes, *, message_id: str,
+                   tenant_id: str, max_content: int) -> bytes:
+    """Basic.Publish + content header + body frames of a persistent message with our two properties (message_id,
+    headers {tenant_id}), encoded directly: pamqp's generic marshal of the same frames cost more than the rest of
+    the publish. Byte-for-byte pamqp's output (tests/contract/test_queue.py); short strings over 255 bytes are
+    refused (ValueError) as pamqp would."""
+    ex, rk, mid, tid = exchange.encode(), routing_key.encode(), message_id.encode(), tenant_id.encode()
+    if max(len(ex), len(rk), len(mid)) > 255:
+        raise ValueError("AMQP short string over 255 bytes")
+    method = b"".join((_PUBLISH_METHOD, bytes([len(ex)]), ex, bytes([len(rk)]), rk, b"\x00"))
+    table = b"".join((_TENANT_FIELD, struct.pack(">I", len(tid)), tid))
+    header = b"".join((_HEADER_HEAD.pack(60, 0, len(body), _HEADER_FLAGS), struct.pack(">I", len(table)), table,
+                       bytes([PERSISTENT, len(mid)]), mid))
+    parts = [_FRAME_HEAD.pack(1, channel, len(method)), method, _FRAME_END,
+             _FRAME_HEAD.pack(2, channel, len(header)), header, _FRAME_END]
+    for start in range(0, len(body), max_content):
+        chunk = body[start:start + max_content]
+        parts += (_FRAME_HEAD.pack(3, channel, len(chunk)), chunk, _FRAME_END)
+    return b"".join(parts)
+
+
+def generic_publish_frames(channel: int, exchange: str, routing_key: str, body: bytes,
+                           properties: spec.Basic.Properties, *, max_content: int) -> bytes:
+    """The same through pamqp, for any properties (dead-lettering copies the broker's x-death headers)."""
+    frames: list = [spec.Basic.Publish(exchange=exchange, routing_key=routing_key),
+                    ContentHeader(0, len(body), properties)]
+    frames += [ContentBody(body[i:i + max_content]) for i in range(0, len(body), max_content)]
+    return ChannelFrame.marshall(channel, frames).payload
 
 
 class AmqpDelivery:
@@ -200,6 +250,10 @@ class AmqpQueue:
         self._connect_lock = asyncio.Lock()
         self._failed_at = 0.0
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+        # (channel, exchange, routing key, body, message id, tenant id or None, properties or None, confirm future)
+        self._outbox: list[tuple[Any, ...]] = []
+        self._outbox_ready = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
         self._consumers: set[AmqpConsumer] = set()
         self._closed = False
 
@@ -267,17 +321,16 @@ class AmqpQueue:
     # --- publishing -------------------------------------------------------------------------------------------
 
     async def publish(self, tenant_id: str, body: bytes, *, message_id: str) -> None:
-        properties = spec.Basic.Properties(
-            delivery_mode=PERSISTENT, message_id=message_id, headers={TENANT_HEADER: tenant_id})
-        await self._confirmed(self.queue_name, tenant_id, body, properties)
+        await self._confirmed(self.queue_name, tenant_id, body, message_id, tenant_id, None)
 
     async def _publish_dead(self, delivery: AmqpDelivery, reason: str) -> None:
         headers = dict(delivery._message.header.properties.headers or {})
         headers[REASON_HEADER] = reason
         properties = spec.Basic.Properties(delivery_mode=PERSISTENT, message_id=delivery.message_id, headers=headers)
-        await self._confirmed("", dead_queue(self.queue_name), delivery.body, properties)
+        await self._confirmed("", dead_queue(self.queue_name), delivery.body, delivery.message_id, None, properties)
 
-    async def _confirmed(self, exchange: str, routing_key: str, body: bytes, properties: spec.Basic.Properties) -> None:
+    async def _confirmed(self, exchange: str, routing_key: str, body: bytes, message_id: str, tenant_id: str | None,
+                         properties: spec.Basic.Properties | None) -> None:
         await self._connected()
         channel = self._publisher
         if channel is None:
@@ -285,8 +338,14 @@ class AmqpQueue:
         try:
             async with asyncio.timeout(CONFIRM_TIMEOUT):
                 async with self._in_flight:
-                    confirm = await channel.basic_publish(
-                        body, exchange=exchange, routing_key=routing_key, properties=properties, wait=False)
+                    # aiormq's future: rejected by aiormq itself when the channel closes under it
+                    confirm = channel.create_future()
+                    self._outbox.append((channel, exchange, routing_key, body, message_id, tenant_id, properties,
+                                         confirm))
+                    if self._writer is None or self._writer.done():
+                        self._writer = asyncio.get_running_loop().create_task(self._write_outbox(), name="amqp-publish")
+                    self._outbox_ready.set()
+                    frame = await confirm
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
@@ -295,8 +354,59 @@ class AmqpQueue:
             raise BackendUnavailable(PORT, "connection lost before the confirm") from None
         except (*_BROKER_ERRORS, TimeoutError) as exc:
             raise BackendUnavailable(PORT, f"publish not confirmed: {type(exc).__name__}") from None
-        if not isinstance(confirm, spec.Basic.Ack):
-            raise BackendUnavailable(PORT, f"broker refused the message ({type(confirm).__name__})")
+        if not isinstance(frame, spec.Basic.Ack):
+            raise BackendUnavailable(PORT, f"broker refused the message ({type(frame).__name__})")
+
+    async def _write_outbox(self) -> None:
+        """The one publisher of the channel: each wake-up writes what the outbox holds, PUBLISH_BATCH at a time.
+        Wakes up one loop turn after the first caller, so the requests of that turn share one write."""
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            while self._outbox:
+                batch = self._outbox[:PUBLISH_BATCH]
+                del self._outbox[:PUBLISH_BATCH]
+                await self._write_batch(batch)
+
+    async def _write_batch(self, batch: list[tuple[Any, ...]]) -> None:
+        channel = batch[0][0]
+        parts: list[bytes] = []
+        numbered: list[asyncio.Future[Any]] = []
+        for item in batch:
+            item_channel, exchange, routing_key, body, message_id, tenant_id, properties, confirm = item
+            if confirm.done():
+                continue  # its caller gave up (timeout, cancelled), or aiormq rejected it when its channel closed
+            if item_channel is not channel or channel.is_closed:
+                confirm.set_exception(aiormq.exceptions.ChannelInvalidStateError("publisher channel replaced"))
+                continue
+            try:
+                if properties is None:
+                    frames = publish_frames(channel.number, exchange, routing_key, body, message_id=message_id,
+                                            tenant_id=tenant_id, max_content=channel.max_content_size)
+                else:
+                    frames = generic_publish_frames(channel.number, exchange, routing_key, body, properties,
+                                                    max_content=channel.max_content_size)
+            except ValueError as exc:  # a caller's bad input (e.g. a routing key over 255 bytes): that caller only
+                confirm.set_exception(exc)
+                continue
+            channel.delivery_tag += 1
+            channel.confirmations[channel.delivery_tag] = confirm
+            parts.append(frames)
+            numbered.append(confirm)
+        if not parts:
+            return
+        try:
+            await channel.write_queue.put(ChannelFrame(payload=b"".join(parts), should_close=False))
+        except BaseException as exc:
+            # Tags were taken but the frames never left: this channel's numbering is broken, so it must go.
+            for confirm in numbered:
+                if not confirm.done():
+                    confirm.set_exception(aiormq.exceptions.ChannelInvalidStateError("publish not written"))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            log.warning("publish batch not written: %s", type(exc).__name__)
+            with contextlib.suppress(*_BROKER_ERRORS, TimeoutError):
+                await channel.close()
 
     # --- consuming --------------------------------------------------------------------------------------------
 
@@ -338,6 +448,14 @@ class AmqpQueue:
 
     async def close(self) -> None:
         self._closed = True
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+        for item in self._outbox:  # never written: their callers hear it now rather than at their timeout
+            if not item[-1].done():
+                item[-1].set_exception(aiormq.exceptions.ChannelInvalidStateError("queue closed"))
+        self._outbox.clear()
         for consumer in list(self._consumers):
             await consumer.stop()
         self._consumers.clear()
