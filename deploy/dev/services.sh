@@ -142,6 +142,9 @@ stop_rabbit() {
 
 # --- S3 (SeaweedFS) ------------------------------------------------------------------------------------------------
 s3_up() { curl -s -o /dev/null "http://127.0.0.1:$S3_PORT/" 2>/dev/null; }
+# Every bucket is a SeaweedFS collection with volumes of its own, and the tests make a bucket pair per test: with the
+# default volume size (1 GiB, the count derived from free disk: 79 here, 4 on a nearly full disk) the suite ran out
+# of volumes ("No writable volumes and no free volumes left"). Small volumes and an explicit count fix that.
 start_s3() {
     if s3_up; then return; fi
     [ -x "$WEED" ] || { log "no weed binary at $WEED (run 'uv sync' first)"; return 1; }
@@ -151,6 +154,7 @@ start_s3() {
     AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET setsid "$WEED" mini -dir="$d/data" -ip=127.0.0.1 \
         -ip.bind=127.0.0.1 -s3.port="$S3_PORT" -admin.ui=false -webdav=false -master.telemetry=false \
         -s3.port.iceberg=0 -s3.port.lance=0 -s3.localSocket="$d/s3.sock" -filer.localSocket="$d/filer.sock" \
+        -master.volumeSizeLimitMB=16 -volume.max=2000 \
         >"$d/weed.log" 2>&1 &
     echo $! >"$d/weed.pid"
     wait_for 60 s3 s3_up
