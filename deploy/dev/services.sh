@@ -149,6 +149,7 @@ start_s3() {
     if s3_up; then return; fi
     [ -x "$WEED" ] || { log "no weed binary at $WEED (run 'uv sync' first)"; return 1; }
     local d="$DIR/s3"
+    rm -rf "$d/data"  # throwaway: every start begins with no buckets and every volume free
     mkdir -p "$d/data"
     rm -f "$d/s3.sock" "$d/filer.sock"
     AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET setsid "$WEED" mini -dir="$d/data" -ip=127.0.0.1 \
