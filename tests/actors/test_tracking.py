@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from wabridge.actors.tracking import TrackingWriter
+from wabridge.actors.tracking import TrackingLookups, TrackingWriter
 from wabridge.engine.ports import BackendUnavailable, TrackingRecord
 from wabridge.engine.secrets import Secret
 from wabridge.engine.store_postgres import PostgresStore
@@ -24,6 +24,7 @@ class CountingStore:
         self.inner = inner
         self.batch_sizes: list[int] = []
         self.touch_batches: list[list[tuple[str, str, float]]] = []
+        self.read_batches: list[tuple[str, list[str]]] = []
 
     async def write_tracking(self, records):
         self.batch_sizes.append(len(records))
@@ -32,6 +33,10 @@ class CountingStore:
     async def touch_conversations(self, touches):
         self.touch_batches.append(list(touches))
         await self.inner.touch_conversations(touches)
+
+    async def get_tracking_many(self, tenant_id, wamids):
+        self.read_batches.append((tenant_id, list(wamids)))
+        return await self.inner.get_tracking_many(tenant_id, wamids)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -146,3 +151,47 @@ async def test_with_the_store_down_callers_get_backend_unavailable_and_later_wri
         assert await store.get_tracking("acme", "wamid.1") is None
     finally:
         await store.close()
+
+
+# --- the de-duplication reads ---
+
+
+async def test_concurrent_lookups_share_one_read_per_tenant_and_each_gets_its_own_row(store):
+    await store.write_tracking([rec(i, "delivered") for i in range(0, 300, 2)])
+    await store.write_tracking([TrackingRecord(wamid="wamid.1", tenant_id="other", status="failed")])
+    lookups = TrackingLookups(store, max_batch=100)
+    rows = await asyncio.gather(*(lookups.get("acme", f"wamid.{i}") for i in range(300)),
+                                lookups.get("other", "wamid.1"))  # fmt: skip
+    assert [r is not None and r.status == "delivered" for r in rows[:300]] == [i % 2 == 0 for i in range(300)]
+    assert rows[300].status == "failed" and rows[300].tenant_id == "other"
+    assert sorted(len(w) for t, w in store.read_batches if t == "acme") == [100, 100, 100]
+    assert [w for t, w in store.read_batches if t == "other"] == [["wamid.1"]]
+
+
+async def test_a_lookup_asked_during_a_read_sees_a_row_committed_before_it_was_asked(store):
+    lookups = TrackingLookups(store)
+    first = asyncio.ensure_future(lookups.get("acme", "wamid.1"))
+    await asyncio.sleep(0)  # the read for the first lookup is under way
+    await store.write_tracking([rec(1, "delivered")])
+    assert (await lookups.get("acme", "wamid.1")).status == "delivered"
+    assert (await first) is None or (await first).status == "delivered"
+    assert len(store.read_batches) == 2
+
+
+async def test_a_store_failure_reaches_every_lookup_of_the_batch_and_the_next_one_reads_again(store):
+    class Down(CountingStore):
+        fail = True
+
+        async def get_tracking_many(self, tenant_id, wamids):
+            if self.fail:
+                self.fail = False
+                raise BackendUnavailable("store", "postgresql: ConnectionRefusedError")
+            return await super().get_tracking_many(tenant_id, wamids)
+
+    flaky = Down(store.inner)
+    await store.write_tracking([rec(2, "delivered")])
+    lookups = TrackingLookups(flaky)
+    outcomes = await asyncio.gather(*(lookups.get("acme", f"wamid.{i}") for i in range(3)), return_exceptions=True)
+    assert all(isinstance(o, BackendUnavailable) for o in outcomes)
+    assert (await lookups.get("acme", "wamid.2")).status == "delivered"
+

@@ -24,7 +24,7 @@ from typing import TypeVar
 from wabridge.actors.delivery import DeliveryFailed, GenesysDelivery
 from wabridge.actors.media import MediaFetcher
 from wabridge.actors.state import ConversationState
-from wabridge.actors.tracking import TrackingWriter
+from wabridge.actors.tracking import TrackingLookups, TrackingWriter
 from wabridge.codecs.results import Inbound, pack_result
 from wabridge.codecs.transform import encode_genesys
 from wabridge.engine.logs import get_logger
@@ -84,6 +84,7 @@ class Relay:
         tracker: TrackingWriter,
     ) -> None:
         self._store = store
+        self._seen = TrackingLookups(store)  # the de-duplication reads, grouped across concurrent messages
         self._state = state
         self._media = media
         self._delivery = delivery
@@ -93,7 +94,7 @@ class Relay:
         """Deliver one message; returns the tracking status it ended in."""
         route = inbound.route
         tenant_id = tenant.tenant_id
-        existing = await self._store.get_tracking(tenant_id, route.wamid)
+        existing = await self._seen.get(tenant_id, route.wamid)
         if existing is not None and (existing.status in SETTLED if not replay else existing.status == "delivered"):
             _duplicate.inc()
             await self._tracker.record(self._record(tenant_id, inbound, TrackingStatus.DUPLICATE))

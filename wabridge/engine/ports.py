@@ -207,6 +207,10 @@ class Store(Protocol):
 
     async def get_tracking(self, tenant_id: str, wamid: str) -> TrackingRecord | None: ...
 
+    async def get_tracking_many(self, tenant_id: str, wamids: Sequence[str]) -> dict[str, TrackingRecord]:
+        """The rows of those of `wamids` that are tracked, by wamid (absent ones are left out); one round trip."""
+        ...
+
     async def list_tracking(
         self,
         *,

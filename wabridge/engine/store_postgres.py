@@ -462,6 +462,16 @@ class PostgresStore:
             )  # fmt: skip
         return None if row is None else TrackingRecord(**dict(row))
 
+    async def get_tracking_many(self, tenant_id: str, wamids: Sequence[str]) -> dict[str, TrackingRecord]:
+        if not wamids:
+            return {}
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                f"SELECT {_TRACKING_COLUMNS} FROM message_tracking WHERE tenant_id = $1 AND wamid = ANY($2::text[])",
+                tenant_id, list(wamids),
+            )  # fmt: skip
+        return {r["wamid"]: TrackingRecord(**dict(r)) for r in rows}
+
     async def list_tracking(
         self,
         *,
