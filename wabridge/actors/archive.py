@@ -36,7 +36,7 @@ log = logging.getLogger("wabridge.ingress")
 
 SEGMENT_BYTES = 1 << 20  # a segment is put once this big: ~2,000 webhooks of 500 B
 FLUSH_INTERVAL = 1.0  # s: the longest a body waits in memory before its segment is put
-MAX_BYTES = 32 << 20  # buffered + being put; beyond it bodies are dropped (counted), never queued for later
+MAX_BYTES = 16 << 20  # buffered + being put (~3 s of 10k/s webhooks); beyond it bodies are dropped (counted)
 MAX_PUTS = 4  # segment puts at once
 PUT_TIMEOUT = 30.0  # s one segment put may take before it counts as failed
 KEY_SEPARATOR = "#"
