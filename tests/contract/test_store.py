@@ -220,19 +220,23 @@ async def test_a_duplicate_never_overwrites_a_delivered_row(store):
     assert (await store.get_tracking("acme", "w3")).status == "duplicate"  # a first sighting is still recorded
 
 
-async def test_many_tracking_rows_read_at_once_leave_out_the_untracked_and_other_tenants(store):
+async def test_many_tracking_rows_read_at_once_come_back_by_tenant_and_wamid_leaving_out_the_untracked(store):
     await store.write_tracking([
         TrackingRecord(wamid="w1", tenant_id="acme", status="delivered", genesys_message_id="g-1"),
         TrackingRecord(wamid="w2", tenant_id="acme", status="failed", error="genesys 400"),
+        TrackingRecord(wamid="w1", tenant_id="other", status="received"),
         TrackingRecord(wamid="w3", tenant_id="other", status="delivered"),
     ])  # fmt: skip
-    rows = await store.get_tracking_many("acme", ["w1", "w2", "w3", "w-unknown", "w1"])
-    assert {w: (r.status, r.tenant_id) for w, r in rows.items()} == {"w1": ("delivered", "acme"), "w2": ("failed", "acme")}
-    assert rows["w1"] == await store.get_tracking("acme", "w1")
-    assert await store.get_tracking_many("acme", []) == {}
-    many = [f"x{n}" for n in range(1200)]  # more than one statement's worth of parameters on SQLite
-    await store.write_tracking([TrackingRecord(wamid=w, tenant_id="acme", status="received") for w in many[::2]])
-    assert sorted(await store.get_tracking_many("acme", many)) == sorted(many[::2])
+    rows = await store.get_tracking_many([("acme", "w1"), ("acme", "w2"), ("acme", "w3"), ("other", "w1"),
+                                          ("acme", "w-unknown"), ("acme", "w1")])  # fmt: skip
+    assert {k: r.status for k, r in rows.items()} == {
+        ("acme", "w1"): "delivered", ("acme", "w2"): "failed", ("other", "w1"): "received"
+    }  # fmt: skip
+    assert rows[("acme", "w1")] == await store.get_tracking("acme", "w1")
+    assert await store.get_tracking_many([]) == {}
+    many = [("acme", f"x{n}") for n in range(1200)]  # more than one statement's worth of parameters on SQLite
+    await store.write_tracking([TrackingRecord(wamid=w, tenant_id=t, status="received") for t, w in many[::2]])
+    assert sorted(await store.get_tracking_many(many)) == sorted(many[::2])
 
 
 async def test_each_repeat_of_a_settled_message_is_counted_on_its_row(store):

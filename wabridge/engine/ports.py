@@ -207,8 +207,9 @@ class Store(Protocol):
 
     async def get_tracking(self, tenant_id: str, wamid: str) -> TrackingRecord | None: ...
 
-    async def get_tracking_many(self, tenant_id: str, wamids: Sequence[str]) -> dict[str, TrackingRecord]:
-        """The rows of those of `wamids` that are tracked, by wamid (absent ones are left out); one round trip."""
+    async def get_tracking_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], TrackingRecord]:
+        """The rows of those (tenant_id, wamid) `keys` that are tracked, by key (absent ones are left out); one
+        round trip."""
         ...
 
     async def list_tracking(

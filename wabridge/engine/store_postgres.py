@@ -462,15 +462,16 @@ class PostgresStore:
             )  # fmt: skip
         return None if row is None else TrackingRecord(**dict(row))
 
-    async def get_tracking_many(self, tenant_id: str, wamids: Sequence[str]) -> dict[str, TrackingRecord]:
-        if not wamids:
+    async def get_tracking_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], TrackingRecord]:
+        if not keys:
             return {}
         async with self._conn() as conn:
             rows = await conn.fetch(
-                f"SELECT {_TRACKING_COLUMNS} FROM message_tracking WHERE tenant_id = $1 AND wamid = ANY($2::text[])",
-                tenant_id, list(wamids),
+                f"SELECT {_TRACKING_COLUMNS} FROM message_tracking"
+                " WHERE (tenant_id, wamid) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+                [k[0] for k in keys], [k[1] for k in keys],
             )  # fmt: skip
-        return {r["wamid"]: TrackingRecord(**dict(r)) for r in rows}
+        return {(r["tenant_id"], r["wamid"]): TrackingRecord(**dict(r)) for r in rows}
 
     async def list_tracking(
         self,

@@ -369,23 +369,23 @@ class SqliteStore:
         row = await self._run(work)
         return None if row is None else TrackingRecord(**dict(row))
 
-    async def get_tracking_many(self, tenant_id: str, wamids: Sequence[str]) -> dict[str, TrackingRecord]:
-        wanted = list(dict.fromkeys(wamids))
+    async def get_tracking_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], TrackingRecord]:
+        wanted = list(dict.fromkeys(keys))
         if not wanted:
             return {}
 
         def work(db: sqlite3.Connection) -> Any:
             rows = []
-            for start in range(0, len(wanted), 500):  # SQLite caps the bound parameters of one statement
-                chunk = wanted[start : start + 500]
+            for start in range(0, len(wanted), 400):  # SQLite caps the bound parameters of one statement
+                chunk = wanted[start : start + 400]
                 rows += db.execute(
                     f"SELECT {_TRACKING_COLUMNS} FROM message_tracking"
-                    f" WHERE tenant_id = ? AND wamid IN ({', '.join('?' * len(chunk))})",
-                    (tenant_id, *chunk),
+                    f" WHERE (tenant_id, wamid) IN (VALUES {', '.join(['(?, ?)'] * len(chunk))})",
+                    [part for key in chunk for part in key],
                 ).fetchall()
             return rows
 
-        return {row["wamid"]: TrackingRecord(**dict(row)) for row in await self._run(work)}
+        return {(row["tenant_id"], row["wamid"]): TrackingRecord(**dict(row)) for row in await self._run(work)}
 
     async def list_tracking(
         self,
