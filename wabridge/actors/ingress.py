@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hmac
 import logging
 import os
@@ -48,6 +49,7 @@ WEBHOOK_PATH = "/webhook/meta"
 UNROUTED_ARCHIVE_TENANT = "_unrouted"  # archive prefix of bodies no tenant owns (tracked with tenant_id "")
 MAX_CHALLENGE = 1024  # characters; Meta sends a short number
 CLOSE_DEADLINE = 10.0  # seconds the archive's last segments get at shutdown
+GC_THRESHOLD = 10_000  # allocations between young-generation collections in a Granian worker (CPython's: 700)
 
 REQUESTS = metrics.REGISTRY.counter(
     "wabridge_ingress_requests_total", "HTTP requests answered by the ingress", ("route", "status")
@@ -128,6 +130,12 @@ class IngressApp:
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.run_until_complete(self.start())
+        # The start-up heap (imports, open backends) never becomes garbage: frozen, the collector stops
+        # re-scanning it, and a larger first generation collects ~14x less often. Measured in one worker at 4k
+        # req/s: collector time 7.1 -> 0.2 us per request (gc.callbacks), of ~180 us CPU per request.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(GC_THRESHOLD, 50, 100)
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.run_until_complete(self.aclose())
