@@ -2,7 +2,7 @@
 ordering lane (tenant.py), so one customer's messages pass here one at a time, in the order they were sent.
 
     seen before?   the tracking row says delivered / failed / dead-lettered → `duplicate`, not sent again
-    conversation   state.py: cache → store → new id
+    conversation   state.py: memo → cache → store; a new customer's id is Genesys's answer (or a new one)
     media          media.py: Meta → object storage → presigned URL (or a text notice)
     delivery       delivery.py: rate budget, OAuth token, POST with retries
     tracking       tracking.py: batched, and awaited — the queue message is acked only after this row is durable
@@ -100,7 +100,7 @@ class Relay:
             await self._tracker.record(self._record(tenant_id, inbound, TrackingStatus.DUPLICATE))
             return TrackingStatus.DUPLICATE
 
-        conversation_id = await self._state.conversation_for(tenant_id, route.sender_id)
+        known = await self._state.known(tenant_id, route.sender_id)
         message, media_error = inbound.message, None
         if inbound.media is not None:
             outcome = await self._media.resolve(tenant, inbound)
@@ -115,6 +115,9 @@ class Relay:
             _failed.inc()
             log.warning("delivery failed", extra={"tenant_id": tenant_id, "wamid": route.wamid, "error": exc.error})
             error = exc.error if not exc.body else f"{exc.error}: {exc.body.decode(errors='replace')}"
+            conversation_id = known or await hold_through_outage(
+                lambda: self._state.conversation_for(tenant_id, route.sender_id)
+            )
             record = self._record(
                 tenant_id, inbound, TrackingStatus.FAILED,
                 conversation_id=conversation_id, attempts=exc.attempts, error=error, payload=pack_result(inbound),
@@ -123,8 +126,13 @@ class Relay:
             return TrackingStatus.FAILED
 
         # From here Genesys has the message: hold through an outage rather than let the caller send it again.
-        if delivered.conversation_id and delivered.conversation_id != conversation_id:
-            conversation_id = delivered.conversation_id
+        # A new customer's conversation is named by Genesys's answer; only without one do we make an id.
+        conversation_id = delivered.conversation_id or known
+        if conversation_id is None:
+            conversation_id = await hold_through_outage(
+                lambda: self._state.conversation_for(tenant_id, route.sender_id)
+            )
+        elif conversation_id != known:
             await hold_through_outage(lambda: self._state.adopt(tenant_id, route.sender_id, conversation_id))
         record = self._record(
             tenant_id, inbound, TrackingStatus.DELIVERED,

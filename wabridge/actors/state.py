@@ -35,6 +35,17 @@ class ConversationState:
         self._memo: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()  # → (conversation id, until)
 
     async def conversation_for(self, tenant_id: str, sender_id: str) -> str:
+        """The customer's conversation id; a new one (stored, then cached) when they have none yet."""
+        conversation_id = await self.known(tenant_id, sender_id)
+        if conversation_id is None:
+            conversation_id = await self._store.put_conversation(tenant_id, sender_id, str(uuid.uuid4()))
+            await self._remember(tenant_id, sender_id, conversation_id)
+        return conversation_id
+
+    async def known(self, tenant_id: str, sender_id: str) -> str | None:
+        """The customer's conversation id if they have one, without making one: the relay lets Genesys's answer
+        name a new customer's conversation (`adopt`), which saves the store insert and cache writes of an id that
+        would be replaced at once."""
         memo = self._memo.get((tenant_id, sender_id))
         if memo is not None:
             if memo[1] > time.monotonic():
@@ -47,9 +58,8 @@ class ConversationState:
             self._note(tenant_id, sender_id, cached)
             return cached
         conversation_id = await self._store.get_conversation(tenant_id, sender_id)
-        if conversation_id is None:
-            conversation_id = await self._store.put_conversation(tenant_id, sender_id, str(uuid.uuid4()))
-        await self._remember(tenant_id, sender_id, conversation_id)
+        if conversation_id is not None:
+            await self._remember(tenant_id, sender_id, conversation_id)
         return conversation_id
 
     async def adopt(self, tenant_id: str, sender_id: str, conversation_id: str) -> None:
