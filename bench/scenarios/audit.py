@@ -71,10 +71,12 @@ async def tracking(database_url: str, prefix: str) -> dict[str, str]:
 
     conn = await asyncpg.connect(database_url)
     try:
-        rows = await conn.fetch("SELECT wamid, status FROM message_tracking WHERE wamid LIKE $1", prefix + "%")
+        rows = await conn.fetch(
+            "SELECT wamid, status, error FROM message_tracking WHERE wamid LIKE $1", prefix + "%"
+        )
     finally:
         await conn.close()
-    return {r["wamid"]: r["status"] for r in rows}
+    return {r["wamid"]: r["status"] if r["status"] == "delivered" else f"{r['status']}: {r['error']}" for r in rows}
 
 
 async def audit(acked: list[Acked], genesys_url: str, database_url: str, wamid_prefix: str) -> dict[str, Any]:
@@ -102,6 +104,7 @@ async def audit(acked: list[Acked], genesys_url: str, database_url: str, wamid_p
         "duplicated": duplicated,
         "reordered": reordered,
         "lost_examples": sorted(lost)[:5],
+        "not_delivered_examples": {w: tracked[w] for w in sorted(not_delivered)[:5]},
         "e2e_latency_ms": {k: _pct(e2e, q) * 1000 for k, q in
                            (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999), ("max", 1.0))},
         "receive_times": sorted(t[0] for t in at_sim.values()),
