@@ -124,7 +124,8 @@ def test_postgres_copy_then_insert(benchmark, loop, pg):
     async def write(records):
         async with conn.transaction():
             await conn.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS tracking_staging (LIKE message_tracking) ON COMMIT DELETE ROWS"
+                "CREATE TEMP TABLE IF NOT EXISTS tracking_staging (LIKE message_tracking INCLUDING DEFAULTS)"
+                " ON COMMIT DELETE ROWS"
             )
             staged = [(*r[:10], datetime.fromtimestamp(r[10], timezone.utc), datetime.fromtimestamp(r[11], timezone.utc))
                       for r in rows(records)]  # fmt: skip
