@@ -74,3 +74,9 @@ def test_ciphertext_bound_to_its_context():
 def test_secret_hides_value():
     s = Secret("hunter2")
     assert "hunter2" not in repr(s) and "hunter2" not in f"{s}" and s.reveal() == "hunter2"
+
+
+def test_the_embedded_data_directory_is_private_to_its_owner(tmp_path):
+    data = tmp_path / "data"
+    Settings(data_dir=data).secret_box()
+    assert stat.S_IMODE(os.stat(data).st_mode) == 0o700

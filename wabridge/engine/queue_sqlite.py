@@ -268,7 +268,7 @@ class SqliteQueue:
     async def open(self) -> None:
         if self._writer is not None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # holds customer messages
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-queue")
         self._db = await self._in_thread(self._connect)
         self._pending = asyncio.Queue(MAX_PENDING)

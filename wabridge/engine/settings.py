@@ -96,7 +96,7 @@ def _embedded_key(data_dir: Path) -> str:
         return path.read_text().strip()
     except FileNotFoundError:
         pass
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = generate_key()
     # O_EXCL: two processes starting at once must agree on one key.
     try:
