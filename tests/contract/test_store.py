@@ -344,3 +344,41 @@ def test_wabridge_migrate_prints_one_line_and_can_run_twice(tmp_path, monkeypatc
     assert main(["migrate"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines == [f"schema at version {len(MIGRATIONS)} (SqliteStore({str(tmp_path / 'wabridge.sqlite3')!r}))"] * 2
+
+
+def test_wabridge_migrate_reencrypt_secrets_rotates_tenants_to_the_new_key(tmp_path, monkeypatch, capsys):
+    import anyio
+
+    from wabridge.cli import main
+    from wabridge.engine.settings import load_settings
+
+    for var in ("WABRIDGE_DATABASE_URL", "WABRIDGE_REDIS_URL", "WABRIDGE_AMQP_URL", "WABRIDGE_S3_ENDPOINT",
+                "WABRIDGE_CONFIG"):  # fmt: skip
+        monkeypatch.delenv(var, raising=False)
+    old, new = generate_key(), generate_key()
+    monkeypatch.setenv("WABRIDGE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("WABRIDGE_SECRET_KEY", old)
+
+    async def put() -> None:
+        store = SqliteStore(load_settings())
+        await store.open()
+        await store.migrate()
+        await store.put_tenant(tenant())
+        await store.close()
+
+    anyio.run(put)
+    monkeypatch.setenv("WABRIDGE_SECRET_KEY", f"{new},{old}")
+    assert main(["migrate", "--reencrypt-secrets"]) == 0
+    assert capsys.readouterr().out.strip().endswith("1 tenant(s) re-encrypted with the primary key")
+
+    monkeypatch.setenv("WABRIDGE_SECRET_KEY", new)  # the old key is gone: the rows must open with the new one alone
+
+    async def read() -> TenantConfig | None:
+        store = SqliteStore(load_settings())
+        await store.open()
+        try:
+            return await store.get_tenant("acme")
+        finally:
+            await store.close()
+
+    assert anyio.run(read).app_secret == tenant().app_secret
