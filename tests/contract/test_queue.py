@@ -493,3 +493,73 @@ async def test_many_publishes_in_flight_with_large_bodies_arrive_whole_and_once(
     finally:
         await consumer.stop()
     assert got == bodies
+
+
+# --- the grouped settlements (queue_amqp.Settlements) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("delivery_tag", "requeue"), [(1, None), (2**40 + 7, None), (300, True), (70_000, False)])
+def test_direct_settlement_frames_are_byte_for_byte_what_pamqp_marshals(delivery_tag, requeue) -> None:
+    from aiormq.abc import ChannelFrame
+    from pamqp import commands as spec
+
+    from wabridge.engine.queue_amqp import settle_frame
+
+    method = spec.Basic.Ack(delivery_tag=delivery_tag, multiple=False) if requeue is None else \
+        spec.Basic.Nack(delivery_tag=delivery_tag, multiple=False, requeue=requeue)
+    assert settle_frame(9, delivery_tag, requeue=requeue) == ChannelFrame.marshall(9, [method]).payload
+
+
+@pytest.mark.servers
+async def test_settlements_given_out_of_order_in_one_turn_settle_exactly_their_own_messages(amqp_kit: QueueKit) -> None:
+    # One shard, so every delivery shares one channel and one settlement batch. Acking a high tag while lower ones
+    # are unsettled must not ack those (no `multiple`), and a nack in the same batch must come back.
+    queue = await amqp_kit.open(shards=1)
+    ids = [f"m{n}" for n in range(40)]
+    for message_id in ids:
+        await queue.publish("tenant-a", b"x", message_id=message_id)
+    held = Collector(settle=hold)
+    consumer = await queue.consume(held, prefetch=64)
+    deliveries = {d.message_id: d for d in await held.wait_for(len(ids))}
+    acked = ids[1::2][::-1]  # the odd ones, highest tag first: the even ones stay unsettled below each of them
+    retried = ids[0:10:2]
+    await asyncio.gather(*(deliveries[m].ack() for m in acked), *(deliveries[m].retry() for m in retried))
+    comeback = (await held.wait_for(len(ids) + len(retried)))[len(ids):]  # the nacks were written: back at once
+    assert sorted((d.message_id, d.attempt) for d in comeback) == sorted((m, 2) for m in retried)
+    await consumer.stop()  # returns everything not acked (a return the broker counts too)
+
+    again = Collector()
+    consumer = await queue.consume(again)
+    try:
+        await again.wait_for(len(ids) - len(acked))
+        await anyio.sleep(0.3)  # nothing more comes
+    finally:
+        await consumer.stop()
+    assert sorted(again.message_ids) == sorted(set(ids) - set(acked))
+    attempts = {d.message_id: d.attempt for d in again.deliveries}
+    assert {m: a for m, a in attempts.items() if a == 3} == {m: 3 for m in retried}
+
+
+@pytest.mark.servers
+async def test_acks_given_just_before_the_consumer_stops_are_written_not_redelivered(amqp_kit: QueueKit) -> None:
+    queue = await amqp_kit.open(shards=1)
+    ids = [f"m{n}" for n in range(20)]
+    for message_id in ids:
+        await queue.publish("tenant-a", b"x", message_id=message_id)
+    held = Collector(settle=hold)
+    consumer = await queue.consume(held, prefetch=64)
+    deliveries = await held.wait_for(len(ids))
+    # Settled by tasks that have not run their flush yet when stop() begins: stop must write them first.
+    settling = [asyncio.ensure_future(d.ack()) for d in deliveries]
+    await consumer.stop()
+    await asyncio.gather(*settling)
+
+    again = Collector()
+    consumer = await queue.consume(again)
+    try:
+        await queue.publish("tenant-a", b"x", message_id="marker")
+        await again.wait_for(1)
+        await anyio.sleep(0.3)
+    finally:
+        await consumer.stop()
+    assert again.message_ids == ["marker"]

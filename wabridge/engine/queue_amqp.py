@@ -22,6 +22,13 @@ message shape are encoded directly (`publish_frames`, byte-for-byte pamqp's outp
 publisher on its channel, so delivery tags and the order frames reach the socket agree. A caller never hears
 success for a message the broker did not confirm: a nack, a timeout or a lost connection raise
 `BackendUnavailable`.
+
+Settlements (ack, nack-requeue) are grouped the same way, per consume channel (`Settlements`): a caller appends
+its 21-byte frame to the channel's pending list and awaits the batch's drain future; one flush task per channel
+(started by the first pending frame, gone when none is left) writes everything pending as ONE socket write. Frames
+keep the callers' order, each acks exactly its own tag (never `multiple=True`: handlers settle out of order, and a
+multiple ack of tag N would also ack unsettled tags below N). A settlement on a channel that died is a no-op: the
+broker redelivers what the channel held.
 """
 
 from __future__ import annotations
@@ -109,13 +116,76 @@ def generic_publish_frames(channel: int, exchange: str, routing_key: str, body: 
     return ChannelFrame.marshall(channel, frames).payload
 
 
+_SETTLE_FRAME = struct.Struct(">BHIHHQBB")  # frame head, class, method, delivery tag, bits, frame end
+_SETTLE_SIZE = _SETTLE_FRAME.size - 8  # payload size: all but the 7-byte frame head and the frame end
+_ACK, _NACK = 80, 120  # Basic.Ack, Basic.Nack method ids
+_REQUEUE = 0x02  # Basic.Nack bits: multiple (0x01, never set here), requeue
+
+
+def settle_frame(channel: int, delivery_tag: int, *, requeue: bool | None) -> bytes:
+    """Basic.Ack (requeue None) or Basic.Nack of one tag, never `multiple`; byte-for-byte pamqp's output (tested)."""
+    if requeue is None:
+        return _SETTLE_FRAME.pack(1, channel, _SETTLE_SIZE, 60, _ACK, delivery_tag, 0, 0xCE)
+    return _SETTLE_FRAME.pack(1, channel, _SETTLE_SIZE, 60, _NACK, delivery_tag, _REQUEUE if requeue else 0, 0xCE)
+
+
+class Settlements:
+    """The settlement writer of one consume channel. Pending frames are bounded by what the channel holds unacked
+    (its prefetch, or the dead letters taken), since each delivery settles once."""
+
+    __slots__ = ("channel", "_frames", "_drained", "_flushing")
+
+    def __init__(self, channel: AbstractChannel) -> None:
+        self.channel = channel
+        self._frames: list[bytes] = []
+        self._drained: asyncio.Future[Any] | None = None
+        self._flushing: asyncio.Task[None] | None = None
+
+    def settle(self, frame: bytes) -> asyncio.Future[Any]:
+        """Queue one frame; the future resolves once its batch is written (aiormq rejects it if the channel
+        closes first). The flush starts one loop turn later, so the settlements of that turn share one write."""
+        if self._drained is None:
+            self._drained = self.channel.create_future()
+        self._frames.append(frame)
+        if self._flushing is None:
+            self._flushing = asyncio.get_running_loop().create_task(self._flush(), name="amqp-settle")
+        return self._drained
+
+    async def flush(self) -> None:
+        """Wait until everything settled so far is written (or failed): before the channel is closed on purpose."""
+        while self._flushing is not None:
+            await asyncio.gather(asyncio.shield(self._flushing), return_exceptions=True)
+
+    async def _flush(self) -> None:
+        # The only writer of settlements on this channel, one batch at a time: the order of the frames is kept.
+        try:
+            while self._frames:
+                frames, drained = self._frames, self._drained
+                self._frames, self._drained = [], None
+                assert drained is not None
+                if drained.done():
+                    continue  # aiormq rejected it: the channel closed, the broker takes the messages back
+                try:
+                    await self.channel.write_queue.put(
+                        ChannelFrame(payload=b"".join(frames), should_close=False, drain_future=drained))
+                except BaseException as exc:
+                    if not drained.done():
+                        drained.set_exception(aiormq.exceptions.ChannelInvalidStateError("settlement not written"))
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+                    log.warning("settlement batch not written: %s", type(exc).__name__)
+        finally:
+            self._flushing = None
+
+
 class AmqpDelivery:
     """One message from a shard (or the dead queue). Settlement on a channel that died is a no-op: the broker
     has already put the message back and will deliver it again (at-least-once)."""
 
-    __slots__ = ("tenant_id", "message_id", "body", "shard", "attempt", "reason", "_queue", "_message", "_settled")
+    __slots__ = ("tenant_id", "message_id", "body", "shard", "attempt", "reason", "_queue", "_message", "_settlements",
+                 "_settled")
 
-    def __init__(self, queue: AmqpQueue, message: DeliveredMessage, shard: int) -> None:
+    def __init__(self, queue: AmqpQueue, message: DeliveredMessage, shard: int, settlements: Settlements) -> None:
         props = message.header.properties
         headers: dict[str, Any] = props.headers or {}
         self.tenant_id = _text(headers.get(TENANT_HEADER, ""))
@@ -126,39 +196,48 @@ class AmqpDelivery:
         self.reason = _dead_reason(headers)
         self._queue = queue
         self._message = message
+        self._settlements = settlements
         self._settled = False
 
     def __repr__(self) -> str:
         return f"AmqpDelivery(tenant_id={self.tenant_id!r}, message_id={self.message_id!r}, shard={self.shard})"
 
     async def ack(self) -> None:
-        await self._settle(lambda ch, tag: ch.basic_ack(tag))
+        await self._settle(None)
 
     async def retry(self) -> None:
         if self.shard < 0:  # from the dead queue: put it back in its shard, then drop the dead copy
             await self._queue.publish(self.tenant_id, self.body, message_id=self.message_id)
             await self.ack()
             return
-        await self._settle(lambda ch, tag: ch.basic_nack(tag, requeue=True))
+        await self._settle(True)
 
     async def dead_letter(self, reason: str) -> None:
         if self.shard >= 0:
             await self._queue._publish_dead(self, reason)
         await self.ack()
 
-    async def _settle(self, action: Callable[[AbstractChannel, int], Awaitable[None]]) -> None:
+    async def _settle(self, requeue: bool | None) -> None:
         if self._settled:
             return
         self._settled = True
-        channel = self._message.channel
+        settlements = self._settlements
+        channel = settlements.channel
         if channel.is_closed:
             return
-        # Shielded: a cancelled handler must not leave a half-sent ack behind. The settlement may then fail
-        # unobserved (the channel died): its error is read here so it is not reported as never retrieved.
-        settling = asyncio.ensure_future(action(channel, self._message.delivery.delivery_tag))
-        settling.add_done_callback(_read_error)
-        with contextlib.suppress(*_BROKER_ERRORS):
-            await asyncio.shield(settling)
+        # The frame is queued at once, so a cancelled handler cannot leave a half-sent settlement behind; only the
+        # wait for the write is given up (shielded: the batch's future is shared with other callers).
+        drained = settlements.settle(settle_frame(channel.number, self._message.delivery.delivery_tag,
+                                                  requeue=requeue))
+        try:
+            await asyncio.shield(drained)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            # aiormq cancelled the batch's future because the channel closed: the broker redelivers.
+        except _BROKER_ERRORS:
+            pass  # the channel died under the write: the broker redelivers
 
 
 class AmqpConsumer:
@@ -171,6 +250,7 @@ class AmqpConsumer:
         self._shards = tuple(shards)
         self._prefetch = prefetch
         self._channel: AbstractChannel | None = None
+        self._settlements: Settlements | None = None
         self._stopping = asyncio.Event()
         self._subscribed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -183,14 +263,16 @@ class AmqpConsumer:
         connection = await self._queue._connected()
         channel = await connection.channel(publisher_confirms=False)
         await channel.basic_qos(prefetch_count=self._prefetch)
+        settlements = Settlements(channel)
         for shard in self._shards:
-            await channel.basic_consume(shard_queue(self._queue.queue_name, shard), self._on_message(shard))
-        self._channel = channel
+            await channel.basic_consume(shard_queue(self._queue.queue_name, shard),
+                                        self._on_message(shard, settlements))
+        self._channel, self._settlements = channel, settlements
 
-    def _on_message(self, shard: int) -> Callable[[DeliveredMessage], Awaitable[None]]:
+    def _on_message(self, shard: int, settlements: Settlements) -> Callable[[DeliveredMessage], Awaitable[None]]:
         # aiormq starts one task per delivery in arrival order, so handler invocations keep the shard's order.
         async def deliver(message: DeliveredMessage) -> None:
-            delivery = AmqpDelivery(self._queue, message, shard)
+            delivery = AmqpDelivery(self._queue, message, shard, settlements)
             try:
                 await self._handler(delivery)
             except Exception:
@@ -230,6 +312,12 @@ class AmqpConsumer:
         if self._task is not None:
             await self._task
         channel, self._channel = self._channel, None
+        settlements, self._settlements = self._settlements, None
+        if settlements is not None:
+            # Acks already given are written, not turned into redeliveries; bounded, for a connection stuck on write.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CONNECT_TIMEOUT):
+                    await settlements.flush()
         if channel is not None and not channel.is_closed:
             # Closing the channel cancels the handler tasks aiormq runs for it and returns every unacked message.
             with contextlib.suppress(*_BROKER_ERRORS):
@@ -246,7 +334,7 @@ class AmqpQueue:
         self.delivery_limit = settings.delivery_limit
         self._connection: AbstractConnection | None = None
         self._publisher: AbstractChannel | None = None
-        self._dead_reader: AbstractChannel | None = None
+        self._dead_reader: Settlements | None = None  # the basic.get channel of dead letters, and its settlements
         self._connect_lock = asyncio.Lock()
         self._failed_at = 0.0
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
@@ -428,13 +516,14 @@ class AmqpQueue:
         connection = await self._connected()
         taken: list[AmqpDelivery] = []
         try:
-            if self._dead_reader is None or self._dead_reader.is_closed:
-                self._dead_reader = await connection.channel(publisher_confirms=False)
+            if self._dead_reader is None or self._dead_reader.channel.is_closed:
+                self._dead_reader = Settlements(await connection.channel(publisher_confirms=False))
+            reader = self._dead_reader
             for _ in range(limit):
-                message = await self._dead_reader.basic_get(dead_queue(self.queue_name), no_ack=False)
+                message = await reader.channel.basic_get(dead_queue(self.queue_name), no_ack=False)
                 if not isinstance(message.delivery, spec.Basic.GetOk):
                     break
-                taken.append(AmqpDelivery(self, message, shard=-1))
+                taken.append(AmqpDelivery(self, message, shard=-1, settlements=reader))
         except (*_BROKER_ERRORS, TimeoutError) as exc:
             raise BackendUnavailable(PORT, f"cannot read dead letters: {type(exc).__name__}") from None
         return taken
@@ -474,11 +563,6 @@ class AmqpQueue:
         finally:
             with contextlib.suppress(*_BROKER_ERRORS):
                 await channel.close()
-
-
-def _read_error(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 def _text(value: Any) -> str:
