@@ -440,7 +440,11 @@ class AmqpQueue:
                 raise
             # aiormq cancels pending confirms when the channel closes under them: not our cancellation.
             raise BackendUnavailable(PORT, "connection lost before the confirm") from None
-        except (*_BROKER_ERRORS, TimeoutError) as exc:
+        except ValueError:
+            raise  # this caller's bad input (set by the writer for it alone)
+        except Exception as exc:
+            # aiormq fails pending confirms with whatever the connection died of — seen: a bare `Exception` when the
+            # connection was cut mid-publish. Any of them means "not confirmed", never success.
             raise BackendUnavailable(PORT, f"publish not confirmed: {type(exc).__name__}") from None
         if not isinstance(frame, spec.Basic.Ack):
             raise BackendUnavailable(PORT, f"broker refused the message ({type(frame).__name__})")
