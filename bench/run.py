@@ -9,7 +9,6 @@ Exit status: 0 when the suite ran (missed targets are reported, not failures), 1
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform

@@ -92,7 +92,7 @@ def test_one_actor_costs_at_most_twice_the_bare_queue_per_message() -> None:
         f"(target >= 300,000); actor / bare cost per message {ratio:.2f}x (target <= 2x)"
     )
     if results:
-        print(f"benchmark-fixture medians: " + ", ".join(f"{p} {MESSAGES / t:,.0f} msgs/s" for p, t in results.items()))
+        print("benchmark-fixture medians: " + ", ".join(f"{p} {MESSAGES / t:,.0f} msgs/s" for p, t in results.items()))
     assert ratio <= 2.0
 
 

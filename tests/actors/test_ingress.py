@@ -19,15 +19,13 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
-import msgspec
 import pytest
 
 from tests.conftest import CORPUS, REPO
 from wabridge.actors.archive import encode_record, read_archived
-from wabridge.actors.ingress import IngressApp, serve_ingress, settings_environment  # noqa: F401
+from wabridge.actors.ingress import IngressApp, settings_environment
 from wabridge.codecs.routing import QueuedWebhook, decode_queued
 from wabridge.engine.object_keys import archive_segment_key
 from wabridge.engine.ports import WEBHOOKS_BUCKET, GenesysCredential, TenantConfig, TrackingStatus

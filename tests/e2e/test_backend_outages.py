@@ -5,7 +5,6 @@ bridge's own files and do not go down on their own."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 

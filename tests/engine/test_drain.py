@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 WORKER = Path(__file__).with_name("drain_worker.py")
 REPO = WORKER.parent.parent.parent

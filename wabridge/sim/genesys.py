@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import base64
 import binascii
-import contextlib
 import hashlib
 import math
 import re

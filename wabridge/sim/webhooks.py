@@ -18,7 +18,6 @@ import hashlib
 import hmac
 import itertools
 import json
-import struct
 import time
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
