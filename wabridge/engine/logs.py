@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Mapping, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import msgspec
@@ -80,8 +80,3 @@ def configure(level: str = "INFO", *, fmt: str = "json", stream: TextIO | None =
     root.setLevel(level.upper())
     root.propagate = False
     return handler
-
-
-def context_of(record: logging.LogRecord) -> Mapping[str, Any]:
-    """The structured fields of a record (what the formatters write)."""
-    return _fields(record)
