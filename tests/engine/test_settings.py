@@ -80,3 +80,9 @@ def test_the_embedded_data_directory_is_private_to_its_owner(tmp_path):
     data = tmp_path / "data"
     Settings(data_dir=data).secret_box()
     assert stat.S_IMODE(os.stat(data).st_mode) == 0o700
+
+
+def test_a_password_inside_a_plain_url_is_masked_in_the_repr():
+    s = load_settings({"WABRIDGE_REDIS_URL": "redis://:hunter2@cache.internal:6379/0"})
+    assert "hunter2" not in repr(s) and "redis://:****@cache.internal:6379/0" in repr(s)
+    assert s.redis_url == "redis://:hunter2@cache.internal:6379/0"  # the value itself is intact for the client

@@ -13,6 +13,7 @@ import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlsplit, urlunsplit
 
 from wabridge.engine.secrets import Secret, SecretBox, SecretKeyError, generate_key
 
@@ -24,7 +25,7 @@ class SettingsError(ValueError):
     """A configuration problem, said in one line that names the variable."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Settings:
     # Backends: None means the embedded adapter.
     redis_url: str | None = None
@@ -81,10 +82,24 @@ class Settings:
         except SecretKeyError as exc:
             raise SettingsError(f"WABRIDGE_SECRET_KEY: {exc}") from None
 
+    def __repr__(self) -> str:
+        # Secrets show as stars by themselves; a password inside a plain URL (redis://:pw@host) is masked here.
+        shown = ", ".join(f"{f.name}={_masked(getattr(self, f.name))!r}" for f in fields(self))
+        return f"Settings({shown})"
+
     def replace(self, **changes: Any) -> Settings:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values.update(changes)
         return Settings(**values)
+
+
+def _masked(value: Any) -> Any:
+    if not isinstance(value, str) or "@" not in value:
+        return value
+    parts = urlsplit(value)
+    if not parts.password:
+        return value
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":****@", 1)))
 
 
 _SECRET_FIELDS = {"database_url", "amqp_url", "s3_access_key", "s3_secret_key", "secret_key"}
