@@ -26,6 +26,10 @@ CONNECT_TIMEOUT = 0.5
 MAX_CONNECTIONS = 64
 
 _DOWN = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+# A command written on a connection the server just dropped fails in the event loop's transport with
+# RuntimeError("unable to perform operation on <TCPTransport closed=True ...>; the handler is closed") — seen under
+# uvloop when the Redis link was cut (tests/e2e/test_backend_outages.py). That is the server going away too.
+_CLOSED_TRANSPORT = "handler is closed"
 
 
 class RedisCache:
@@ -51,6 +55,10 @@ class RedisCache:
             return await op
         except _DOWN as exc:
             raise BackendUnavailable("cache", f"redis: {type(exc).__name__}") from exc
+        except RuntimeError as exc:
+            if _CLOSED_TRANSPORT not in str(exc):
+                raise
+            raise BackendUnavailable("cache", "redis: connection closed under the command") from exc
 
     async def get(self, key: str) -> bytes | None:
         return await self._call(self._redis.get(self._prefix + key))
@@ -79,7 +87,7 @@ class RedisCache:
     async def ping(self) -> bool:
         try:
             return bool(await self._redis.ping())
-        except _DOWN:
+        except (*_DOWN, RuntimeError):
             return False
 
     async def close(self) -> None:
