@@ -118,15 +118,7 @@ class Mailbox(Generic[T]):
         while not self._items:
             if self._closed:
                 raise MailboxClosed("mailbox is closed and empty")
-            if self._receiver is not None:
-                raise RuntimeError("a mailbox has one receiver; another is already waiting")
-            waiter = asyncio.get_running_loop().create_future()
-            self._receiver = waiter
-            try:
-                await waiter
-            finally:
-                if self._receiver is waiter:
-                    self._receiver = None
+            await self.wait_nonempty()
         return self.receive_nowait()
 
     async def wait_nonempty(self) -> None:
