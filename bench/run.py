@@ -67,8 +67,10 @@ def targets(s: dict[str, Any]) -> list[dict[str, Any]]:
     rate = ing.get("sustained_per_s", 0.0)
     if ing:
         add("ingress durable webhooks/s", round(rate), "≥ 10,000", rate >= 10_000)
-        add("ingress p99 at 64 connections (best step)", f"{ing['p99_ms_at_best']:.1f} ms", "≤ 20 ms",
+        add("ingress p99 at 64 connections, at that sustained rate", f"{ing['p99_ms_at_best']:.1f} ms", "≤ 20 ms",
             ing["p99_ms_at_best"] <= 20)  # fmt: skip
+        add("ingress: highest offered rate served with p99 ≤ 20 ms", f"{ing.get('highest_rate_p99_within_20ms', 0):,}/s",
+            "(info)", True)  # fmt: skip
     if ing and ceil.get("fastapi"):
         ratio = rate / max(ceil["fastapi"]["ok_per_s"], 1)
         add("ingress / conventional FastAPI ingress", f"{ratio:.2f}×", "≥ 3×", ratio >= 3)

@@ -2,7 +2,7 @@
 
   ceilings     Granian RSGI "ok" (and the generator's own rate), RabbitMQ's confirmed-publish ceiling (aiormq vs
                aio-pika), the conventional FastAPI + pydantic + aio-pika ingress
-  ingress      1. highest sustained rate of 200-acknowledged durable webhooks, `serve --role ingress --workers 2`
+  ingress      1. highest sustained rate of 200-acknowledged durable webhooks, `serve --role ingress --workers 1`
   e2e          2. webhook → Genesys simulator, msgs/s and latency, audited
   overload     3. 2× the ingress's sustainable rate: sheds (503) or slows, memory bounded, nothing accepted lost
   soak         4. minutes (quick: 30 s) at a moderate rate: RSS and queue depth flat
@@ -24,6 +24,12 @@ from typing import Any
 from bench.loadgen import Tenant
 from bench.scenarios.audit import acknowledged, audit, per_second, sim_count, wait_delivered
 from bench.scenarios.rig import Rig, Sampler, free_port
+
+
+# One Granian worker: measured against two in the same runs (8k/s and 10–12k/s offered, ingress only), one served as
+# many 200s or more (6,699 vs 6,587; 7,463 vs 6,708 /s) at less CPU per request (115 vs 124–143 µs) and ~80 MB less
+# RSS. On two cores shared with the broker and the generator, a second Python process only adds contention.
+INGRESS_WORKERS = 1
 
 
 def _strip(result: dict[str, Any]) -> dict[str, Any]:
@@ -81,9 +87,9 @@ async def ceilings(rig: Rig, figures: dict[str, Any]) -> dict[str, Any]:
 
 
 async def ingress(rig: Rig, figures: dict[str, Any]) -> dict[str, Any]:
-    rates, seconds = ([6000, 12000], 4) if rig.quick else ([4000, 8000, 12000, 16000], 10)
+    rates, seconds = ([4000, 8000, 12000], 3) if rig.quick else ([4000, 6000, 8000, 10000, 12000, 16000], 10)
     port = free_port()
-    proc = rig.start_bridge("ingress", port=port, workers=2)
+    proc = rig.start_bridge("ingress", port=port, workers=INGRESS_WORKERS)
     steps, audits = [], []
     try:
         await rig.wait_http(port, proc=proc)
@@ -100,7 +106,11 @@ async def ingress(rig: Rig, figures: dict[str, Any]) -> dict[str, Any]:
     finally:
         rig.stop(proc)
     best = max(steps, key=lambda r: r["ok_per_s"])
+    # The highest offered rate fully served (≥ 99 % answered 200) with p99 ≤ 20 ms: where the latency target holds.
+    fast = [r["offered_rate"] for r in steps
+            if r["ok_per_s"] >= 0.99 * r["offered_rate"] and r["latency_ms"]["p99"] <= 20]  # fmt: skip
     return {"steps": steps, "sustained_per_s": best["ok_per_s"], "p99_ms_at_best": best["latency_ms"]["p99"],
+            "highest_rate_p99_within_20ms": max(fast, default=0),
             "audit": {"lost": sum(a["lost"] for a in audits), "duplicated": 0, "per_step": audits,
                       "how": "200 acks vs messages in the shard queues (no worker running)"},
             "usage": usage}  # fmt: skip
@@ -110,7 +120,7 @@ async def ingress(rig: Rig, figures: dict[str, Any]) -> dict[str, Any]:
 
 
 class Bridge:
-    """An ingress (Granian, 2 workers) and worker processes, sampled together."""
+    """An ingress (Granian, INGRESS_WORKERS processes) and worker processes, sampled together."""
 
     def __init__(self, rig: Rig, workers: list[str | None]) -> None:
         self.rig, self.worker_shards = rig, workers
@@ -119,7 +129,7 @@ class Bridge:
         self.workers: list[Any] = []
 
     async def __aenter__(self) -> Bridge:
-        self.ingress = self.rig.start_bridge("ingress", port=self.port, workers=2)
+        self.ingress = self.rig.start_bridge("ingress", port=self.port, workers=INGRESS_WORKERS)
         for shards in self.worker_shards:
             self.workers.append(self.rig.start_bridge("worker", shards=shards))
             await asyncio.sleep(0.5)  # start order decides which worker is active on a shared shard
