@@ -278,6 +278,9 @@ async def scale_out(rig: Rig, figures: dict[str, Any]) -> dict[str, Any]:
     out["failover"] = step
     out["failover"]["killed_at_s"] = round(killed_at - step["wall_start"], 2)
     out["takeover_s"] = _takeover(step["_receive_times"], killed_at)
+    # What the killed worker can have sent to Genesys and not yet tracked: each tenant's lanes run at most
+    # tenant_concurrency relays at once.
+    out["in_flight_bound"] = rig.settings.tenant_concurrency * len(rig.tenants)
     _say(f"failover: takeover {out['takeover_s']:.2f} s, lost {step['audit']['lost']}, "
          f"duplicated {step['audit']['duplicated']}, reordered {step['audit']['reordered']}")
     return out
