@@ -81,7 +81,11 @@ def targets(s: dict[str, Any]) -> list[dict[str, Any]]:
         add("ingress / Granian 'ok' ceiling", f"{rate / max(ceil['granian_ok']['ok_per_s'], 1):.0%}", "(info)", True)
     if e2e:
         add("end-to-end msgs/s with 0 lost", round(e2e["sustained_per_s"]), "≥ 5,000", e2e["sustained_per_s"] >= 5000)
-        add("end-to-end p99 at 1,000 msgs/s", f"{e2e['p99_ms_at_1000']:.1f} ms", "≤ 25 ms", e2e["p99_ms_at_1000"] <= 25)
+        add("end-to-end p99 at 1,000 msgs/s (after the warm-up)", f"{e2e['p99_ms_at_1000']:.1f} ms", "≤ 25 ms",
+            e2e["p99_ms_at_1000"] <= 25)  # fmt: skip
+        if "cold_p99_ms" in e2e:
+            add("end-to-end p99 of the warm-up (1,000 first contacts at 500/s)", f"{e2e['cold_p99_ms']:.1f} ms",
+                "(info)", True)  # fmt: skip
     rss = [v["usage"]["rss_mb_max"] for v in s.values() if isinstance(v, dict) and v.get("usage") and v is not ceil]
     if rss:
         add("bridge RSS, max over scenarios", f"{max(rss):.0f} MB", "≤ 200 MB", max(rss) <= 200)

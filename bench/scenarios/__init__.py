@@ -173,11 +173,16 @@ async def e2e(rig: Rig, figures: dict[str, Any]) -> dict[str, Any]:
     plan = [(1000, 5), (5000, 5)] if rig.quick else [(1000, 10), (5000, 10), (7000, 10)]
     async with Bridge(rig, [None]) as bridge:
         with Sampler(bridge.pids) as s:
+            # Warm-up, reported apart: every customer writes once (request i is customer i mod 1,000), so the
+            # measured steps see a bridge in its steady state — conversations known, tokens and connections open —
+            # rather than 1,000 first contacts in their first second. Its own latency is the cold-start figure.
+            warmup = await _e2e_step(rig, bridge, 500, 2, "w")
             steps = [await _e2e_step(rig, bridge, rate, sec, f"e{n}") for n, (rate, sec) in enumerate(plan)]
         usage = s.summary()
     best = max(steps, key=lambda r: r["delivered_per_s"] if r["audit"]["lost"] == 0 else 0)
-    return {"steps": steps, "sustained_per_s": best["delivered_per_s"], "usage": usage,
+    return {"warmup": warmup, "steps": steps, "sustained_per_s": best["delivered_per_s"], "usage": usage,
             "p99_ms_at_1000": steps[0]["audit"]["e2e_latency_ms"]["p99"],
+            "cold_p99_ms": warmup["audit"]["e2e_latency_ms"]["p99"],
             "simulator_rate_limit": "off"}  # fmt: skip
 
 

@@ -168,13 +168,23 @@ async def test_concurrent_lookups_of_all_tenants_share_few_reads_and_each_gets_i
 
 
 async def test_a_lookup_asked_during_a_read_sees_a_row_committed_before_it_was_asked(store):
-    lookups = TrackingLookups(store)
+    lookups = TrackingLookups(store, max_delay=0)  # the first read starts at once: the second comes during it
     first = asyncio.ensure_future(lookups.get("acme", "wamid.1"))
     await asyncio.sleep(0)  # the read for the first lookup is under way
     await store.write_tracking([rec(1, "delivered")])
     assert (await lookups.get("acme", "wamid.1")).status == "delivered"
     assert (await first) is None or (await first).status == "delivered"
     assert len(store.read_batches) == 2
+
+
+async def test_lookups_within_the_delay_share_one_read_and_see_rows_written_before_it(store):
+    lookups = TrackingLookups(store, max_delay=0.05)
+    first = asyncio.ensure_future(lookups.get("acme", "wamid.1"))
+    await asyncio.sleep(0.01)  # inside the delay: no read has started yet
+    await store.write_tracking([rec(1, "delivered")])
+    second = asyncio.ensure_future(lookups.get("acme", "wamid.2"))
+    assert (await first).status == "delivered" and await second is None
+    assert [sorted(k[1] for k in keys) for keys in store.read_batches] == [["wamid.1", "wamid.2"]]
 
 
 async def test_a_store_failure_reaches_every_lookup_of_the_batch_and_the_next_one_reads_again(store):

@@ -177,14 +177,17 @@ class TrackingLookups:
     copy was tracked, is found).
 
     One SELECT per message was a PostgreSQL round trip and a pooled connection per message (8 % of the worker's CPU
-    even when grouped per tenant); under load this is one per batch of up to `max_batch`.
+    even when grouped per tenant); under load this is one per batch of up to `max_batch`. A read waits `max_delay`
+    (2 ms) before it starts, so the reads of that moment share it: at 1,000 msgs/s that halves the statements, and
+    the end-to-end p99 was lower with it than without (166–244 vs 337–554 ms, two runs each, same hour).
     """
 
-    def __init__(self, store: Store, *, max_batch: int = 1000) -> None:
+    def __init__(self, store: Store, *, max_batch: int = 1000, max_delay: float = 0.002) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.store = store
         self.max_batch = max_batch
+        self.max_delay = max_delay
         self._waiting: list[tuple[tuple[str, str], asyncio.Future[TrackingRecord | None]]] = []
         self._reader: asyncio.Task[None] | None = None  # the read in flight
         self.reads = 0
@@ -198,6 +201,8 @@ class TrackingLookups:
 
     async def _read(self) -> None:
         try:
+            if self.max_delay:
+                await asyncio.sleep(self.max_delay)  # let the reads of the next moment share this one
             while self._waiting:
                 batch = [(k, f) for k, f in self._waiting[: self.max_batch] if not f.done()]  # skip cancelled callers
                 del self._waiting[: self.max_batch]
