@@ -60,11 +60,21 @@ def _children_map() -> dict[int, list[int]]:
     return children
 
 
-def tree_usage(roots: list[int]) -> tuple[float, float]:
-    """(RSS in MB, CPU seconds) summed over `roots` and all their descendants."""
+def _pss_mb(pid: int) -> float:
+    """Proportional set size: resident pages, each shared one divided among the processes sharing it."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("Pss:")) * 1024 / 1e6
+    except (OSError, StopIteration, ValueError):
+        return 0.0
+
+
+def tree_usage(roots: list[int], *, pss: bool = False) -> tuple[float, float, float]:
+    """(RSS in MB, CPU seconds, PSS in MB or 0) summed over `roots` and all their descendants. The RSS sum counts
+    a page shared by two processes (Granian's forked worker and its parent) twice; the PSS sum counts it once."""
     children = _children_map()
     todo, seen = list(roots), set()
-    rss = cpu = 0.0
+    rss = cpu = proportional = 0.0
     while todo:
         pid = todo.pop()
         if pid in seen:
@@ -80,7 +90,9 @@ def tree_usage(roots: list[int]) -> tuple[float, float]:
             continue
         cpu += (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
         rss += resident * PAGE / 1e6
-    return rss, cpu
+        if pss:
+            proportional += _pss_mb(pid)
+    return rss, cpu, proportional
 
 
 class Sampler:
@@ -89,6 +101,7 @@ class Sampler:
     def __init__(self, roots: list[int], interval: float = 0.5) -> None:
         self.roots, self.interval = roots, interval
         self.samples: list[tuple[float, float, float]] = []
+        self.pss_max = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.t0 = time.time()
@@ -103,7 +116,8 @@ class Sampler:
 
     def _run(self) -> None:
         while not self._stop.is_set() and len(self.samples) < 100_000:
-            rss, cpu = tree_usage(self.roots)
+            rss, cpu, pss = tree_usage(self.roots, pss=True)
+            self.pss_max = max(self.pss_max, pss)
             self.samples.append((round(time.time() - self.t0, 2), round(rss, 1), round(cpu, 2)))
             self._stop.wait(self.interval)
 
@@ -114,6 +128,7 @@ class Sampler:
         span = self.samples[-1][0] - self.samples[0][0]
         cpu = self.samples[-1][2] - self.samples[0][2]
         return {"rss_mb_max": max(rss), "rss_mb_first": rss[0], "rss_mb_last": rss[-1], "cpu_s": round(cpu, 2),
+                "pss_mb_max": round(self.pss_max, 1),
                 "cpu_cores": round(cpu / span, 2) if span else 0.0, "samples": self.samples}  # fmt: skip
 
 
