@@ -20,15 +20,17 @@ A 401 from the API: the caller `invalidate()`s the token it used — only if it 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
-import httpx
 import msgspec
 
 from wabridge.engine import keys
+from wabridge.engine.http1 import Http1Pool, HttpError
 from wabridge.engine.ports import BackendUnavailable, Cache, GenesysCredential, TenantConfig
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,8 @@ log = logging.getLogger(__name__)
 EXPIRY_MARGIN_S = keys.OAUTH_TOKEN_MARGIN
 LOCAL_HOLD_S = 60.0
 MAX_CREDENTIALS = 10_000  # memory bound: tokens of this many credentials, least recently used dropped
+LOGIN_CONNECTIONS = 4  # per login host: logins are rare (one per credential per token lifetime) and single-flight
+MAX_LOGIN_HOSTS = 64  # login pools kept (one per Genesys region in use); beyond it the oldest is closed
 
 
 class LoginFailed(Exception):
@@ -77,12 +81,13 @@ class TokenProvider:
         cache: Cache | None,
         *,
         timeout: float = 10.0,
-        http: httpx.AsyncClient | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._cache = cache
-        self._own_http = http is None
-        self._http = http or httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=32))
+        self._timeout = timeout
+        # The login's HTTP client is engine/http1.py, as the delivery's: one client stack in the worker (httpx
+        # cost it 2.3 MB of imports for a request made once per token lifetime).
+        self._pools: OrderedDict[str, Http1Pool] = OrderedDict()  # login origin → keep-alive pool
         self._clock = clock
         self._held: OrderedDict[str, tuple[str, float]] = OrderedDict()  # key → (token, local deadline)
         self._flights: dict[str, asyncio.Future[str]] = {}  # bounded by the credentials being logged in right now
@@ -142,10 +147,23 @@ class TokenProvider:
         self._held.clear()
         for flight in list(self._flights.values()):
             flight.cancel()
-        if self._own_http:
-            await self._http.aclose()
+        pools = list(self._pools.values())
+        self._pools.clear()
+        for pool in pools:
+            await pool.aclose()
 
     # --- internals -------------------------------------------------------------------------------------------------
+
+    def _pool(self, origin: str) -> Http1Pool:
+        pool = self._pools.get(origin)
+        if pool is None:
+            pool = self._pools[origin] = Http1Pool(origin, limit=LOGIN_CONNECTIONS, timeout=self._timeout)
+            if len(self._pools) > MAX_LOGIN_HOSTS:
+                _, oldest = self._pools.popitem(last=False)
+                asyncio.ensure_future(oldest.aclose())  # closing only closes sockets: nothing to wait for
+        else:
+            self._pools.move_to_end(origin)
+        return pool
 
     def _from_process(self, key: str) -> str | None:
         held = self._held.get(key)
@@ -180,26 +198,27 @@ class TokenProvider:
             pass
 
     async def _login(self, tenant: TenantConfig, credential: GenesysCredential) -> tuple[str, float]:
-        url = tenant.genesys_login_url.rstrip("/") + "/oauth/token"
         fail = lambda detail, status=None, permanent=False: LoginFailed(  # noqa: E731
             tenant.tenant_id, credential.client_id, detail, status=status, permanent=permanent
         )
+        login = urlsplit(tenant.genesys_login_url)
+        basic = base64.b64encode(f"{credential.client_id}:{credential.client_secret.reveal()}".encode()).decode()
         try:
-            response = await self._http.post(
-                url,
-                auth=(credential.client_id, credential.client_secret.reveal()),
-                data={"grant_type": "client_credentials"},
-            )
-        except httpx.TimeoutException:
+            response = await self._pool(f"{login.scheme}://{login.netloc}").request(
+                "POST", login.path.rstrip("/") + "/oauth/token",
+                {"Authorization": f"Basic {basic}", "Content-Type": "application/x-www-form-urlencoded"},
+                b"grant_type=client_credentials",
+            )  # fmt: skip
+        except TimeoutError:
             raise fail("timed out") from None
-        except httpx.TransportError as exc:
-            raise fail(f"{type(exc).__name__}") from None
-        if response.status_code != 200:
+        except (HttpError, ValueError) as exc:  # ValueError: a login url that is not http(s)
+            raise fail(f"{type(exc).__name__}: {exc}") from None
+        if response.status != 200:
             # 400/401/403: the client is unknown or not allowed — no retry will change that.
-            permanent = response.status_code in (400, 401, 403)
-            raise fail(f"HTTP {response.status_code}", response.status_code, permanent)
+            permanent = response.status in (400, 401, 403)
+            raise fail(f"HTTP {response.status}", response.status, permanent)
         try:
-            reply = _decode_login(response.content)
+            reply = _decode_login(response.body)
         except msgspec.DecodeError:
             raise fail("unreadable login reply", 200) from None
         self._logins += 1
