@@ -211,3 +211,70 @@ async def test_header_with_a_line_break_is_refused_before_sending() -> None:
 async def test_only_http_origins(origin: str) -> None:
     with pytest.raises(ValueError):
         Http1Pool(origin)
+
+
+def _self_signed(tmp_path) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 / localhost, signed by itself, and its key: (cert path, key path)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                    x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))  # fmt: skip
+    return str(cert_path), str(key_path)
+
+
+async def test_https_verifies_the_server_and_keeps_the_connection(tmp_path) -> None:
+    import ssl
+
+    cert, key = _self_signed(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    accepted = []
+
+    async def handler(reader, writer):
+        accepted.append(1)
+        try:
+            while True:
+                await read_request(reader)
+                writer.write(answer(200, b"secure"))
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        trusting = ssl.create_default_context(cafile=cert)
+        pool = Http1Pool(f"https://localhost:{port}", ssl=trusting)
+        for _ in range(3):
+            assert (await pool.request("GET", "/", {})).body == b"secure"
+        await pool.aclose()
+        assert accepted == [1]
+        # The default context (the system's CAs) does not trust this certificate: the request fails, nothing leaks.
+        stranger = Http1Pool(f"https://localhost:{port}", timeout=5)
+        with pytest.raises(HttpError, match="cannot connect"):
+            await stranger.request("GET", "/", {})
+        await stranger.aclose()
+    finally:
+        server.close()
+        await server.wait_closed()
