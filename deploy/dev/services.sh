@@ -12,12 +12,14 @@ set -euo pipefail
 
 DIR=${WABRIDGE_SERVICES_DIR:-/tmp/wabridge-services}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-REDIS_PORT=${WABRIDGE_TEST_REDIS_PORT:-56379}
-PG_PORT=${WABRIDGE_TEST_PG_PORT:-55432}
-AMQP_PORT=${WABRIDGE_TEST_AMQP_PORT:-55672}
-AMQP_DIST_PORT=${WABRIDGE_TEST_AMQP_DIST_PORT:-55673}
-EPMD_PORT=${WABRIDGE_TEST_EPMD_PORT:-54369}
-S3_PORT=${WABRIDGE_TEST_S3_PORT:-58333}
+# Below the kernel's ephemeral range (32768–60999): an outgoing connection can be given any port in that range as
+# its own, and one holding 55672 once kept RabbitMQ from binding it (could_not_start_listener).
+REDIS_PORT=${WABRIDGE_TEST_REDIS_PORT:-26379}
+PG_PORT=${WABRIDGE_TEST_PG_PORT:-25432}
+AMQP_PORT=${WABRIDGE_TEST_AMQP_PORT:-25672}
+AMQP_DIST_PORT=${WABRIDGE_TEST_AMQP_DIST_PORT:-25673}
+EPMD_PORT=${WABRIDGE_TEST_EPMD_PORT:-24369}
+S3_PORT=${WABRIDGE_TEST_S3_PORT:-28333}
 S3_KEY=wabridge-test
 S3_SECRET=wabridge-test-secret
 WEED=${WEED:-$ROOT/.venv/bin/weed}
@@ -112,6 +114,8 @@ amqp_up() { (exec 3<>"/dev/tcp/127.0.0.1/$AMQP_PORT") 2>/dev/null; }
 start_rabbit() {
     if amqp_up; then return; fi
     local d="$DIR/rabbitmq" sbin; sbin=$(rabbit_sbin)
+    # A fresh broker each start: quorum queues left by interrupted runs are recovered one by one at boot otherwise.
+    rm -rf "$d/mnesia"
     mkdir -p "$d/home" "$d/mnesia" "$d/log" "$d/plugins-expand"
     echo '[rabbitmq_consistent_hash_exchange].' >"$d/enabled_plugins"
     printf 'loopback_users = none\nlisteners.tcp.default = 127.0.0.1:%s\n' "$AMQP_PORT" >"$d/rabbitmq.conf"
