@@ -23,7 +23,7 @@ from typing import Any
 
 from bench.loadgen import Tenant
 from bench.scenarios.audit import acknowledged, audit, per_second, sim_count, wait_delivered
-from bench.scenarios.rig import Rig, Sampler, free_port
+from bench.scenarios.rig import CpuSplit, Rig, Sampler, free_port
 
 
 # One Granian worker: measured against two in the same runs (8k/s and 10–12k/s offered, ingress only), one served as
@@ -151,21 +151,27 @@ async def _e2e_step(rig: Rig, bridge: Bridge, rate: float, seconds: float, label
     genesys_url = rig.genesys.url
     before = await sim_count(genesys_url)
     spec = rig.spec(bridge.port, rate, seconds, label=label)
-    r = await rig.load(spec)
-    acked = acknowledged(spec, r)
-    drained_s = await wait_delivered(genesys_url, before + len(acked), drain)
+    with CpuSplit() as split:  # the whole machine, from the first request until the last message is delivered
+        r = await rig.load(spec)
+        acked = acknowledged(spec, r)
+        drained_s = await wait_delivered(genesys_url, before + len(acked), drain)
+    # The generator has exited by now (its /proc entry is gone): its own account of the CPU it spent sending.
+    split.used["load generator"] = r.get("generator_cpu_s", 0.0)
     result = await audit(acked, genesys_url, rig.settings.database_url.reveal(), f"wamid.B{spec.run_tag}")
     times = result.pop("receive_times")
     delivered_rate = 0.0
     if times:
         delivered_rate = len(times) / max(times[-1] - r["wall_start"], 1e-3)
     out = _strip(r) | {"audit": result, "delivered_per_s": delivered_rate, "drain_s": drained_s,
+                       "cpu_cores_by_role": split.cores(), "cpu_us_per_message_by_role": split.per_message(len(acked)),
                        "delivered_per_second": per_second(times, r["wall_start"]),
                        "_receive_times": times}  # fmt: skip
     a = result
     _say(f"e2e {label} at {rate}/s: acked {r['ok']} ({r['ok_per_s']:.0f}/s), delivered {delivered_rate:.0f}/s, "
          f"e2e p50/p99 {a['e2e_latency_ms']['p50']:.1f}/{a['e2e_latency_ms']['p99']:.1f} ms, lost {a['lost']}, "
          f"duplicated {a['duplicated']}, reordered {a['reordered']}, statuses {r['statuses']}")
+    _say("    CPU µs per acked message, machine-wide: "
+         + ", ".join(f"{k} {v:.0f}" for k, v in out["cpu_us_per_message_by_role"].items() if v >= 5))
     return out
 
 

@@ -95,6 +95,50 @@ def tree_usage(roots: list[int], *, pss: bool = False) -> tuple[float, float, fl
     return rss, cpu, proportional
 
 
+# Who spends the machine's CPU, by command line: the bridge's roles, the servers, the simulators, the generator.
+ROLES = (("--role worker", "bridge worker"), ("--role ingress", "bridge ingress"), ("granian", "bridge ingress"),
+         ("beam.smp", "rabbitmq"), ("postgres", "postgresql"), ("redis-server", "redis"), ("weed", "seaweedfs s3"),
+         ("sim.genesys", "genesys simulator"), ("sim genesys", "genesys simulator"), ("sim meta", "meta simulator"),
+         ("sim.meta", "meta simulator"), ("bench.loadgen", "load generator"))  # fmt: skip
+
+
+def cpu_by_role() -> dict[str, float]:
+    """CPU seconds used so far by every process on the machine, summed per role (others: "other")."""
+    out: dict[str, float] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{name}/cmdline", "rb") as fh:
+                command = fh.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        role = next((r for key, r in ROLES if key in command), "other")
+        out[role] = out.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / TICK
+    return out
+
+
+class CpuSplit:
+    """`with CpuSplit() as split: ...` then `split.per_message(n)`: µs of CPU per message, per role, machine-wide."""
+
+    def __enter__(self) -> CpuSplit:
+        self._t0, self._before = time.monotonic(), cpu_by_role()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds, after = time.monotonic() - self._t0, cpu_by_role()
+        self.used = {role: after[role] - self._before.get(role, 0.0) for role in after}
+
+    def cores(self) -> dict[str, float]:
+        return {r: round(v / self.seconds, 2) for r, v in sorted(self.used.items(), key=lambda x: -x[1]) if v > 0}
+
+    def per_message(self, messages: int) -> dict[str, float]:
+        return {r: round(v / max(messages, 1) * 1e6) for r, v in sorted(self.used.items(), key=lambda x: -x[1])
+                if v > 0}  # fmt: skip
+
+
 class Sampler:
     """Samples the bridge's process trees every `interval` s in a thread: (t, RSS MB, CPU s, queue depth)."""
 
