@@ -87,7 +87,7 @@ async def ceilings(rig: Rig, figures: dict[str, Any]) -> dict[str, Any]:
 
 
 async def ingress(rig: Rig, figures: dict[str, Any]) -> dict[str, Any]:
-    rates, seconds = ([4000, 8000, 12000], 3) if rig.quick else ([4000, 6000, 8000, 10000, 12000, 16000], 10)
+    rates, seconds = ([2000, 4000, 8000, 12000], 3) if rig.quick else ([2000, 4000, 6000, 8000, 10000, 12000, 16000], 10)
     port = free_port()
     proc = rig.start_bridge("ingress", port=port, workers=INGRESS_WORKERS)
     steps, audits = [], []
