@@ -335,7 +335,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def granian_ingress(settings: Settings, workers: int = 2):
+def granian_ingress(settings: Settings, workers: int = 2, exits: list[int] | None = None):
     """`serve_ingress` in a subprocess (the way `wabridge serve --role ingress` runs it), stopped with SIGTERM."""
     settings = settings.replace(port=free_port())
     env = {k: v for k, v in os.environ.items() if not k.startswith("WABRIDGE_")} | settings_environment(settings)
@@ -362,16 +362,20 @@ def granian_ingress(settings: Settings, workers: int = 2):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        if exits is not None:
+            exits.append(proc.returncode)
 
 
-async def test_granian_serves_the_main_answers_over_http(embedded_settings: Settings, embedded) -> None:
+@pytest.mark.parametrize("workers", [1, 2], ids=["embedded", "processes"])
+async def test_granian_serves_the_main_answers_over_http(embedded_settings: Settings, embedded, workers) -> None:
     big = b'{"object":"x","entry":[],"pad":"' + b"x" * (embedded_settings.max_body_bytes) + b'"}'
 
     def chunks():
         for i in range(0, len(big), 65536):
             yield big[i : i + 65536]
 
-    with granian_ingress(embedded_settings) as base:
+    exits: list[int] = []
+    with granian_ingress(embedded_settings, workers, exits) as base:
         async with httpx.AsyncClient(base_url=base, timeout=10) as http:
             ok = await http.post("/webhook/meta", content=HELLO, headers=sign(HELLO, "acme-app-secret"))
             unsigned = await http.post("/webhook/meta", content=HELLO)
@@ -383,8 +387,11 @@ async def test_granian_serves_the_main_answers_over_http(embedded_settings: Sett
         by_stream = httpx.post(base + "/webhook/meta", content=chunks(), headers=sign(big, "acme-app-secret"), timeout=10)
     assert (ok.status_code, unsigned.status_code, handshake.text, health.status_code) == (200, 401, "7", 200)
     assert (by_length.status_code, by_stream.status_code) == (413, 413)
+    assert exits == [0], "SIGTERM stops the ingress cleanly"
     got = await drain(embedded.queue, expect=1)
     assert [(t, q.body) for t, _, q in got] == [("acme", HELLO)]
+    # Stopped by SIGTERM, the ingress put the archive's last segment: the raw body is in object storage.
+    assert await read_archived(embedded.objects, got[0][2].archive_key) == HELLO
 
 
 # --- on the real servers ------------------------------------------------------------------------------------------
