@@ -205,6 +205,9 @@ async def test_header_with_a_line_break_is_refused_before_sending() -> None:
     pool = Http1Pool("http://127.0.0.1:9")
     with pytest.raises(ValueError, match="line break"):
         await pool.request("GET", "/", {"X-Evil": "a\r\nInjected: yes"})
+    for target in ("/a b", "/a\r\nInjected: yes", "no-slash"):
+        with pytest.raises(ValueError, match="not a request target"):
+            await pool.request("GET", target, {})
 
 
 @pytest.mark.parametrize("origin", ["ftp://example.com", "http://"])

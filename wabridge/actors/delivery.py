@@ -28,7 +28,7 @@ import logging
 import random
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import anyio
 import msgspec
@@ -145,7 +145,9 @@ class GenesysDelivery:
     async def _deliver(self, tenant: TenantConfig, body: bytes) -> Delivered:
         api = urlsplit(tenant.genesys_api_url)
         origin = f"{api.scheme}://{api.netloc}"
-        target = api.path.rstrip("/") + MESSAGE_PATH.format(integration_id=tenant.genesys_integration_id)
+        # Quoted: the integration id comes from tenant configuration, and must stay one path segment.
+        integration = quote(tenant.genesys_integration_id, safe="")
+        target = api.path.rstrip("/") + MESSAGE_PATH.format(integration_id=integration)
         attempts = rate_limited = 0
         relogged = False
         while True:

@@ -169,6 +169,8 @@ class Http1Pool:
         """Send one request (`target`: path and query) and return the whole answer."""
         if self._closed:
             raise HttpError("pool closed")
+        if not target.startswith("/") or any(c in target for c in " \t\r\n"):
+            raise ValueError(f"not a request target: {target[:80]!r}")  # a space or line break would split the line
         head = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1"), b"Host: ", self._host_header,
                 b"\r\nUser-Agent: ", USER_AGENT, b"\r\nContent-Length: ", str(len(body)).encode(), b"\r\n"]  # fmt: skip
         for name, value in headers.items():
