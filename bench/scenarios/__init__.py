@@ -156,7 +156,7 @@ async def _e2e_step(rig: Rig, bridge: Bridge, rate: float, seconds: float, label
         acked = acknowledged(spec, r)
         drained_s = await wait_delivered(genesys_url, before + len(acked), drain)
     # The generator has exited by now (its /proc entry is gone): its own account of the CPU it spent sending.
-    split.used["load generator"] = r.get("generator_cpu_s", 0.0)
+    split.add("load generator", r.get("generator_cpu_s", 0.0))
     result = await audit(acked, genesys_url, rig.settings.database_url.reveal(), f"wamid.B{spec.run_tag}")
     times = result.pop("receive_times")
     delivered_rate = 0.0

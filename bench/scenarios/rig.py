@@ -45,18 +45,30 @@ def free_port() -> int:
 # --- /proc sampling of process trees --------------------------------------------------------------------------------
 
 
+def _pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (which may hold spaces), or None once the process is gone:
+    [1] is the parent's pid, [11] and [12] the user and system CPU time in clock ticks."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _cpu_seconds(fields: list[str]) -> float:
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+
+
 def _children_map() -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(name))
+    for pid in _pids():
+        fields = _stat(pid)
+        if fields is not None:
+            children.setdefault(int(fields[1]), []).append(pid)
     return children
 
 
@@ -81,14 +93,15 @@ def tree_usage(roots: list[int], *, pss: bool = False) -> tuple[float, float, fl
             continue
         seen.add(pid)
         todo.extend(children.get(pid, ()))
+        fields = _stat(pid)
+        if fields is None:
+            continue
         try:
-            with open(f"/proc/{pid}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
             with open(f"/proc/{pid}/statm") as fh:
                 resident = int(fh.read().split()[1])
         except OSError:
             continue
-        cpu += (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+        cpu += _cpu_seconds(fields)
         rss += resident * PAGE / 1e6
         if pss:
             proportional += _pss_mb(pid)
@@ -105,18 +118,17 @@ ROLES = (("--role worker", "bridge worker"), ("--role ingress", "bridge ingress"
 def cpu_by_role() -> dict[str, float]:
     """CPU seconds used so far by every process on the machine, summed per role (others: "other")."""
     out: dict[str, float] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
+    for pid in _pids():
+        fields = _stat(pid)
+        if fields is None:
             continue
         try:
-            with open(f"/proc/{name}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{name}/cmdline", "rb") as fh:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
                 command = fh.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
         role = next((r for key, r in ROLES if key in command), "other")
-        out[role] = out.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / TICK
+        out[role] = out.get(role, 0.0) + _cpu_seconds(fields)
     return out
 
 
@@ -130,6 +142,10 @@ class CpuSplit:
     def __exit__(self, *exc: object) -> None:
         self.seconds, after = time.monotonic() - self._t0, cpu_by_role()
         self.used = {role: after[role] - self._before.get(role, 0.0) for role in after}
+
+    def add(self, role: str, seconds: float) -> None:
+        """CPU of a process that ended inside the span (its /proc entry is gone), as it accounted for it itself."""
+        self.used[role] = self.used.get(role, 0.0) + seconds
 
     def cores(self) -> dict[str, float]:
         return {r: round(v / self.seconds, 2) for r, v in sorted(self.used.items(), key=lambda x: -x[1]) if v > 0}
