@@ -15,8 +15,8 @@ partial failures): the workers de-duplicate by wamid.
 
 `IngressApp` is a Granian RSGI application. With one worker (the default) it runs on Granian's embedded server in the
 `wabridge serve` process itself (`serve_embedded`); with more, each Granian worker process builds its own with
-`app_factory()` and opens its own backends in `__rsgi_init__` (`serve_processes`). `handle(method, path, query, headers, body)` is the whole request logic without
-HTTP, for tests and benchmarks.
+`app_factory()` and opens its own backends in `__rsgi_init__` (`serve_processes`).
+`handle(method, path, query, headers, body)` is the whole request logic without HTTP, for tests and benchmarks.
 """
 
 from __future__ import annotations

@@ -171,8 +171,8 @@ class TrackingWriter:
 
 class TrackingLookups:
     """The relay's "seen this wamid before?" reads, grouped: one `Store.get_tracking_many` answers every read that
-    is waiting, across tenants. The first read when none is in flight starts at once (no added delay at low load);
-    reads that arrive while one is in flight form the next. Each answer comes from a read started after it was
+    is waiting, across tenants. The first read when none is in flight starts after `max_delay` (below); reads that
+    arrive while one is in flight form the next. Each answer comes from a read started after it was
     asked, so a row committed before `get()` is always seen (a customer's redelivered wamid, handled after the first
     copy was tracked, is found).
 
