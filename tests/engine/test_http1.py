@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from wabridge.engine.http1 import Http1Pool, HttpError
+from wabridge.engine.http1 import BodyTooLarge, Http1Pool, Http1Pools, HttpError
 
 pytestmark = pytest.mark.anyio
 
@@ -169,7 +169,7 @@ async def test_refused_connection_is_an_http_error() -> None:
 
 
 async def test_malformed_and_oversized_answers_are_http_errors() -> None:
-    answers = [b"NOT HTTP AT ALL\r\n\r\n", answer(200, b"x" * 100)]
+    answers = [b"NOT HTTP AT ALL\r\n\r\n", answer(200, b"x" * 100), answer(200, b"y" * 100), answer(200, b"z" * 50)]
 
     async def handler(reader, writer):
         await read_request(reader)
@@ -181,8 +181,11 @@ async def test_malformed_and_oversized_answers_are_http_errors() -> None:
         pool = Http1Pool(origin, max_body=10)
         with pytest.raises(HttpError, match="malformed"):
             await pool.request("GET", "/", {})
-        with pytest.raises(HttpError, match="malformed|over 10 bytes"):
+        with pytest.raises(BodyTooLarge, match="over 10 bytes"):
             await pool.request("GET", "/", {})
+        with pytest.raises(BodyTooLarge, match="over 99 bytes"):  # a request's own limit wins over the pool's
+            await pool.request("GET", "/", {}, max_body=99)
+        assert (await pool.request("GET", "/", {}, max_body=50)).body == b"z" * 50  # exactly the limit is kept
         await pool.aclose()
 
 
@@ -199,6 +202,34 @@ async def test_at_most_limit_connections_are_opened() -> None:
         assert {r.status for r in replies} == {200}
         await pool.aclose()
     assert len(accepted) == 3
+
+
+async def test_pools_past_their_cap_close_the_least_recent_one_once_its_requests_are_done() -> None:
+    release = asyncio.Event()
+
+    async def handler(reader, writer):
+        while True:
+            line, _, _ = await read_request(reader)
+            if line.startswith(b"GET /slow"):
+                await release.wait()
+            writer.write(answer(200, line.split(b" ")[1]))
+
+    async with serving(handler) as (origin_a, accepted_a), serving(handler) as (origin_b, _):
+        pools = Http1Pools(max_pools=1, limit=4)
+        slow = asyncio.create_task(pools.request(origin_a, "GET", "/slow", {}))
+        await asyncio.sleep(0.05)
+        # A second origin retires the first pool while /slow is still in flight on it: that request is not cut.
+        assert (await pools.request(origin_b, "GET", "/b", {})).body == b"/b"
+        assert len(pools) == 1
+        release.set()
+        assert (await slow).body == b"/slow"
+        # The retired pool was closed after its last request: origin A now gets a new pool and a new connection.
+        assert (await pools.request(origin_a, "GET", "/again", {})).body == b"/again"
+        assert len(accepted_a) == 2
+        # Keys keep pools apart on one origin (one tenant's connections are never another's).
+        await pools.request(origin_a, "GET", "/t1", {}, key="t1")
+        assert len(accepted_a) == 3
+        await pools.aclose()
 
 
 async def test_header_with_a_line_break_is_refused_before_sending() -> None:

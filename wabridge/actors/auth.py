@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from wabridge.engine import keys
-from wabridge.engine.http1 import Http1Pool, HttpError
+from wabridge.engine.http1 import HttpError, Http1Pools
 from wabridge.engine.ports import BackendUnavailable, Cache, GenesysCredential, TenantConfig
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ EXPIRY_MARGIN_S = keys.OAUTH_TOKEN_MARGIN
 LOCAL_HOLD_S = 60.0
 MAX_CREDENTIALS = 10_000  # memory bound: tokens of this many credentials, least recently used dropped
 LOGIN_CONNECTIONS = 4  # per login host: logins are rare (one per credential per token lifetime) and single-flight
-MAX_LOGIN_HOSTS = 64  # login pools kept (one per Genesys region in use); beyond it the oldest is closed
+MAX_LOGIN_HOSTS = 64  # login pools kept (one per Genesys region in use); past it the least recent closes once idle
 
 
 class LoginFailed(Exception):
@@ -84,10 +84,9 @@ class TokenProvider:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._cache = cache
-        self._timeout = timeout
         # The login's HTTP client is engine/http1.py, as the delivery's: one client stack in the worker (httpx
         # cost it 2.3 MB of imports for a request made once per token lifetime).
-        self._pools: OrderedDict[str, Http1Pool] = OrderedDict()  # login origin → keep-alive pool
+        self._pools = Http1Pools(max_pools=MAX_LOGIN_HOSTS, limit=LOGIN_CONNECTIONS, timeout=timeout)  # by login origin
         self._clock = clock
         self._held: OrderedDict[str, tuple[str, float]] = OrderedDict()  # key → (token, local deadline)
         self._flights: dict[str, asyncio.Future[str]] = {}  # bounded by the credentials being logged in right now
@@ -147,23 +146,9 @@ class TokenProvider:
         self._held.clear()
         for flight in list(self._flights.values()):
             flight.cancel()
-        pools = list(self._pools.values())
-        self._pools.clear()
-        for pool in pools:
-            await pool.aclose()
+        await self._pools.aclose()
 
     # --- internals -------------------------------------------------------------------------------------------------
-
-    def _pool(self, origin: str) -> Http1Pool:
-        pool = self._pools.get(origin)
-        if pool is None:
-            pool = self._pools[origin] = Http1Pool(origin, limit=LOGIN_CONNECTIONS, timeout=self._timeout)
-            if len(self._pools) > MAX_LOGIN_HOSTS:
-                _, oldest = self._pools.popitem(last=False)
-                asyncio.ensure_future(oldest.aclose())  # closing only closes sockets: nothing to wait for
-        else:
-            self._pools.move_to_end(origin)
-        return pool
 
     def _from_process(self, key: str) -> str | None:
         held = self._held.get(key)
@@ -204,8 +189,8 @@ class TokenProvider:
         login = urlsplit(tenant.genesys_login_url)
         basic = base64.b64encode(f"{credential.client_id}:{credential.client_secret.reveal()}".encode()).decode()
         try:
-            response = await self._pool(f"{login.scheme}://{login.netloc}").request(
-                "POST", login.path.rstrip("/") + "/oauth/token",
+            response = await self._pools.request(
+                f"{login.scheme}://{login.netloc}", "POST", login.path.rstrip("/") + "/oauth/token",
                 {"Authorization": f"Basic {basic}", "Content-Type": "application/x-www-form-urlencoded"},
                 b"grant_type=client_credentials",
             )  # fmt: skip

@@ -23,12 +23,10 @@ CPU per request, and httpx's pool was slower still (125–288 req/s against aioh
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import random
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from urllib.parse import quote, urlsplit
 
 import anyio
@@ -36,7 +34,7 @@ import msgspec
 
 from wabridge.actors.auth import LoginFailed, TokenProvider
 from wabridge.actors.ratelimit import RateBudget
-from wabridge.engine.http1 import Http1Pool, HttpError
+from wabridge.engine.http1 import HttpError, Http1Pools
 from wabridge.engine.ports import TenantConfig
 
 log = logging.getLogger(__name__)
@@ -93,13 +91,6 @@ class _Reply(msgspec.Struct):
 _decode_reply = msgspec.json.Decoder(_Reply).decode
 
 
-class _Pool:
-    __slots__ = ("client", "users", "retired")
-
-    def __init__(self, client: Http1Pool) -> None:
-        self.client, self.users, self.retired = client, 0, False
-
-
 class GenesysDelivery:
     def __init__(
         self,
@@ -119,16 +110,12 @@ class GenesysDelivery:
         self._tokens = tokens
         self._budget = budget
         self._attempts = attempts
-        self._timeout = timeout
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
         self._retry_after_max = retry_after_max
         self._rate_limited_max = rate_limited_max
-        self._max_clients = max_clients
-        self._connections = connections_per_tenant
         self._sleep = sleep
-        self._pools: OrderedDict[tuple[str, str], _Pool] = OrderedDict()
-        self._retired: set[_Pool] = set()
+        self._pools = Http1Pools(max_pools=max_clients, limit=connections_per_tenant, timeout=timeout)
         self._counts = {"delivered": 0, "failed": 0, "retries": 0, "rate_limited": 0, "relogins": 0}
 
     def statistics(self) -> DeliveryStatistics:
@@ -159,10 +146,9 @@ class GenesysDelivery:
                 outcome, error = RETRY, str(exc)
             else:
                 try:
-                    async with self._client(tenant, origin) as client:
-                        reply = await client.request(
-                            "POST", target, {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}, body
-                        )
+                    # A tenant's own pool: one tenant's slow Genesys org never takes another's connections.
+                    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+                    reply = await self._pools.request(origin, "POST", target, headers, body, key=tenant.tenant_id)
                     status, content, retry_after = reply.status, reply.body, reply.header("retry-after")
                 except TimeoutError:
                     outcome, error = RETRY, "genesys timed out"
@@ -197,11 +183,7 @@ class GenesysDelivery:
                     await self._sleep(self._backoff(attempts))
 
     async def aclose(self) -> None:
-        pools = list(self._pools.values()) + list(self._retired)
-        self._pools.clear()
-        self._retired.clear()
-        for pool in pools:
-            await pool.client.aclose()
+        await self._pools.aclose()
 
     # --- internals -------------------------------------------------------------------------------------------------
 
@@ -215,31 +197,6 @@ class GenesysDelivery:
         except ValueError:  # an HTTP-date: Genesys sends seconds, so this is not worth parsing
             seconds = self._backoff(times)
         return min(max(seconds, 0.0), self._retry_after_max)
-
-    @contextlib.asynccontextmanager
-    async def _client(self, tenant: TenantConfig, origin: str) -> AsyncIterator[Http1Pool]:
-        key = (tenant.tenant_id, origin)  # a tenant whose api url changes gets a new pool; the old one ages out
-        pool = self._pools.get(key)
-        if pool is None:
-            client = Http1Pool(origin, limit=self._connections, timeout=self._timeout, idle_timeout=30.0)
-            pool = self._pools[key] = _Pool(client)
-            while len(self._pools) > self._max_clients:
-                _, old = self._pools.popitem(last=False)
-                old.retired = True
-                if old.users == 0:
-                    await old.client.aclose()
-                else:
-                    self._retired.add(old)
-        else:
-            self._pools.move_to_end(key)
-        pool.users += 1
-        try:
-            yield pool.client
-        finally:
-            pool.users -= 1
-            if pool.retired and pool.users == 0 and pool in self._retired:
-                self._retired.discard(pool)
-                await pool.client.aclose()
 
 
 @functools.lru_cache(maxsize=1024)

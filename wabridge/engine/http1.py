@@ -4,6 +4,9 @@
     reply = await pool.request("POST", "/api/v2/…?prefetchConversationId=true", headers, body)
     reply.status, reply.header("retry-after"), reply.body
 
+    pools = Http1Pools(max_pools=256, limit=32, timeout=10.0)   # one pool per origin (or per tenant and origin)
+    reply = await pools.request("https://api.mypurecloud.com", "POST", target, headers, body, key=(tenant_id,))
+
 Why not aiohttp here: the client's own CPU per POST, measured against the Genesys simulator in one run (32 in flight,
 uvloop, bench/test_delivery_client_bench.py): aiohttp 79–85 µs, this client 28 µs; the Rust clients pyreqwest and
 rnet 48–54 µs. In the worker, aiohttp was the largest single cost of a text message (~35 % of ~340 µs).
@@ -11,6 +14,11 @@ What it is: a connection pool per origin (at most `limit` connections, idle ones
 `idle_timeout`), requests framed by hand (a fixed head, Content-Length), responses parsed by httptools (llhttp, the
 parser uvicorn uses: Content-Length, chunked, keep-alive rules). Nothing else: no redirects, cookies, proxies or
 compression — Genesys's inbound API needs none of them. TLS through the standard `ssl` module.
+
+Used for every request the worker makes per message: the Genesys POST (delivery.py), the OAuth login (auth.py), the
+media lookup and download from Meta (media.py, which follows redirects itself) and the media put to S3
+(objects_s3.py, signed by miniopy's SigV4 signer). A media message took ~0.6 ms more of the worker's CPU through
+aiohttp and miniopy's own transport.
 
 Errors: `HttpError` when no complete answer came (refused, reset, closed early, malformed); `TimeoutError` when
 `timeout` passed (connecting, waiting for a slot, or for the answer). A connection is reused only after a complete
@@ -22,6 +30,9 @@ from __future__ import annotations
 import asyncio
 import ssl as ssl_module
 import time
+from collections import OrderedDict
+from collections.abc import Hashable
+from typing import Any
 from urllib.parse import urlsplit
 
 import httptools
@@ -32,6 +43,10 @@ MAX_BODY = 1 << 20  # bytes of a response body kept; Genesys answers are a few h
 
 class HttpError(Exception):
     """The request got no complete answer (connection refused, reset or closed early, or a malformed response)."""
+
+
+class BodyTooLarge(HttpError):
+    """The answer's body passed the request's `max_body`: reading stopped there and the connection was closed."""
 
 
 class Reply:
@@ -48,11 +63,11 @@ class Reply:
 class _Connection(asyncio.Protocol):
     """One keep-alive connection: one request at a time; httptools calls the on_* methods while parsing."""
 
-    def __init__(self, max_body: int) -> None:
+    def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
-        self._max_body = max_body
+        self._max_body = MAX_BODY
         self._waiter: asyncio.Future[Reply] | None = None
         self._parser: httptools.HttpResponseParser | None = None
         self._headers: dict[str, str] = {}
@@ -73,7 +88,8 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._fail(HttpError("the server asked to upgrade the protocol"))
         except httptools.HttpParserError as exc:
-            self._fail(HttpError(f"malformed response: {exc}"))
+            cause = exc.__context__
+            self._fail(cause if isinstance(cause, BodyTooLarge) else HttpError(f"malformed response: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -94,7 +110,8 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
         if self._size > self._max_body:
-            raise HttpError(f"response body over {self._max_body} bytes")
+            # httptools wraps what a callback raises in HttpParserCallbackError; data_received unwraps this one.
+            raise BodyTooLarge(f"response body over {self._max_body} bytes")
         self._body.append(body)
 
     def on_message_complete(self) -> None:
@@ -108,9 +125,9 @@ class _Connection(asyncio.Protocol):
 
     # --- the pool's side ---
 
-    async def exchange(self, request: bytes) -> Reply:
+    async def exchange(self, request: bytes, max_body: int) -> Reply:
         assert self.transport is not None
-        self._headers, self._body, self._size = {}, [], 0
+        self._headers, self._body, self._size, self._max_body = {}, [], 0, max_body
         self._parser = httptools.HttpResponseParser(self)
         self._waiter = waiter = asyncio.get_running_loop().create_future()
         self.transport.write(request)
@@ -142,6 +159,7 @@ class Http1Pool:
         *,
         limit: int = 32,
         timeout: float = 10.0,
+        connect_timeout: float | None = None,
         idle_timeout: float = 30.0,
         ssl: ssl_module.SSLContext | None = None,
         max_body: int = MAX_BODY,
@@ -155,6 +173,7 @@ class Http1Pool:
         self._ssl = (ssl or ssl_module.create_default_context()) if parts.scheme == "https" else None
         self._host_header = parts.netloc.encode("idna")
         self._timeout = timeout
+        self._connect_timeout = connect_timeout or timeout  # a dead host fails this fast, a slow answer may take longer
         self._idle_timeout = idle_timeout
         self._max_body = max_body
         self._slots = asyncio.Semaphore(limit)
@@ -165,8 +184,11 @@ class Http1Pool:
     def __repr__(self) -> str:
         return f"Http1Pool({self.origin!r}, open={len(self._open)}, idle={len(self._idle)})"
 
-    async def request(self, method: str, target: str, headers: dict[str, str], body: bytes = b"") -> Reply:
-        """Send one request (`target`: path and query) and return the whole answer."""
+    async def request(
+        self, method: str, target: str, headers: dict[str, str], body: bytes = b"", *, max_body: int | None = None
+    ) -> Reply:
+        """Send one request (`target`: path and query) and return the whole answer; `BodyTooLarge` past `max_body`
+        bytes of body (the pool's when not given)."""
         if self._closed:
             raise HttpError("pool closed")
         if not target.startswith("/") or any(c in target for c in " \t\r\n"):
@@ -183,7 +205,7 @@ class Http1Pool:
         async with asyncio.timeout(self._timeout), self._slots:
             connection = self._take_idle() or await self._connect()
             try:
-                reply = await connection.exchange(request)
+                reply = await connection.exchange(request, max_body or self._max_body)
             except BaseException:
                 connection.close()  # state unknown (cancelled mid-answer, or broken): never reused
                 self._open.discard(connection)
@@ -216,11 +238,74 @@ class Http1Pool:
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
-            _, connection = await loop.create_connection(
-                lambda: _Connection(self._max_body), self._host, self._port, ssl=self._ssl,
-                server_hostname=self._host if self._ssl else None,
-            )  # fmt: skip
+            async with asyncio.timeout(self._connect_timeout):
+                _, connection = await loop.create_connection(
+                    _Connection, self._host, self._port, ssl=self._ssl,
+                    server_hostname=self._host if self._ssl else None,
+                )  # fmt: skip
         except OSError as exc:  # refused, unreachable, DNS, TLS handshake (ssl.SSLError is an OSError)
             raise HttpError(f"cannot connect to {self.origin}: {type(exc).__name__}") from exc
         self._open.add(connection)
         return connection
+
+
+class _Kept:
+    __slots__ = ("pool", "users", "retired")
+
+    def __init__(self, pool: Http1Pool) -> None:
+        self.pool, self.users, self.retired = pool, 0, False
+
+
+class Http1Pools:
+    """Keep-alive pools by key, at most `max_pools`: a key is an origin, or (say) a tenant and an origin, so that one
+    tenant's traffic never shares connections with another's. Past the cap the least recently used pool is retired,
+    and closed once no request is using it (closing it at once would cut those requests). `pool_options` go to each
+    Http1Pool (limit, timeout, connect_timeout, idle_timeout, ssl, max_body)."""
+
+    def __init__(self, *, max_pools: int = 256, **pool_options: Any) -> None:
+        if max_pools < 1:
+            raise ValueError("max_pools must be at least 1")
+        self._max_pools = max_pools
+        self._options = pool_options
+        self._kept: OrderedDict[Hashable, _Kept] = OrderedDict()
+        self._retired: set[_Kept] = set()
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def __repr__(self) -> str:
+        return f"Http1Pools(kept={len(self._kept)}, retired={len(self._retired)})"
+
+    async def request(
+        self, origin: str, method: str, target: str, headers: dict[str, str], body: bytes = b"", *,
+        key: Hashable = (), max_body: int | None = None,
+    ) -> Reply:  # fmt: skip
+        """Http1Pool.request on the pool of (`key`, `origin`)."""
+        full_key = (key, origin)
+        kept = self._kept.get(full_key)
+        if kept is None:
+            kept = self._kept[full_key] = _Kept(Http1Pool(origin, **self._options))
+            while len(self._kept) > self._max_pools:
+                _, old = self._kept.popitem(last=False)
+                old.retired = True
+                if old.users:
+                    self._retired.add(old)
+                else:
+                    await old.pool.aclose()
+        else:
+            self._kept.move_to_end(full_key)
+        kept.users += 1
+        try:
+            return await kept.pool.request(method, target, headers, body, max_body=max_body)
+        finally:
+            kept.users -= 1
+            if kept.retired and not kept.users and kept in self._retired:
+                self._retired.discard(kept)
+                await kept.pool.aclose()
+
+    async def aclose(self) -> None:
+        kept = list(self._kept.values()) + list(self._retired)
+        self._kept.clear()
+        self._retired.clear()
+        for k in kept:
+            await k.pool.aclose()
