@@ -3,6 +3,7 @@ real S3 server), checksum, size limit, retries, and what the agent gets when med
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -10,6 +11,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import msgspec
 import pytest
 
 from wabridge.actors.media import MediaFetcher, MediaOutcome, sha256_digest
@@ -161,6 +163,71 @@ async def test_three_failed_attempts_deliver_a_notice_saying_the_media_could_not
     assert_delivered_as_notice(outcome, inbound, "download_failed")
     assert outcome.attempts == 3 and "HTTP 503" in outcome.detail and sim.stats().faults_served == 3
     assert fetcher.statistics().notices == 1
+
+
+class Redirector:
+    """A server that answers from a table: path → (status, Location or body); records each request's token."""
+
+    def __init__(self, routes: dict[str, tuple[int, str]]) -> None:
+        self.routes, self.seen = routes, []
+
+    async def __aenter__(self) -> Redirector:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                lines = head.decode().split("\r\n")
+                path = lines[0].split(" ")[1]
+                headers = {k.lower(): v for k, _, v in (line.partition(": ") for line in lines[1:] if line)}
+                self.seen.append((path, headers.get("authorization")))
+                status, value = self.routes[path]
+                if status == 200:
+                    extra, body = "", value.encode()
+                else:
+                    extra, body = f"Location: {value.format(port=self.port)}\r\n", b""
+                writer.write(f"HTTP/1.1 {status} X\r\n{extra}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_redirects_are_followed_and_the_token_never_leaves_its_origin(fetcher: MediaFetcher) -> None:
+    routes = {
+        "/start": (302, "/same?x=1"),  # relative, same origin: the token goes along
+        "/same?x=1": (307, "http://localhost:{port}/cdn"),  # another origin (host name): followed without the token
+        "/cdn": (301, "http://127.0.0.1:{port}/back"),  # and it does not come back with a return to the first
+        "/back": (200, "the bytes"),
+    }
+    async with Redirector(routes) as server:
+        reply = await fetcher._get(f"http://127.0.0.1:{server.port}/start", {"Authorization": "Bearer t"}, 1000)
+    assert reply.status == 200 and reply.body == b"the bytes"
+    assert server.seen == [("/start", "Bearer t"), ("/same?x=1", "Bearer t"), ("/cdn", None), ("/back", None)]
+
+
+async def test_a_redirect_loop_is_an_attempt_that_failed(
+    objects: DirectoryObjects, embedded_settings: Settings
+) -> None:
+    async with Redirector({"/v19.0/loop": (302, "/v19.0/loop")}) as server:
+        graph = f"http://127.0.0.1:{server.port}/v19.0"
+        fetcher = MediaFetcher(objects, embedded_settings.replace(graph_api_url=graph), backoff=0.01)
+        try:
+            inbound = inbound_for("image")
+            inbound = msgspec.structs.replace(inbound, media=msgspec.structs.replace(inbound.media, media_id="loop"))
+            outcome = await fetcher.resolve(TENANT, inbound)
+        finally:
+            await fetcher.aclose()
+    assert_delivered_as_notice(outcome, inbound, "download_failed")
+    assert outcome.attempts == 3 and "redirects" in outcome.detail
+    assert len(server.seen) == 3 * 6  # each attempt: the first request and MAX_REDIRECTS more
 
 
 async def test_media_above_the_genesys_limit_becomes_a_notice_without_downloading(

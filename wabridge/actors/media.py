@@ -22,8 +22,10 @@ What can go wrong, and what happens (a data table: FINAL_LOOKUP / RETRYABLE belo
 Idempotent: the key depends only on the message, so a redelivered message overwrites the same object.
 Memory is bounded by `concurrency × max_bytes` (the Objects port takes whole bytes, so a file is buffered).
 
-HTTP client: aiohttp, like delivery.py. With httpx the media path (15 % of messages) took 20 % of the worker's CPU
-in a py-spy profile of the end-to-end bench; its connection pool and per-request layers dominated.
+HTTP client: engine/http1.py, as for the Genesys POST, with the redirects followed here (Meta's download url may
+send us to a CDN; the token is never sent to another origin than the one it was meant for, aiohttp's rule too) and
+the size limit enforced while the body is read. On aiohttp the two GETs of a media message cost the worker ~2.5×
+the CPU (httpx: more still).
 """
 
 from __future__ import annotations
@@ -31,14 +33,15 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
 
-import aiohttp
 import anyio
 import msgspec
 
 from wabridge.codecs.genesys import OpenInboundNormalizedMessage
 from wabridge.codecs.results import Inbound, MediaRef, sha256_digest
 from wabridge.codecs.transform import media_as_text, with_media_url
+from wabridge.engine.http1 import BodyTooLarge, HttpError, Http1Pools, Reply
 from wabridge.engine.object_keys import extension_for, media_key
 from wabridge.engine.ports import MEDIA_BUCKET, Objects, TenantConfig
 from wabridge.engine.settings import Settings
@@ -51,6 +54,10 @@ FINAL_LOOKUP: dict[int, str] = {400: "not_found", 404: "not_found", 410: "not_fo
                                 403: "unauthorized"}  # fmt: skip
 # Step-2 answers worth another attempt (which starts with a fresh lookup, so a fresh url).
 RETRYABLE_DOWNLOAD = {403, 404, 408, 410, 425, 429}
+REDIRECTS = {301, 302, 303, 307, 308}
+MAX_REDIRECTS = 5
+LOOKUP_MAX_BODY = 64 * 1024  # the lookup's JSON is a few hundred bytes
+MAX_ORIGINS = 64  # HTTP pools kept: the Graph API, Meta's download hosts, CDNs it redirects to
 
 # What the agent reads instead of the attachment; {kind} is Meta's message type, {limit} the size limit in MB.
 NOTICES: dict[str, str] = {
@@ -137,29 +144,15 @@ class MediaFetcher:
         self._graph = settings.graph_api_url.rstrip("/")
         self._attempts, self._backoff, self._max_bytes = attempts, backoff, max_bytes
         self._slots = anyio.Semaphore(concurrency)
-        self._connections = concurrency * 2
-        self._timeout = aiohttp.ClientTimeout(total=timeout, connect=5.0)
-        self._client: aiohttp.ClientSession | None = None  # made on first use: a session needs a running loop
+        # `timeout` bounds one request, body included; at most `concurrency` downloads at once, so per origin too
+        self._http = Http1Pools(max_pools=MAX_ORIGINS, limit=concurrency, timeout=timeout, connect_timeout=5.0)
         self._counts = {"stored": 0, "notices": 0, "retries": 0, "bytes_stored": 0}
 
     def statistics(self) -> MediaStatistics:
         return MediaStatistics(**self._counts)
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.close()
-
-    def _session(self) -> aiohttp.ClientSession:
-        if self._client is None:
-            # aiohttp follows redirects by default (Meta's lookaside urls may redirect to a CDN) and drops the
-            # Authorization header when one leads to another host.
-            self._client = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._connections, keepalive_timeout=30),
-                timeout=self._timeout,
-                raise_for_status=False,
-            )
-        return self._client
+        await self._http.aclose()
 
     async def resolve(self, tenant: TenantConfig, inbound: Inbound) -> MediaOutcome:
         """Fetch `inbound.media` and store it; raises BackendUnavailable when the Objects port is down."""
@@ -181,8 +174,10 @@ class MediaFetcher:
                 return self._notice(final.reason, kind, final.detail, attempt, final.size)
             except _Retry as exc:
                 detail = str(exc)
-            except (aiohttp.ClientError, TimeoutError) as exc:  # connect/read errors, timeouts: try again
+            except (HttpError, TimeoutError) as exc:  # refused, reset, cut short, timed out: try again
                 detail = type(exc).__name__
+            except ValueError as exc:  # a url from Meta that is not http(s), or not one path: another lookup may fix it
+                detail = str(exc)[:100]
             else:
                 key = media_key(tenant.tenant_id, kind, inbound.route.timestamp, inbound.route.wamid,
                                 extension_for(mime))  # fmt: skip
@@ -207,29 +202,44 @@ class MediaFetcher:
         found = await self._lookup(auth, media.media_id)
         if found.file_size is not None and found.file_size > self._max_bytes:
             raise _Final("too_large", f"file_size {found.file_size}", found.file_size)
-        async with self._session().get(found.url, headers=auth) as response:
-            status = response.status
-            if status != 200:
-                if status in RETRYABLE_DOWNLOAD or status >= 500:
-                    raise _Retry(f"download HTTP {status}")
-                if status == 401:
-                    raise _Final("unauthorized", "download HTTP 401")
-                raise _Final("download_failed", f"download HTTP {status}")
-            data = bytearray()
-            async for chunk in response.content.iter_chunked(256 * 1024):
-                data += chunk
-                if len(data) > self._max_bytes:  # Meta's file_size was wrong or absent: stop at the limit
-                    raise _Final("too_large", f"more than {self._max_bytes} bytes", len(data))
+        try:
+            response = await self._get(found.url, auth, self._max_bytes)
+        except BodyTooLarge:  # Meta's file_size was wrong or absent: reading stopped at the limit
+            raise _Final("too_large", f"more than {self._max_bytes} bytes", self._max_bytes + 1) from None
+        status = response.status
+        if status != 200:
+            if status in RETRYABLE_DOWNLOAD or status >= 500:
+                raise _Retry(f"download HTTP {status}")
+            if status == 401:
+                raise _Final("unauthorized", "download HTTP 401")
+            raise _Final("download_failed", f"download HTTP {status}")
+        data = response.body
         expected = [d for d in (media.sha256_digest(), found.sha256) if d is not None]
         actual = hashlib.sha256(data).digest()
         if any(d != actual for d in expected):
             raise _Final("sha256_mismatch", f"got {actual.hex()[:16]}…")
-        return bytes(data), found.mime or media.mime
+        return data, found.mime or media.mime
+
+    async def _get(self, url: str, auth: dict[str, str], max_body: int) -> Reply:
+        """GET `url`, following up to MAX_REDIRECTS redirects. The token goes only to the origin of the url it came
+        with: from a redirect to another origin (a CDN) on, it is not sent."""
+        headers, origin = auth, _origin(url)
+        for _ in range(MAX_REDIRECTS + 1):
+            parts = urlsplit(url)
+            here = f"{parts.scheme}://{parts.netloc}"
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            if here != origin:
+                headers = {}  # and not back: once the url left the token's origin, it is not sent again
+            response = await self._http.request(here, "GET", target, headers, max_body=max_body)
+            location = response.header("location")
+            if response.status not in REDIRECTS or not location:
+                return response
+            url = urljoin(url, location)
+        raise _Retry(f"more than {MAX_REDIRECTS} redirects")
 
     async def _lookup(self, auth: dict[str, str], media_id: str) -> _Lookup:
-        async with self._session().get(f"{self._graph}/{media_id}", headers=auth) as response:
-            status = response.status
-            body = await response.read() if status == 200 else b""
+        response = await self._get(f"{self._graph}/{media_id}", auth, LOOKUP_MAX_BODY)
+        status, body = response.status, response.body
         if status in FINAL_LOOKUP:
             raise _Final(FINAL_LOOKUP[status], f"lookup HTTP {status}")
         if status != 200:
@@ -248,3 +258,8 @@ class MediaFetcher:
             )
         except (ValueError, KeyError, TypeError, msgspec.DecodeError) as exc:
             raise _Retry(f"lookup answer unreadable: {type(exc).__name__}") from None
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
