@@ -216,6 +216,35 @@ async def test_s3_keeps_content_type_and_metadata(s3_objects) -> None:
 
 
 @pytest.mark.servers
+async def test_s3_puts_a_body_hashed_off_the_loop_byte_for_byte(s3_objects) -> None:
+    from wabridge.engine.objects_s3 import HASH_INLINE_BYTES
+
+    data = os.urandom(HASH_INLINE_BYTES + 1)  # past the inline limit: its SHA-256 is taken in a thread
+    await s3_objects.put(MEDIA_BUCKET, "acme/v.mp4", data, content_type="video/mp4", metadata={"wamid": "w2"})
+    assert await s3_objects.get(MEDIA_BUCKET, "acme/v.mp4") == data
+
+
+@pytest.mark.servers
+async def test_s3_refusing_a_put_is_the_servers_error_not_an_outage_and_keeps_the_secret(tmp_path: Path) -> None:
+    from miniopy_async.error import S3Error
+
+    from wabridge.engine.objects_s3 import S3Objects
+
+    settings = s3_settings(tmp_path)
+    objects = S3Objects(settings)
+    try:
+        await objects.open()
+        objects._settings = settings.replace(s3_secret_key=Secret("not-the-secret"))  # rotated under a running process
+        with pytest.raises(S3Error) as refused:
+            await objects.put(WEBHOOKS_BUCKET, "acme/x.json", b"{}", content_type="application/json")
+        assert refused.value.code == "SignatureDoesNotMatch"
+        assert "not-the-secret" not in str(refused.value)
+    finally:
+        await objects.close()
+        await remove_buckets(settings)
+
+
+@pytest.mark.servers
 async def test_s3_applies_the_bucket_prefix(s3_objects) -> None:
     assert s3_objects.bucket_name(WEBHOOKS_BUCKET).endswith("-webhooks-inbound")
     assert s3_objects.bucket_name(WEBHOOKS_BUCKET) != "webhooks-inbound"
