@@ -28,6 +28,7 @@ from wabridge.actors.state import ConversationState
 from wabridge.actors.tenant import TenantActor
 from wabridge.actors.tenants import TenantDirectory
 from wabridge.actors.tracking import TrackingWriter
+from wabridge.engine import heap
 from wabridge.engine.backends import Backends
 from wabridge.engine.drain import Shutdown
 from wabridge.engine.logs import get_logger
@@ -156,4 +157,6 @@ async def run_worker(settings, shutdown: Shutdown, *, shards: Sequence[int] | No
     from wabridge.engine.backends import open_backends
 
     async with open_backends(settings) as backends:
-        await Worker(backends, shards=shards).run(shutdown)
+        worker = Worker(backends, shards=shards)
+        heap.freeze_startup_heap()
+        await worker.run(shutdown)
