@@ -64,8 +64,10 @@ async def test_keep_alive_reuses_one_connection_and_sends_the_request_as_given()
         for n in range(5):
             reply = await pool.request("POST", f"/api/x?n={n}", {"Authorization": "Bearer t"}, b'{"a":1}')
             assert (reply.status, reply.body, reply.header("retry-after")) == (202, b'{"id":"m1"}', "7")
+        await pool.request("GET", "/media/1", {})
         await pool.aclose()
     assert accepted == [0]
+    assert seen[5][0] == b"GET /media/1 HTTP/1.1" and b"Content-Length" not in seen[5][1]
     line, headers, body = seen[4]
     assert line == b"POST /api/x?n=4 HTTP/1.1"
     assert headers[b"Authorization"] == b"Bearer t" and headers[b"Content-Length"] == b"7"

@@ -194,7 +194,9 @@ class Http1Pool:
         if not target.startswith("/") or any(c in target for c in " \t\r\n"):
             raise ValueError(f"not a request target: {target[:80]!r}")  # a space or line break would split the line
         head = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1"), b"Host: ", self._host_header,
-                b"\r\nUser-Agent: ", USER_AGENT, b"\r\nContent-Length: ", str(len(body)).encode(), b"\r\n"]  # fmt: skip
+                b"\r\nUser-Agent: ", USER_AGENT, b"\r\n"]  # fmt: skip
+        if body or method not in ("GET", "HEAD"):  # a GET without content carries no length (RFC 9110 §8.6)
+            head += [b"Content-Length: ", str(len(body)).encode(), b"\r\n"]
         for name, value in headers.items():
             if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
                 raise ValueError(f"header {name!r} holds a line break")
