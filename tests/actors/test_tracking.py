@@ -101,6 +101,24 @@ async def test_touches_are_coalesced_and_written_with_a_later_batch(store):
     assert await store.get_conversation("acme", "1650") == conv
 
 
+async def test_touches_are_written_at_most_once_per_interval(store):
+    for n in range(3):
+        await store.put_conversation("acme", f"165{n}", str(uuid.uuid4()))
+    async with TrackingWriter(store, touch_interval=0.3) as writer:
+        await writer.touch("acme", "1650", 1.0)
+        await asyncio.sleep(0.05)  # the first touch goes out at once (nothing written yet in this interval)
+        assert store.touch_batches == [[("acme", "1650", 1.0)]]
+        await writer.touch("acme", "1651", 2.0)
+        await writer.record(rec(1))  # a batch inside the interval: the touch waits for the interval's end
+        await asyncio.sleep(0.05)
+        await writer.touch("acme", "1652", 3.0)
+        assert len(store.touch_batches) == 1
+        await asyncio.sleep(0.35)  # the interval is over: both touches in one write, no record needed
+        assert store.touch_batches[1:] == [[("acme", "1651", 2.0), ("acme", "1652", 3.0)]]
+        await writer.touch("acme", "1650", 4.0)
+    assert store.touch_batches[2:] == [[("acme", "1650", 4.0)]]  # pending at close: written by aclose
+
+
 async def test_aclose_flushes_what_is_pending(store):
     writer = TrackingWriter(store, max_delay=10)  # would wait 10 s for more rows
     await writer.start()
