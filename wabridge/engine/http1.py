@@ -17,8 +17,8 @@ compression — Genesys's inbound API needs none of them. TLS through the standa
 
 Used for every request the worker makes per message: the Genesys POST (delivery.py), the OAuth login (auth.py), the
 media lookup and download from Meta (media.py, which follows redirects itself) and the media put to S3
-(objects_s3.py, signed by miniopy's SigV4 signer). A media message took ~0.6 ms more of the worker's CPU through
-aiohttp and miniopy's own transport.
+(objects_s3.py, signed by miniopy's SigV4 signer). Through aiohttp and miniopy's own transport an image message
+cost the worker ~0.35 ms more CPU (1,030-1,080 against 690-707 µs).
 
 Errors: `HttpError` when no complete answer came (refused, reset, closed early, malformed); `TimeoutError` when
 `timeout` passed (connecting, waiting for a slot, or for the answer). A connection is reused only after a complete
