@@ -34,7 +34,6 @@ from miniopy_async.helpers import normalize_headers, quote
 from miniopy_async.signer import sign_v4_s3
 
 from wabridge.engine.http1 import Http1Pool, HttpError
-
 from wabridge.engine.object_keys import extension_for, key_part, media_key, utc_day, webhook_key
 from wabridge.engine.ports import MEDIA_BUCKET, WEBHOOKS_BUCKET, BackendUnavailable
 from wabridge.engine.settings import Settings
@@ -68,7 +67,7 @@ class S3Objects:
         self._prefix = settings.s3_bucket_prefix
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
-        self._max_connections = max_connections  # bounds concurrent requests: aiohttp queues beyond it
+        self._max_connections = max_connections  # bounds concurrent requests (each client queues beyond it)
         self._client: Minio | None = None
         self._puts: Http1Pool | None = None
 
