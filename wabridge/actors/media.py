@@ -224,12 +224,14 @@ class MediaFetcher:
     async def _get(self, url: str, auth: dict[str, str], max_body: int) -> Reply:
         """GET `url`, following up to MAX_REDIRECTS redirects. The token goes only to the origin of the url it came
         with: from a redirect to another origin (a CDN) on, it is not sent."""
-        headers, origin = auth, _origin(url)
+        headers, origin = auth, None
         for _ in range(MAX_REDIRECTS + 1):
             parts = urlsplit(url)
             here = f"{parts.scheme}://{parts.netloc}"
             target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            if here != origin:
+            if origin is None:
+                origin = here  # the token's origin
+            elif here != origin:
                 headers = {}  # and not back: once the url left the token's origin, it is not sent again
             response = await self._http.request(here, "GET", target, headers, max_body=max_body)
             location = response.header("location")
@@ -259,8 +261,3 @@ class MediaFetcher:
             )
         except (ValueError, KeyError, TypeError, msgspec.DecodeError) as exc:
             raise _Retry(f"lookup answer unreadable: {type(exc).__name__}") from None
-
-
-def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"

@@ -240,14 +240,9 @@ def _md5_base64(data: bytes) -> str:
 
 
 def _s3_error(status: int, body: bytes, bucket: str, key: str) -> S3Error:
-    """S3's XML error answer as miniopy's S3Error (code None when the body is not S3's XML)."""
-    fields: dict[str, str | None] = dict.fromkeys(("Code", "Message", "Resource", "RequestId", "HostId"))
+    """S3's XML error answer, read by miniopy's own parser; code None when the body is not S3's XML."""
     try:
-        root = ElementTree.fromstring(body) if body else None
+        return S3Error.fromxml(None, body.decode(errors="replace"))  # type: ignore[arg-type]  # no aiohttp response
     except ElementTree.ParseError:
-        root = None
-    if root is not None:
-        for name in fields:
-            fields[name] = root.findtext(name)
-    return S3Error(fields["Code"], fields["Message"] or f"HTTP {status}", fields["Resource"], fields["RequestId"],
-                   fields["HostId"], None, bucket_name=bucket, object_name=key)  # type: ignore[arg-type]  # fmt: skip
+        return S3Error(None, f"HTTP {status}", None, None, None, None,  # type: ignore[arg-type]
+                       bucket_name=bucket, object_name=key)  # fmt: skip
