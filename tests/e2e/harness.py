@@ -161,11 +161,22 @@ class Bridge:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise AssertionError(f"the bridge exited with {self.process.returncode}:\n{self.stderr()[-3000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if (await self._http.get(f"{self.url}/healthz", timeout=2)).status_code == 200:
-                    return
+            if await self._healthy(self.url) and await self._worker_healthy():
+                return
             await asyncio.sleep(0.1)
         raise AssertionError(f"the bridge did not answer /healthz in {timeout} s:\n{self.stderr()[-3000:]}")
+
+    async def _healthy(self, url: str) -> bool:
+        with contextlib.suppress(httpx.HTTPError):
+            return (await self._http.get(f"{url}/healthz", timeout=2)).status_code == 200
+        return False
+
+    async def _worker_healthy(self) -> bool:
+        """The worker answers on its status port once its backends are open and it consumes. Without waiting for it,
+        a test that cuts a server right after start could cut the worker's own start-up instead of the running
+        bridge it meant to test (seen: S3 cut while the worker still checked its buckets)."""
+        port = self.settings.worker_metrics_port
+        return port == 0 or await self._healthy(f"http://127.0.0.1:{port}")
 
     async def kill(self) -> None:
         """A crash: SIGKILL for the bridge's process group and every process under it, no drain at all."""
