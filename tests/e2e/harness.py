@@ -44,9 +44,16 @@ GENESYS_TIMEOUT = 2.0
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct ports free right now (all held open together while they are picked)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
 
 
 def tenant_config(genesys_url: str, *, rate_limit: int = 1_000_000) -> TenantConfig:
@@ -123,8 +130,13 @@ class Bridge:
         self, settings: Settings, workdir: Path, *, inspect_settings: Settings | None = None,
         extra_env: dict[str, str] | None = None,
     ) -> None:  # fmt: skip
-        self.settings = settings.replace(port=settings.port if settings.port != 8080 else free_port(),
-                                         log_level="WARNING")  # fmt: skip
+        # The worker's status port is chosen too: its default, the HTTP port + 1, can be a port the kernel has just
+        # handed to some outgoing connection (the HTTP port is picked from the ephemeral range), and the harness
+        # waits for the worker to answer there.
+        http_port, status_port = free_ports(2)
+        self.settings = settings.replace(port=settings.port if settings.port != 8080 else http_port,
+                                         metrics_port=settings.metrics_port if settings.metrics_port is not None
+                                         else status_port, log_level="WARNING")  # fmt: skip
         self.inspect_settings = (inspect_settings or settings).replace(port=self.settings.port)
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
