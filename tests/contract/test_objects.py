@@ -162,9 +162,11 @@ async def test_a_presigned_url_with_a_tampered_signature_is_refused(objects: Obj
 
 async def test_a_presigned_url_stops_working_after_it_expires(objects: Objects) -> None:
     await objects.put(MEDIA_BUCKET, "acme/short.ogg", b"OggS", content_type="audio/ogg")
-    url = await objects.presigned_get(MEDIA_BUCKET, "acme/short.ogg", expires=1)
+    # S3 dates a signature to the whole second (rounded down): a 1 s URL could already be stale when a slow machine
+    # first used it (seen once in a CI-style run). 3 s leaves at least 2 s for the first download.
+    url = await objects.presigned_get(MEDIA_BUCKET, "acme/short.ogg", expires=3)
     assert (await download(objects, url))[0] == 200
-    await anyio.sleep(2.1)
+    await anyio.sleep(4.1)
     assert (await download(objects, url))[0] == 403
 
 
