@@ -93,3 +93,50 @@ async def test_postgresql_down_holds_messages_unacked_and_delivers_them_once_it_
         assert len(received) == len(set(received)), "nothing delivered twice"
     finally:
         await bridge.aclose()
+
+
+async def test_a_bridge_started_while_the_broker_is_down_waits_for_it_then_delivers(
+    server_settings: Settings, genesys: Genesys, meta: MetaSim, proxy_factory, tmp_path
+) -> None:
+    """A deployment restarting together, or a broker still booting: the bridge does not exit, it retries and
+    starts serving once the broker answers."""
+    assert server_settings.amqp_url is not None
+    proxy, url = await proxy_factory(server_settings.amqp_url.reveal())
+    proxy.cut()
+    direct = server_settings.replace(graph_api_url=meta.graph_url)
+    await put_tenant(direct, genesys.url)
+    bridge = Bridge(direct.replace(amqp_url=Secret(url)), tmp_path / "bridge", inspect_settings=direct)
+    starting = asyncio.create_task(bridge.start(ready_timeout=90))
+    try:
+        await asyncio.sleep(4)
+        assert bridge.process is not None and bridge.process.poll() is None, bridge.stderr()[-2000:]
+        assert not starting.done(), "not ready while the broker is down"
+        assert "queue unavailable" in bridge.stderr() and "retrying in" in bridge.stderr()
+        proxy.restore()
+        await starting
+        wamids = await bridge.send(*texts(3, wa_id="15550000012"))
+        rows = await bridge.wait_tracked(wamids)
+        assert [rows[w].status for w in wamids] == ["delivered"] * 3
+        assert await delivered_wamids(genesys) == wamids
+    finally:
+        starting.cancel()
+        await bridge.aclose()
+
+
+async def test_a_bridge_stopped_while_waiting_for_a_server_exits_0_at_once(
+    server_settings: Settings, genesys: Genesys, meta: MetaSim, proxy_factory, tmp_path
+) -> None:
+    assert server_settings.database_url is not None
+    proxy, url = await proxy_factory(server_settings.database_url.reveal())
+    proxy.cut()
+    bridge = Bridge(server_settings.replace(database_url=Secret(url)), tmp_path / "bridge")
+    starting = asyncio.create_task(bridge.start(ready_timeout=60))
+    try:
+        await asyncio.sleep(3)
+        assert "store unavailable" in bridge.stderr()
+        started = asyncio.get_running_loop().time()
+        assert await bridge.terminate(timeout=15) == 0
+        assert asyncio.get_running_loop().time() - started < 5.0
+    finally:
+        starting.cancel()
+        await bridge.aclose()

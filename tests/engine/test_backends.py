@@ -4,13 +4,14 @@ backend is down without hanging."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
 import anyio
 import pytest
 
-from wabridge.engine.backends import Backends, adapter_kinds, open_backends, readiness
+from wabridge.engine.backends import Backends, adapter_kinds, open_backends, open_backends_when_up, readiness
 from wabridge.engine.ports import MEDIA_BUCKET, WEBHOOKS_BUCKET, BackendUnavailable, Cache, Objects, Queue, Store
 from wabridge.engine.secrets import Secret
 from wabridge.engine.settings import Settings
@@ -124,6 +125,63 @@ async def test_a_backend_that_cannot_open_fails_the_start_and_the_others_are_clo
     # The store and queue opened before the failure were closed: their SQLite files can be reopened at once.
     async with open_backends(embedded_settings) as backends:
         assert (await readiness(backends))["store"] is True
+
+
+@pytest.mark.servers
+async def test_opening_while_a_server_is_down_waits_for_it_and_opens_once_it_is_up(
+    embedded_settings: Settings, proxy_factory
+) -> None:
+    proxy, url = await proxy_factory(os.environ["WABRIDGE_S3_ENDPOINT"])
+    proxy.cut()
+    settings = s3_only(embedded_settings, url)
+    opened = asyncio.Event()
+
+    async def start() -> bool:
+        async with open_backends_when_up(settings, asyncio.Event(), first_retry=0.05, max_retry=0.2) as backends:
+            assert backends is not None
+            opened.set()
+            return (await readiness(backends))["objects"]
+
+    try:
+        starting = asyncio.create_task(start())
+        await asyncio.sleep(1.0)  # several attempts, each refused
+        assert not opened.is_set()
+        proxy.restore()
+        with anyio.fail_after(10):
+            assert await starting is True
+    finally:
+        await forget_s3(settings)
+
+
+@pytest.mark.servers
+async def test_a_stop_while_waiting_for_a_server_ends_the_wait_at_once(
+    embedded_settings: Settings, proxy_factory
+) -> None:
+    proxy, url = await proxy_factory(os.environ["WABRIDGE_S3_ENDPOINT"])
+    proxy.cut()
+    stopping = asyncio.Event()
+
+    async def start() -> Backends | None:
+        async with open_backends_when_up(s3_only(embedded_settings, url), stopping, max_retry=30) as backends:
+            return backends
+
+    starting = asyncio.create_task(start())
+    await asyncio.sleep(2.0)  # past the first retries: now in a long wait
+    stopping.set()
+    with anyio.fail_after(1):
+        assert await starting is None
+
+
+@pytest.mark.servers
+async def test_a_misconfiguration_is_not_retried(embedded_settings: Settings) -> None:
+    """Only a server that is down is waited for: credentials the server refuses fail the start at once."""
+    settings = s3_only(embedded_settings, os.environ["WABRIDGE_S3_ENDPOINT"])
+    settings = settings.replace(s3_secret_key=Secret("not-the-secret"))
+    with anyio.fail_after(5), pytest.raises(Exception) as failure:  # noqa: PT011 - whatever the adapter raises
+        async with open_backends_when_up(settings, asyncio.Event()):
+            pytest.fail("the block must not run")
+    assert not isinstance(failure.value, BackendUnavailable)
+    assert "not-the-secret" not in str(failure.value)
 
 
 @pytest.mark.servers

@@ -115,11 +115,18 @@ class IngressApp:
         ARCHIVES_RUNNING.set_function(lambda: archive.puts_running)
         ARCHIVE_BYTES.set_function(lambda: archive.pending_bytes)
 
-    async def start(self) -> None:
+    async def start(self, stopping: asyncio.Event | None = None) -> bool:
+        """Open the backends, waiting for servers that are down; False when `stopping` was set first."""
         if self.backends is None:
-            from wabridge.engine.backends import open_backends
+            from wabridge.engine.backends import open_backends_when_up
 
-            self._bind(await self._exit.enter_async_context(open_backends(self.settings)))
+            backends = await self._exit.enter_async_context(
+                open_backends_when_up(self.settings, stopping or asyncio.Event())
+            )
+            if backends is None:
+                return False
+            self._bind(backends)
+        return True
 
     async def aclose(self) -> None:
         """Put the archive's last segments (bounded by CLOSE_DEADLINE), then close what we opened."""
@@ -412,23 +419,23 @@ def serve_embedded(settings: Settings) -> None:
 
     async def run() -> None:
         app = IngressApp(settings)
-        await app.start()
         server = Server(app, address=settings.host, port=settings.port, interface=Interfaces.RSGI,
                         http=HTTPModes.http1, websockets=False, log_enabled=False)  # fmt: skip
         loop = asyncio.get_running_loop()
-        stops = 0
+        stopping = asyncio.Event()
 
         def stop() -> None:
-            nonlocal stops
-            stops += 1
-            if stops > 1:
+            if stopping.is_set():
                 os._exit(1)  # the second signal: no drain
+            stopping.set()
             server.stop()
 
+        # Installed before the backends open: a signal while a server is still down at start-up stops the wait.
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop)
         try:
-            await server.serve()
+            if await app.start(stopping):
+                await server.serve()
         finally:
             await app.aclose()
 

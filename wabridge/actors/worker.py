@@ -154,9 +154,11 @@ class Worker:
 
 
 async def run_worker(settings, shutdown: Shutdown, *, shards: Sequence[int] | None = None) -> None:
-    from wabridge.engine.backends import open_backends
+    from wabridge.engine.backends import open_backends_when_up
 
-    async with open_backends(settings) as backends:
+    async with open_backends_when_up(settings, shutdown.stopping) as backends:
+        if backends is None:
+            return  # stopped before the servers came up: nothing was consumed
         worker = Worker(backends, shards=shards)
         heap.freeze_startup_heap()
         await worker.run(shutdown)

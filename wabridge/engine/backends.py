@@ -8,6 +8,7 @@ only the deployments that use it.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -16,8 +17,11 @@ from typing import Any
 
 import anyio
 
-from wabridge.engine.ports import Cache, Objects, Queue, Store
+from wabridge.engine.logs import get_logger
+from wabridge.engine.ports import BackendUnavailable, Cache, Objects, Queue, Store
 from wabridge.engine.settings import Settings
+
+log = get_logger("backends")
 
 _E = "wabridge.engine"
 # port → (the setting that selects the real adapter, real adapter, embedded adapter)
@@ -34,6 +38,9 @@ OPEN_ORDER = ("store", "cache", "queue", "objects")
 LOCAL_CACHE_ENTRIES = 10_000
 LOCAL_CACHE_STALENESS = 1.0  # seconds
 PING_TIMEOUT = 1.0  # seconds per backend in readiness(): /readyz must answer even when a server hangs
+# A process starting while a server is down waits for it: first retry after FIRST_RETRY s, doubling up to MAX_RETRY.
+FIRST_RETRY = 0.5
+MAX_RETRY = 10.0
 
 
 @dataclass
@@ -88,6 +95,37 @@ async def open_backends(
                 await adapter.migrate()
             opened[port] = adapter
         yield Backends(settings=settings, **opened)
+
+
+@asynccontextmanager
+async def open_backends_when_up(
+    settings: Settings, stopping: asyncio.Event, *, first_retry: float = FIRST_RETRY, max_retry: float = MAX_RETRY
+) -> AsyncIterator[Backends | None]:
+    """`open_backends`, retried while a server is down: the bridge's processes start in any order beside their
+    servers (a deployment restarting together, a broker still booting) instead of exiting for a supervisor to
+    restart. Only BackendUnavailable is retried, with a warning per attempt; a misconfiguration (bad credentials, a
+    refused bucket) still fails at once. Yields None when `stopping` is set before every backend is up."""
+    delay = first_retry
+    attempt = 1
+    while not stopping.is_set():
+        stack = AsyncExitStack()
+        try:
+            backends = await stack.enter_async_context(open_backends(settings))
+        except BackendUnavailable as down:
+            log.warning("start-up: %s; retrying in %.1f s (attempt %d)", down, delay, attempt)
+            stopped = asyncio.ensure_future(stopping.wait())
+            try:
+                await asyncio.wait({stopped}, timeout=delay)
+            finally:
+                stopped.cancel()
+            delay, attempt = min(delay * 2, max_retry), attempt + 1
+            continue
+        async with stack:
+            if attempt > 1:
+                log.warning("start-up: every backend is up after %d attempts", attempt)
+            yield backends
+        return
+    yield None
 
 
 async def readiness(backends: Backends, *, timeout: float = PING_TIMEOUT) -> dict[str, bool]:
