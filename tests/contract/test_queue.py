@@ -5,6 +5,7 @@ side has to show (several writers on one file, a shard lease that a dead process
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 import uuid
@@ -361,6 +362,40 @@ async def test_publishing_and_consuming_resume_after_the_broker_comes_back(amqp_
     # "before" may come twice if the cut beat its ack: at-least-once, never lost.
     assert set(got.message_ids) == {"before", "after"}
     await consumer.stop()
+
+
+@pytest.mark.parametrize("anyio_backend", [pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop")])
+async def test_a_peer_that_closes_each_connection_at_once_reads_as_unavailable(anyio_backend, monkeypatch) -> None:
+    """A broker still booting, or a proxy with no backend, accepts and closes at once. Under uvloop (as the bridge
+    runs) aiormq then sometimes ends its handshake with a bare StopAsyncIteration (8 of 30 attempts, measured): it
+    must read as BackendUnavailable, so the ingress answers 503 and the consumer keeps retrying, instead of a 500
+    and a consumer task that died for good."""
+    import socket
+    import threading
+
+    from wabridge.engine import queue_amqp
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+
+    def accept_and_close() -> None:  # in a thread: the close reaches the client as from another process
+        with contextlib.suppress(OSError):
+            while True:
+                listener.accept()[0].close()
+
+    threading.Thread(target=accept_and_close, daemon=True).start()
+    monkeypatch.setattr(queue_amqp, "RECONNECT_PAUSE", 0.0)  # dial on every attempt
+    port = listener.getsockname()[1]
+    queue = queue_amqp.AmqpQueue(Settings(amqp_url=Secret(f"amqp://guest:guest@127.0.0.1:{port}/")))
+    try:
+        for n in range(30):
+            with pytest.raises(BackendUnavailable):
+                await queue.publish("tenant-a", b"x", message_id=f"m{n}")
+            await anyio.sleep(0.01)
+    finally:
+        listener.close()
+        await queue.close()
 
 
 # --- SQLite: one file, several processes ----------------------------------------------------------------------------

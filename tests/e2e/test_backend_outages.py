@@ -140,3 +140,37 @@ async def test_a_bridge_stopped_while_waiting_for_a_server_exits_0_at_once(
     finally:
         starting.cancel()
         await bridge.aclose()
+
+
+async def test_broker_down_answers_503_and_the_bridge_recovers_when_it_is_back(
+    server_settings: Settings, genesys: Genesys, meta: MetaSim, proxy_factory, tmp_path
+) -> None:
+    """RabbitMQ restarts under a running bridge: webhooks meanwhile get 503 (Meta resends them), and once the broker
+    is back the ingress publishes again and the worker consumes again, without a restart of the bridge. What Meta
+    resends after a 503 is delivered once; nothing answered 200 is lost."""
+    assert server_settings.amqp_url is not None
+    proxy, url = await proxy_factory(server_settings.amqp_url.reveal())
+    bridge = await start_bridge(server_settings, genesys, meta, tmp_path, amqp_url=Secret(url))
+    try:
+        before = await bridge.send(*texts(2, wa_id="15550000013"))
+        await bridge.wait_tracked(before)
+        proxy.cut()
+        during = texts(3, wa_id="15550000013")
+        bodies = [webhooks.webhook(PHONE_NUMBER_ID, [m]) for m in during]
+        statuses = [await bridge.post(body, timeout=20) for body in bodies]
+        assert statuses == [503, 503, 503]
+        await asyncio.sleep(2)
+        proxy.restore()
+        for body in bodies:  # Meta's resends: each until it is answered 200
+            for _ in range(60):
+                if await bridge.post(body, timeout=20) == 200:
+                    break
+                await asyncio.sleep(0.5)
+            else:
+                raise AssertionError(f"no 200 after the broker came back:\n{bridge.stderr()[-2000:]}")
+        resent = [m["id"] for m in during]
+        rows = await bridge.wait_tracked(resent, timeout=90)
+        assert [rows[w].status for w in resent] == ["delivered"] * 3
+        assert await delivered_wamids(genesys) == before + resent, "each once, in order"
+    finally:
+        await bridge.aclose()

@@ -303,7 +303,7 @@ class AmqpConsumer:
             try:
                 await self._subscribe()
                 failures = 0
-            except (*_BROKER_ERRORS, BackendUnavailable, TimeoutError) as exc:
+            except Exception as exc:  # noqa: BLE001 - this task must outlive any failure, or consumption stops
                 failures += 1
                 log.warning("queue consumer re-subscription failed: %s", type(exc).__name__)  # no URL in logs
 
@@ -377,7 +377,9 @@ class AmqpQueue:
                     except BaseException:
                         await connection.close()
                         raise
-            except (*_BROKER_ERRORS, TimeoutError) as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever the handshake died of, the broker is not usable now
+                # Not only AMQPError/OSError: a peer that accepts and at once closes the socket (a broker still
+                # booting, a proxy with no backend) ends aiormq's handshake with a bare StopAsyncIteration.
                 self._failed_at = time.monotonic()
                 raise BackendUnavailable(PORT, f"cannot connect: {type(exc).__name__}") from None
             self._connection, self._publisher = connection, publisher
