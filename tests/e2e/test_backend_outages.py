@@ -174,3 +174,31 @@ async def test_broker_down_answers_503_and_the_bridge_recovers_when_it_is_back(
         assert await delivered_wamids(genesys) == before + resent, "each once, in order"
     finally:
         await bridge.aclose()
+
+
+async def test_object_storage_down_while_media_arrives_holds_it_and_delivers_it_with_its_attachment_once_back(
+    server_settings: Settings, genesys: Genesys, meta: MetaSim, proxy_factory, tmp_path
+) -> None:
+    """S3 is where media goes before Genesys can fetch it: while it is down a media message cannot be delivered,
+    and must wait (not burn its three attempts into `failed`) and reach the agent, attachment and all, once S3 is
+    back. Text from the same customer queued behind it keeps its place."""
+    proxy, url = await proxy_factory(server_settings.s3_endpoint)
+    bridge = await start_bridge(server_settings, genesys, meta, tmp_path, s3_endpoint=url)
+    try:
+        proxy.cut()
+        image = webhooks.message("image", wa_id="15550000014")
+        after = webhooks.message("text", wa_id="15550000014", text="and this one?")
+        for message in (image, after):
+            assert await bridge.post(webhooks.webhook(PHONE_NUMBER_ID, [message]), timeout=20) == 200
+        await asyncio.sleep(8)  # several rounds of the worker meeting the outage
+        assert await delivered_wamids(genesys) == [], "nothing reaches the agent without its attachment"
+        proxy.restore()
+        wamids = [image["id"], after["id"]]
+        rows = await bridge.wait_tracked(wamids, timeout=120)
+        assert [rows[w].status for w in wamids] == ["delivered"] * 2
+        assert await delivered_wamids(genesys) == wamids, "each once, in order"
+        (first, _) = await genesys.messages()
+        (attachment,) = [c["attachment"] for c in first["body"]["content"]]
+        assert attachment["mediaType"] == "Image" and attachment["url"].startswith("http")
+    finally:
+        await bridge.aclose()
