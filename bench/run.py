@@ -77,6 +77,10 @@ def targets(s: dict[str, Any]) -> list[dict[str, Any]]:
     if ing and ceil.get("broker"):
         ratio = rate / max(ceil["broker"]["aiormq_256_in_flight"], 1)
         add("ingress / broker confirmed-publish ceiling", f"{ratio:.0%}", "≥ 65 %", ratio >= 0.65)
+        sharded = ceil["broker"].get("aiormq_256_in_flight_sharded")
+        if sharded:
+            add("ingress / the broker's ceiling through the bridge's own sharded topology",
+                f"{rate / max(sharded, 1):.0%}", "(info)", True)  # fmt: skip
     if ing and ceil.get("granian_ok"):
         add("ingress / Granian 'ok' ceiling", f"{rate / max(ceil['granian_ok']['ok_per_s'], 1):.0%}", "(info)", True)
     if e2e:

@@ -61,6 +61,7 @@ async def ceilings(rig: Rig, figures: dict[str, Any]) -> dict[str, Any]:
     rig.extra_queues.append(queue)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.comparators.broker_ceiling", rig.settings.amqp_url.reveal(), queue, str(seconds),
+        str(rig.settings.shards),
         stdout=asyncio.subprocess.PIPE,
     )
     stdout, _ = await proc.communicate()
