@@ -182,6 +182,18 @@ async def test_mappings_are_per_tenant_and_set_conversation_overwrites(store):
     assert await store.get_conversation("acme", "unknown") is None
 
 
+async def test_conversations_are_read_and_set_many_at_once_the_last_row_of_a_key_winning(store):
+    a, b, c, d = (str(uuid.uuid4()) for _ in range(4))
+    assert await store.get_conversations([]) == {}
+    await store.set_conversations([])
+    await store.set_conversations([("acme", "1650", a), ("globex", "1650", b), ("acme", "1651", c), ("acme", "1650", d)])
+    keys = [("acme", "1650"), ("globex", "1650"), ("acme", "1651"), ("acme", "unknown"), ("initech", "1650")]
+    assert await store.get_conversations(keys) == {("acme", "1650"): d, ("globex", "1650"): b, ("acme", "1651"): c}
+    await store.set_conversations([("globex", "1650", a)])  # overwrites, as set_conversation
+    assert await store.get_conversation("globex", "1650") == a
+    assert await store.put_conversation("acme", "1651", b) == c  # the set row is the stored one
+
+
 async def test_touch_conversations_accepts_many_touches_at_once(store):
     conv = str(uuid.uuid4())
     await store.put_conversation("acme", "1650", conv)

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 import msgspec
 
+from wabridge.engine.grouping import Grouped
 from wabridge.engine.ports import BackendUnavailable, Store, TrackingRecord
 
 log = logging.getLogger(__name__)
@@ -188,11 +189,8 @@ class TrackingWriter:
 
 
 class TrackingLookups:
-    """The relay's "seen this wamid before?" reads, grouped: one `Store.get_tracking_many` answers every read that
-    is waiting, across tenants. The first read when none is in flight starts after `max_delay` (below); reads that
-    arrive while one is in flight form the next. Each answer comes from a read started after it was
-    asked, so a row committed before `get()` is always seen (a customer's redelivered wamid, handled after the first
-    copy was tracked, is found).
+    """The relay's "seen this wamid before?" reads, grouped (engine/grouping.py): one `Store.get_tracking_many`
+    answers every read that is waiting, across tenants.
 
     One SELECT per message was a PostgreSQL round trip and a pooled connection per message (8 % of the worker's CPU
     even when grouped per tenant); under load this is one per batch of up to `max_batch`. A read waits `max_delay`
@@ -201,48 +199,13 @@ class TrackingLookups:
     """
 
     def __init__(self, store: Store, *, max_batch: int = 1000, max_delay: float = 0.002) -> None:
-        if max_batch < 1:
-            raise ValueError("max_batch must be at least 1")
-        self.store = store
-        self.max_batch = max_batch
-        self.max_delay = max_delay
-        self._waiting: list[tuple[tuple[str, str], asyncio.Future[TrackingRecord | None]]] = []
-        self._reader: asyncio.Task[None] | None = None  # the read in flight
-        self.reads = 0
+        self._grouped: Grouped[tuple[str, str], TrackingRecord] = Grouped(
+            store.get_tracking_many, name="tracking-lookups", max_batch=max_batch, max_delay=max_delay
+        )
 
     async def get(self, tenant_id: str, wamid: str) -> TrackingRecord | None:
-        done: asyncio.Future[TrackingRecord | None] = asyncio.get_running_loop().create_future()
-        self._waiting.append(((tenant_id, wamid), done))
-        if self._reader is None:
-            self._reader = asyncio.get_running_loop().create_task(self._read(), name="tracking-lookups")
-        return await done
+        return await self._grouped.get((tenant_id, wamid))
 
-    async def _read(self) -> None:
-        try:
-            if self.max_delay:
-                await asyncio.sleep(self.max_delay)  # let the reads of the next moment share this one
-            while self._waiting:
-                batch = [(k, f) for k, f in self._waiting[: self.max_batch] if not f.done()]  # skip cancelled callers
-                del self._waiting[: self.max_batch]
-                if not batch:
-                    continue
-                try:
-                    rows = await self.store.get_tracking_many([k for k, _ in batch])
-                except Exception as exc:
-                    for _, done in batch:
-                        if not done.done():
-                            done.set_exception(exc)
-                    continue
-                except BaseException:
-                    for _, done in batch:
-                        done.cancel()
-                    raise
-                self.reads += 1
-                for key, done in batch:
-                    if not done.done():
-                        done.set_result(rows.get(key))
-        finally:
-            self._reader = None
-            waiting, self._waiting = self._waiting, []
-            for _, done in waiting:  # only when this task itself was cancelled
-                done.cancel()
+    @property
+    def reads(self) -> int:
+        return self._grouped.calls

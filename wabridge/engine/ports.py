@@ -192,11 +192,17 @@ class Store(Protocol):
     # conversation mappings
     async def get_conversation(self, tenant_id: str, wa_id: str) -> str | None: ...
 
+    async def get_conversations(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """(tenant_id, wa_id) → conversation id for those that have one, in one round trip."""
+
     async def put_conversation(self, tenant_id: str, wa_id: str, conversation_id: str) -> str:
         """Insert if absent and return the stored id (the existing one when another writer won)."""
 
     async def set_conversation(self, tenant_id: str, wa_id: str, conversation_id: str) -> None:
         """Overwrite: Genesys answered with the conversation id it uses."""
+
+    async def set_conversations(self, rows: Sequence[tuple[str, str, str]]) -> None:
+        """`set_conversation` for many (tenant_id, wa_id, conversation_id) at once; the last row of a key wins."""
 
     async def touch_conversations(self, touches: Sequence[tuple[str, str, float]]) -> None:
         """(tenant_id, wa_id, unix time) → last_activity_at, many at once (coalesced by the caller)."""

@@ -392,6 +392,19 @@ class PostgresStore:
             )  # fmt: skip
         return None if value is None else str(value)
 
+    async def get_conversations(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        if not keys:
+            return {}
+        async with self._conn() as conn:
+            # One primary-key probe per key, as get_tracking_many.
+            rows = await conn.fetch(
+                "SELECT m.tenant_id, m.wa_id, m.conversation_id FROM unnest($1::text[], $2::text[]) AS k(tenant, wa),"
+                " LATERAL (SELECT tenant_id, wa_id, conversation_id FROM conversation_mappings"
+                " WHERE tenant_id = k.tenant AND wa_id = k.wa) m",
+                [k[0] for k in keys], [k[1] for k in keys],
+            )  # fmt: skip
+        return {(r["tenant_id"], r["wa_id"]): str(r["conversation_id"]) for r in rows}
+
     async def put_conversation(self, tenant_id: str, wa_id: str, conversation_id: str) -> str:
         async with self._conn() as conn:
             won = await conn.fetchval(
@@ -409,12 +422,20 @@ class PostgresStore:
         return str(existing)
 
     async def set_conversation(self, tenant_id: str, wa_id: str, conversation_id: str) -> None:
+        await self.set_conversations([(tenant_id, wa_id, conversation_id)])
+
+    async def set_conversations(self, rows: Sequence[tuple[str, str, str]]) -> None:
+        # One row per key, the last: ON CONFLICT DO UPDATE refuses to touch a row twice in one statement.
+        latest = {(t, w): c for t, w, c in rows}
+        if not latest:
+            return
         async with self._conn() as conn:
             await conn.execute(
-                "INSERT INTO conversation_mappings (tenant_id, wa_id, conversation_id) VALUES ($1, $2, $3)"
+                "INSERT INTO conversation_mappings (tenant_id, wa_id, conversation_id)"
+                " SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[])"
                 " ON CONFLICT (tenant_id, wa_id) DO UPDATE SET conversation_id = EXCLUDED.conversation_id,"
                 " last_activity_at = now()",
-                tenant_id, wa_id, conversation_id,
+                [k[0] for k in latest], [k[1] for k in latest], list(latest.values()),
             )  # fmt: skip
 
     async def touch_conversations(self, touches: Sequence[tuple[str, str, float]]) -> None:

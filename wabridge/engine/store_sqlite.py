@@ -308,13 +308,30 @@ class SqliteStore:
 
         return await self._run(work)
 
+    async def get_conversations(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        def work(db: sqlite3.Connection) -> dict[tuple[str, str], str]:
+            found = {}
+            for tenant_id, wa_id in keys:
+                row = db.execute(
+                    "SELECT conversation_id FROM conversation_mappings WHERE tenant_id = ? AND wa_id = ?",
+                    (tenant_id, wa_id),
+                ).fetchone()
+                if row is not None:
+                    found[(tenant_id, wa_id)] = row[0]
+            return found
+
+        return await self._run(work) if keys else {}
+
     async def set_conversation(self, tenant_id: str, wa_id: str, conversation_id: str) -> None:
+        await self.set_conversations([(tenant_id, wa_id, conversation_id)])
+
+    async def set_conversations(self, rows: Sequence[tuple[str, str, str]]) -> None:
         def work(db: sqlite3.Connection) -> None:
             now = time.time()
-            db.execute(
+            db.executemany(
                 "INSERT INTO conversation_mappings VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant_id, wa_id) DO UPDATE"
                 " SET conversation_id = excluded.conversation_id, last_activity_at = excluded.last_activity_at",
-                (tenant_id, wa_id, conversation_id, now, now),
+                [(tenant_id, wa_id, conversation_id, now, now) for tenant_id, wa_id, conversation_id in rows],
             )
 
         await self._run(work)
