@@ -43,6 +43,23 @@ class CountingStore:
         return getattr(self.inner, name)
 
 
+class CountingCache(MemoryCache):
+    """The embedded cache, its grouped calls recorded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[list[str]] = []
+        self.writes: list[list[tuple[str, bytes]]] = []
+
+    async def get_many(self, keys):
+        self.reads.append(list(keys))
+        return await super().get_many(keys)
+
+    async def set_many(self, items, ttl):
+        self.writes.append(list(items))
+        await super().set_many(items, ttl)
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.servers)])
 def store_settings(request):
     return request.getfixturevalue("embedded_settings" if request.param == "sqlite" else "server_settings")
@@ -62,17 +79,20 @@ async def test_a_burst_of_new_customers_shares_one_store_read_and_one_write(stor
     tenant = f"t{uuid.uuid4().hex[:8]}"
     returning = {f"1555{n:04d}": str(uuid.uuid4()) for n in range(0, 40, 4)}  # every 4th customer wrote before
     await store.inner.set_conversations([(tenant, wa, conv) for wa, conv in returning.items()])
-    cache = MemoryCache()
+    cache = CountingCache()
     state = ConversationState(cache, store)
     customers = [f"1555{n:04d}" for n in range(40)]
 
     found = await asyncio.gather(*(state.known(tenant, wa) for wa in customers))
     assert found == [returning.get(wa) for wa in customers]
+    assert len(cache.reads) == 1 and len(cache.reads[0]) == len(customers)  # one MGET for the burst
     assert len(store.reads) == 1 and sorted(store.reads[0]) == sorted((tenant, wa) for wa in customers)
+    assert len(cache.writes) == 1 and len(cache.writes[0]) == 2 * len(returning)  # both directions, one pipeline
 
     named = {wa: str(uuid.uuid4()) for wa in customers if wa not in returning}  # Genesys's answers
     await asyncio.gather(*(state.adopt(tenant, wa, conv) for wa, conv in named.items()))
     assert len(store.writes) == 1 and len(store.writes[0]) == len(named)
+    assert len(cache.writes) == 2 and len(cache.writes[1]) == 2 * len(named)
     stored = await store.inner.get_conversations([(tenant, wa) for wa in customers])
     assert stored == {(tenant, wa): conv for wa, conv in (returning | named).items()}
     # Cached both ways, and remembered: asking again costs no store read.

@@ -47,6 +47,19 @@ async def test_get_returns_what_set_stored_and_none_for_a_missing_key(cache):
     assert await cache.get("k") == b"v2"
 
 
+async def test_many_keys_are_read_and_set_at_once_with_one_ttl(cache):
+    assert await cache.get_many([]) == {}
+    await cache.set_many([], 60)
+    await cache.set("a", b"old", 60)
+    await cache.set_many([("a", b"1"), ("b", b"2"), ("c", b"3")], 60)
+    assert await cache.get_many(["a", "b", "missing", "c"]) == {"a": b"1", "b": b"2", "c": b"3"}
+    assert await cache.get("b") == b"2"
+    await cache.set_many([("short", b"x")], 0.15)
+    assert await cache.get_many(["short"]) == {"short": b"x"}
+    await asyncio.sleep(0.3)
+    assert await cache.get_many(["short", "a"]) == {"a": b"1"}
+
+
 async def test_a_key_expires_after_its_ttl(cache):
     await cache.set("k", b"v", 0.15)
     assert await cache.get("k") == b"v"
@@ -174,6 +187,27 @@ async def test_a_change_through_the_same_local_cache_is_seen_at_once(server_sett
         assert await local.get(key) == b"c-3"
     finally:
         await local.close()
+
+
+async def test_local_get_many_asks_the_remote_only_for_what_it_does_not_hold(embedded_settings):
+    asked: list[list[str]] = []
+
+    class Counting(MemoryCache):
+        async def get_many(self, keys):
+            asked.append(list(keys))
+            return await super().get_many(keys)
+
+    remote = Counting(embedded_settings)
+    await remote.set_many([("held", b"1"), ("far", b"2")], 60)
+    local = LocalCache(remote, max_staleness=60)
+    assert await local.get("held") == b"1"
+    assert await local.get_many(["held", "far", "none"]) == {"held": b"1", "far": b"2"}
+    assert asked == [["far", "none"]]
+    assert await local.get_many(["held", "far", "none"]) == {"held": b"1", "far": b"2"}  # misses remembered too
+    assert len(asked) == 1
+    await local.set_many([("none", b"3")], 60)  # a write through this cache replaces the remembered miss at once
+    assert await local.get_many(["none"]) == {"none": b"3"} and len(asked) == 1
+    await local.close()
 
 
 @pytest.mark.servers

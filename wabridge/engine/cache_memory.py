@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 
 from wabridge.engine.settings import Settings
 
@@ -45,8 +46,16 @@ class MemoryCache:
     async def get(self, key: str) -> bytes | None:
         return self._live(key)
 
+    async def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        found = {key: self._live(key) for key in keys}
+        return {key: value for key, value in found.items() if value is not None}
+
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         self._store(key, value, ttl)
+
+    async def set_many(self, items: Sequence[tuple[str, bytes]], ttl: float) -> None:
+        for key, value in items:
+            self._store(key, value, ttl)
 
     async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
         if self._live(key) is not None:

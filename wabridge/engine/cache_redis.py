@@ -7,7 +7,7 @@ error becomes `BackendUnavailable("cache", …)`.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import TypeVar
 
 import redis.asyncio as redis
@@ -63,8 +63,27 @@ class RedisCache:
     async def get(self, key: str) -> bytes | None:
         return await self._call(self._redis.get(self._prefix + key))
 
+    async def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        if not keys:
+            return {}
+        values = await self._call(self._redis.mget([self._prefix + key for key in keys]))
+        return {key: value for key, value in zip(keys, values) if value is not None}
+
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         await self._call(self._redis.set(self._prefix + key, value, px=_ms(ttl)))
+
+    async def set_many(self, items: Sequence[tuple[str, bytes]], ttl: float) -> None:
+        if not items:
+            return
+        px = _ms(ttl)
+
+        async def pipelined() -> None:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key, value in items:
+                    pipe.set(self._prefix + key, value, px=px)
+                await pipe.execute()
+
+        await self._call(pipelined())
 
     async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
         return bool(await self._call(self._redis.set(self._prefix + key, value, px=_ms(ttl), nx=True)))

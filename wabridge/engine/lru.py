@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 
 from wabridge.engine.ports import Cache
 
@@ -53,6 +54,27 @@ class LocalCache:
             self._remember(key, value, self.max_staleness)
         return value
 
+    async def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        missing: list[str] = []
+        now = time.monotonic()
+        for key in keys:
+            entry = self._entries.get(key)
+            if entry is not None and entry[1] > now:
+                self._entries.move_to_end(key)
+                if entry[0] is not None:
+                    found[key] = entry[0]
+            else:
+                missing.append(key)
+        if missing:
+            writes = self._writes
+            remote = await self.remote.get_many(missing)
+            if writes == self._writes:
+                for key in missing:
+                    self._remember(key, remote.get(key), self.max_staleness)
+            found.update(remote)
+        return found
+
     def _forget(self, key: str) -> None:
         self._writes += 1
         self._entries.pop(key, None)
@@ -61,6 +83,13 @@ class LocalCache:
         self._forget(key)  # if the remote write fails, no local copy may claim it succeeded
         await self.remote.set(key, value, ttl)
         self._remember(key, value, ttl)
+
+    async def set_many(self, items: Sequence[tuple[str, bytes]], ttl: float) -> None:
+        for key, _ in items:
+            self._forget(key)
+        await self.remote.set_many(items, ttl)
+        for key, value in items:
+            self._remember(key, value, ttl)
 
     async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
         self._forget(key)

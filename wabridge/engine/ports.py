@@ -147,8 +147,14 @@ class Queue(Protocol):
 class Cache(Protocol):
     async def get(self, key: str) -> bytes | None: ...
 
+    async def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """The keys that hold a value, in one round trip."""
+
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         """`ttl` in seconds (> 0)."""
+
+    async def set_many(self, items: Sequence[tuple[str, bytes]], ttl: float) -> None:
+        """`set` for many keys, one `ttl`, in one round trip (not atomic: a failure may leave some set)."""
 
     async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
         """True when this call created the key."""
