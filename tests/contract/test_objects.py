@@ -247,6 +247,48 @@ async def test_s3_refusing_a_put_is_the_servers_error_not_an_outage_and_keeps_th
 
 
 @pytest.mark.servers
+@pytest.mark.parametrize(
+    ("status", "body", "outage"),
+    [
+        (503, b"<html>bad gateway</html>", True),  # a proxy in the way: not S3's XML
+        (500, b"<Error><Code>NotImplemented</Code></Error>", True),  # any 5xx
+        (400, b"<Error><Code>RequestTimeout</Code><Message>slow</Message></Error>", True),  # S3's busy codes
+        (403, b"<Error><Code>AccessDenied</Code><Message>no</Message></Error>", False),  # the caller's mistake
+    ],
+)
+async def test_s3_put_answers_are_an_outage_or_the_servers_error(tmp_path: Path, status, body, outage) -> None:
+    """The put bypasses miniopy's transport: its answers must be translated as miniopy's calls are."""
+    import asyncio
+
+    from miniopy_async.error import S3Error
+
+    from wabridge.engine.http1 import Http1Pool
+    from wabridge.engine.objects_s3 import S3Objects
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.lower().split(b"\r\n")
+        await reader.readexactly(int(next(line.split(b":")[1] for line in lines if line.startswith(b"content-length"))))
+        writer.write(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n%s" % (status, len(body), body))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    settings = s3_settings(tmp_path)
+    objects = S3Objects(settings)
+    try:
+        await objects.open()
+        await objects._puts.aclose()
+        objects._puts = Http1Pool(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        with pytest.raises(BackendUnavailable if outage else S3Error):
+            await objects.put(WEBHOOKS_BUCKET, "acme/x.json", b"{}", content_type="application/json")
+    finally:
+        server.close()
+        await objects.close()
+        await remove_buckets(settings)
+
+
+@pytest.mark.servers
 async def test_s3_applies_the_bucket_prefix(s3_objects) -> None:
     assert s3_objects.bucket_name(WEBHOOKS_BUCKET).endswith("-webhooks-inbound")
     assert s3_objects.bucket_name(WEBHOOKS_BUCKET) != "webhooks-inbound"

@@ -146,13 +146,12 @@ class S3Objects:
         # joined with commas as the signer joined it.
         sent = {k: v if isinstance(v, str) else ",".join(v) for k, v in signed.items()
                 if k not in ("Host", "Content-Length")}  # fmt: skip
-        async with _translated(f"put {bucket}/{key}"):
+        async with _translated(f"put {bucket}/{key}"):  # what miniopy's answers raise, translated as for its calls
             reply = await self._puts.request("PUT", path, sent, data)
-        if not 200 <= reply.status < 300:
-            error = _s3_error(reply.status, reply.body, name, key)
-            if reply.status >= 500 or error.code in _BUSY_CODES:
-                raise BackendUnavailable(PORT, f"put {bucket}/{key}: {error.code or reply.status}")
-            raise error
+            if reply.status >= 500:
+                raise ServerError(f"HTTP {reply.status}", reply.status)
+            if not 200 <= reply.status < 300:
+                raise _s3_error(reply.status, reply.body, name, key)
 
     def _credentials(self) -> Credentials:
         s = self._settings
