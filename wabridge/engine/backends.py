@@ -9,6 +9,7 @@ only the deployments that use it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -113,11 +114,8 @@ async def open_backends_when_up(
             backends = await stack.enter_async_context(open_backends(settings))
         except BackendUnavailable as down:
             log.warning("start-up: %s; retrying in %.1f s (attempt %d)", down, delay, attempt)
-            stopped = asyncio.ensure_future(stopping.wait())
-            try:
-                await asyncio.wait({stopped}, timeout=delay)
-            finally:
-                stopped.cancel()
+            with contextlib.suppress(TimeoutError):  # a stop ends the wait at once
+                await asyncio.wait_for(stopping.wait(), delay)
             delay, attempt = min(delay * 2, max_retry), attempt + 1
             continue
         async with stack:

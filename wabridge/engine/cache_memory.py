@@ -47,8 +47,7 @@ class MemoryCache:
         return self._live(key)
 
     async def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
-        found = {key: self._live(key) for key in keys}
-        return {key: value for key, value in found.items() if value is not None}
+        return {key: value for key in keys if (value := self._live(key)) is not None}
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         self._store(key, value, ttl)

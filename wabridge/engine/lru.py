@@ -48,11 +48,7 @@ class LocalCache:
                 self._entries.move_to_end(key)
                 return entry[0]
             del self._entries[key]
-        writes = self._writes
-        value = await self.remote.get(key)
-        if writes == self._writes:
-            self._remember(key, value, self.max_staleness)
-        return value
+        return (await self.get_many([key])).get(key)  # the miss path, shared: asked remotely, then remembered
 
     async def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
         found: dict[str, bytes] = {}
