@@ -213,6 +213,50 @@ async def test_object_storage_down_while_media_arrives_holds_it_and_delivers_it_
         await bridge.aclose()
 
 
+async def test_an_outage_outlasting_every_attempt_dead_letters_tracked_and_replay_delivers_each_once_in_order(
+    server_settings: Settings, genesys: Genesys, meta: MetaSim, proxy_factory, tmp_path
+) -> None:
+    """S3 stays down longer than the messages may wait (`outage_hold` 1 s here, 300 s by default) through all three
+    attempts. On the last one the worker tracks each unfinished message `dead-lettered` with its payload (before,
+    the broker dead-lettered the webhook and the messages had no row at all) and moves the webhook to the
+    dead-letter queue. Another customer is not held up. Once S3 is back, `wabridge replay --status dead-lettered`
+    delivers them, each once, in order; the webhooks it moves back to the queue find them delivered."""
+    proxy, url = await proxy_factory(server_settings.s3_endpoint)
+    bridge = await start_bridge(server_settings, genesys, meta, tmp_path, s3_endpoint=url, outage_hold=1)
+    try:
+        proxy.cut()
+        image = webhooks.message("image", wa_id="15550000021")
+        after = webhooks.message("text", wa_id="15550000021", text="did you get the photo?")
+        other = webhooks.message("text", wa_id="15550000022", text="unrelated")
+        for message in (image, after, other):
+            assert await bridge.post(webhooks.webhook(PHONE_NUMBER_ID, [message]), timeout=20) == 200
+        wamids = [image["id"], after["id"]]
+        rows = await bridge.wait_tracked(wamids + [other["id"]], timeout=90)
+        assert [rows[w].status for w in wamids] == ["dead-lettered"] * 2
+        assert rows[other["id"]].status == "delivered", "another customer is not held up"
+        for wamid in wamids:
+            assert rows[wamid].attempts == 3 and rows[wamid].payload, rows[wamid]
+            assert (rows[wamid].error or "").startswith("attempt 3 of 3:"), rows[wamid].error
+        assert "BackendUnavailable" in (rows[image["id"]].error or "")
+        assert "CustomerBlocked" in (rows[after["id"]].error or ""), "the text waited behind the image, not past it"
+        assert await delivered_wamids(genesys) == [other["id"]]
+        assert await worker_counter(bridge, "wabridge_dead_letters_total") == 2
+
+        proxy.restore()
+        status, out, err = await bridge.cli("replay", "--status", "dead-lettered", timeout=120)
+        assert status == 0, err
+        assert "2 delivered" in out and "2 dead-lettered webhook(s) moved back" in out, out
+        # The webhooks moved back reach the running worker, which finds their messages delivered.
+        rows = await bridge.wait_tracked(wamids, until=lambda r: all(r[w].duplicates >= 1 for w in wamids))
+        assert [rows[w].status for w in wamids] == ["delivered"] * 2
+        assert await delivered_wamids(genesys) == [other["id"]] + wamids, "each once, in order"
+        (_, first, _) = await genesys.messages()
+        (attachment,) = [c["attachment"] for c in first["body"]["content"]]
+        assert attachment["mediaType"] == "Image" and attachment["url"].startswith("http")
+    finally:
+        await bridge.aclose()
+
+
 async def test_broker_cut_under_load_with_deliveries_in_flight_loses_nothing_and_delivers_nothing_twice(
     server_settings: Settings, genesys: Genesys, meta: MetaSim, proxy_factory, tmp_path
 ) -> None:

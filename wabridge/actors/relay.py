@@ -47,7 +47,8 @@ _holds = REGISTRY.counter("wabridge_outage_holds_total", "Retries of a step whil
 # back at once burnt the queue's 3 attempts in ~30 ms of a PostgreSQL outage and dead-lettered every message in
 # flight (found by tests/e2e/test_backend_outages.py); holding keeps it unacked, and its customer's lane waits with
 # it, so order is kept. Bounded: RabbitMQ closes a channel whose delivery stays unacked past its consumer timeout
-# (30 min by default), and a drain must not wait on an outage.
+# (30 min by default), and a drain must not wait on an outage. The tenant actor's holds (before anything left the
+# bridge) take theirs from the `outage_hold` setting; this default is for the holds after Genesys has the message.
 HOLD_FOR = 300.0  # s
 HOLD_BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)  # s between tries, the last one repeated
 

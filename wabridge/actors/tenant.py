@@ -8,11 +8,17 @@ in place (relay.hold_through_outage: retried, still unacked) rather than spend o
 it; if a message still cannot be tracked (the outage outlasts the hold, the process is draining), its delivery is
 handed back to the queue and comes again — the relay's
 de-duplication makes the already-delivered ones `duplicate`s instead of second deliveries.
+
+On the queue's last attempt (`delivery_limit`) a delivery with unfinished messages is not handed back: each
+unfinished message is tracked `dead-lettered` with its payload, so it shows in tracking and `wabridge replay` can
+send it, and the webhook goes to the dead-letter queue with the reason. Handed back, the broker would have
+dead-lettered it just the same, but without a row: the messages would have looked never received.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import msgspec
@@ -20,14 +26,14 @@ import msgspec
 from wabridge.actors.relay import Relay, hold_through_outage
 from wabridge.actors.tenants import TenantDirectory
 from wabridge.actors.tracking import TrackingWriter
-from wabridge.codecs.results import Inbound, Skipped, StatusUpdate
+from wabridge.codecs.results import Inbound, Skipped, StatusUpdate, pack_result
 from wabridge.codecs.routing import decode_queued
 from wabridge.codecs.transform import WebhookDecodeError, transform
 from wabridge.engine.actor import Actor
 from wabridge.engine.lanes import Lanes
 from wabridge.engine.logs import get_logger
 from wabridge.engine.metrics import REGISTRY
-from wabridge.engine.ports import Delivery, TenantConfig, TrackingRecord, TrackingStatus
+from wabridge.engine.ports import BackendUnavailable, Delivery, TenantConfig, TrackingRecord, TrackingStatus
 
 _items = REGISTRY.counter("wabridge_webhook_items_total", "Webhook items seen by the workers, by kind.", ["kind"])
 _inbound, _skipped, _statuses = (_items.labels(k) for k in ("message", "skipped", "status"))
@@ -51,8 +57,12 @@ class TenantActor(Actor):
         tracker: TrackingWriter,
         concurrency: int,
         max_pending: int,
+        delivery_limit: int,
+        outage_hold: float,
     ) -> None:
         self.tenant_id = tenant_id
+        self._delivery_limit = delivery_limit
+        self._outage_hold = outage_hold
         self._directory = directory
         self._relay = relay
         self._tracker = tracker
@@ -83,23 +93,25 @@ class TenantActor(Actor):
             self.log.error("unreadable queue message %s dead-lettered: %s", delivery.message_id, exc)
             await delivery.dead_letter(f"unreadable: {exc}")
             return
-        tenant = await hold_through_outage(lambda: self._directory.by_id(self.tenant_id), give_up=self._giving_up)
+        tenant = await hold_through_outage(
+            lambda: self._directory.by_id(self.tenant_id), hold_for=self._outage_hold, give_up=self._giving_up
+        )
         if tenant is None:
             await self._unrouted(delivery, results)
             return
-        pending: list[asyncio.Future[str]] = []
+        pending: list[tuple[asyncio.Future[Any], Inbound | None]] = []  # and the message each one relays
         for result in results:
             match result:
                 case Inbound(route=route):
                     _inbound.inc()
                     future = await self._lanes.submit(route.sender_id, (tenant, result, queued.received_at))
                     self._queued[route.sender_id] = self._queued.get(route.sender_id, 0) + 1
-                    pending.append(future)
+                    pending.append((future, result))
                 case Skipped(wamid=str() as wamid, reason=reason, detail=detail):
                     # A customer message we could not read: visible in tracking, nothing to deliver.
                     _skipped.inc()
-                    pending.append(asyncio.ensure_future(self._track(wamid, TrackingStatus.FAILED,
-                                                                     error=f"{reason}: {detail}")))
+                    tracked = self._track(wamid, TrackingStatus.FAILED, error=f"{reason}: {detail}")
+                    pending.append((asyncio.ensure_future(tracked), None))
                 case Skipped():
                     _skipped.inc()
                 case StatusUpdate():
@@ -113,11 +125,12 @@ class TenantActor(Actor):
         is empty: they all go back to the queue together, so none overtakes the one that failed."""
         try:
             if sender_id in self._blocked:
-                raise CustomerBlocked(sender_id)
+                raise CustomerBlocked("an earlier message of this customer is unfinished")  # no wa_id in logs
             tenant, inbound, received_at = job
             try:
                 return await hold_through_outage(
-                    lambda: self._relay.relay(tenant, inbound, received_at), give_up=self._giving_up
+                    lambda: self._relay.relay(tenant, inbound, received_at), hold_for=self._outage_hold,
+                    give_up=self._giving_up,
                 )
             except BaseException:
                 self._blocked.add(sender_id)
@@ -133,19 +146,48 @@ class TenantActor(Actor):
     def _giving_up(self) -> bool:
         return self._stopping
 
-    async def _settle(self, delivery: Delivery, pending: list[asyncio.Future[Any]]) -> None:
-        outcomes = await asyncio.gather(*pending, return_exceptions=True)
-        problems = [o for o in outcomes if isinstance(o, BaseException)]
-        if not problems:
+    async def _settle(self, delivery: Delivery, pending: list[tuple[asyncio.Future[Any], Inbound | None]]) -> None:
+        outcomes = await asyncio.gather(*(future for future, _ in pending), return_exceptions=True)
+        unfinished = [(o, inbound) for o, (_, inbound) in zip(outcomes, pending) if isinstance(o, BaseException)]
+        if not unfinished:
             await delivery.ack()
             return
-        _handed_back.inc()
-        first = problems[0]
-        self.log.warning(
-            "delivery %s handed back (attempt %d): %d of %d messages unfinished, first: %s: %s",
-            delivery.message_id, delivery.attempt, len(problems), len(outcomes), type(first).__name__, first,
+        first = unfinished[0][0]
+        if delivery.attempt < self._delivery_limit:
+            _handed_back.inc()
+            self.log.warning(
+                "delivery %s handed back (attempt %d): %d of %d messages unfinished, first: %s: %s",
+                delivery.message_id, delivery.attempt, len(unfinished), len(outcomes), type(first).__name__, first,
+            )  # fmt: skip
+            await delivery.retry()
+            return
+        reason = f"attempt {delivery.attempt} of {self._delivery_limit}: {type(first).__name__}: {first}"[:300]
+        marked = await self._mark_dead_lettered([inbound for _, inbound in unfinished if inbound], delivery, reason)
+        _dead.inc()
+        self.log.error(
+            "delivery %s dead-lettered: %d of %d messages unfinished (%d tracked dead-lettered), %s",
+            delivery.message_id, len(unfinished), len(outcomes), marked, reason,
         )  # fmt: skip
-        await delivery.retry()
+        await delivery.dead_letter(reason)
+
+    async def _mark_dead_lettered(self, inbounds: list[Inbound], delivery: Delivery, reason: str) -> int:
+        """Track each message `dead-lettered`, payload kept for replay. Best effort: the store may be the very
+        thing that is down, and the webhook in the dead-letter queue still holds every message. Returns the rows
+        written."""
+        now = time.time()
+        records = [
+            TrackingRecord(
+                wamid=inbound.route.wamid, tenant_id=self.tenant_id, status=TrackingStatus.DEAD_LETTERED,
+                type=inbound.route.type, attempts=delivery.attempt, error=reason, payload=pack_result(inbound),
+                created_at=now + i * 1e-6, updated_at=now,  # distinct times: replay goes by created_at, in order
+            )
+            for i, inbound in enumerate(inbounds)
+        ]  # fmt: skip
+        written = await asyncio.gather(*(self._tracker.record(r) for r in records), return_exceptions=True)
+        failed = [w for w in written if isinstance(w, BaseException)]
+        if failed and not all(isinstance(w, BackendUnavailable) for w in failed):
+            self.log.error("tracking dead-lettered messages failed: %r", failed[0])
+        return len(written) - len(failed)
 
     async def _track(self, wamid: str, status: str, *, error: str | None = None) -> None:
         await self._tracker.record(TrackingRecord(wamid=wamid, tenant_id=self.tenant_id, status=status, error=error))

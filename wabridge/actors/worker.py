@@ -88,6 +88,8 @@ class Worker:
             tracker=self.tracker,
             concurrency=self._settings.tenant_concurrency,
             max_pending=max(self.prefetch // 2, 1),
+            delivery_limit=self._settings.delivery_limit,
+            outage_hold=self._settings.outage_hold,
         )
 
     async def _accept(self, delivery: Delivery) -> None:

@@ -42,6 +42,8 @@ class Settings:
     shards: int = 4
     queue_name: str = DEFAULT_QUEUE_NAME
     delivery_limit: int = 3
+    # Seconds a message is held in place through a backend outage before its delivery is handed back (an attempt).
+    outage_hold: int = 300
     # Redis keys are `{key_prefix}{seed key}`, e.g. `wabridge:mapping:wa:…`; empty keeps the seed's names exactly.
     key_prefix: str = ""
     # HTTP edge
