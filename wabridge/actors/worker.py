@@ -1,11 +1,15 @@
 """The worker: consumes its shards of the queue and runs the tenant actors that deliver to Genesys.
 
-    queue shard ──(shard order)──▶ router mailbox ──▶ registry of supervised TenantActors ──▶ lanes ──▶ relay
+    queue shard ─(shard order)─▶ its router mailbox ─▶ registry of supervised TenantActors ─▶ lanes ─▶ relay
 
-The queue calls `_accept` for each delivery in shard order; `_accept` only puts it into the bounded router mailbox
-(no await in between, so the order survives), and one router task hands deliveries to their tenant's actor.
-A full tenant mailbox makes the router wait, which stops taking from the queue: backpressure all the way to the
-broker, whose prefetch window bounds what this process holds.
+The queue calls `_accept` for each delivery in shard order; `_accept` only puts it into its shard's bounded router
+mailbox (no await in between, so the order survives), and one router task per shard hands deliveries to their
+tenant's actor. A full tenant mailbox makes that shard's router wait, which stops taking from that shard:
+backpressure all the way to the broker, whose prefetch window (per shard) bounds what this process holds.
+
+One router per shard, not one for the worker: a tenant held back (its Genesys rate budget spent during a burst, its
+mailbox full) blocks only the tenants of its own shard. With one router it stopped every tenant of the worker until
+it had drained. Within the shard the order the broker keeps forbids passing it; more shards narrow that.
 
 Drain (SIGTERM): stop routing; every tenant actor finishes what its lanes admitted and settles its deliveries; then
 the consumer stops, and whatever was never routed goes back to the queue unacked.
@@ -77,7 +81,13 @@ class Worker:
         self.relay = Relay(
             backends.store, ConversationState(backends.cache, backends.store), self.media, self.delivery, self.tracker
         )
-        self._router: Mailbox[Delivery] = Mailbox(prefetch)
+        # One router mailbox per shard this worker consumes (module docstring); a delivery from a shard not listed
+        # (none is expected) gets a mailbox of its own when it comes.
+        shard_numbers = shards if shards is not None else range(backends.queue.shards)
+        self._routers: dict[int, Mailbox[Delivery]] = {shard: Mailbox(prefetch) for shard in shard_numbers}
+        self._routing: dict[int, asyncio.Task[None]] = {}
+        self._tenants: Registry[str] | None = None  # set while run() routes
+        self._router_died: asyncio.Future[None] | None = None
         self._settings = settings
 
     def _tenant_actor(self, tenant_id: str) -> TenantActor:
@@ -93,8 +103,13 @@ class Worker:
         )
 
     async def _accept(self, delivery: Delivery) -> None:
+        router = self._routers.get(delivery.shard)
+        if router is None:
+            router = self._routers[delivery.shard] = Mailbox(self.prefetch)
+            if self._tenants is not None:
+                self._start_router(delivery.shard)
         try:
-            await self._router.send(delivery)
+            await router.send(delivery)
         except MailboxClosed:
             pass  # draining: left unsettled, it returns to the queue when the consumer stops
 
@@ -131,25 +146,42 @@ class Worker:
                 )
             )  # fmt: skip
             log.info("worker consuming", extra={"shards": list(self.shards or range(self.backends.queue.shards))})
-            router = asyncio.create_task(self._route(tenants), name="worker-router")
+            self._router_died = asyncio.get_running_loop().create_future()
+            self._tenants = tenants
+            for shard in list(self._routers):
+                self._start_router(shard)
             stopping = asyncio.ensure_future(shutdown.wait())
             try:
-                await asyncio.wait({router, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                if router.done():
-                    router.result()  # the router died: raise its error, the process stops non-zero
+                await asyncio.wait({self._router_died, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if self._router_died.done():
+                    self._router_died.result()  # a router died: raise its error, the process stops non-zero
             finally:
                 stopping.cancel()
                 log.info("worker draining")
-                self._router.close()
-                self._router.take_all()  # never routed: returned unacked when the consumer stops
-                router.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await router
+                self._tenants = None
+                for mailbox in self._routers.values():
+                    mailbox.close()
+                    mailbox.take_all()  # never routed: returned unacked when the consumer stops
+                routing = list(self._routing.values())
+                for task in routing:
+                    task.cancel()
+                await asyncio.gather(*routing, return_exceptions=True)
             # Leaving the stack: the registry stops every tenant actor (each finishes its lanes and settles its
             # deliveries), then the supervisor, the consumer (unsettled deliveries go back), the writers and clients.
 
-    async def _route(self, tenants: Registry[str]) -> None:
-        router = self._router
+    def _start_router(self, shard: int) -> None:
+        assert self._tenants is not None
+        task = asyncio.create_task(self._route(self._routers[shard], self._tenants), name=f"worker-router-{shard}")
+        self._routing[shard] = task
+        task.add_done_callback(self._router_done)
+
+    def _router_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self._router_died is None or self._router_died.done():
+            return
+        self._router_died.set_exception(task.exception() or RuntimeError(f"{task.get_name()} ended"))
+
+    @staticmethod
+    async def _route(router: Mailbox[Delivery], tenants: Registry[str]) -> None:
         while True:
             delivery = await router.receive()
             await tenants.tell(delivery.tenant_id, delivery)
