@@ -25,7 +25,7 @@ import pytest
 
 from tests.conftest import CORPUS, REPO
 from wabridge.actors.archive import encode_record, read_archived
-from wabridge.actors.ingress import IngressApp, settings_environment
+from wabridge.actors.ingress import WORKERS_KILL_TIMEOUT, IngressApp, settings_environment
 from wabridge.codecs.routing import QueuedWebhook, decode_queued
 from wabridge.engine.object_keys import archive_segment_key
 from wabridge.engine.ports import WEBHOOKS_BUCKET, GenesysCredential, TenantConfig, TrackingStatus
@@ -358,7 +358,7 @@ def granian_ingress(settings: Settings, workers: int = 2, exits: list[int] | Non
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(15)
+            proc.wait(WORKERS_KILL_TIMEOUT + 15)  # a worker still starting may need Granian's kill (ingress.py)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()

@@ -380,12 +380,19 @@ def settings_environment(settings: Settings) -> dict[str, str]:
     return env
 
 
+# Seconds Granian's parent waits for a worker to stop after SIGTERM before it kills it. A worker's own drain is
+# bounded below this (requests in flight wait at most CONFIRM_TIMEOUT, then the archive gets CLOSE_DEADLINE). Without
+# a bound a SIGTERM that reached a worker still starting (opening its backends) was lost in Granian 2.8: the worker
+# served on, and the parent waited for it forever (tests/actors/test_ingress.py saw it in ~1 of 40 runs).
+WORKERS_KILL_TIMEOUT = 30
+
+
 def granian_argv(settings: Settings, *, workers: int) -> list[str]:
     """Granian's own command line for the ingress (RSGI, uvloop, HTTP/1.1, factory mode)."""
     return [
         sys.executable, "-m", "granian", "--interface", "rsgi", "--loop", "uvloop", "--http", "1", "--no-ws",
-        "--workers", str(workers), "--host", settings.host, "--port", str(settings.port), "--factory",
-        "wabridge.actors.ingress:app_factory",
+        "--workers", str(workers), "--workers-kill-timeout", str(WORKERS_KILL_TIMEOUT), "--host", settings.host,
+        "--port", str(settings.port), "--factory", "wabridge.actors.ingress:app_factory",
     ]
 
 
