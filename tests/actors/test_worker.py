@@ -71,12 +71,14 @@ async def test_a_tenant_held_back_past_its_capacity_stops_only_its_own_shard(emb
         # its shard's router ends up waiting on it; fewer than PREFETCH in all, so the consumer still takes the
         # other tenant's message.
         held_wamids = await publish(backends, held_id, "100000000001", 40)
-        [other_wamid] = await publish(backends, other_id, "100000000002", 1)
         worker = Worker(backends, prefetch=PREFETCH)
         relay = worker.relay = HeldRelay(held_id)  # type: ignore[assignment]
         shutdown = Shutdown()
         running = asyncio.create_task(worker.run(shutdown))
         try:
+            await wait_until(lambda: relay.count(held_id) == settings.tenant_concurrency)  # its lanes are full
+            await asyncio.sleep(0.2)  # and the rest of its messages reach its shard's router, which waits on it
+            [other_wamid] = await publish(backends, other_id, "100000000002", 1)
             await wait_until(lambda: (other_id, other_wamid) in relay.relayed)
             assert relay.count(held_id) == settings.tenant_concurrency, "the held tenant is still held"
             relay.release.set()

@@ -159,6 +159,8 @@ class Worker:
                 stopping.cancel()
                 log.info("worker draining")
                 self._tenants = None
+                if not self._router_died.done():
+                    self._router_died.cancel()  # routers cancelled from here on are not deaths
                 for mailbox in self._routers.values():
                     mailbox.close()
                     mailbox.take_all()  # never routed: returned unacked when the consumer stops
