@@ -95,6 +95,47 @@ async def test_invalidating_a_refused_token_logs_in_again_once_and_never_drops_a
         await tokens.aclose()
 
 
+class GatedCache(MemoryCache):
+    """The embedded cache whose first read pauses after it has read its value, until `gate` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading, self.gate, self._gated = anyio.Event(), anyio.Event(), True
+
+    async def get(self, key: str) -> bytes | None:
+        value = await super().get(key)
+        if self._gated:
+            self._gated = False
+            self.reading.set()
+            await self.gate.wait()
+        return value
+
+
+async def test_a_token_refused_while_a_fetch_was_reading_it_from_the_cache_is_not_handed_out_again() -> None:
+    """The bench lost a message to this: Genesys forgot its tokens (the simulator restarted); deliveries got 401s
+    on the cached token; one of them fetched a fresh token while another's fetch, which had read the stale token
+    from the cache just before, brought it back; the retry got 401 "with a fresh token" and the message failed."""
+    async with GenesysSim(clients={"cid": "secret"}) as sim:
+        cache, tenant = GatedCache(), tenant_for(sim)
+        credential = tenant.credentials[0]
+        await cache.set(token_key(tenant, credential), b"forgotten-token", 3600)  # Genesys no longer knows it
+        tokens = TokenProvider(cache)
+        got: list[str] = []
+
+        async def fetch() -> None:
+            got.append(await tokens.token(tenant))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(fetch)
+            await cache.reading.wait()  # the fetch has read the stale token and not yet handed it out
+            await tokens.invalidate(tenant, credential, "forgotten-token")  # another delivery's 401 meanwhile
+            cache.gate.set()
+        assert got != ["forgotten-token"] and sim.stats.logins == 1
+        assert await tokens.token(tenant) == got[0], "the fresh token is held"
+        assert await cache.get(token_key(tenant, credential)) == got[0].encode()
+        await tokens.aclose()
+
+
 async def test_a_refused_login_is_a_permanent_failure_and_a_failing_login_fails_every_waiter_once() -> None:
     async with GenesysSim(clients={"cid": "secret"}) as sim:
         tokens = TokenProvider(None)

@@ -14,7 +14,10 @@ while it runs awaits that same task (shielded: a cancelled caller does not cance
 deliveries make one login, and a failing login fails them all at once instead of being retried 100 times in a row.
 Cache down (BackendUnavailable): ignored, memory and the login carry on alone (each process then logs in once).
 A 401 from the API: the caller `invalidate()`s the token it used — only if it is still the current one, so a burst of
-401s on one stale token makes one new login, not one per message.
+401s on one stale token makes one new login, not one per message. The refused token is remembered (one per
+credential) and never handed out again: a fetch that had read it from the cache just before the 401 came back with
+it, and the delivery that had asked for a fresh token failed "401 with a fresh token" (seen in the bench, after the
+Genesys simulator restarted under a running bridge).
 """
 
 from __future__ import annotations
@@ -90,6 +93,7 @@ class TokenProvider:
         self._clock = clock
         self._held: OrderedDict[str, tuple[str, float]] = OrderedDict()  # key → (token, local deadline)
         self._flights: dict[str, asyncio.Future[str]] = {}  # bounded by the credentials being logged in right now
+        self._refused: OrderedDict[str, str] = OrderedDict()  # key → the last token the API refused (401)
         self._logins = self._from_memory = self._from_cache = self._invalidated = 0
 
     async def token(self, tenant: TenantConfig, credential: GenesysCredential | None = None) -> str:
@@ -98,20 +102,26 @@ class TokenProvider:
         if (held := self._from_process(key)) is not None:
             self._from_memory += 1
             return held
-        flight = self._flights.get(key)
-        if flight is None:
-            flight = asyncio.ensure_future(self._fetch(key, tenant, credential))
-            self._flights[key] = flight
-            flight.add_done_callback(lambda done: self._landed(key, done))
-        return await asyncio.shield(flight)
+        for _ in range(2):  # a fetch begun before a 401 refused its token can bring that token back: fetch again
+            flight = self._flights.get(key)
+            if flight is None:
+                flight = asyncio.ensure_future(self._fetch(key, tenant, credential))
+                self._flights[key] = flight
+                flight.add_done_callback(lambda done: self._landed(key, done))
+            token = await asyncio.shield(flight)
+            if token != self._refused.get(key):
+                break
+        return token
 
     async def _fetch(self, key: str, tenant: TenantConfig, credential: GenesysCredential) -> str:
         cached = await self._cache_get(key)
-        if cached is not None:
+        if cached is not None and cached != self._refused.get(key):  # compared after the read: a 401 may come meanwhile
             self._from_cache += 1
             self._hold(key, cached, LOCAL_HOLD_S)
             return cached
         token, expires_in = await self._login(tenant, credential)
+        if self._refused.get(key) == token:
+            del self._refused[key]  # the login's answer stands, even if a server hands out the same token again
         ttl = keys.oauth_token_ttl(expires_in)
         self._hold(key, token, ttl)
         await self._cache_set(key, token, ttl)
@@ -126,6 +136,10 @@ class TokenProvider:
     async def invalidate(self, tenant: TenantConfig, credential: GenesysCredential, token: str) -> None:
         """The API refused `token` (401): forget it, unless a newer one has replaced it already."""
         key = token_key(tenant, credential)
+        self._refused[key] = token
+        self._refused.move_to_end(key)
+        while len(self._refused) > MAX_CREDENTIALS:
+            self._refused.popitem(last=False)
         held = self._held.get(key)
         if held is not None and held[0] != token:
             return
@@ -154,7 +168,7 @@ class TokenProvider:
         held = self._held.get(key)
         if held is None:
             return None
-        if held[1] <= self._clock():
+        if held[1] <= self._clock() or held[0] == self._refused.get(key):
             del self._held[key]
             return None
         return held[0]
