@@ -95,6 +95,11 @@ class Genesys:
     async def clear_faults(self) -> None:
         (await self._http.delete("/sim/faults")).raise_for_status()
 
+    async def revoke_tokens(self) -> int:
+        response = await self._http.post("/sim/revoke-tokens")
+        response.raise_for_status()
+        return response.json()["revoked"]
+
     async def wait_messages(self, n: int, timeout: float = 60.0) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
         while True:

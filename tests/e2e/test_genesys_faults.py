@@ -3,9 +3,11 @@ delivered is tracked `failed` with its error and payload, and `wabridge replay` 
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from tests.e2e.harness import GENESYS_TIMEOUT, Bridge, Genesys
+from tests.e2e.harness import GENESYS_TIMEOUT, PHONE_NUMBER_ID, Bridge, Genesys
 from wabridge.sim import webhooks
 from wabridge.sim.meta import MetaSim
 
@@ -41,6 +43,32 @@ async def test_genesys_errors_that_stop_within_three_attempts_are_retried_to_del
 
     assert [rows[w].status for w in wamids] == ["delivered"] * 3
     assert await delivered_wamids(genesys) == wamids
+
+
+async def test_tokens_genesys_revokes_under_load_cost_one_login_and_no_message(
+    bridge: Bridge, genesys: Genesys
+) -> None:
+    """Genesys stops honouring every token the bridge holds (a revocation, a restart) while deliveries are in flight:
+    they all get 401, one new login serves them, and none ends `failed`. The bench once lost a message here (a
+    fetch that had read the refused token from Redis handed it back as the fresh one); that interleaving is too rare
+    to show in 60 messages, and tests/actors/test_auth.py forces it. This is the whole path around it."""
+
+    async def burst(n: int, tag: str) -> list[str]:
+        messages = [webhooks.message("text", wa_id=f"1555{tag}{i:05d}") for i in range(n)]  # a customer each
+        statuses = await asyncio.gather(*(bridge.post(webhooks.webhook(PHONE_NUMBER_ID, [m])) for m in messages))
+        assert set(statuses) == {200}, statuses
+        return [m["id"] for m in messages]
+
+    before = await burst(20, "10")
+    await bridge.wait_tracked(before)
+    assert await genesys.revoke_tokens() >= 1
+    after = await burst(60, "20")
+    rows = await bridge.wait_tracked(after)
+    assert [rows[w].status for w in after] == ["delivered"] * len(after), {w: rows[w].error for w in after
+                                                                               if rows[w].status != "delivered"}
+    received = await delivered_wamids(genesys)
+    assert sorted(received) == sorted(before + after), "each once"
+    assert (await genesys.stats())["logins"] == 2
 
 
 async def test_a_message_genesys_refuses_three_times_is_failed_and_replay_delivers_it_exactly_once(

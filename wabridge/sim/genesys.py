@@ -16,6 +16,8 @@ What it adds for tests:
   GET /sim/messages[?conversationId=…]   what it accepted, oldest first, with media fetch results (--fetch-media)
   GET /sim/conversations                 {conversationId: {integrationId, fromId, messages}}
   GET /sim/stats                         counters (logins, requests, accepted, rejected, rate_limited, …)
+  POST /sim/revoke-tokens                every token issued so far stops working (401), as after a revocation or a
+                                         restart of the service: the next login gives a working one
   POST /sim/faults                       {"status":503,"count":3} | {"latency_ms":200,"count":10} |
                                          {"status":429,"retry_after":2} | "target":"login" to hit the login instead;
                                          count -1 = until cleared. DELETE /sim/faults clears; POST /sim/reset clears all.
@@ -559,6 +561,10 @@ class GenesysSim:
         if method == "POST" and path == "/sim/reset":
             self.reset()
             return 200, b"{}", ()
+        if method == "POST" and path == "/sim/revoke-tokens":
+            revoked = len(self._tokens)
+            self._tokens.clear()
+            return 200, _encode({"revoked": revoked}), ()
         return 404, genesys_error(404, "not.found", f"no resource at {method} {path}"), ()
 
 
