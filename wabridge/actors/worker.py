@@ -81,12 +81,9 @@ class Worker:
         self.relay = Relay(
             backends.store, ConversationState(backends.cache, backends.store), self.media, self.delivery, self.tracker
         )
-        # One router mailbox per shard this worker consumes (module docstring); a delivery from a shard not listed
-        # (none is expected) gets a mailbox of its own when it comes.
+        # One router mailbox per shard this worker consumes (module docstring): the consumer delivers from those only.
         shard_numbers = shards if shards is not None else range(backends.queue.shards)
         self._routers: dict[int, Mailbox[Delivery]] = {shard: Mailbox(prefetch) for shard in shard_numbers}
-        self._routing: dict[int, asyncio.Task[None]] = {}
-        self._tenants: Registry[str] | None = None  # set while run() routes
         self._router_died: asyncio.Future[None] | None = None
         self._settings = settings
 
@@ -103,13 +100,8 @@ class Worker:
         )
 
     async def _accept(self, delivery: Delivery) -> None:
-        router = self._routers.get(delivery.shard)
-        if router is None:
-            router = self._routers[delivery.shard] = Mailbox(self.prefetch)
-            if self._tenants is not None:
-                self._start_router(delivery.shard)
         try:
-            await router.send(delivery)
+            await self._routers[delivery.shard].send(delivery)
         except MailboxClosed:
             pass  # draining: left unsettled, it returns to the queue when the consumer stops
 
@@ -147,9 +139,7 @@ class Worker:
             )  # fmt: skip
             log.info("worker consuming", extra={"shards": list(self.shards or range(self.backends.queue.shards))})
             self._router_died = asyncio.get_running_loop().create_future()
-            self._tenants = tenants
-            for shard in list(self._routers):
-                self._start_router(shard)
+            routing = [self._start_router(shard, mailbox, tenants) for shard, mailbox in self._routers.items()]
             stopping = asyncio.ensure_future(shutdown.wait())
             try:
                 await asyncio.wait({self._router_died, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -158,24 +148,21 @@ class Worker:
             finally:
                 stopping.cancel()
                 log.info("worker draining")
-                self._tenants = None
                 if not self._router_died.done():
                     self._router_died.cancel()  # routers cancelled from here on are not deaths
                 for mailbox in self._routers.values():
                     mailbox.close()
                     mailbox.take_all()  # never routed: returned unacked when the consumer stops
-                routing = list(self._routing.values())
                 for task in routing:
                     task.cancel()
                 await asyncio.gather(*routing, return_exceptions=True)
             # Leaving the stack: the registry stops every tenant actor (each finishes its lanes and settles its
             # deliveries), then the supervisor, the consumer (unsettled deliveries go back), the writers and clients.
 
-    def _start_router(self, shard: int) -> None:
-        assert self._tenants is not None
-        task = asyncio.create_task(self._route(self._routers[shard], self._tenants), name=f"worker-router-{shard}")
-        self._routing[shard] = task
+    def _start_router(self, shard: int, mailbox: Mailbox[Delivery], tenants: Registry[str]) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._route(mailbox, tenants), name=f"worker-router-{shard}")
         task.add_done_callback(self._router_done)
+        return task
 
     def _router_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or self._router_died is None or self._router_died.done():
