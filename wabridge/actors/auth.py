@@ -28,6 +28,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
@@ -68,6 +69,14 @@ class TokenStatistics(msgspec.Struct, frozen=True):
 
 
 _decode_login = msgspec.json.Decoder(LoginReply).decode
+
+
+def _remember(entries: OrderedDict[str, Any], key: str, value: Any) -> None:
+    """Per-credential memory, bounded: the least recently set credential is forgotten past MAX_CREDENTIALS."""
+    entries[key] = value
+    entries.move_to_end(key)
+    while len(entries) > MAX_CREDENTIALS:
+        entries.popitem(last=False)
 
 
 def token_key(tenant: TenantConfig, credential: GenesysCredential) -> str:
@@ -136,10 +145,7 @@ class TokenProvider:
     async def invalidate(self, tenant: TenantConfig, credential: GenesysCredential, token: str) -> None:
         """The API refused `token` (401): forget it, unless a newer one has replaced it already."""
         key = token_key(tenant, credential)
-        self._refused[key] = token
-        self._refused.move_to_end(key)
-        while len(self._refused) > MAX_CREDENTIALS:
-            self._refused.popitem(last=False)
+        _remember(self._refused, key, token)
         held = self._held.get(key)
         if held is not None and held[0] != token:
             return
@@ -174,10 +180,7 @@ class TokenProvider:
         return held[0]
 
     def _hold(self, key: str, token: str, seconds: float) -> None:
-        self._held[key] = (token, self._clock() + seconds)
-        self._held.move_to_end(key)
-        while len(self._held) > MAX_CREDENTIALS:
-            self._held.popitem(last=False)
+        _remember(self._held, key, (token, self._clock() + seconds))
 
     async def _cache_get(self, key: str) -> str | None:
         if self._cache is None:
