@@ -43,6 +43,12 @@ async def delivered_wamids(genesys: Genesys) -> list[str]:
     return [r["body"]["channel"]["messageId"] for r in await genesys.messages()]
 
 
+def assert_image_attachment(received: dict) -> None:
+    """What Genesys got carries the image as its one attachment, with a URL to fetch it from."""
+    (attachment,) = [c["attachment"] for c in received["body"]["content"]]
+    assert attachment["mediaType"] == "Image" and attachment["url"].startswith("http")
+
+
 async def test_object_storage_down_during_archive_still_answers_200_and_delivers(
     server_settings: Settings, genesys: Genesys, meta: MetaSim, proxy_factory, tmp_path
 ) -> None:
@@ -207,8 +213,7 @@ async def test_object_storage_down_while_media_arrives_holds_it_and_delivers_it_
         assert [rows[w].status for w in wamids] == ["delivered"] * 2
         assert await delivered_wamids(genesys) == wamids, "each once, in order"
         (first, _) = await genesys.messages()
-        (attachment,) = [c["attachment"] for c in first["body"]["content"]]
-        assert attachment["mediaType"] == "Image" and attachment["url"].startswith("http")
+        assert_image_attachment(first)
     finally:
         await bridge.aclose()
 
@@ -250,9 +255,8 @@ async def test_an_outage_outlasting_every_attempt_dead_letters_tracked_and_repla
         rows = await bridge.wait_tracked(wamids, until=lambda r: all(r[w].duplicates >= 1 for w in wamids))
         assert [rows[w].status for w in wamids] == ["delivered"] * 2
         assert await delivered_wamids(genesys) == [other["id"]] + wamids, "each once, in order"
-        (_, first, _) = await genesys.messages()
-        (attachment,) = [c["attachment"] for c in first["body"]["content"]]
-        assert attachment["mediaType"] == "Image" and attachment["url"].startswith("http")
+        (_, image_received, _) = await genesys.messages()
+        assert_image_attachment(image_received)
     finally:
         await bridge.aclose()
 
