@@ -15,6 +15,7 @@ from wabridge.engine.store_postgres import MIGRATIONS
 from wabridge.engine.ports import (
     BackendUnavailable,
     GenesysCredential,
+    ParkedMessage,
     PhoneNumberTaken,
     Store,
     TenantConfig,
@@ -291,6 +292,101 @@ async def test_an_unknown_tracking_status_is_refused(store):
     assert await store.get_tracking("acme", "w1") is None
 
 
+# --- parked messages ---
+
+
+async def all_parked(store: Store, shard: int, tenant_id: str) -> list[ParkedMessage]:
+    return await store.parked(shard, tenant_id, limit=10_000)
+
+
+async def test_parked_messages_come_back_in_the_order_parked_byte_exact(store):
+    await store.park(3, [("acme", "m1", b"\x00\xff", 1), ("acme", "m2", b"", 2)])
+    await store.park(3, [("acme", "m3", b"third", 5)])
+    rows = await all_parked(store, 3, "acme")
+    assert [(r.message_id, r.body, r.attempt) for r in rows] == [
+        ("m1", b"\x00\xff", 1), ("m2", b"", 2), ("m3", b"third", 5)
+    ]  # fmt: skip
+    assert all((r.shard, r.tenant_id) == (3, "acme") for r in rows)
+    assert [r.seq for r in rows] == sorted({r.seq for r in rows})  # strictly ascending
+
+
+async def test_a_large_park_keeps_the_given_order(store):
+    # Ids whose sort order differs from the given one, so an unordered insert would show.
+    ids = [f"m{(n * 7919) % 500:03d}" for n in range(500)]
+    assert sorted(ids) != ids and len(set(ids)) == 500
+    await store.park(0, [("acme", i, i.encode(), 1) for i in ids])
+    rows = await all_parked(store, 0, "acme")
+    assert [r.message_id for r in rows] == ids
+    assert [r.body for r in rows] == [i.encode() for i in ids]
+
+
+async def test_park_with_no_messages_parks_nothing(store):
+    await store.park(0, [])
+    assert await store.parked_tenants(0) == {}
+
+
+async def test_parked_is_per_shard_and_tenant_and_pages_with_after_and_limit(store):
+    await store.park(1, [("acme", f"a{n}", b"x", 1) for n in range(250)])
+    await store.park(1, [("globex", "g1", b"x", 1)])
+    await store.park(2, [("acme", "other-shard", b"x", 1)])
+    pages, after = [], 0
+    for _ in range(4):
+        page = await store.parked(1, "acme", after=after, limit=100)
+        pages.append(page)
+        after = page[-1].seq if page else after
+    assert [len(p) for p in pages] == [100, 100, 50, 0]
+    ids = [r.message_id for p in pages for r in p]
+    assert ids == [f"a{n}" for n in range(250)]
+    assert [r.message_id for r in await store.parked(1, "globex")] == ["g1"]
+    assert [r.message_id for r in await store.parked(2, "acme")] == ["other-shard"]
+    assert await store.parked(2, "globex") == []
+    assert len(await store.parked(1, "acme")) == 100  # the default limit
+
+
+async def test_parked_tenants_counts_per_tenant_in_the_given_shard_only(store):
+    assert await store.parked_tenants(1) == {}
+    await store.park(1, [("acme", "a1", b"", 1), ("globex", "g1", b"", 1), ("acme", "a2", b"", 1)])
+    await store.park(2, [("acme", "a3", b"", 1), ("initech", "i1", b"", 1)])
+    assert await store.parked_tenants(1) == {"acme": 2, "globex": 1}
+    assert await store.parked_tenants(2) == {"acme": 1, "initech": 1}
+    assert await store.parked_tenants(3) == {}
+
+
+async def test_unpark_deletes_exactly_the_given_seqs_and_ignores_unknown_ones(store):
+    await store.park(1, [("acme", f"a{n}", b"", 1) for n in range(5)])
+    await store.park(2, [("acme", "b0", b"", 1)])
+    seqs = [r.seq for r in await all_parked(store, 1, "acme")]
+    other = (await all_parked(store, 2, "acme"))[0].seq
+    await store.unpark([])
+    assert len(await all_parked(store, 1, "acme")) == 5
+    await store.unpark([seqs[1], seqs[3], max(seqs + [other]) + 1000])
+    assert [r.message_id for r in await all_parked(store, 1, "acme")] == ["a0", "a2", "a4"]
+    assert [r.message_id for r in await all_parked(store, 2, "acme")] == ["b0"]
+    assert await store.parked_tenants(1) == {"acme": 3}
+
+
+async def test_set_parked_attempt_changes_only_that_row(store):
+    await store.park(1, [("acme", "a0", b"", 1), ("acme", "a1", b"", 1)])
+    first, second = await all_parked(store, 1, "acme")
+    await store.set_parked_attempt(second.seq, 4)
+    await store.set_parked_attempt(second.seq + 1000, 9)  # unknown: nothing happens
+    assert [r.attempt for r in await all_parked(store, 1, "acme")] == [1, 4]
+    assert await all_parked(store, 1, "acme") == [first, ParkedMessage(
+        seq=second.seq, shard=1, tenant_id="acme", message_id="a1", body=b"", attempt=4
+    )]  # fmt: skip
+
+
+async def test_a_seq_is_never_handed_out_again_after_unpark(store):
+    await store.park(1, [("acme", f"a{n}", b"", 1) for n in range(3)])
+    old = [r.seq for r in await all_parked(store, 1, "acme")]
+    await store.unpark(old)
+    assert await all_parked(store, 1, "acme") == []
+    await store.park(1, [("acme", f"b{n}", b"", 1) for n in range(3)])
+    new = await all_parked(store, 1, "acme")
+    assert [r.message_id for r in new] == ["b0", "b1", "b2"]
+    assert min(r.seq for r in new) > max(old)
+
+
 # --- outages ---
 
 
@@ -314,6 +410,23 @@ async def test_postgres_down_raises_backend_unavailable_and_recovers_after_resto
         await store.write_tracking([TrackingRecord(wamid="w1", tenant_id="acme", status="received")])
         assert (await store.get_tracking("acme", "w1")).status == "received"
         assert await store.ping() is True
+    finally:
+        await store.close()
+
+
+@pytest.mark.servers
+async def test_postgres_down_park_raises_backend_unavailable(server_settings, proxy_factory):
+    proxy, url = await proxy_factory(server_settings.database_url.reveal())
+    store = PostgresStore(server_settings.replace(database_url=Secret(url)))
+    await store.open()
+    try:
+        await store.migrate()
+        proxy.cut()
+        with pytest.raises(BackendUnavailable):
+            await store.park(0, [("acme", "m1", b"body", 1)])
+        proxy.restore()
+        await store.park(0, [("acme", "m2", b"body", 1)])
+        assert [r.message_id for r in await store.parked(0, "acme")] == ["m2"]
     finally:
         await store.close()
 

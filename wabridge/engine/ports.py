@@ -84,6 +84,17 @@ class TrackingRecord(msgspec.Struct, kw_only=True):
     updated_at: float = 0.0
 
 
+class ParkedMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """A queue message kept in the store while its tenant is held back (actors/parking.py), fed back in `seq` order."""
+
+    seq: int  # ascending in the order parked, unique in the table
+    shard: int
+    tenant_id: str
+    message_id: str
+    body: bytes
+    attempt: int  # the queue's attempt count it carries (1 on first delivery)
+
+
 # --- Queue ----------------------------------------------------------------------------------------------------------
 
 
@@ -233,6 +244,25 @@ class Store(Protocol):
         until: float | None = None,
         limit: int = 1000,
     ) -> list[TrackingRecord]: ...
+
+    # parked messages: a worker takes the queue messages of a tenant that is held back (its Genesys rate budget
+    # spent, its mailbox full) off its shard and keeps them here, in order, so the shard's other tenants are not held
+    # up behind it; it feeds them back to the tenant in order and deletes each once settled.
+    async def park(self, shard: int, messages: Sequence[tuple[str, str, bytes, int]]) -> None:
+        """(tenant_id, message_id, body, attempt) stored in the given order: each gets a higher seq than the ones
+        before it and than anything parked before this call; one round trip, durable when it returns. Empty: nothing."""
+
+    async def parked(self, shard: int, tenant_id: str, *, after: int = 0, limit: int = 100) -> list[ParkedMessage]:
+        """The tenant's parked messages in this shard with seq > after, oldest first, at most `limit`."""
+
+    async def parked_tenants(self, shard: int) -> dict[str, int]:
+        """Tenants with messages parked in this shard → how many."""
+
+    async def unpark(self, seqs: Sequence[int]) -> None:
+        """Delete these (settled); unknown seqs are ignored. One round trip."""
+
+    async def set_parked_attempt(self, seq: int, attempt: int) -> None:
+        """The message is being handed to its tenant again: record its attempt count (ignored when gone)."""
 
     async def ping(self) -> bool: ...
 

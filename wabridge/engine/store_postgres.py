@@ -6,6 +6,8 @@ Schema (migrate() creates or upgrades it, under an advisory lock, recording each
   tenant_phone_numbers    phone_number_id → tenant (primary key: a number belongs to one tenant at most)
   conversation_mappings   (tenant_id, wa_id) → conversation_id UUID, last_activity_at, created_at
   message_tracking        (tenant_id, wamid) → status, attempts, error, …, payload; index for replay queries
+  parked_messages         seq → a held-back tenant's queue message (shard, tenant, message id, body, attempt), kept
+                          aside so its shard's other tenants go on; seq orders them and is never reused
 
 Tracking upserts, the rule for "duplicate": a duplicate of a wamid we already track is a separate fact about a
 redelivery, never a new state of the message, so a `duplicate` write inserts a row only when none exists and never
@@ -30,6 +32,7 @@ import msgspec
 from wabridge.engine.ports import (
     BackendUnavailable,
     GenesysCredential,
+    ParkedMessage,
     PhoneNumberTaken,
     TenantConfig,
     TrackingRecord,
@@ -192,6 +195,19 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 2: repeats of a settled message are counted on its row
     "ALTER TABLE message_tracking ADD COLUMN duplicates integer NOT NULL DEFAULT 0",
+    # 3: the queue messages of held-back tenants, kept aside in order (Store.park)
+    """
+    CREATE TABLE parked_messages (
+        seq bigserial PRIMARY KEY,
+        shard integer NOT NULL,
+        tenant_id text NOT NULL,
+        message_id text NOT NULL,
+        body bytea NOT NULL,
+        attempt integer NOT NULL,
+        parked_at timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX parked_messages_tenant ON parked_messages (shard, tenant_id, seq);
+    """,
 )
 
 # Arrays in, one statement, one round trip (see bench/test_store_bench.py for the measured alternatives).
@@ -225,6 +241,15 @@ WHERE t.tenant_id = u.tenant_id AND t.wamid = u.wamid
 
 _TRACKING_COLUMNS = """wamid, tenant_id, status, direction, type, conversation_id, genesys_message_id, attempts, error,
     payload, duplicates, extract(epoch FROM created_at)::float8 AS created_at, extract(epoch FROM updated_at)::float8 AS updated_at"""
+
+# The rows are numbered by the sequence as the sorted SELECT yields them, so seq follows the caller's order.
+_PARK = """
+INSERT INTO parked_messages (shard, tenant_id, message_id, body, attempt)
+SELECT $1, u.tenant_id, u.message_id, u.body, u.attempt
+FROM unnest($2::text[], $3::text[], $4::bytea[], $5::int[]) WITH ORDINALITY
+     AS u(tenant_id, message_id, body, attempt, n)
+ORDER BY u.n
+"""
 
 _DOWN = (
     OSError,
@@ -538,6 +563,47 @@ class PostgresStore:
         async with self._conn() as conn:
             rows = await conn.fetch(sql, *args)
         return [TrackingRecord(**dict(r)) for r in rows]
+
+    # --- parked messages ---
+
+    async def park(self, shard: int, messages: Sequence[tuple[str, str, bytes, int]]) -> None:
+        if not messages:
+            return
+        async with self._conn() as conn:
+            await conn.execute(
+                _PARK,
+                shard,
+                [m[0] for m in messages],
+                [m[1] for m in messages],
+                [m[2] for m in messages],
+                [m[3] for m in messages],
+            )
+
+    async def parked(self, shard: int, tenant_id: str, *, after: int = 0, limit: int = 100) -> list[ParkedMessage]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                "SELECT seq, shard, tenant_id, message_id, body, attempt FROM parked_messages"
+                " WHERE shard = $1 AND tenant_id = $2 AND seq > $3 ORDER BY seq LIMIT $4",
+                shard, tenant_id, after, limit,
+            )  # fmt: skip
+        return [ParkedMessage(**dict(r)) for r in rows]
+
+    async def parked_tenants(self, shard: int) -> dict[str, int]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                "SELECT tenant_id, count(*) AS n FROM parked_messages WHERE shard = $1 GROUP BY tenant_id", shard
+            )
+        return {r["tenant_id"]: r["n"] for r in rows}
+
+    async def unpark(self, seqs: Sequence[int]) -> None:
+        if not seqs:
+            return
+        async with self._conn() as conn:
+            await conn.execute("DELETE FROM parked_messages WHERE seq = ANY($1::bigint[])", list(seqs))
+
+    async def set_parked_attempt(self, seq: int, attempt: int) -> None:
+        async with self._conn() as conn:
+            await conn.execute("UPDATE parked_messages SET attempt = $2 WHERE seq = $1", seq, attempt)
 
 
 async def _session_unchanged(conn: asyncpg.Connection) -> None:

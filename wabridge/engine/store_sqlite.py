@@ -25,6 +25,7 @@ import msgspec
 
 from wabridge.engine.ports import (
     BackendUnavailable,
+    ParkedMessage,
     PhoneNumberTaken,
     TenantConfig,
     TrackingRecord,
@@ -96,6 +97,20 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 2: repeats of a settled message are counted on its row (see store_postgres.duplicate_counts)
     "ALTER TABLE message_tracking ADD COLUMN duplicates INTEGER NOT NULL DEFAULT 0",
+    # 3: the queue messages of held-back tenants, kept aside in order (Store.park). AUTOINCREMENT: without it SQLite
+    # hands the highest deleted seq out again, and a reader paging with `after` would skip the new row.
+    """
+    CREATE TABLE parked_messages (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        shard INTEGER NOT NULL,
+        tenant_id TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        body BLOB NOT NULL,
+        attempt INTEGER NOT NULL,
+        parked_at REAL NOT NULL
+    );
+    CREATE INDEX parked_messages_tenant ON parked_messages (shard, tenant_id, seq);
+    """,
 )
 
 _UPSERT_TRACKING = """
@@ -433,3 +448,59 @@ class SqliteStore:
         )
         rows = await self._run(lambda db: db.execute(sql, (*args, limit)).fetchall())
         return [TrackingRecord(**dict(r)) for r in rows]
+
+    # --- parked messages ---
+
+    async def park(self, shard: int, messages: Sequence[tuple[str, str, bytes, int]]) -> None:
+        if not messages:
+            return
+        now = time.time()
+        rows = [(shard, tenant_id, message_id, body, attempt, now) for tenant_id, message_id, body, attempt in messages]
+
+        def work(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            # Inserted one by one in the given order, so AUTOINCREMENT numbers them in that order.
+            db.executemany(
+                "INSERT INTO parked_messages (shard, tenant_id, message_id, body, attempt, parked_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            db.execute("COMMIT")
+
+        await self._run(work)
+
+    async def parked(self, shard: int, tenant_id: str, *, after: int = 0, limit: int = 100) -> list[ParkedMessage]:
+        def work(db: sqlite3.Connection) -> Any:
+            return db.execute(
+                "SELECT seq, shard, tenant_id, message_id, body, attempt FROM parked_messages"
+                " WHERE shard = ? AND tenant_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (shard, tenant_id, after, limit),
+            ).fetchall()
+
+        return [ParkedMessage(**dict(row)) for row in await self._run(work)]
+
+    async def parked_tenants(self, shard: int) -> dict[str, int]:
+        def work(db: sqlite3.Connection) -> Any:
+            return db.execute(
+                "SELECT tenant_id, count(*) FROM parked_messages WHERE shard = ? GROUP BY tenant_id", (shard,)
+            ).fetchall()
+
+        return {tenant_id: n for tenant_id, n in await self._run(work)}
+
+    async def unpark(self, seqs: Sequence[int]) -> None:
+        if not seqs:
+            return
+        rows = [(seq,) for seq in seqs]
+
+        def work(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")  # one commit (one fsync) for the lot
+            db.executemany("DELETE FROM parked_messages WHERE seq = ?", rows)
+            db.execute("COMMIT")
+
+        await self._run(work)
+
+    async def set_parked_attempt(self, seq: int, attempt: int) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            db.execute("UPDATE parked_messages SET attempt = ? WHERE seq = ?", (attempt, seq))
+
+        await self._run(work)
