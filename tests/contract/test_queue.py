@@ -225,6 +225,21 @@ async def test_dead_letter_keeps_the_reason_and_a_dead_letter_retried_is_deliver
     await consumer.stop()
 
 
+async def test_a_buried_message_is_a_dead_letter_with_its_reason_and_replays_into_its_shard(kit: QueueKit) -> None:
+    queue = await kit.open()
+    await queue.bury("tenant-a", b"parked \x00 body", message_id="m9", reason="attempt 3 of 3: crashed")
+    (dead,) = await take_dead_letters(queue, 1)
+    assert (dead.message_id, dead.tenant_id, dead.body) == ("m9", "tenant-a", b"parked \x00 body")
+    assert dead.reason == "attempt 3 of 3: crashed"  # type: ignore[attr-defined]
+    await dead.retry()  # replay
+    replayed = Collector()
+    consumer = await queue.consume(replayed)
+    (delivery,) = await replayed.wait_for(1)
+    assert (delivery.tenant_id, delivery.message_id, delivery.body) == ("tenant-a", "m9", b"parked \x00 body")
+    assert await queue.dead_letters() == []
+    await consumer.stop()
+
+
 async def test_declaring_the_topology_twice_and_from_two_processes_is_fine(kit: QueueKit) -> None:
     first = await kit.open()
     await first.open()

@@ -143,6 +143,10 @@ class Queue(Protocol):
         """Deliver messages of the given shards (all by default) to `handler`. One active consumer per shard
         across all processes, so a tenant's messages arrive in publish order."""
 
+    async def bury(self, tenant_id: str, body: bytes, *, message_id: str, reason: str) -> None:
+        """Put a message straight into the dead letters, keeping `reason`: one that left the queue (parked in the
+        store, actors/parking.py) and then failed for good. Durable when it returns."""
+
     async def dead_letters(self, limit: int = 100) -> list[Delivery]:
         """Take up to `limit` dead-lettered messages (settle each: ack drops it, retry republishes it)."""
 

@@ -419,6 +419,11 @@ class AmqpQueue:
         properties = spec.Basic.Properties(delivery_mode=PERSISTENT, message_id=delivery.message_id, headers=headers)
         await self._confirmed("", dead_queue(self.queue_name), delivery.body, delivery.message_id, None, properties)
 
+    async def bury(self, tenant_id: str, body: bytes, *, message_id: str, reason: str) -> None:
+        headers = {TENANT_HEADER: tenant_id, REASON_HEADER: reason}
+        properties = spec.Basic.Properties(delivery_mode=PERSISTENT, message_id=message_id, headers=headers)
+        await self._confirmed("", dead_queue(self.queue_name), body, message_id, None, properties)
+
     async def _confirmed(self, exchange: str, routing_key: str, body: bytes, message_id: str, tenant_id: str | None,
                          properties: spec.Basic.Properties | None) -> None:
         await self._connected()

@@ -354,6 +354,12 @@ class SqliteQueue:
             (shard, tenant_id, message_id, body)))
         self._wakeup.set()
 
+    async def bury(self, tenant_id: str, body: bytes, *, message_id: str, reason: str) -> None:
+        shard = shard_of(tenant_id, self.shards)
+        await self._write(lambda db: db.execute(
+            "INSERT INTO queue_messages (shard, tenant_id, message_id, body, state, reason) VALUES (?, ?, ?, ?, ?, ?)",
+            (shard, tenant_id, message_id, body, DEAD, reason)))
+
     async def consume(self, handler: Callable[[Delivery], Awaitable[None]], *, shards: Sequence[int] | None = None,
                       prefetch: int = 256) -> SqliteConsumer:
         selected = tuple(range(self.shards)) if shards is None else tuple(shards)
