@@ -88,3 +88,208 @@ async def test_a_tenant_held_back_past_its_capacity_stops_only_its_own_shard(emb
             relay.release.set()
             shutdown.request("test over")
             await asyncio.wait_for(running, 30)
+
+
+@pytest.fixture(params=["embedded", pytest.param("servers", marks=pytest.mark.servers)])
+def any_settings(request) -> Settings:
+    """Both backends: SQLite queue and store, and RabbitMQ with PostgreSQL (parking acks, pokes, the store's order)."""
+    name = "embedded_settings" if request.param == "embedded" else "server_settings"
+    return request.getfixturevalue(name)
+
+
+async def test_a_held_back_tenant_is_parked_and_the_tenants_of_its_shard_move_on(
+    any_settings: Settings, monkeypatch
+) -> None:
+    monkeypatch.setattr("wabridge.actors.worker.PARK_AFTER", 0.2)
+    settings = any_settings.replace(mailbox_size=2, metrics_port=0, shards=1)  # one shard: the two tenants share it
+    held_id, other_id, shard = "campaign", "other", 0
+    held, other = tenant(held_id, ("100000000001",), "s1"), tenant(other_id, ("100000000002",), "s2")
+    async with opened_backends(settings) as backends:
+        for t in (held, other):
+            await backends.store.put_tenant(t)
+        # Twice what the consumer may hold unsettled: without parking the shard's window fills with the held
+        # tenant's messages and the other tenant's never even reaches the worker.
+        held_wamids = await publish(backends, held_id, "100000000001", 2 * PREFETCH)
+        worker = Worker(backends, prefetch=PREFETCH)
+        relay = worker.relay = HeldRelay(held_id)  # type: ignore[assignment]
+        shutdown = Shutdown()
+        running = asyncio.create_task(worker.run(shutdown))
+        try:
+            await wait_until(lambda: relay.count(held_id) == settings.tenant_concurrency)
+            [other_wamid] = await publish(backends, other_id, "100000000002", 1)
+            await wait_until(lambda: (other_id, other_wamid) in relay.relayed)
+            assert relay.count(held_id) == settings.tenant_concurrency, "the held tenant is still held"
+            parked = await backends.store.parked_tenants(shard)
+            assert parked.get(held_id, 0) > PREFETCH // 2, parked  # its backlog waits in the store, not the queue
+            assert other_id not in parked
+            relay.release.set()
+            await wait_until(lambda: relay.count(held_id) == len(held_wamids))
+            assert [w for t, w in relay.relayed if t == held_id] == held_wamids, "its order is kept, each once"
+            await wait_until(lambda: not any_tenant_parked())
+            # Unparked: its next message goes straight to it, after all the parked ones.
+            [late] = await publish(backends, held_id, "100000000001", 1)
+            await wait_until(lambda: (held_id, late) in relay.relayed)
+            assert relay.relayed[-1] == (held_id, late)
+            await wait_until_async(lambda: backends.store.parked_tenants(shard), {})
+        finally:
+            relay.release.set()
+            shutdown.request("test over")
+            await asyncio.wait_for(running, 30)
+        assert relay.count(held_id) == len(held_wamids) + 1 and relay.count(other_id) == 1
+
+
+async def test_parked_messages_outlive_their_worker_and_the_next_one_feeds_them_in_order(
+    any_settings: Settings, monkeypatch
+) -> None:
+    monkeypatch.setattr("wabridge.actors.worker.PARK_AFTER", 0.2)
+    settings = any_settings.replace(mailbox_size=2, metrics_port=0, shards=1)
+    held_id, shard = "campaign", 0
+    async with opened_backends(settings) as backends:
+        await backends.store.put_tenant(tenant(held_id, ("100000000001",), "s1"))
+        held_wamids = await publish(backends, held_id, "100000000001", 2 * PREFETCH)
+        first = Worker(backends, prefetch=PREFETCH)
+        relay = first.relay = HeldRelay(held_id)  # type: ignore[assignment]
+        shutdown = Shutdown()
+        running = asyncio.create_task(first.run(shutdown))
+        try:
+            await wait_until(lambda: relay.count(held_id) == settings.tenant_concurrency)
+            await wait_until_stable(lambda: backends.store.parked_tenants(shard))  # all routed: parked or in hand
+        finally:
+            relay.release.set()  # what its lanes admitted finishes; the rest stays parked
+            shutdown.request("stopping the first worker")
+            await asyncio.wait_for(running, 30)
+        left = (await backends.store.parked_tenants(shard)).get(held_id, 0)
+        assert left > PREFETCH // 2, "most were still parked when the first worker stopped"
+        assert relay.count(held_id) + left == len(held_wamids), "the rest were relayed, their rows deleted"
+
+        # No webhook comes for this shard: the next worker finds the parked rows itself (a poke to the shard).
+        second = Worker(backends, prefetch=PREFETCH)
+        relay2 = second.relay = HeldRelay("nobody")  # type: ignore[assignment]
+        shutdown = Shutdown()
+        running = asyncio.create_task(second.run(shutdown))
+        try:
+            await wait_until(lambda: relay2.count(held_id) == left)
+            await wait_until_async(lambda: backends.store.parked_tenants(shard), {})
+        finally:
+            shutdown.request("test over")
+            await asyncio.wait_for(running, 30)
+        relayed = [w for t, w in relay.relayed + relay2.relayed if t == held_id]
+        assert relayed == held_wamids, "each once, in order, across the two workers"
+
+
+async def test_a_busy_tenant_is_not_parked(embedded_settings: Settings, monkeypatch) -> None:
+    """A full mailbox alone is not a held-back tenant: one that takes its messages at a busy worker's pace (a
+    message every ~10 ms here, against PARK_AFTER 0.2 s) keeps plain backpressure, since parking it would add a store
+    write and read to each of its messages."""
+    monkeypatch.setattr("wabridge.actors.worker.PARK_AFTER", 0.2)
+    settings = embedded_settings.replace(mailbox_size=2, metrics_port=0, tenant_concurrency=2)
+    busy_id = "busy"
+    async with opened_backends(settings) as backends:
+        await backends.store.put_tenant(tenant(busy_id, ("100000000001",), "s1"))
+        wamids = await publish(backends, busy_id, "100000000001", 2 * PREFETCH)
+        worker = Worker(backends, prefetch=PREFETCH)
+        relay = worker.relay = SlowRelay(0.02)  # type: ignore[assignment]  # ~100 messages/s over 2 lanes
+        parked_before = parked_total()
+        shutdown = Shutdown()
+        running = asyncio.create_task(worker.run(shutdown))
+        try:
+            await wait_until(lambda: len(relay.relayed) == len(wamids), timeout=30)
+            assert sorted(relay.relayed) == sorted(wamids), "each once"
+            assert parked_total() == parked_before, "nothing parked"
+        finally:
+            shutdown.request("test over")
+            await asyncio.wait_for(running, 30)
+
+
+class SlowRelay:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.relayed: list[str] = []
+
+    async def relay(self, tenant, inbound, received_at, *, replay: bool = False) -> str:
+        self.relayed.append(inbound.route.wamid)
+        await asyncio.sleep(self.seconds)
+        return "delivered"
+
+
+def any_tenant_parked() -> bool:
+    from wabridge.actors.parking import _parked_tenants
+
+    return _parked_tenants.get() > 0
+
+
+def parked_total() -> float:
+    from wabridge.actors.parking import _parked
+
+    return _parked.labels().get()
+
+
+async def wait_until_stable(read, *, settle: float = 0.5, timeout: float = 10.0):
+    """Wait until `await read()` is truthy and has not changed for `settle` seconds."""
+    deadline = time.monotonic() + timeout
+    last, since = None, time.monotonic()
+    while True:
+        got = await read()
+        if got != last:
+            last, since = got, time.monotonic()
+        elif got and time.monotonic() - since >= settle:
+            return got
+        assert time.monotonic() < deadline, f"timed out, last read {got!r}"
+        await asyncio.sleep(0.05)
+
+
+async def wait_until_async(read, expected, timeout: float = 10.0):
+    """Wait until `await read()` equals `expected` (or, when `expected` is callable, satisfies it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = await read()
+        if (expected(got) if callable(expected) else got == expected):
+            return got
+        assert time.monotonic() < deadline, f"timed out, last read {got!r}"
+        await asyncio.sleep(0.05)
+
+
+class FailingRelay(HeldRelay):
+    """Holds `held_tenant` until `release`, then fails every message of it, as a bug would: each delivery is handed
+    back until its last attempt, and then dead-lettered."""
+
+    async def relay(self, tenant, inbound, received_at, *, replay: bool = False) -> str:
+        await super().relay(tenant, inbound, received_at, replay=replay)
+        raise RuntimeError("relay bug")
+
+
+async def test_a_parked_message_that_keeps_failing_ends_in_the_dead_letters_like_any_other(
+    any_settings: Settings, monkeypatch
+) -> None:
+    monkeypatch.setattr("wabridge.actors.worker.PARK_AFTER", 0.2)
+    settings = any_settings.replace(mailbox_size=2, metrics_port=0, shards=1)
+    held_id = "campaign"
+    async with opened_backends(settings) as backends:
+        await backends.store.put_tenant(tenant(held_id, ("100000000001",), "s1"))
+        await publish(backends, held_id, "100000000001", 2 * PREFETCH)
+        message_ids = {f"{held_id}-{i}" for i in range(2 * PREFETCH)}
+        worker = Worker(backends, prefetch=PREFETCH)
+        relay = worker.relay = FailingRelay(held_id)  # type: ignore[assignment]
+        shutdown = Shutdown()
+        running = asyncio.create_task(worker.run(shutdown))
+        dead: list = []
+        try:
+            await wait_until(lambda: relay.count(held_id) == settings.tenant_concurrency)
+            await wait_until_stable(lambda: backends.store.parked_tenants(0))
+            relay.release.set()
+
+            async def all_dead() -> int:
+                dead.extend(await backends.queue.dead_letters(limit=1000))
+                return len(dead)
+
+            await wait_until_async(all_dead, lambda n: n >= len(message_ids), timeout=60)
+        finally:
+            relay.release.set()
+            shutdown.request("test over")
+            await asyncio.wait_for(running, 30)
+        assert sorted(d.message_id for d in dead) == sorted(message_ids), "each once in the dead letters"
+        assert all(d.reason for d in dead)
+        assert await backends.store.parked_tenants(0) == {}
+        assert relay.count(held_id) == settings.delivery_limit * len(message_ids), "every attempt was made"
+        for d in dead:
+            await d.ack()

@@ -7,12 +7,13 @@ mailbox (no await in between, so the order survives), and one router task per sh
 tenant's actor. A full tenant mailbox makes that shard's router wait, which stops taking from that shard:
 backpressure all the way to the broker, whose prefetch window (per shard) bounds what this process holds.
 
-One router per shard, not one for the worker: a tenant held back (its Genesys rate budget spent during a burst, its
-mailbox full) blocks only the tenants of its own shard. With one router it stopped every tenant of the worker until
-it had drained. Within the shard the order the broker keeps forbids passing it; more shards narrow that.
+One router per shard, not one for the worker, and within a shard a tenant held back (its Genesys rate budget spent
+during a burst, its mailbox full) is parked (parking.py): its deliveries go to the store in order and come back to
+it at its pace, and the shard's other tenants move on.
 
-Drain (SIGTERM): stop routing; every tenant actor finishes what its lanes admitted and settles its deliveries; then
-the consumer stops, and whatever was never routed goes back to the queue unacked.
+Drain (SIGTERM): stop routing and parking; every tenant actor finishes what its lanes admitted and settles its
+deliveries; then the consumer stops, and whatever was never routed goes back to the queue unacked (what was parked
+stays parked, for whoever consumes the shard next).
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 from wabridge.actors.auth import TokenProvider
 from wabridge.actors.delivery import GenesysDelivery
 from wabridge.actors.media import MediaFetcher
+from wabridge.actors.parking import PARK_AFTER, POKE_EVERY, ShardParking, is_poke
 from wabridge.actors.ratelimit import RateBudget
 from wabridge.actors.relay import Relay
 from wabridge.actors.state import ConversationState
@@ -86,6 +88,7 @@ class Worker:
         self._routers: dict[int, Mailbox[Delivery]] = {shard: Mailbox(prefetch) for shard in shard_numbers}
         self._router_died: asyncio.Future[None] | None = None
         self._settings = settings
+        self.poke_every = POKE_EVERY
 
     def _tenant_actor(self, tenant_id: str) -> TenantActor:
         return TenantActor(
@@ -138,8 +141,16 @@ class Worker:
                 )
             )  # fmt: skip
             log.info("worker consuming", extra={"shards": list(self.shards or range(self.backends.queue.shards))})
+            parking = {
+                shard: ShardParking(
+                    shard, self.backends.store, self.backends.queue, tenants,
+                    delivery_limit=self._settings.delivery_limit,
+                )
+                for shard in self._routers
+            }  # fmt: skip
             self._router_died = asyncio.get_running_loop().create_future()
-            routing = [self._start_router(shard, mailbox, tenants) for shard, mailbox in self._routers.items()]
+            routing = [self._start_router(shard, mailbox, parking[shard]) for shard, mailbox in self._routers.items()]
+            routing.append(asyncio.create_task(self._find_orphans(parking.values()), name="worker-parking-orphans"))
             stopping = asyncio.ensure_future(shutdown.wait())
             try:
                 await asyncio.wait({self._router_died, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -156,11 +167,12 @@ class Worker:
                 for task in routing:
                     task.cancel()
                 await asyncio.gather(*routing, return_exceptions=True)
+                await asyncio.gather(*(shard_parking.close() for shard_parking in parking.values()))
             # Leaving the stack: the registry stops every tenant actor (each finishes its lanes and settles its
             # deliveries), then the supervisor, the consumer (unsettled deliveries go back), the writers and clients.
 
-    def _start_router(self, shard: int, mailbox: Mailbox[Delivery], tenants: Registry[str]) -> asyncio.Task[None]:
-        task = asyncio.create_task(self._route(mailbox, tenants), name=f"worker-router-{shard}")
+    def _start_router(self, shard: int, mailbox: Mailbox[Delivery], parking: ShardParking) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._route(mailbox, parking), name=f"worker-router-{shard}")
         task.add_done_callback(self._router_done)
         return task
 
@@ -169,11 +181,36 @@ class Worker:
             return
         self._router_died.set_exception(task.exception() or RuntimeError(f"{task.get_name()} ended"))
 
-    @staticmethod
-    async def _route(router: Mailbox[Delivery], tenants: Registry[str]) -> None:
+    async def _route(self, router: Mailbox[Delivery], parking: ShardParking) -> None:
+        tenants = parking.tenants
         while True:
             delivery = await router.receive()
-            await tenants.tell(delivery.tenant_id, delivery)
+            if not parking.loaded:
+                await parking.load()  # the first delivery: this worker is the shard's active consumer now
+            if is_poke(delivery):
+                await parking.load(again=True)
+                await delivery.ack()
+                continue
+            if parking.holds(delivery.tenant_id):
+                parking.park(delivery)  # behind what is parked already
+                continue
+            ref = await tenants.get(delivery.tenant_id)
+            if len(ref.mailbox) < ref.mailbox.capacity:
+                await ref.tell(delivery)
+                continue
+            # Full: a busy tenant takes one soon; one that takes nothing for PARK_AFTER is held back (parking.py).
+            try:
+                async with asyncio.timeout(PARK_AFTER):
+                    await ref.tell(delivery)
+            except TimeoutError:
+                parking.park(delivery)
+
+    async def _find_orphans(self, parking: Iterable[ShardParking]) -> None:
+        """Parked rows nobody feeds (their worker restarted or was replaced) get a poke to their shard (parking.py)."""
+        while True:
+            for shard_parking in parking:
+                await shard_parking.find_orphans()
+            await asyncio.sleep(self.poke_every)
 
 
 async def run_worker(settings, shutdown: Shutdown, *, shards: Sequence[int] | None = None) -> None:

@@ -1,0 +1,300 @@
+"""Parking: a tenant held back does not hold up the other tenants of its shard.
+
+A shard's deliveries come in one order (single active consumer) and its router (worker.py) hands them to their
+tenants' actors one by one. When one tenant stops taking them — its Genesys rate budget spent by a campaign's burst
+of replies, or its own Genesys org timing out — its mailbox fills and the router can only wait: every tenant behind
+it in the shard waited too, for as long as that backlog took to drain (minutes, at 300 messages a minute per
+credential). Instead the router parks that tenant: from then on its deliveries are written to the store in order
+(`Store.park`, batched) and acked on the queue once durable, so the shard moves on; a feeder per parked tenant reads
+them back in order and hands them to the tenant's actor as fast as it takes them. Once the feeder has handed over the
+last one the tenant is unparked, and its deliveries go straight to its actor again, behind everything parked before.
+
+    router ── its mailbox full, nothing taken for PARK_AFTER ──▶ park ──▶ store ──▶ feeder ──▶ tenant actor
+                                                                 (ack on the queue)          (settle: unpark)
+
+Only a tenant that is held back is parked: one whose actor took nothing from its full mailbox for PARK_AFTER. A
+worker that is merely busy (every tenant's mailbox full, each draining at its share of the worker) keeps plain
+backpressure: its tenants take a message now and then, the router's wait ends each time, and nobody pays a store
+write and read per message. A budget spent holds a tenant for the rest of its minute, far longer than PARK_AFTER.
+
+A parked message settles like a queue delivery (`ParkedDelivery`): ack deletes its row; retry counts an attempt and
+hands it to the actor again (past the delivery limit: dead-lettered); dead_letter moves it to the queue's dead
+letters (`Queue.bury`), where `wabridge replay` finds it. A row whose delete fails (store down) stays, and is fed
+again after a restart, where its messages come out `duplicate`, never as second deliveries.
+
+Ownership follows the shard: parked rows are fed by whichever worker is the shard's active consumer. A worker learns
+it is active from a delivery, so the router loads the shard's parked tenants before routing its first delivery. A
+shard with parked rows that nobody is feeding (its worker restarted, or was replaced, and no webhook came since) is
+found by `find_orphans`, every POKE_EVERY seconds in each worker: it publishes a poke into that shard, and the poke
+is a delivery like any other to whoever is active.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from wabridge.engine.logs import get_logger
+from wabridge.engine.mailbox import MailboxClosed
+from wabridge.engine.metrics import REGISTRY
+from wabridge.engine.ports import BackendUnavailable, Delivery, ParkedMessage, Queue, Store
+from wabridge.engine.registry import Registry
+
+log = get_logger("parking")
+
+PARK_AFTER = 1.0  # s a tenant may take nothing from its full mailbox before it is parked
+FEED_BATCH = 256  # parked rows read at once
+PARK_BATCH = 1000  # rows written at once
+POKE_EVERY = 30.0  # s between looks for parked rows nobody feeds
+POKE_PREFIX = "wabridge-poke:"  # message id of a poke (the ingress's ids are `<webhook id>:<tenant id>`)
+BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)  # s between tries while the store is down, the last one repeated
+
+_parked = REGISTRY.counter("wabridge_parked_total", "Queue messages parked in the store for a held-back tenant.", [])
+_parked_tenants = REGISTRY.gauge("wabridge_parked_tenants", "Tenants whose deliveries are being parked.", []).labels()
+
+T = TypeVar("T")
+
+
+def is_poke(delivery: Delivery) -> bool:
+    return delivery.message_id.startswith(POKE_PREFIX)
+
+
+async def _until_up(step: Callable[[], Awaitable[T]]) -> T:
+    """`await step()` until the store answers: a parked tenant's order depends on it, so there is no giving up
+    (cancellation, at a drain, ends the wait)."""
+    tries = 0
+    while True:
+        try:
+            return await step()
+        except BackendUnavailable as exc:
+            if tries == 0:
+                log.warning("parking waits for the store: %s", exc)
+            await asyncio.sleep(BACKOFF[min(tries, len(BACKOFF) - 1)])
+            tries += 1
+
+
+class ParkedDelivery:
+    """A parked message handed to its tenant's actor: a `Delivery` whose settlement is a store row's."""
+
+    __slots__ = ("tenant_id", "message_id", "body", "shard", "attempt", "seq", "_lot", "_settled")
+
+    def __init__(self, message: ParkedMessage, lot: ShardParking, attempt: int | None = None) -> None:
+        self.tenant_id = message.tenant_id
+        self.message_id = message.message_id
+        self.body = message.body
+        self.shard = message.shard
+        self.attempt = message.attempt if attempt is None else attempt
+        self.seq = message.seq
+        self._lot = lot
+        self._settled = False
+
+    def __repr__(self) -> str:
+        return f"ParkedDelivery(tenant_id={self.tenant_id!r}, message_id={self.message_id!r}, seq={self.seq})"
+
+    async def ack(self) -> None:
+        await self._settle()
+
+    async def dead_letter(self, reason: str) -> None:
+        if not self._settled:
+            self._settled = True
+            await self._lot.bury(self, reason)
+
+    async def retry(self) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        await self._lot.hand_back(self)
+
+    async def _settle(self) -> None:
+        if not self._settled:
+            self._settled = True
+            await self._lot.unpark(self)
+
+    def message(self) -> ParkedMessage:
+        return ParkedMessage(
+            seq=self.seq, shard=self.shard, tenant_id=self.tenant_id, message_id=self.message_id, body=self.body,
+            attempt=self.attempt,
+        )  # fmt: skip
+
+
+class ShardParking:
+    """The parked tenants of one shard, in one worker: written by the shard's router, fed by one task per tenant."""
+
+    def __init__(
+        self, shard: int, store: Store, queue: Queue, tenants: Registry[str], *, delivery_limit: int
+    ) -> None:
+        self.shard = shard
+        self._store = store
+        self._queue = queue
+        self.tenants = tenants
+        self._delivery_limit = delivery_limit
+        self._backlog: dict[str, int] = {}  # parked tenant → its parked messages not yet handed to its actor
+        self._feeders: dict[str, asyncio.Task[None]] = {}
+        self._unsettled: dict[int, str] = {}  # seq → tenant: handed to the actor, row not yet deleted
+        self._writing: list[Delivery] = []  # parked, not yet written; acked on the queue once written
+        self._writer: asyncio.Task[None] | None = None
+        self._written = asyncio.Event()  # set after each write: a feeder that found nothing reads again
+        self.loaded = False
+        self._closing = False
+
+    # --- the router's side ------------------------------------------------------------------------------------------
+
+    def holds(self, tenant_id: str) -> bool:
+        """True while the tenant is parked: its deliveries must follow what is parked, not pass it."""
+        return tenant_id in self._backlog
+
+    def park(self, delivery: Delivery) -> None:
+        """Take the delivery off the shard: written to the store in this order, then acked. No await, so the
+        router's order is the order parked."""
+        tenant_id = delivery.tenant_id
+        if tenant_id not in self._backlog:
+            log.warning("tenant %s held back: parking its deliveries of shard %d", tenant_id, self.shard)
+            self._start_feeding(tenant_id, 0)
+        self._backlog[tenant_id] += 1
+        self._writing.append(delivery)
+        _parked.inc()
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write(), name=f"parking-{self.shard}-writer")
+
+    async def load(self, *, again: bool = False) -> None:
+        """Feed the shard's parked rows that this worker is not feeding: on the first delivery (this worker is the
+        shard's active consumer now), and again on a poke."""
+        if self.loaded and not again:
+            return
+        counts = await _until_up(lambda: self._store.parked_tenants(self.shard))
+        for tenant_id, count in self._orphans(counts).items():
+            log.warning("feeding %d parked messages of tenant %s (shard %d)", count, tenant_id, self.shard)
+            self._start_feeding(tenant_id, count)
+        self.loaded = True
+
+    async def find_orphans(self) -> None:
+        """Poke the shard if it has parked rows this worker does not feed (module docstring). Best effort."""
+        try:
+            orphans = self._orphans(await self._store.parked_tenants(self.shard))
+            if orphans:
+                poke = f"{POKE_PREFIX}{uuid.uuid4().hex}"
+                await self._queue.publish(next(iter(orphans)), b"", message_id=poke)  # any of them: its shard
+        except BackendUnavailable as exc:
+            log.debug("looking for parked rows of shard %d: %s", self.shard, exc)
+        except Exception:
+            log.exception("looking for parked rows of shard %d failed", self.shard)
+
+    def _orphans(self, counts: dict[str, int]) -> dict[str, int]:
+        in_hand: dict[str, int] = {}
+        for tenant_id in self._unsettled.values():
+            in_hand[tenant_id] = in_hand.get(tenant_id, 0) + 1
+        return {
+            tenant_id: count - in_hand.get(tenant_id, 0)
+            for tenant_id, count in counts.items()
+            if tenant_id not in self._backlog and count > in_hand.get(tenant_id, 0)
+        }
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """At a drain: finish the write under way (its deliveries are acked), stop feeding. What was never written
+        goes back to the queue unacked; what was never fed stays parked for the next owner."""
+        self._closing = True
+        if self._writer is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._writer), timeout)
+            except (asyncio.TimeoutError, Exception):
+                self._writer.cancel()
+        feeders = list(self._feeders.values())
+        for task in feeders:
+            task.cancel()
+        await asyncio.gather(*feeders, return_exceptions=True)
+
+    # --- writing ----------------------------------------------------------------------------------------------------
+
+    async def _write(self) -> None:
+        try:
+            while self._writing and not self._closing:
+                batch = self._writing[:PARK_BATCH]
+                rows = [(d.tenant_id, d.message_id, d.body, d.attempt) for d in batch]
+                await _until_up(lambda: self._store.park(self.shard, rows))
+                del self._writing[: len(batch)]
+                self._written.set()
+                acks = await asyncio.gather(*(d.ack() for d in batch), return_exceptions=True)
+                for failed in (a for a in acks if isinstance(a, BaseException)):
+                    # Parked and also redelivered: it comes again as a `duplicate`, never as a second delivery.
+                    log.warning("parked delivery not acked on the queue: %r", failed)
+        finally:
+            self._writer = None
+
+    # --- feeding ----------------------------------------------------------------------------------------------------
+
+    def _start_feeding(self, tenant_id: str, backlog: int) -> None:
+        self._backlog[tenant_id] = backlog
+        self._feeders[tenant_id] = asyncio.create_task(self._feed(tenant_id), name=f"parking-{self.shard}-{tenant_id}")
+        _parked_tenants.inc()
+
+    async def _feed(self, tenant_id: str) -> None:
+        after = 0
+        try:
+            while self._backlog[tenant_id] > 0:
+                self._written.clear()
+                rows = await _until_up(lambda: self._store.parked(self.shard, tenant_id, after=after, limit=FEED_BATCH))
+                if not rows:
+                    await self._written.wait()  # counted, not yet written: the router's write is under way
+                    continue
+                for message in rows:
+                    after = message.seq
+                    if message.seq in self._unsettled:
+                        continue  # already in the actor's hands (fed before a reload)
+                    self._unsettled[message.seq] = tenant_id
+                    await self.tenants.tell(tenant_id, ParkedDelivery(message, self))
+                    self._backlog[tenant_id] -= 1
+            log.info("tenant %s unparked (shard %d)", tenant_id, self.shard)
+        except MailboxClosed:
+            pass  # a drain: what was not fed stays parked
+        except Exception:
+            log.exception("feeding tenant %s failed; its parked rows wait for a poke", tenant_id)
+        finally:
+            # In the same step as the last hand-over (a done-callback would run a step later, and a delivery routed
+            # in between would be parked with nobody to feed it): from here the router's deliveries go to the actor,
+            # behind the last parked one.
+            del self._backlog[tenant_id]
+            del self._feeders[tenant_id]
+            _parked_tenants.dec()
+
+    # --- settling ---------------------------------------------------------------------------------------------------
+
+    async def unpark(self, delivery: ParkedDelivery) -> None:
+        try:
+            await self._store.unpark([delivery.seq])
+        except BackendUnavailable as exc:
+            # The row stays: after a restart it is fed again and its messages come out `duplicate`.
+            log.warning("parked message %s settled but not deleted: %s", delivery.message_id, exc)
+        finally:
+            self._unsettled.pop(delivery.seq, None)
+
+    async def bury(self, delivery: ParkedDelivery, reason: str) -> None:
+        """To the queue's dead letters, where `wabridge replay` finds it as it finds any other; then unparked."""
+        try:
+            await self._queue.bury(delivery.tenant_id, delivery.body, message_id=delivery.message_id, reason=reason)
+        except BackendUnavailable as exc:
+            log.error("parked message %s stays parked, its dead letter not written: %s", delivery.message_id, exc)
+            self._unsettled.pop(delivery.seq, None)  # fed again once found (a poke), at its last attempt
+            return
+        log.error("parked message %s dead-lettered: %s", delivery.message_id, reason)
+        await self.unpark(delivery)
+
+    async def hand_back(self, delivery: ParkedDelivery) -> None:
+        """The actor could not finish it: one attempt more, and to the actor again (a queue would redeliver it);
+        past the delivery limit, dead-lettered (the actor does that at the last attempt, but not after a crash)."""
+        attempt = delivery.attempt + 1
+        if attempt > self._delivery_limit:
+            await self.bury(delivery, f"attempt {delivery.attempt} of {self._delivery_limit}: handed back")
+            return
+        try:
+            await self._store.set_parked_attempt(delivery.seq, attempt)
+        except BackendUnavailable as exc:
+            log.warning("attempt of parked message %s not recorded: %s", delivery.message_id, exc)
+        if self._closing:
+            self._unsettled.pop(delivery.seq, None)  # stays parked for the next owner
+            return
+        try:
+            await self.tenants.tell(delivery.tenant_id, ParkedDelivery(delivery.message(), self, attempt))
+        except MailboxClosed:
+            self._unsettled.pop(delivery.seq, None)
