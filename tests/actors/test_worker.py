@@ -163,6 +163,9 @@ async def test_parked_messages_outlive_their_worker_and_the_next_one_feeds_them_
         assert relay.count(held_id) + left == len(held_wamids), "the rest were relayed, their rows deleted"
 
         # No webhook comes for this shard: the next worker finds the parked rows itself (a poke to the shard).
+        from wabridge.actors.parking import _pokes
+
+        pokes = _pokes.labels().get()
         second = Worker(backends, prefetch=PREFETCH)
         relay2 = second.relay = HeldRelay("nobody")  # type: ignore[assignment]
         shutdown = Shutdown()
@@ -175,6 +178,7 @@ async def test_parked_messages_outlive_their_worker_and_the_next_one_feeds_them_
             await asyncio.wait_for(running, 30)
         relayed = [w for t, w in relay.relayed + relay2.relayed if t == held_id]
         assert relayed == held_wamids, "each once, in order, across the two workers"
+        assert _pokes.labels().get() > pokes, "found by a poke"
 
 
 async def test_a_busy_tenant_is_not_parked(embedded_settings: Settings, monkeypatch) -> None:

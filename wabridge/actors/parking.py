@@ -52,6 +52,7 @@ POKE_PREFIX = "wabridge-poke:"  # message id of a poke (the ingress's ids are `<
 BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)  # s between tries while the store is down, the last one repeated
 
 _parked = REGISTRY.counter("wabridge_parked_total", "Queue messages parked in the store for a held-back tenant.", [])
+_pokes = REGISTRY.counter("wabridge_parking_pokes_total", "Pokes sent to shards with parked rows nobody fed.", [])
 _parked_tenants = REGISTRY.gauge("wabridge_parked_tenants", "Tenants whose deliveries are being parked.", []).labels()
 
 T = TypeVar("T")
@@ -176,6 +177,7 @@ class ShardParking:
             if orphans:
                 poke = f"{POKE_PREFIX}{uuid.uuid4().hex}"
                 await self._queue.publish(next(iter(orphans)), b"", message_id=poke)  # any of them: its shard
+                _pokes.inc()
         except BackendUnavailable as exc:
             log.debug("looking for parked rows of shard %d: %s", self.shard, exc)
         except Exception:
