@@ -18,9 +18,10 @@ backpressure: its tenants take a message now and then, the router's wait ends ea
 write and read per message. A budget spent holds a tenant for the rest of its minute, far longer than PARK_AFTER.
 
 A parked message settles like a queue delivery (`ParkedDelivery`): ack deletes its row; retry counts an attempt and
-hands it to the actor again (past the delivery limit: dead-lettered); dead_letter moves it to the queue's dead
-letters (`Queue.bury`), where `wabridge replay` finds it. A row whose delete fails (store down) stays, and is fed
-again after a restart, where its messages come out `duplicate`, never as second deliveries.
+hands it to the actor again, ahead of the rest of its tenant's backlog (past the delivery limit: dead-lettered);
+dead_letter moves it to the queue's dead letters (`Queue.bury`), where `wabridge replay` finds it. A row whose delete
+fails (store down) stays, and is fed again after a restart, where its messages come out `duplicate`, never as
+second deliveries.
 
 Ownership follows the shard: parked rows are fed by whichever worker is the shard's active consumer. A worker learns
 it is active from a delivery, so the router loads the shard's parked tenants before routing its first delivery. A
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -123,9 +125,7 @@ class ParkedDelivery:
 class ShardParking:
     """The parked tenants of one shard, in one worker: written by the shard's router, fed by one task per tenant."""
 
-    def __init__(
-        self, shard: int, store: Store, queue: Queue, tenants: Registry[str], *, delivery_limit: int
-    ) -> None:
+    def __init__(self, shard: int, store: Store, queue: Queue, tenants: Registry[str], *, delivery_limit: int) -> None:
         self.shard = shard
         self._store = store
         self._queue = queue
@@ -134,9 +134,10 @@ class ShardParking:
         self._backlog: dict[str, int] = {}  # parked tenant → its parked messages not yet handed to its actor
         self._feeders: dict[str, asyncio.Task[None]] = {}
         self._unsettled: dict[int, str] = {}  # seq → tenant: handed to the actor, row not yet deleted
+        self._redo: dict[str, deque[ParkedDelivery]] = {}  # handed back by the actor: fed again before the rest
         self._writing: list[Delivery] = []  # parked, not yet written; acked on the queue once written
         self._writer: asyncio.Task[None] | None = None
-        self._written = asyncio.Event()  # set after each write: a feeder that found nothing reads again
+        self._more = asyncio.Event()  # set after each write and hand-back: a feeder that found nothing looks again
         self.loaded = False
         self._closing = False
 
@@ -216,7 +217,7 @@ class ShardParking:
                 rows = [(d.tenant_id, d.message_id, d.body, d.attempt) for d in batch]
                 await _until_up(lambda: self._store.park(self.shard, rows))
                 del self._writing[: len(batch)]
-                self._written.set()
+                self._more.set()
                 acks = await asyncio.gather(*(d.ack() for d in batch), return_exceptions=True)
                 for failed in (a for a in acks if isinstance(a, BaseException)):
                     # Parked and also redelivered: it comes again as a `duplicate`, never as a second delivery.
@@ -234,13 +235,17 @@ class ShardParking:
     async def _feed(self, tenant_id: str) -> None:
         after = 0
         try:
-            while self._backlog[tenant_id] > 0:
-                self._written.clear()
+            while True:
+                await self._feed_handed_back(tenant_id)
+                if self._backlog[tenant_id] <= 0:
+                    break
+                self._more.clear()
                 rows = await _until_up(lambda: self._store.parked(self.shard, tenant_id, after=after, limit=FEED_BATCH))
                 if not rows:
-                    await self._written.wait()  # counted, not yet written: the router's write is under way
+                    await self._more.wait()  # counted, not yet written: the router's write is under way
                     continue
                 for message in rows:
+                    await self._feed_handed_back(tenant_id)
                     after = message.seq
                     if message.seq in self._unsettled:
                         continue  # already in the actor's hands (fed before a reload)
@@ -259,6 +264,14 @@ class ShardParking:
             del self._backlog[tenant_id]
             del self._feeders[tenant_id]
             _parked_tenants.dec()
+            for left in self._redo.pop(tenant_id, ()):
+                self._unsettled.pop(left.seq, None)  # a drain: it stays parked for the next owner
+
+    async def _feed_handed_back(self, tenant_id: str) -> None:
+        redo = self._redo.get(tenant_id)
+        while redo:
+            await self.tenants.tell(tenant_id, redo[0])
+            redo.popleft()
 
     # --- settling ---------------------------------------------------------------------------------------------------
 
@@ -296,7 +309,9 @@ class ShardParking:
         if self._closing:
             self._unsettled.pop(delivery.seq, None)  # stays parked for the next owner
             return
-        try:
-            await self.tenants.tell(delivery.tenant_id, ParkedDelivery(delivery.message(), self, attempt))
-        except MailboxClosed:
-            self._unsettled.pop(delivery.seq, None)
+        # Through the tenant's feeder, not from here: this runs in the actor's own settling, and the tenant is held
+        # (parked) meanwhile, so it goes back before anything the router takes for it after this.
+        self._redo.setdefault(delivery.tenant_id, deque()).append(ParkedDelivery(delivery.message(), self, attempt))
+        if delivery.tenant_id not in self._feeders:
+            self._start_feeding(delivery.tenant_id, 0)
+        self._more.set()
