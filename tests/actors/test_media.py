@@ -105,6 +105,19 @@ async def test_media_is_stored_under_the_seed_key_and_the_attachment_gets_a_sign
     assert fetcher.statistics().stored == 1 and fetcher.statistics().bytes_stored == len(sim_bytes)
 
 
+async def test_a_webhook_without_mime_type_gets_the_lookup_s_on_the_attachment_genesys_requires_one(
+    fetcher: MediaFetcher, objects: DirectoryObjects
+) -> None:
+    message = webhooks.message("image", wamid="wamid.NOMIME")
+    del message["image"]["mime_type"]
+    (inbound,) = transform(webhooks.webhook(PHONE, [message]))
+    assert inbound.message.content[0].attachment.mime is None
+    outcome = await fetcher.resolve(TENANT, inbound)
+    assert outcome.stored and outcome.mime == "image/jpeg"  # the simulator's lookup names it
+    (item,) = outcome.apply(inbound).content
+    assert item.attachment.mime == "image/jpeg"
+
+
 @pytest.mark.parametrize("kind", ["video", "voice", "document", "sticker"])
 async def test_every_media_kind_goes_through_with_its_extension(fetcher: MediaFetcher, kind: str) -> None:
     outcome = await fetcher.resolve(TENANT, inbound_for(kind))

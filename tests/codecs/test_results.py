@@ -54,6 +54,19 @@ def test_with_media_url_fills_only_the_placeholder():
     assert with_media_url(text.message, url) is text.message
 
 
+def test_with_media_url_fills_a_missing_mime_from_the_lookup_and_keeps_meta_s():
+    """Genesys requires `attachment.mime`; a webhook without `mime_type` gets the one Meta's media lookup named."""
+    webhook = json.loads((FIXTURES / "image.json").read_bytes())
+    image = webhook["entry"][0]["changes"][0]["value"]["messages"][0]["image"]
+    meta_mime = image.pop("mime_type")
+    (bare,) = transform(json.dumps(webhook).encode())
+    assert bare.message.content[0].attachment.mime is None
+    filled = with_media_url(bare.message, "https://s3.example/x", "image/png")
+    assert json.loads(encode_genesys(filled))["content"][0]["attachment"]["mime"] == "image/png"
+    (full,) = transform((FIXTURES / "image.json").read_bytes())
+    assert with_media_url(full.message, "https://s3.example/x", "image/png").content[0].attachment.mime == meta_mime
+
+
 def test_media_as_text_replaces_the_attachment_with_the_notice_and_keeps_the_caption():
     (document,) = transform((FIXTURES / "document.json").read_bytes())
     msg = media_as_text(document, "[The customer sent a file that could not be passed on: too large]")

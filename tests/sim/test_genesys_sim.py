@@ -113,8 +113,11 @@ async def test_fields_of_the_old_catch_all_body_are_ignored_like_genesys_does() 
         ("local time", with_changes(channel__time="2026-06-08T22:59:43+02:00"), "$.channel.time"),
         ("not a time", with_changes(channel__time="1718000000"), "$.channel.time"),
         ("neither text nor content", with_changes(text=KeyError), "text or content"),
-        ("bad mediaType", with_changes(content=[{"attachment": {"mediaType": "Sticker", "url": "https://x/y"}}]),
+        ("bad mediaType", with_changes(content=[{"attachment": {"mediaType": "Sticker", "url": "https://x/y",
+                                                                 "mime": "image/webp"}}]),
          "$.content[0].attachment.mediaType"),
+        ("attachment without mime",
+         with_changes(content=[{"attachment": {"mediaType": "Image", "url": "https://x/y"}}]), "$.content[0].attachment"),
         ("attachment without url", with_changes(content=[{"attachment": {"mediaType": "Image"}}]),
          "$.content[0].attachment"),
         ("metadata not strings", with_changes(metadata={"count": 3}), "$.metadata"),
@@ -185,8 +188,8 @@ async def test_injected_faults_answer_the_next_requests_then_stop() -> None:
 async def test_with_fetch_media_every_attachment_url_is_downloaded_and_recorded() -> None:
     async with GenesysSim(fetch_media=True) as sim, httpx.AsyncClient() as client:
         token = await login(client, sim.url)
-        found = {"attachment": {"mediaType": "File", "url": sim.url + "/sim/stats"}}
-        missing = {"attachment": {"mediaType": "Image", "url": sim.url + "/nothing-here.jpg"}}
+        found = {"attachment": {"mediaType": "File", "url": sim.url + "/sim/stats", "mime": "application/json"}}
+        missing = {"attachment": {"mediaType": "Image", "url": sim.url + "/nothing-here.jpg", "mime": "image/jpeg"}}
         r = await post(client, sim.url, token, with_changes(content=[found, missing]))
         assert r.status_code == 200
         await sim.wait_media()

@@ -80,6 +80,7 @@ class MediaOutcome(msgspec.Struct, frozen=True, kw_only=True):
     size: int = 0  # bytes stored, or the size Meta announced when too large
     attempts: int = 0
     detail: str = ""  # the last error, short, for the tracking row (never a token or a signed url)
+    mime: str | None = None  # the stored object's content type
 
     @property
     def stored(self) -> bool:
@@ -93,7 +94,7 @@ class MediaOutcome(msgspec.Struct, frozen=True, kw_only=True):
     def apply(self, inbound: Inbound) -> OpenInboundNormalizedMessage:
         """The Genesys message to deliver: with the presigned url, or as text carrying the notice."""
         if self.url is not None:
-            return with_media_url(inbound.message, self.url)
+            return with_media_url(inbound.message, self.url, self.mime)
         return media_as_text(inbound, self.notice or "")
 
 
@@ -182,11 +183,12 @@ class MediaFetcher:
             else:
                 key = media_key(tenant.tenant_id, kind, inbound.route.timestamp, inbound.route.wamid,
                                 extension_for(mime))  # fmt: skip
-                await self._objects.put(MEDIA_BUCKET, key, data, content_type=mime or "application/octet-stream",
-                                        metadata={"wamid": inbound.route.wamid, "media-id": media.media_id})  # fmt: skip
+                mime = mime or "application/octet-stream"
+                metadata = {"wamid": inbound.route.wamid, "media-id": media.media_id}
+                await self._objects.put(MEDIA_BUCKET, key, data, content_type=mime, metadata=metadata)
                 url = await self._objects.presigned_get(MEDIA_BUCKET, key, expires=PRESIGN_SECONDS)
                 self._counts["bytes_stored"] += len(data)
-                return MediaOutcome(reason="stored", url=url, key=key, size=len(data), attempts=attempt)
+                return MediaOutcome(reason="stored", url=url, key=key, size=len(data), attempts=attempt, mime=mime)
             if attempt < self._attempts:
                 self._counts["retries"] += 1
                 # Exponential backoff, full ±50 % jitter so many messages failing together do not retry in step.

@@ -418,12 +418,17 @@ def _wamid_of(raw: msgspec.Raw) -> str | None:
 # --- after the transform: the media actor's two ways out ------------------------------------------------------------
 
 
-def with_media_url(msg: OpenInboundNormalizedMessage, url: str) -> OpenInboundNormalizedMessage:
-    """The message with its placeholder attachment url (`media:<id>`) replaced by `url` (a presigned GET)."""
+def with_media_url(
+    msg: OpenInboundNormalizedMessage, url: str, mime: str | None = None
+) -> OpenInboundNormalizedMessage:
+    """The message with its placeholder attachment url (`media:<id>`) replaced by `url` (a presigned GET), and its
+    `mime` filled with `mime` (what Meta's media lookup named) when the webhook had none: Genesys requires one."""
     if not msg.content:
         return msg
     content = [
-        msgspec.structs.replace(item, attachment=msgspec.structs.replace(item.attachment, url=url))
+        msgspec.structs.replace(
+            item, attachment=msgspec.structs.replace(item.attachment, url=url, mime=item.attachment.mime or mime)
+        )
         if (item.attachment.url or "").startswith(MEDIA_PLACEHOLDER)
         else item
         for item in msg.content

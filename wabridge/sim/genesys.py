@@ -91,7 +91,7 @@ class InboundChannel(msgspec.Struct, omit_defaults=True):
 class Attachment(msgspec.Struct, omit_defaults=True):
     mediaType: Literal["Image", "Video", "Audio", "File", "Link"]
     url: NonEmpty
-    mime: str = ""
+    mime: NonEmpty  # required by the real schema (OpenContentAttachment: mediaType, url, mime)
     filename: str = ""
     text: str = ""
     sha256: str = ""
