@@ -239,9 +239,11 @@ async def test_malformed_json_with_a_valid_signature_is_400(app: IngressApp, emb
     assert await drain(embedded.queue, expect=0) == []
 
 
-async def test_body_nobody_owns_is_200_tracked_unrouted_and_archived(app: IngressApp, embedded) -> None:
-    body = HELLO.replace(b"1234567890", b"999000999")
-    assert (await app.handle("POST", "/webhook/meta", "", sign(body, "whoever"), body)).status == 200
+async def test_body_nobody_owns_signed_by_a_tenant_s_meta_app_is_200_tracked_unrouted_and_archived(
+    app: IngressApp, embedded
+) -> None:
+    body = HELLO.replace(b"1234567890", b"999000999")  # a number of acme's Meta app that no tenant has claimed
+    assert (await app.handle("POST", "/webhook/meta", "", sign(body, "acme-app-secret"), body)).status == 200
     assert await drain(embedded.queue, expect=0) == []
     [row] = await embedded.store.list_tracking(statuses=[TrackingStatus.UNROUTED])
     assert (row.wamid, row.status) == ("external_id", "unrouted") and "999000999" in (row.error or "")
@@ -249,6 +251,27 @@ async def test_body_nobody_owns_is_200_tracked_unrouted_and_archived(app: Ingres
     [segment] = [p for p in (embedded.objects.root / WEBHOOKS_BUCKET / "_unrouted").rglob("*.ndjson")]
     key = str(segment.relative_to(embedded.objects.root / WEBHOOKS_BUCKET))
     assert await read_archived(embedded.objects, key + "#0") == body
+
+
+@pytest.mark.parametrize("secret", ["whoever", None])
+async def test_body_nobody_owns_that_no_tenant_s_app_signed_is_401_and_nothing_is_kept(
+    app: IngressApp, embedded, secret: str | None
+) -> None:
+    body = HELLO.replace(b"1234567890", b"999000999")
+    headers = sign(body, secret) if secret else {"x-hub-signature-256": "sha256=" + "0" * 64}
+    assert (await app.handle("POST", "/webhook/meta", "", headers, body)).status == 401
+    assert await embedded.store.list_tracking(statuses=[TrackingStatus.UNROUTED]) == []
+    await archives_settled(app)
+    assert not list((embedded.objects.root / WEBHOOKS_BUCKET).rglob("*.ndjson"))
+    assert await drain(embedded.queue, expect=0) == []
+
+
+async def test_the_signature_s_hex_case_does_not_matter(app: IngressApp, embedded) -> None:
+    headers = {k: v.upper() for k, v in sign(HELLO, "acme-app-secret").items()}
+    assert headers["x-hub-signature-256"].startswith("SHA256=")
+    assert (await app.handle("POST", "/webhook/meta", "", headers, HELLO)).status == 200
+    garbled = {"x-hub-signature-256": "sha256=é" + "0" * 63}
+    assert (await app.handle("POST", "/webhook/meta", "", garbled, HELLO)).status == 401
 
 
 # --- backends failing ---------------------------------------------------------------------------------------------

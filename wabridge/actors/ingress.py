@@ -49,6 +49,9 @@ WEBHOOK_PATH = "/webhook/meta"
 UNROUTED_ARCHIVE_TENANT = "_unrouted"  # archive prefix of bodies no tenant owns (tracked with tenant_id "")
 MAX_CHALLENGE = 1024  # characters; Meta sends a short number
 CLOSE_DEADLINE = 10.0  # seconds the archive's last segments get at shutdown
+# A body no tenant owns is kept only when one of our Meta apps signed it; this many app secrets are tried at most, so
+# an unsigned body costs a bounded number of HMACs (tenants of one Meta app share its secret: usually a handful).
+MAX_UNROUTED_SECRETS = 16
 
 REQUESTS = metrics.REGISTRY.counter(
     "wabridge_ingress_requests_total", "HTTP requests answered by the ingress", ("route", "status")
@@ -76,8 +79,10 @@ TENANT_HIT_RATIO = metrics.REGISTRY.gauge(
 
 
 def _signature_ok(secret: str, body: bytes, header: str) -> bool:
+    if not header.isascii():
+        return False  # compare_digest takes ASCII text only; no HMAC of ours is anything else
     expected = "sha256=" + hmac.new(secret.encode(), body, sha256).hexdigest()
-    return hmac.compare_digest(expected, header)
+    return hmac.compare_digest(expected, header.lower())  # Meta sends lowercase hex; case is not part of the proof
 
 
 def _new_webhook_id(received_at: float) -> str:
@@ -238,7 +243,7 @@ class IngressApp:
     async def receive_webhook(self, path_tenant_id: str | None, headers: Mapping[str, str], body: bytes) -> Response:
         received_at = time.time()
         signature = headers.get("x-hub-signature-256") or ""
-        if not signature.startswith("sha256="):
+        if signature[:7].lower() != "sha256=":
             return text(401, "missing signature")
         assert self.directory is not None
         path_tenant = None
@@ -264,6 +269,8 @@ class IngressApp:
         if path_tenant is not None and (routing.unlabelled_changes or not routing.phone_number_ids):
             tenants.setdefault(path_tenant.tenant_id, path_tenant)
         if not tenants:
+            if path_tenant is None and not await self._signed_by_a_tenant_app(body, signature):
+                return text(401, "bad signature")  # nobody's, and not from Meta for us either: nothing is kept
             return await self._unrouted(routing.message_ids, unknown, body, received_at)
         if not self._verified(tenants.values(), body, signature, skip=path_tenant):
             return text(401, "bad signature")
@@ -290,6 +297,16 @@ class IngressApp:
             if not ok:
                 return False
         return True
+
+    async def _signed_by_a_tenant_app(self, body: bytes, signature: str) -> bool:
+        """Whether one of our tenants' Meta apps signed this body (a number of that app no tenant has claimed yet):
+        only then is it worth keeping, and answering 200 so Meta stops resending it."""
+        assert self.directory is not None
+        secrets = dict.fromkeys(t.app_secret.reveal() for t in await self.directory.all())
+        matched = False
+        for secret in list(secrets)[:MAX_UNROUTED_SECRETS]:  # no early exit: the time taken tells nothing
+            matched |= _signature_ok(secret, body, signature)
+        return matched
 
     async def _enqueue(self, parts: dict[str, bytes], raw: bytes, received_at: float) -> None:
         webhook_id = _new_webhook_id(received_at)
