@@ -112,6 +112,9 @@ def test_voice_note_and_animated_sticker_are_flagged_in_metadata():
          {"order.catalog_id": "cat-1"}),
         ("system_changed_number", ["[WhatsApp] Sheena changed her phone number to 16505559999"],
          {"system.type": "customer_changed_number", "system.wa_id": "16505559999"}),
+        ("system_changed_user_id", ["[WhatsApp] User changed from US.13491208655302741918 to US.88120455318710220415"],
+         {"system.type": "user_changed_user_id", "system.user_id": "US.88120455318710220415",
+          "system.previous_user_id": "US.13491208655302741918"}),
         ("unsupported", ["[The customer sent a WhatsApp message of a type that cannot be shown here: unsupported"
                          " (Message type unknown)]"], {"unsupported.type": "unsupported"}),
         ("unknown_type", ["[The customer sent a WhatsApp message of a type that cannot be shown here: hologram]"],
@@ -124,6 +127,13 @@ def test_non_text_message_reads_as_text_with_structured_metadata(scenario, text_
     assert inbound.message.metadata is not None
     assert metadata.items() <= inbound.message.metadata.items()
     assert inbound.message.content is None and inbound.media is None
+
+
+def test_a_bsuid_change_names_no_sender_and_goes_to_the_conversation_of_the_previous_id():
+    """`user_changed_user_id` has no `from`, no `from_user_id` and no contacts: only the ids it changes."""
+    inbound = only_inbound("system_changed_user_id")
+    assert (inbound.route.sender_id, inbound.route.id_type) == ("US.13491208655302741918", "Opaque")
+    assert wire(inbound)["channel"]["from"] == {"id": "US.13491208655302741918", "idType": "Opaque"}
 
 
 def test_structured_data_is_kept_as_json_in_metadata():

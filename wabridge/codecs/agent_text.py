@@ -152,6 +152,10 @@ def system_text(system: System, meta: dict[str, str]) -> str:
     put(meta, "system.wa_id", system.wa_id)
     put(meta, "system.new_wa_id", system.new_wa_id)
     put(meta, "system.identity", system.identity)
+    put(meta, "system.user_id", system.user_id)
+    put(meta, "system.previous_user_id", system.previous_user_id)
+    put(meta, "system.parent_user_id", system.parent_user_id)
+    put(meta, "system.previous_parent_user_id", system.previous_parent_user_id)
     return f"[WhatsApp] {system.body or system.type or 'system notice'}"
 
 

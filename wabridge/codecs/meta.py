@@ -185,6 +185,11 @@ class System(_Decoded):
     wa_id: str | None = None
     new_wa_id: str | None = None
     identity: str | None = None
+    # BSUID changes (`user_changed_user_id`, and with a number change since Aug 2026): the new and previous ids
+    user_id: str | None = None
+    previous_user_id: str | None = None
+    parent_user_id: str | None = None
+    previous_parent_user_id: str | None = None
 
 
 class Unsupported(_Decoded):

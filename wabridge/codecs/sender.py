@@ -8,7 +8,9 @@ who adopt a username may come with the BSUID alone. The rules, in order:
    -> Genesys `from.id` = that number, `idType` "Phone"; `Route.sender_id` = the number.
 2. User id: otherwise `from_user_id`, else the matching contact's `user_id`, else a non-numeric `from`
    (Meta has put the BSUID in `from`) -> `from.id` = that id, `idType` "Opaque"; `Route.sender_id` = the id.
-3. Neither -> the message is skipped as `missing_sender`.
+3. A system message naming neither (`user_changed_user_id`: a BSUID change reports the ids only) -> the previous user
+   id, else the new one, as in rule 2: the notice belongs to the conversation the customer had.
+4. None of these -> the message is skipped as `missing_sender`.
 
 `Route.wa_id` and `Route.user_id` carry whichever of the two Meta sent, so a later stage can alias them.
 Consequence to know: a customer known by phone who later writes with a BSUID only gets a new `sender_id` (a new
@@ -63,11 +65,14 @@ def matching_contact(msg: Message, contacts: list[Contact]) -> Contact | None:
 
 def identify(msg: Message, contact: Contact | None) -> Sender:
     """The sender of `msg` by the rules above; raises MissingSender when there is none."""
+    from_user_id = msg.from_user_id
+    if from_user_id is None and msg.from_ is None and msg.system is not None:  # rule 3
+        from_user_id = msg.system.previous_user_id or msg.system.user_id
     if contact is None:
-        key = (msg.from_, msg.from_user_id, None, None, None)
+        key = (msg.from_, from_user_id, None, None, None)
     else:
         name = contact.profile.name if contact.profile is not None else None
-        key = (msg.from_, msg.from_user_id, contact.wa_id, contact.user_id, name)
+        key = (msg.from_, from_user_id, contact.wa_id, contact.user_id, name)
     sender = _senders.get(key)
     if sender is None:
         sender = _identify(*key)
