@@ -96,6 +96,15 @@ EXPECTED = [
 ]
 
 
+def test_an_edit_carries_what_the_message_now_says_and_a_revoke_names_the_deleted_one():
+    (edited,) = by_label()["pywa/edited_message:image"]
+    assert edited.message.text == "The customer edited an earlier message. It now reads: Updated image caption"
+    assert edited.message.metadata["edit.original_message_id"].startswith("wamid.HBgLMTQxMjU1NTA4Mjk")
+    (revoked,) = by_label()["pywa/deleted_message:revoke"]
+    assert revoked.message.text == "The customer deleted an earlier message."
+    assert revoked.message.metadata["revoke.original_message_id"] == "<ORIGINAL_WHATSAPP_MESSAGE_ID>"
+
+
 @pytest.mark.parametrize(("label", "sender", "id_type", "wamid", "time", "text", "media_id"), EXPECTED)
 def test_corpus_message_has_the_expected_sender_wamid_time_and_body(label, sender, id_type, wamid, time, text,
                                                                     media_id):

@@ -227,3 +227,15 @@ def test_every_fixture_decodes_to_results_that_all_carry_text_or_content():
                 body = encode_genesys(result.message)
                 assert b"null" not in body, path.name  # absent fields are omitted, never null
                 msgspec.json.decode(body)
+
+
+def test_an_edited_text_reads_as_its_new_text():
+    webhook = json.loads((FIXTURES / "text.json").read_bytes())
+    message = webhook["entry"][0]["changes"][0]["value"]["messages"][0]
+    del message["text"]
+    message.update(type="edit", edit={"original_message_id": "wamid.EARLIER",
+                                      "message": {"type": "text", "text": {"body": "meet at 6, not 5"}}})
+    (inbound,) = transform(json.dumps(webhook).encode())
+    assert inbound.message.text == "The customer edited an earlier message. It now reads: meet at 6, not 5"
+    assert inbound.message.metadata["edit.original_message_id"] == "wamid.EARLIER"
+    assert inbound.message.metadata["edit.type"] == "text"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from wabridge.codecs.meta import Interactive, Location, Message, Order, Reaction, SharedContact, System
+from wabridge.codecs.meta import Edit, Interactive, Location, Message, Order, Reaction, Revoke, SharedContact, System
 
 METADATA_VALUE_MAX = 4096  # characters per metadata value: Meta's own text limit; beyond that it is not data
 _LIST_MAX = 50  # contacts / order items rendered; the rest is counted
@@ -157,6 +157,23 @@ def system_text(system: System, meta: dict[str, str]) -> str:
     put(meta, "system.parent_user_id", system.parent_user_id)
     put(meta, "system.previous_parent_user_id", system.previous_parent_user_id)
     return f"[WhatsApp] {system.body or system.type or 'system notice'}"
+
+
+def edit_text(edit: Edit, meta: dict[str, str]) -> str:
+    """An edit names the message it changes and carries what it says now (a text, or a media message's caption)."""
+    put(meta, "edit.original_message_id", edit.original_message_id)
+    new = edit.message
+    now = None
+    if new is not None:
+        put(meta, "edit.type", new.type)
+        payload = getattr(new, new.type, None) if new.type in ("image", "video", "document") else None
+        now = new.text.body if new.text is not None else (payload.caption if payload is not None else None)
+    return f"{NEWER_TYPES['edit']} It now reads: {now}" if now else NEWER_TYPES["edit"]
+
+
+def revoke_text(revoke: Revoke, meta: dict[str, str]) -> str:
+    put(meta, "revoke.original_message_id", revoke.original_message_id)
+    return NEWER_TYPES["revoke"]
 
 
 def unsupported_text(msg: Message, meta: dict[str, str]) -> str:

@@ -196,6 +196,25 @@ class Unsupported(_Decoded):
     type: str | None = None
 
 
+class EditedContent(_Decoded):
+    """What an edited message now says: its new text, or a media message's new caption."""
+
+    type: str = ""
+    text: Text | None = None
+    image: Media | None = None
+    video: Media | None = None
+    document: Media | None = None
+
+
+class Edit(_Decoded):
+    original_message_id: str | None = None
+    message: EditedContent | None = None
+
+
+class Revoke(_Decoded):
+    original_message_id: str | None = None
+
+
 class Message(_Decoded):
     """One inbound customer message. Only `id` and a sender are required, and the transform checks them."""
 
@@ -223,6 +242,8 @@ class Message(_Decoded):
     order: Order | None = None
     system: System | None = None
     unsupported: Unsupported | None = None
+    edit: Edit | None = None  # WhatsApp Business app numbers (coexistence) only, as is revoke
+    revoke: Revoke | None = None
 
 
 class Status(_Decoded):

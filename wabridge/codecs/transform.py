@@ -228,6 +228,10 @@ def _readable(msg: Message, meta: dict[str, str]) -> str | None:
             return agent_text.order_text(msg.order, meta)
         case "system" if msg.system is not None:
             return agent_text.system_text(msg.system, meta)
+        case "edit" if msg.edit is not None:
+            return agent_text.edit_text(msg.edit, meta)
+        case "revoke" if msg.revoke is not None:
+            return agent_text.revoke_text(msg.revoke, meta)
     return None  # unsupported, unknown, or a known type without its payload
 
 
