@@ -239,3 +239,18 @@ def test_an_edited_text_reads_as_its_new_text():
     assert inbound.message.text == "The customer edited an earlier message. It now reads: meet at 6, not 5"
     assert inbound.message.metadata["edit.original_message_id"] == "wamid.EARLIER"
     assert inbound.message.metadata["edit.type"] == "text"
+
+
+@pytest.mark.parametrize(
+    ("latitude", "longitude", "url"),
+    [("37.48", "-122.15", "https://maps.google.com/?q=37.48,-122.15"), ("north", "-122.15", None), (91, 0, None)],
+)
+def test_a_location_s_coordinates_as_strings_or_out_of_range_do_not_cost_the_message(latitude, longitude, url):
+    webhook = json.loads((FIXTURES / "location.json").read_bytes())
+    message = webhook["entry"][0]["changes"][0]["value"]["messages"][0]
+    message["location"].update(latitude=latitude, longitude=longitude)
+    message["errors"] = [{"code": "131051", "title": "a string code"}]
+    (inbound,) = transform(json.dumps(webhook).encode())
+    assert isinstance(inbound, Inbound)
+    assert (url in inbound.message.text) if url else ("maps.google.com" not in inbound.message.text)
+    assert ("location.latitude" in inbound.message.metadata) == (url is not None)

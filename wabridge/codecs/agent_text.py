@@ -38,9 +38,19 @@ def put(meta: dict[str, str], key: str, value: object) -> None:
     meta[key] = text[:METADATA_VALUE_MAX]
 
 
+def coordinate(value: float | str | None, bound: float) -> float | None:
+    """A latitude (bound 90) or longitude (bound 180) as a number, or None when it is not one."""
+    try:
+        number = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return number if number is not None and -bound <= number <= bound else None
+
+
 def location_text(loc: Location, meta: dict[str, str]) -> str:
-    put(meta, "location.latitude", loc.latitude)
-    put(meta, "location.longitude", loc.longitude)
+    latitude, longitude = coordinate(loc.latitude, 90.0), coordinate(loc.longitude, 180.0)
+    put(meta, "location.latitude", latitude)
+    put(meta, "location.longitude", longitude)
     put(meta, "location.name", loc.name)
     put(meta, "location.address", loc.address)
     put(meta, "location.url", loc.url)
@@ -49,8 +59,8 @@ def location_text(loc: Location, meta: dict[str, str]) -> str:
     place = ", ".join(p for p in (name, loc.address) if p)
     if place:
         lines.append(place)
-    if loc.latitude is not None and loc.longitude is not None:
-        lines.append(f"https://maps.google.com/?q={loc.latitude},{loc.longitude}")
+    if latitude is not None and longitude is not None:
+        lines.append(f"https://maps.google.com/?q={latitude},{longitude}")
     if loc.url:
         lines.append(loc.url)
     return "\n".join(lines)

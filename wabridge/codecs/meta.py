@@ -43,7 +43,7 @@ class ErrorData(_Decoded):
 
 
 class Error(_Decoded):
-    code: int | None = None
+    code: int | str | None = None  # a number per Meta's docs; a string one must not cost the message
     title: str | None = None
     message: str | None = None
     details: str | None = None  # the older on-premise shape put details at the top
@@ -97,8 +97,9 @@ class Media(_Decoded):
 
 
 class Location(_Decoded):
-    latitude: float | None = None
-    longitude: float | None = None
+    # Numbers per Meta's docs; a numeric string is read too rather than lose the message (agent_text.coordinate).
+    latitude: float | str | None = None
+    longitude: float | str | None = None
     name: str | None = None
     address: str | None = None
     url: str | None = None
