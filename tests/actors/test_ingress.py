@@ -204,7 +204,12 @@ async def test_envelope_for_two_tenants_of_one_app_becomes_one_message_each(embe
     acme, initech = json.loads(got["acme"].body), json.loads(got["initech"].body)
     assert [e["changes"][0]["value"]["metadata"]["phone_number_id"] for e in acme["entry"]] == ["1234567890"]
     assert [e["changes"][0]["value"]["metadata"]["phone_number_id"] for e in initech["entry"]] == ["1122334455667"]
-    assert got["acme"].archive_key != got["initech"].archive_key
+    # The raw signed body holds both tenants' customers: archived once, under neither tenant's prefix.
+    assert got["acme"].archive_key == got["initech"].archive_key and got["acme"].archive_key.startswith("_shared/")
+    await archives_settled(app)
+    assert await read_archived(embedded.objects, got["acme"].archive_key) == body
+    for tenant_id in ("acme", "initech"):
+        assert not list((embedded.objects.root / WEBHOOKS_BUCKET / tenant_id).rglob("*.ndjson")), tenant_id
     await app.aclose()
 
 

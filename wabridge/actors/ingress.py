@@ -5,9 +5,11 @@ One request, in order (nothing in the payload is trusted before step 3):
   2. `phone_number_id`s are read through a tiny view (codecs/routing.py) — only to pick the tenants, and so the keys;
   3. the X-Hub-Signature-256 HMAC over the raw bytes is checked with every such tenant's app secret (401 if any fails);
   4. the raw body is appended to the tenant's archive segment (actors/archive.py: put in the background, many
-     webhooks per object; bounded; a failure is logged and counted, never blocks);
+     webhooks per object; bounded; a failure is logged and counted, never blocks) — once under `_shared` instead
+     when it holds more than that tenant's part, so no tenant's prefix holds another's customers;
   5. one queue message per tenant is published, and the answer waits for the broker's confirm (503 if it cannot).
-A body no tenant owns is answered 200 (Meta would retry it for 7 days otherwise), archived and tracked `unrouted`.
+A body no tenant owns is answered 200 (Meta would retry it for 7 days otherwise), archived and tracked `unrouted`,
+when one of the tenants' Meta apps signed it; 401 otherwise.
 
 Error contract (as courier's): the caller's bad input gets a 4xx and a log line; our own backends being down gets a
 503, so Meta retries and nothing acknowledged is ever lost. Duplicates are possible (Meta retries, multi-tenant
@@ -47,6 +49,9 @@ log = logging.getLogger("wabridge.ingress")
 
 WEBHOOK_PATH = "/webhook/meta"
 UNROUTED_ARCHIVE_TENANT = "_unrouted"  # archive prefix of bodies no tenant owns (tracked with tenant_id "")
+# Archive prefix of bodies that hold more than one tenant's part (tenants of one Meta app, or numbers nobody owns):
+# kept once there, never copied under each tenant, whose prefix holds its own customers' messages only.
+SHARED_ARCHIVE_TENANT = "_shared"
 MAX_CHALLENGE = 1024  # characters; Meta sends a short number
 CLOSE_DEADLINE = 10.0  # seconds the archive's last segments get at shutdown
 # A body no tenant owns is kept only when one of our Meta apps signed it; this many app secrets are tried at most, so
@@ -312,8 +317,11 @@ class IngressApp:
         webhook_id = _new_webhook_id(received_at)
         publishes = []
         assert self.archive is not None
+        shared = None
+        if len(parts) > 1 or next(iter(parts.values())) is not raw:
+            shared = self.archive.append(SHARED_ARCHIVE_TENANT, webhook_id, received_at, raw)
         for tenant_id, part in parts.items():
-            key = self.archive.append(tenant_id, webhook_id, received_at, raw)
+            key = shared if shared is not None else self.archive.append(tenant_id, webhook_id, received_at, raw)
             message = encode_queued(QueuedWebhook(tenant_id, received_at, key, part))
             publishes.append(self._publish(tenant_id, message, f"{webhook_id}:{tenant_id}"))
         if len(publishes) == 1:
