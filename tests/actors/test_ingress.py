@@ -258,6 +258,17 @@ async def test_body_nobody_owns_signed_by_a_tenant_s_meta_app_is_200_tracked_unr
     assert await read_archived(embedded.objects, key + "#0") == body
 
 
+async def test_a_signed_account_update_is_200_and_archived_with_no_tracking_row(app: IngressApp, embedded) -> None:
+    body = json.dumps({"object": "whatsapp_business_account", "entry": [{"id": "102290129340398", "changes": [
+        {"field": "account_update", "value": {"event": "VERIFIED_ACCOUNT", "phone_number": "15550783881"}}]}]}).encode()
+    assert (await app.handle("POST", "/webhook/meta", "", sign(body, "acme-app-secret"), body)).status == 200
+    assert await embedded.store.list_tracking() == []  # no customer message: nothing to track
+    await archives_settled(app)
+    [segment] = list((embedded.objects.root / WEBHOOKS_BUCKET / "_unrouted").rglob("*.ndjson"))
+    assert json.loads(segment.read_text())["body"] == body.decode()
+    assert await drain(embedded.queue, expect=0) == []
+
+
 @pytest.mark.parametrize("secret", ["whoever", None])
 async def test_body_nobody_owns_that_no_tenant_s_app_signed_is_401_and_nothing_is_kept(
     app: IngressApp, embedded, secret: str | None

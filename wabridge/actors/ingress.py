@@ -341,12 +341,15 @@ class IngressApp:
         UNROUTED.inc(max(len(numbers), 1))
         assert self.archive is not None
         self.archive.append(UNROUTED_ARCHIVE_TENANT, webhook_id, received_at, body)
+        if not wamids:
+            # No customer message in it (an account or template update, a number's statuses): nothing to track.
+            log.info("webhook %s without customer messages archived: no tenant owns it", webhook_id)
+            return text(200, "ok")
         reason = f"no tenant owns phone_number_id {', '.join(n[:64] for n in numbers[:4]) or '(none in payload)'}"
-        # Unsigned input: bounded to Meta's own maximum of updates per POST.
         records = [
             TrackingRecord(wamid=wamid[:256], tenant_id="", status=TrackingStatus.UNROUTED, error=reason,
                            created_at=received_at, updated_at=received_at)
-            for wamid in dict.fromkeys(wamids[:1000] or (f"webhook:{webhook_id}",))
+            for wamid in dict.fromkeys(wamids[:1000])  # bounded to Meta's own maximum of updates per POST
         ]
         await self.backends.store.write_tracking(records)
         log.warning("unrouted webhook %s: %s", webhook_id, reason)
