@@ -254,3 +254,16 @@ def test_a_location_s_coordinates_as_strings_or_out_of_range_do_not_cost_the_mes
     assert isinstance(inbound, Inbound)
     assert (url in inbound.message.text) if url else ("maps.google.com" not in inbound.message.text)
     assert ("location.latitude" in inbound.message.metadata) == (url is not None)
+
+
+def test_a_bsuid_in_from_finds_its_contact_among_several_for_the_name():
+    webhook = json.loads((FIXTURES / "bsuid_only.json").read_bytes())
+    value = webhook["entry"][0]["changes"][0]["value"]
+    message = value["messages"][0]
+    bsuid = message.pop("from_user_id", None) or message["from"]
+    message["from"] = bsuid
+    value["contacts"] = [{"profile": {"name": "Someone Else"}, "wa_id": "15550001111"},
+                         {"profile": {"name": "Ada Lovelace"}, "user_id": bsuid}]
+    (inbound,) = transform(json.dumps(webhook).encode())
+    assert inbound.route.sender_id == bsuid
+    assert (inbound.message.channel.from_.nickname, inbound.message.channel.from_.id_type) == ("Ada Lovelace", "Opaque")

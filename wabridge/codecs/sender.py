@@ -16,8 +16,8 @@ who adopt a username may come with the BSUID alone. The rules, in order:
 Consequence to know: a customer known by phone who later writes with a BSUID only gets a new `sender_id` (a new
 conversation mapping) unless that alias is recorded.
 
-The matching contact is the `contacts[]` item whose `wa_id` equals `from` or whose `user_id` equals `from_user_id`;
-with a single contact, that one. Its `profile.name` becomes `nickname`, split at the first space into
+The matching contact is the `contacts[]` item whose `wa_id` (or `user_id`) equals `from` or whose `user_id` equals
+`from_user_id`; with a single contact, that one. Its `profile.name` becomes `nickname`, split at the first space into
 `firstName` / `lastName` (a one-word name is a `firstName` only).
 """
 
@@ -58,7 +58,9 @@ def matching_contact(msg: Message, contacts: list[Contact]) -> Contact | None:
     if len(contacts) == 1:
         return contacts[0]
     for contact in contacts:
-        if (msg.from_ and contact.wa_id == msg.from_) or (msg.from_user_id and contact.user_id == msg.from_user_id):
+        if msg.from_ and msg.from_ in (contact.wa_id, contact.user_id):  # Meta has put the BSUID in `from` too
+            return contact
+        if msg.from_user_id and contact.user_id == msg.from_user_id:
             return contact
     return None
 
