@@ -267,3 +267,27 @@ def test_a_bsuid_in_from_finds_its_contact_among_several_for_the_name():
     (inbound,) = transform(json.dumps(webhook).encode())
     assert inbound.route.sender_id == bsuid
     assert (inbound.message.channel.from_.nickname, inbound.message.channel.from_.id_type) == ("Ada Lovelace", "Opaque")
+
+
+def test_a_shared_contact_card_keeps_its_org_birthday_addresses_and_urls():
+    webhook = json.loads((FIXTURES / "contacts.json").read_bytes())
+    card = webhook["entry"][0]["changes"][0]["value"]["messages"][0]["contacts"][0]
+    card.update(birthday="1815-12-10", urls=[{"url": "https://example.org/ada", "type": "WORK"}],
+                addresses=[{"street": "12 St James's Sq", "city": "London", "country_code": "GB", "type": "HOME"}])
+    card["org"].update(title="Analyst")
+    (inbound,) = transform(json.dumps(webhook).encode())
+    [data] = json.loads(inbound.message.metadata["contacts"])
+    assert data["org"] == {"company": "Analytical Engines", "title": "Analyst"}
+    assert data["birthday"] == "1815-12-10" and data["urls"] == ["https://example.org/ada"]
+    assert data["addresses"] == [{"street": "12 St James's Sq", "city": "London", "country_code": "GB", "type": "HOME"}]
+
+
+def test_a_call_permission_reply_reads_as_the_customer_s_answer():
+    webhook = json.loads((FIXTURES / "interactive_button_reply.json").read_bytes())
+    message = webhook["entry"][0]["changes"][0]["value"]["messages"][0]
+    message["interactive"] = {"type": "call_permission_reply", "call_permission_reply": {
+        "response": "accept", "is_permanent": True, "response_source": "user_action"}}
+    (inbound,) = transform(json.dumps(webhook).encode())
+    assert inbound.message.text == "The customer allowed being called (permanently)."
+    assert inbound.message.metadata["interactive.call_permission_reply.response"] == "accept"
+    assert inbound.message.metadata["interactive.call_permission_reply.is_permanent"] == "true"

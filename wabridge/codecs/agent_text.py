@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 
+import msgspec
+
 from wabridge.codecs.meta import Edit, Interactive, Location, Message, Order, Reaction, Revoke, SharedContact, System
 
 METADATA_VALUE_MAX = 4096  # characters per metadata value: Meta's own text limit; beyond that it is not data
@@ -88,11 +90,21 @@ def contacts_text(cards: list[SharedContact], meta: dict[str, str]) -> str:
 
 
 def _card_data(card: SharedContact) -> dict[str, object]:
-    return {
+    data: dict[str, object] = {
         "name": card.name.formatted_name if card.name else None,
         "phones": [{"phone": p.phone, "wa_id": p.wa_id, "type": p.type} for p in card.phones],
         "emails": [e.email for e in card.emails],
     }
+    # The rest of the card only when present, so the common card stays short.
+    if card.org is not None and (card.org.company or card.org.department or card.org.title):
+        data["org"] = {k: v for k, v in msgspec.structs.asdict(card.org).items() if v}
+    if card.birthday:
+        data["birthday"] = card.birthday
+    if card.addresses:
+        data["addresses"] = [{k: v for k, v in msgspec.structs.asdict(a).items() if v} for a in card.addresses]
+    if card.urls:
+        data["urls"] = [u.url for u in card.urls if u.url]
+    return data
 
 
 def interactive_text(reply: Interactive, meta: dict[str, str]) -> str | None:
@@ -113,6 +125,12 @@ def interactive_text(reply: Interactive, meta: dict[str, str]) -> str | None:
         lines = [f"Submitted a form{': ' + form.name if form.name else ''}"]
         lines += _form_fields(form.response_json)
         return "\n".join(lines)
+    call = reply.call_permission_reply
+    if call is not None:
+        for name in call.__struct_fields__:
+            put(meta, f"interactive.call_permission_reply.{name}", getattr(call, name))
+        answer = {"accept": "allowed", "reject": "declined"}.get(call.response or "", "answered")
+        return f"The customer {answer} being called{' (permanently)' if call.is_permanent else ''}."
     return None
 
 

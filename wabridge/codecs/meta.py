@@ -128,6 +128,21 @@ class ContactOrg(_Decoded):
     title: str | None = None
 
 
+class ContactAddress(_Decoded):
+    street: str | None = None
+    city: str | None = None
+    state: str | None = None
+    zip: str | None = None
+    country: str | None = None
+    country_code: str | None = None
+    type: str | None = None
+
+
+class ContactUrl(_Decoded):
+    url: str | None = None
+    type: str | None = None
+
+
 class SharedContact(_Decoded):
     """A contact card the customer shared (type `contacts`), not the sender's own profile."""
 
@@ -136,6 +151,8 @@ class SharedContact(_Decoded):
     emails: list[ContactEmail] = []
     org: ContactOrg | None = None
     birthday: str | None = None
+    addresses: list[ContactAddress] = []
+    urls: list[ContactUrl] = []
 
 
 class Reply(_Decoded):
@@ -150,11 +167,21 @@ class FlowReply(_Decoded):
     name: str | None = None
 
 
+class CallPermissionReply(_Decoded):
+    """The customer's answer to a request to call them (WhatsApp Business Calling)."""
+
+    response: str | None = None  # accept / reject
+    is_permanent: bool | None = None
+    expiration_timestamp: Number | None = None
+    response_source: str | None = None
+
+
 class Interactive(_Decoded):
     type: str | None = None
     button_reply: Reply | None = None
     list_reply: Reply | None = None
     nfm_reply: FlowReply | None = None
+    call_permission_reply: CallPermissionReply | None = None
 
 
 class Button(_Decoded):
