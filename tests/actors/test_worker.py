@@ -1,14 +1,17 @@
-"""The worker's routing: each shard has its own router, so a tenant that is held back (its Genesys budget spent
-during a burst) stops only the tenants of its own shard, not every tenant of the worker."""
+"""The worker's routing: each shard has its own router, and a tenant held back (its Genesys budget spent during a
+burst) is parked, so it holds up neither the other shards nor the other tenants of its own shard."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 
 from tests.actors.test_ingress import opened_backends, tenant
+from wabridge.actors.parking import _parked, _parked_tenants, _pokes
 from wabridge.actors.worker import Worker
 from wabridge.codecs.routing import QueuedWebhook, encode_queued
 from wabridge.engine.drain import Shutdown
@@ -58,7 +61,10 @@ async def publish(backends, tenant_id: str, phone_number_id: str, n: int) -> lis
     return wamids
 
 
-async def test_a_tenant_held_back_past_its_capacity_stops_only_its_own_shard(embedded_settings: Settings) -> None:
+async def test_a_tenant_held_back_past_its_capacity_stops_only_its_own_shard(
+    embedded_settings: Settings, monkeypatch
+) -> None:
+    monkeypatch.setattr("wabridge.actors.worker.PARK_AFTER", 60.0)  # the routers alone, no parking
     settings = embedded_settings.replace(mailbox_size=2, metrics_port=0)
     held_id = "campaign"
     other_id = next(f"other-{n}" for n in range(20) if shard_of(f"other-{n}", 4) != shard_of(held_id, 4))
@@ -71,11 +77,8 @@ async def test_a_tenant_held_back_past_its_capacity_stops_only_its_own_shard(emb
         # its shard's router ends up waiting on it; fewer than PREFETCH in all, so the consumer still takes the
         # other tenant's message.
         held_wamids = await publish(backends, held_id, "100000000001", 40)
-        worker = Worker(backends, prefetch=PREFETCH)
-        relay = worker.relay = HeldRelay(held_id)  # type: ignore[assignment]
-        shutdown = Shutdown()
-        running = asyncio.create_task(worker.run(shutdown))
-        try:
+        relay = HeldRelay(held_id)
+        async with running_worker(backends, relay):
             await wait_until(lambda: relay.count(held_id) == settings.tenant_concurrency)  # its lanes are full
             await asyncio.sleep(0.2)  # and the rest of its messages reach its shard's router, which waits on it
             [other_wamid] = await publish(backends, other_id, "100000000002", 1)
@@ -84,125 +87,7 @@ async def test_a_tenant_held_back_past_its_capacity_stops_only_its_own_shard(emb
             relay.release.set()
             await wait_until(lambda: relay.count(held_id) == len(held_wamids))
             assert [w for t, w in relay.relayed if t == held_id] == held_wamids, "its own order is kept"
-        finally:
-            relay.release.set()
-            shutdown.request("test over")
-            await asyncio.wait_for(running, 30)
 
-
-@pytest.fixture(params=["embedded", pytest.param("servers", marks=pytest.mark.servers)])
-def any_settings(request) -> Settings:
-    """Both backends: SQLite queue and store, and RabbitMQ with PostgreSQL (parking acks, pokes, the store's order)."""
-    name = "embedded_settings" if request.param == "embedded" else "server_settings"
-    return request.getfixturevalue(name)
-
-
-async def test_a_held_back_tenant_is_parked_and_the_tenants_of_its_shard_move_on(
-    any_settings: Settings, monkeypatch
-) -> None:
-    monkeypatch.setattr("wabridge.actors.worker.PARK_AFTER", 0.2)
-    settings = any_settings.replace(mailbox_size=2, metrics_port=0, shards=1)  # one shard: the two tenants share it
-    held_id, other_id, shard = "campaign", "other", 0
-    held, other = tenant(held_id, ("100000000001",), "s1"), tenant(other_id, ("100000000002",), "s2")
-    async with opened_backends(settings) as backends:
-        for t in (held, other):
-            await backends.store.put_tenant(t)
-        # Twice what the consumer may hold unsettled: without parking the shard's window fills with the held
-        # tenant's messages and the other tenant's never even reaches the worker.
-        held_wamids = await publish(backends, held_id, "100000000001", 2 * PREFETCH)
-        worker = Worker(backends, prefetch=PREFETCH)
-        relay = worker.relay = HeldRelay(held_id)  # type: ignore[assignment]
-        shutdown = Shutdown()
-        running = asyncio.create_task(worker.run(shutdown))
-        try:
-            await wait_until(lambda: relay.count(held_id) == settings.tenant_concurrency)
-            [other_wamid] = await publish(backends, other_id, "100000000002", 1)
-            await wait_until(lambda: (other_id, other_wamid) in relay.relayed)
-            assert relay.count(held_id) == settings.tenant_concurrency, "the held tenant is still held"
-            parked = await backends.store.parked_tenants(shard)
-            assert parked.get(held_id, 0) > PREFETCH // 2, parked  # its backlog waits in the store, not the queue
-            assert other_id not in parked
-            relay.release.set()
-            await wait_until(lambda: relay.count(held_id) == len(held_wamids))
-            assert [w for t, w in relay.relayed if t == held_id] == held_wamids, "its order is kept, each once"
-            await wait_until(lambda: not any_tenant_parked())
-            # Unparked: its next message goes straight to it, after all the parked ones.
-            [late] = await publish(backends, held_id, "100000000001", 1)
-            await wait_until(lambda: (held_id, late) in relay.relayed)
-            assert relay.relayed[-1] == (held_id, late)
-            await wait_until_async(lambda: backends.store.parked_tenants(shard), {})
-        finally:
-            relay.release.set()
-            shutdown.request("test over")
-            await asyncio.wait_for(running, 30)
-        assert relay.count(held_id) == len(held_wamids) + 1 and relay.count(other_id) == 1
-
-
-async def test_parked_messages_outlive_their_worker_and_the_next_one_feeds_them_in_order(
-    any_settings: Settings, monkeypatch
-) -> None:
-    monkeypatch.setattr("wabridge.actors.worker.PARK_AFTER", 0.2)
-    settings = any_settings.replace(mailbox_size=2, metrics_port=0, shards=1)
-    held_id, shard = "campaign", 0
-    async with opened_backends(settings) as backends:
-        await backends.store.put_tenant(tenant(held_id, ("100000000001",), "s1"))
-        held_wamids = await publish(backends, held_id, "100000000001", 2 * PREFETCH)
-        first = Worker(backends, prefetch=PREFETCH)
-        relay = first.relay = HeldRelay(held_id)  # type: ignore[assignment]
-        shutdown = Shutdown()
-        running = asyncio.create_task(first.run(shutdown))
-        try:
-            await wait_until(lambda: relay.count(held_id) == settings.tenant_concurrency)
-            await wait_until_stable(lambda: backends.store.parked_tenants(shard))  # all routed: parked or in hand
-        finally:
-            relay.release.set()  # what its lanes admitted finishes; the rest stays parked
-            shutdown.request("stopping the first worker")
-            await asyncio.wait_for(running, 30)
-        left = (await backends.store.parked_tenants(shard)).get(held_id, 0)
-        assert left > PREFETCH // 2, "most were still parked when the first worker stopped"
-        assert relay.count(held_id) + left == len(held_wamids), "the rest were relayed, their rows deleted"
-
-        # No webhook comes for this shard: the next worker finds the parked rows itself (a poke to the shard).
-        from wabridge.actors.parking import _pokes
-
-        pokes = _pokes.labels().get()
-        second = Worker(backends, prefetch=PREFETCH)
-        relay2 = second.relay = HeldRelay("nobody")  # type: ignore[assignment]
-        shutdown = Shutdown()
-        running = asyncio.create_task(second.run(shutdown))
-        try:
-            await wait_until(lambda: relay2.count(held_id) == left)
-            await wait_until_async(lambda: backends.store.parked_tenants(shard), {})
-        finally:
-            shutdown.request("test over")
-            await asyncio.wait_for(running, 30)
-        relayed = [w for t, w in relay.relayed + relay2.relayed if t == held_id]
-        assert relayed == held_wamids, "each once, in order, across the two workers"
-        assert _pokes.labels().get() > pokes, "found by a poke"
-
-
-async def test_a_busy_tenant_is_not_parked(embedded_settings: Settings, monkeypatch) -> None:
-    """A full mailbox alone is not a held-back tenant: one that takes its messages at a busy worker's pace (a
-    message every ~10 ms here, against PARK_AFTER 0.2 s) keeps plain backpressure, since parking it would add a store
-    write and read to each of its messages."""
-    monkeypatch.setattr("wabridge.actors.worker.PARK_AFTER", 0.2)
-    settings = embedded_settings.replace(mailbox_size=2, metrics_port=0, tenant_concurrency=2)
-    busy_id = "busy"
-    async with opened_backends(settings) as backends:
-        await backends.store.put_tenant(tenant(busy_id, ("100000000001",), "s1"))
-        wamids = await publish(backends, busy_id, "100000000001", 2 * PREFETCH)
-        worker = Worker(backends, prefetch=PREFETCH)
-        relay = worker.relay = SlowRelay(0.02)  # type: ignore[assignment]  # ~100 messages/s over 2 lanes
-        parked_before = parked_total()
-        shutdown = Shutdown()
-        running = asyncio.create_task(worker.run(shutdown))
-        try:
-            await wait_until(lambda: len(relay.relayed) == len(wamids), timeout=30)
-            assert sorted(relay.relayed) == sorted(wamids), "each once"
-            assert parked_total() == parked_before, "nothing parked"
-        finally:
-            shutdown.request("test over")
-            await asyncio.wait_for(running, 30)
 
 
 class SlowRelay:
@@ -216,15 +101,37 @@ class SlowRelay:
         return "delivered"
 
 
-def any_tenant_parked() -> bool:
-    from wabridge.actors.parking import _parked_tenants
+class FailingRelay(HeldRelay):
+    """Holds `held_tenant` until `release`, then fails every message of it, as a bug would: each delivery is handed
+    back until its last attempt, and then dead-lettered."""
 
+    async def relay(self, tenant, inbound, received_at, *, replay: bool = False) -> str:
+        await super().relay(tenant, inbound, received_at, replay=replay)
+        raise RuntimeError("relay bug")
+
+
+@contextlib.asynccontextmanager
+async def running_worker(backends, relay) -> AsyncIterator[Worker]:
+    """A worker whose relay is `relay`, running until the block ends; then a held relay is released (what the
+    lanes admitted finishes) and the worker drains."""
+    worker = Worker(backends, prefetch=PREFETCH)
+    worker.relay = relay
+    shutdown = Shutdown()
+    running = asyncio.create_task(worker.run(shutdown))
+    try:
+        yield worker
+    finally:
+        if isinstance(relay, HeldRelay):
+            relay.release.set()
+        shutdown.request("test over")
+        await asyncio.wait_for(running, 30)
+
+
+def any_tenant_parked() -> bool:
     return _parked_tenants.get() > 0
 
 
 def parked_total() -> float:
-    from wabridge.actors.parking import _parked
-
     return _parked.labels().get()
 
 
@@ -253,13 +160,92 @@ async def wait_until_async(read, expected, timeout: float = 10.0):
         await asyncio.sleep(0.05)
 
 
-class FailingRelay(HeldRelay):
-    """Holds `held_tenant` until `release`, then fails every message of it, as a bug would: each delivery is handed
-    back until its last attempt, and then dead-lettered."""
+@pytest.fixture(params=["embedded", pytest.param("servers", marks=pytest.mark.servers)])
+def any_settings(request) -> Settings:
+    """Both backends: SQLite queue and store, and RabbitMQ with PostgreSQL (parking acks, pokes, the store's order)."""
+    name = "embedded_settings" if request.param == "embedded" else "server_settings"
+    return request.getfixturevalue(name)
 
-    async def relay(self, tenant, inbound, received_at, *, replay: bool = False) -> str:
-        await super().relay(tenant, inbound, received_at, replay=replay)
-        raise RuntimeError("relay bug")
+
+async def test_a_held_back_tenant_is_parked_and_the_tenants_of_its_shard_move_on(
+    any_settings: Settings, monkeypatch
+) -> None:
+    monkeypatch.setattr("wabridge.actors.worker.PARK_AFTER", 0.2)
+    settings = any_settings.replace(mailbox_size=2, metrics_port=0, shards=1)  # one shard: the two tenants share it
+    held_id, other_id, shard = "campaign", "other", 0
+    held, other = tenant(held_id, ("100000000001",), "s1"), tenant(other_id, ("100000000002",), "s2")
+    async with opened_backends(settings) as backends:
+        for t in (held, other):
+            await backends.store.put_tenant(t)
+        # Twice what the consumer may hold unsettled: without parking the shard's window fills with the held
+        # tenant's messages and the other tenant's never even reaches the worker.
+        held_wamids = await publish(backends, held_id, "100000000001", 2 * PREFETCH)
+        relay = HeldRelay(held_id)
+        async with running_worker(backends, relay):
+            await wait_until(lambda: relay.count(held_id) == settings.tenant_concurrency)
+            [other_wamid] = await publish(backends, other_id, "100000000002", 1)
+            await wait_until(lambda: (other_id, other_wamid) in relay.relayed)
+            assert relay.count(held_id) == settings.tenant_concurrency, "the held tenant is still held"
+            parked = await backends.store.parked_tenants(shard)
+            assert parked.get(held_id, 0) > PREFETCH // 2, parked  # its backlog waits in the store, not the queue
+            assert other_id not in parked
+            relay.release.set()
+            await wait_until(lambda: relay.count(held_id) == len(held_wamids))
+            assert [w for t, w in relay.relayed if t == held_id] == held_wamids, "its order is kept, each once"
+            await wait_until(lambda: not any_tenant_parked())
+            # Unparked: its next message goes straight to it, after all the parked ones.
+            [late] = await publish(backends, held_id, "100000000001", 1)
+            await wait_until(lambda: (held_id, late) in relay.relayed)
+            assert relay.relayed[-1] == (held_id, late)
+            await wait_until_async(lambda: backends.store.parked_tenants(shard), {})
+        assert relay.count(held_id) == len(held_wamids) + 1 and relay.count(other_id) == 1
+
+
+async def test_parked_messages_outlive_their_worker_and_the_next_one_feeds_them_in_order(
+    any_settings: Settings, monkeypatch
+) -> None:
+    monkeypatch.setattr("wabridge.actors.worker.PARK_AFTER", 0.2)
+    settings = any_settings.replace(mailbox_size=2, metrics_port=0, shards=1)
+    held_id, shard = "campaign", 0
+    async with opened_backends(settings) as backends:
+        await backends.store.put_tenant(tenant(held_id, ("100000000001",), "s1"))
+        held_wamids = await publish(backends, held_id, "100000000001", 2 * PREFETCH)
+        relay = HeldRelay(held_id)
+        async with running_worker(backends, relay):
+            await wait_until(lambda: relay.count(held_id) == settings.tenant_concurrency)
+            await wait_until_stable(lambda: backends.store.parked_tenants(shard))  # all routed: parked or in hand
+        # Stopped: what its lanes admitted finished once released, the rest stays parked.
+        left = (await backends.store.parked_tenants(shard)).get(held_id, 0)
+        assert left > PREFETCH // 2, "most were still parked when the first worker stopped"
+        assert relay.count(held_id) + left == len(held_wamids), "the rest were relayed, their rows deleted"
+
+        # No webhook comes for this shard: the next worker finds the parked rows itself (a poke to the shard).
+        pokes = _pokes.labels().get()
+        relay2 = HeldRelay("nobody")
+        async with running_worker(backends, relay2):
+            await wait_until(lambda: relay2.count(held_id) == left)
+            await wait_until_async(lambda: backends.store.parked_tenants(shard), {})
+        relayed = [w for t, w in relay.relayed + relay2.relayed if t == held_id]
+        assert relayed == held_wamids, "each once, in order, across the two workers"
+        assert _pokes.labels().get() > pokes, "found by a poke"
+
+
+async def test_a_busy_tenant_is_not_parked(embedded_settings: Settings, monkeypatch) -> None:
+    """A full mailbox alone is not a held-back tenant: one that takes its messages at a busy worker's pace (a
+    message every ~10 ms here, against PARK_AFTER 0.2 s) keeps plain backpressure, since parking it would add a store
+    write and read to each of its messages."""
+    monkeypatch.setattr("wabridge.actors.worker.PARK_AFTER", 0.2)
+    settings = embedded_settings.replace(mailbox_size=2, metrics_port=0, tenant_concurrency=2)
+    busy_id = "busy"
+    async with opened_backends(settings) as backends:
+        await backends.store.put_tenant(tenant(busy_id, ("100000000001",), "s1"))
+        wamids = await publish(backends, busy_id, "100000000001", 2 * PREFETCH)
+        relay = SlowRelay(0.02)  # ~100 messages/s over 2 lanes
+        parked_before = parked_total()
+        async with running_worker(backends, relay):
+            await wait_until(lambda: len(relay.relayed) == len(wamids), timeout=30)
+            assert sorted(relay.relayed) == sorted(wamids), "each once"
+            assert parked_total() == parked_before, "nothing parked"
 
 
 async def test_a_parked_message_that_keeps_failing_ends_in_the_dead_letters_like_any_other(
@@ -272,25 +258,18 @@ async def test_a_parked_message_that_keeps_failing_ends_in_the_dead_letters_like
         await backends.store.put_tenant(tenant(held_id, ("100000000001",), "s1"))
         await publish(backends, held_id, "100000000001", 2 * PREFETCH)
         message_ids = {f"{held_id}-{i}" for i in range(2 * PREFETCH)}
-        worker = Worker(backends, prefetch=PREFETCH)
-        relay = worker.relay = FailingRelay(held_id)  # type: ignore[assignment]
-        shutdown = Shutdown()
-        running = asyncio.create_task(worker.run(shutdown))
+        relay = FailingRelay(held_id)
         dead: list = []
-        try:
+
+        async def all_dead() -> int:
+            dead.extend(await backends.queue.dead_letters(limit=1000))
+            return len(dead)
+
+        async with running_worker(backends, relay):
             await wait_until(lambda: relay.count(held_id) == settings.tenant_concurrency)
             await wait_until_stable(lambda: backends.store.parked_tenants(0))
             relay.release.set()
-
-            async def all_dead() -> int:
-                dead.extend(await backends.queue.dead_letters(limit=1000))
-                return len(dead)
-
             await wait_until_async(all_dead, lambda n: n >= len(message_ids), timeout=60)
-        finally:
-            relay.release.set()
-            shutdown.request("test over")
-            await asyncio.wait_for(running, 30)
         assert sorted(d.message_id for d in dead) == sorted(message_ids), "each once in the dead letters"
         assert all(d.reason for d in dead)
         assert await backends.store.parked_tenants(0) == {}
