@@ -47,7 +47,6 @@ from wabridge.engine.supervisor import Supervisor
 
 log = get_logger("worker")
 
-PREFETCH = 4096  # unacked deliveries per consumer: bounds memory (~1 KB each) and what a crash hands back
 MAX_TENANT_ACTORS = 1000
 TENANT_IDLE_TIMEOUT = 300.0  # s
 # Seconds one Genesys request may take (delivery.py's default when unset). Not a Settings field yet: an operator knob
@@ -69,11 +68,11 @@ def genesys_timeout() -> dict[str, float]:
 
 
 class Worker:
-    def __init__(self, backends: Backends, *, shards: Sequence[int] | None = None, prefetch: int = PREFETCH) -> None:
+    def __init__(self, backends: Backends, *, shards: Sequence[int] | None = None, prefetch: int | None = None) -> None:
         settings = backends.settings
         self.backends = backends
         self.shards = shards
-        self.prefetch = prefetch
+        self.prefetch = prefetch if prefetch is not None else settings.worker_prefetch
         self.directory = TenantDirectory(backends.store, backends.cache, settings.secret_box())
         self.tokens = TokenProvider(backends.cache)
         self.budget = RateBudget(backends.cache)
@@ -85,7 +84,7 @@ class Worker:
         )
         # One router mailbox per shard this worker consumes (module docstring): the consumer delivers from those only.
         shard_numbers = shards if shards is not None else range(backends.queue.shards)
-        self._routers: dict[int, Mailbox[Delivery]] = {shard: Mailbox(prefetch) for shard in shard_numbers}
+        self._routers: dict[int, Mailbox[Delivery]] = {shard: Mailbox(self.prefetch) for shard in shard_numbers}
         self._router_died: asyncio.Future[None] | None = None
         self._settings = settings
         self.poke_every = POKE_EVERY
