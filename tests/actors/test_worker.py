@@ -276,3 +276,26 @@ async def test_a_parked_message_that_keeps_failing_ends_in_the_dead_letters_like
         assert relay.count(held_id) == settings.delivery_limit * len(message_ids), "every attempt was made"
         for d in dead:
             await d.ack()
+
+
+async def test_an_actor_stopped_to_make_room_while_its_router_waits_costs_no_message(
+    embedded_settings: Settings, monkeypatch
+) -> None:
+    """Room for one tenant actor and two busy tenants on two shards: each shard's router waits on its tenant's full
+    mailbox while the other router has the registry stop that actor to make room for its own. The waiting router
+    hands the delivery to the tenant's next actor; it used to die of the closed mailbox, and the worker with it."""
+    monkeypatch.setattr("wabridge.actors.worker.MAX_TENANT_ACTORS", 1)
+    monkeypatch.setattr("wabridge.actors.worker.PARK_AFTER", 60.0)
+    settings = embedded_settings.replace(mailbox_size=1, metrics_port=0, shards=2)
+    first, second = "t-a", next(f"t-{n}" for n in range(50) if shard_of(f"t-{n}", 2) != shard_of("t-a", 2))
+    async with opened_backends(settings) as backends:
+        await backends.store.put_tenant(tenant(first, ("100000000001",), "s1"))
+        await backends.store.put_tenant(tenant(second, ("100000000002",), "s2"))
+        wamids = await publish(backends, first, "100000000001", 40) + await publish(
+            backends, second, "100000000002", 40
+        )
+        relay = SlowRelay(0.005)
+        async with running_worker(backends, relay) as worker:
+            await wait_until(lambda: len(relay.relayed) >= len(wamids), timeout=30)
+            assert worker._router_died is not None and not worker._router_died.done(), "every router is alive"
+        assert sorted(set(relay.relayed)) == sorted(wamids), "every message relayed"

@@ -193,16 +193,26 @@ class Worker:
             if parking.holds(delivery.tenant_id):
                 parking.park(delivery)  # behind what is parked already
                 continue
+            await self._hand_over(delivery, tenants, parking)
+
+    @staticmethod
+    async def _hand_over(delivery: Delivery, tenants: Registry[str], parking: ShardParking) -> None:
+        """To its tenant's actor, or parked if that tenant is held back."""
+        while True:
             ref = await tenants.get(delivery.tenant_id)
-            if len(ref.mailbox) < ref.mailbox.capacity:
-                await ref.tell(delivery)
-                continue
-            # Full: a busy tenant takes one soon; one that takes nothing for PARK_AFTER is held back (parking.py).
             try:
-                async with asyncio.timeout(PARK_AFTER):
+                if len(ref.mailbox) < ref.mailbox.capacity:
                     await ref.tell(delivery)
-            except TimeoutError:
-                parking.park(delivery)
+                    return
+                # Full: a busy tenant takes one soon; one that takes nothing for PARK_AFTER is held back (parking.py).
+                try:
+                    async with asyncio.timeout(PARK_AFTER):
+                        await ref.tell(delivery)
+                except TimeoutError:
+                    parking.park(delivery)
+                return
+            except MailboxClosed:
+                continue  # the actor was stopped under us (the registry making room): its next one takes it
 
     async def _find_orphans(self, parking: Iterable[ShardParking]) -> None:
         """Parked rows nobody feeds (their worker restarted or was replaced) get a poke to their shard (parking.py)."""
