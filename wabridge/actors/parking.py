@@ -198,11 +198,12 @@ class ShardParking:
         """At a drain: finish the write under way (its deliveries are acked), stop feeding. What was never written
         goes back to the queue unacked; what was never fed stays parked for the next owner."""
         self._closing = True
-        if self._writer is not None:
+        writer = self._writer
+        if writer is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(self._writer), timeout)
+                await asyncio.wait_for(asyncio.shield(writer), timeout)
             except (asyncio.TimeoutError, Exception):
-                self._writer.cancel()
+                writer.cancel()
         feeders = list(self._feeders.values())
         for task in feeders:
             task.cancel()
@@ -222,6 +223,9 @@ class ShardParking:
                 for failed in (a for a in acks if isinstance(a, BaseException)):
                     # Parked and also redelivered: it comes again as a `duplicate`, never as a second delivery.
                     log.warning("parked delivery not acked on the queue: %r", failed)
+        except Exception:
+            # A bug, not an outage (those are waited out): the deliveries stay unacked, the queue keeps them.
+            log.exception("parking the deliveries of shard %d failed", self.shard)
         finally:
             self._writer = None
 
