@@ -27,6 +27,7 @@ from tests.conftest import CORPUS, REPO
 from wabridge.actors.archive import encode_record, read_archived
 from wabridge.actors.ingress import WORKERS_KILL_TIMEOUT, IngressApp, settings_environment
 from wabridge.codecs.routing import QueuedWebhook, decode_queued
+from wabridge.codecs.transform import transform
 from wabridge.engine.object_keys import archive_segment_key
 from wabridge.engine.ports import WEBHOOKS_BUCKET, GenesysCredential, TenantConfig, TrackingStatus
 from wabridge.engine.secrets import Secret
@@ -156,6 +157,21 @@ async def test_signed_webhook_is_queued_once_as_its_raw_bytes_and_archived(app: 
     assert segment == archive_segment_key("acme", queued.received_at, segment_id) and index == "0"
     await archives_settled(app)
     assert await read_archived(embedded.objects, queued.archive_key) == HELLO
+
+
+async def test_a_signed_body_with_an_emoji_cut_in_two_is_queued_repaired_and_archived_raw(
+    app: IngressApp, embedded
+) -> None:
+    """msgspec refuses a lone UTF-16 surrogate escape; Meta would resend the body for a week. The queued part has
+    U+FFFD in its place, the archive keeps the signed bytes."""
+    raw = HELLO.replace(b'"body": "Hello', b'"body": "\\ud83d Hello', 1)
+    assert raw != HELLO
+    assert (await app.handle("POST", "/webhook/meta", "", sign(raw, "acme-app-secret"), raw)).status == 200
+    [(_, _, queued)] = await drain(embedded.queue, expect=1)
+    (inbound,) = transform(queued.body)
+    assert inbound.message.text.startswith("\ufffd ")
+    await archives_settled(app)
+    assert await read_archived(embedded.objects, queued.archive_key) == raw
 
 
 async def test_webhooks_of_one_tenant_share_a_segment_and_each_is_found_by_its_key(app: IngressApp, embedded) -> None:

@@ -40,7 +40,14 @@ from wabridge.actors.archive import MAX_BYTES as ARCHIVE_MAX_BYTES
 from wabridge.actors.archive import ArchiveWriter
 from wabridge.actors.http import JSON, BadContentLength, BodyTooLarge, Response, query_params, read_body, text
 from wabridge.actors.tenants import TenantDirectory
-from wabridge.codecs.routing import MalformedWebhook, QueuedWebhook, encode_queued, read_routing, split_by_tenant
+from wabridge.codecs.routing import (
+    MalformedWebhook,
+    QueuedWebhook,
+    encode_queued,
+    read_routing,
+    split_by_tenant,
+    without_lone_surrogates,
+)
 from wabridge.engine import heap, metrics
 from wabridge.engine.ports import BackendUnavailable, TenantConfig, TrackingRecord, TrackingStatus
 from wabridge.engine.settings import Settings, load_settings
@@ -258,10 +265,18 @@ class IngressApp:
                 return text(404, "unknown tenant")
             if not _signature_ok(path_tenant.app_secret.reveal(), body, signature):
                 return text(401, "bad signature")
+        decoded = body  # what is queued: the raw bytes, unless they had to be repaired to decode at all
         try:
             routing = read_routing(body)
         except MalformedWebhook:
-            return text(400, "malformed webhook")
+            repaired = without_lone_surrogates(body)
+            if repaired is None:
+                return text(400, "malformed webhook")
+            try:
+                routing = read_routing(repaired)
+            except MalformedWebhook:
+                return text(400, "malformed webhook")
+            decoded = repaired
         owners: dict[str, TenantConfig] = {}  # phone_number_id → owner
         unknown: list[str] = []
         for number in routing.phone_number_ids:
@@ -283,11 +298,11 @@ class IngressApp:
             UNROUTED.inc(len(unknown))
             log.warning("webhook partly unrouted: no tenant owns phone_number_id %s", [n[:64] for n in unknown[:8]])
         if len(tenants) == 1 and not unknown:
-            parts = {next(iter(tenants)): body}  # the raw signed bytes, untouched
+            parts = {next(iter(tenants)): decoded}  # the raw signed bytes, untouched (unless repaired)
         else:
             fallback = path_tenant.tenant_id if path_tenant is not None else next(iter(tenants))
-            parts = split_by_tenant(body, {n: t.tenant_id for n, t in owners.items()}, fallback=fallback)
-        await self._enqueue(parts, body, received_at)
+            parts = split_by_tenant(decoded, {n: t.tenant_id for n, t in owners.items()}, fallback=fallback)
+        await self._enqueue(parts, body, received_at, shared=len(tenants) > 1 or bool(unknown))
         return text(200, "ok")
 
     def _verified(self, tenants: Any, body: bytes, signature: str, *, skip: TenantConfig | None) -> bool:
@@ -313,15 +328,14 @@ class IngressApp:
             matched |= _signature_ok(secret, body, signature)
         return matched
 
-    async def _enqueue(self, parts: dict[str, bytes], raw: bytes, received_at: float) -> None:
+    async def _enqueue(self, parts: dict[str, bytes], raw: bytes, received_at: float, *, shared: bool) -> None:
         webhook_id = _new_webhook_id(received_at)
         publishes = []
         assert self.archive is not None
-        shared = None
-        if len(parts) > 1 or next(iter(parts.values())) is not raw:
-            shared = self.archive.append(SHARED_ARCHIVE_TENANT, webhook_id, received_at, raw)
+        # The raw body (the signed evidence) once under `_shared` when it holds more than one tenant's part.
+        shared_key = self.archive.append(SHARED_ARCHIVE_TENANT, webhook_id, received_at, raw) if shared else None
         for tenant_id, part in parts.items():
-            key = shared if shared is not None else self.archive.append(tenant_id, webhook_id, received_at, raw)
+            key = shared_key or self.archive.append(tenant_id, webhook_id, received_at, raw)
             message = encode_queued(QueuedWebhook(tenant_id, received_at, key, part))
             publishes.append(self._publish(tenant_id, message, f"{webhook_id}:{tenant_id}"))
         if len(publishes) == 1:

@@ -14,6 +14,7 @@ Schema rule: new fields get defaults, unknown fields are ignored (a webhook fiel
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
 import msgspec
@@ -84,6 +85,34 @@ def read_routing(body: bytes) -> Routing:
             if value is not None:
                 wamids.extend(m.id for m in value.messages if m.id)
     return Routing(tuple(numbers), tuple(wamids), unlabelled, changes)
+
+
+def without_lone_surrogates(body: bytes) -> bytes | None:
+    """The body with each lone UTF-16 surrogate escape (`\\ud83d` without its other half: an emoji cut in two by a
+    client) replaced by U+FFFD, re-encoded; None when that is not what keeps it from decoding. msgspec rightly refuses
+    such a body whole, and Meta, having signed and sent it, would resend it for a week."""
+    if b"\\u" not in body:
+        return None
+    try:
+        value = json.loads(body)  # Python's decoder keeps a lone surrogate as a code point of its own
+    except ValueError:
+        return None
+    try:
+        json.dumps(value, ensure_ascii=False).encode()
+        return None  # no lone surrogate in it: something else is wrong with the body
+    except UnicodeEncodeError:
+        pass
+    return json.dumps(_replace_surrogates(value), ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _replace_surrogates(value: object) -> object:
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, list):
+        return [_replace_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {_replace_surrogates(k): _replace_surrogates(v) for k, v in value.items()}
+    return value
 
 
 # --- splitting one envelope per tenant --------------------------------------------------------------------------
