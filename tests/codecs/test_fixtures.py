@@ -291,3 +291,13 @@ def test_a_call_permission_reply_reads_as_the_customer_s_answer():
     assert inbound.message.text == "The customer allowed being called (permanently)."
     assert inbound.message.metadata["interactive.call_permission_reply.response"] == "accept"
     assert inbound.message.metadata["interactive.call_permission_reply.is_permanent"] == "true"
+
+
+def test_the_portfolio_user_id_and_an_ad_s_welcome_message_are_kept():
+    webhook = json.loads((FIXTURES / "referral.json").read_bytes())
+    value = webhook["entry"][0]["changes"][0]["value"]
+    value["messages"][0]["referral"]["welcome_message"] = {"text": "Hi! Ask us about the spring sale."}
+    value["contacts"][0]["parent_user_id"] = "US.ENT.11815799212886844830"
+    (inbound,) = transform(json.dumps(webhook).encode())
+    assert inbound.message.metadata["referral.welcome_message.text"] == "Hi! Ask us about the spring sale."
+    assert inbound.message.channel.metadata.custom_attributes["parent_user_id"] == "US.ENT.11815799212886844830"

@@ -64,6 +64,10 @@ class Context(_Decoded):
     referred_product: ReferredProduct | None = None
 
 
+class WelcomeMessage(_Decoded):
+    text: str | None = None  # the ad's greeting the customer saw before writing
+
+
 class Referral(_Decoded):
     """Click-to-WhatsApp ad or post the customer came from; may ride on any message type."""
 
@@ -77,6 +81,7 @@ class Referral(_Decoded):
     video_url: str | None = None
     thumbnail_url: str | None = None
     ctwa_clid: str | None = None
+    welcome_message: WelcomeMessage | None = None
 
 
 class Text(_Decoded):
@@ -248,6 +253,7 @@ class Message(_Decoded):
 
     from_: str | None = msgspec.field(default=None, name="from")
     from_user_id: str | None = None
+    from_parent_user_id: str | None = None  # the BSUID across a business portfolio
     id: str | None = None
     timestamp: Number | None = None
     type: str = ""

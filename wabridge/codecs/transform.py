@@ -164,6 +164,9 @@ def _inbound(msg: Message, phone_number_id: str, display: str, contacts: list[Co
     custom: dict[str, str] = {"phone_number_id": phone_number_id, "display_phone_number": display}
     if user_id is not None:
         custom["user_id"] = user_id
+    parent_user_id = msg.from_parent_user_id or (contact.parent_user_id if contact is not None else None)
+    if parent_user_id:
+        put(custom, "parent_user_id", parent_user_id[:128])
     if contact is not None and contact.profile is not None and contact.profile.username:
         put(custom, "username", contact.profile.username)
     if msg.context is not None or msg.referral is not None or msg.errors or msg.group_id is not None:
@@ -251,7 +254,10 @@ def _facts(msg: Message, meta: dict[str, str], custom: dict[str, str]) -> None:
     ref = msg.referral
     if ref is not None:
         for name in ref.__struct_fields__:
-            put(meta, f"referral.{name}", getattr(ref, name))
+            if name != "welcome_message":
+                put(meta, f"referral.{name}", getattr(ref, name))
+        if ref.welcome_message is not None:
+            put(meta, "referral.welcome_message.text", ref.welcome_message.text)
         # the ad a customer came from is a routing fact
         put(custom, "referral.source_type", ref.source_type)
         put(custom, "referral.source_id", ref.source_id)
