@@ -335,7 +335,7 @@ class IngressApp:
         # The raw body (the signed evidence) once under `_shared` when it holds more than one tenant's part.
         shared_key = self.archive.append(SHARED_ARCHIVE_TENANT, webhook_id, received_at, raw) if shared else None
         for tenant_id, part in parts.items():
-            key = shared_key or self.archive.append(tenant_id, webhook_id, received_at, raw)
+            key = shared_key if shared_key is not None else self.archive.append(tenant_id, webhook_id, received_at, raw)
             message = encode_queued(QueuedWebhook(tenant_id, received_at, key, part))
             publishes.append(self._publish(tenant_id, message, f"{webhook_id}:{tenant_id}"))
         if len(publishes) == 1:
