@@ -387,6 +387,21 @@ async def test_a_seq_is_never_handed_out_again_after_unpark(store):
     assert min(r.seq for r in new) > max(old)
 
 
+async def test_a_fence_is_written_with_its_rows_kept_until_cleared_and_one_per_tenant(store):
+    assert await store.parking_fences(1) == {}
+    await store.park(1, [("acme", "f1", b"x", 1), ("acme", "f2", b"y", 1)], fences=[("acme", "f1")])
+    await store.park(1, [("acme", "f3", b"z", 1)], fences=[("acme", "f3")])  # acme's first fence stands
+    await store.park(2, [("globex", "g1", b"", 1)], fences=[("globex", "g1")])
+    assert await store.parking_fences(1) == {"acme": "f1"}
+    assert await store.parking_fences(2) == {"globex": "g1"}
+    assert [r.message_id for r in await all_parked(store, 1, "acme")] == ["f1", "f2", "f3"]
+    await store.clear_fence(1, "acme")
+    await store.clear_fence(1, "nobody")  # nothing to clear: nothing happens
+    assert await store.parking_fences(1) == {}
+    assert await store.parking_fences(2) == {"globex": "g1"}
+    assert [r.message_id for r in await all_parked(store, 1, "acme")] == ["f1", "f2", "f3"], "rows untouched"
+
+
 # --- outages ---
 
 

@@ -252,9 +252,20 @@ class Store(Protocol):
     # parked messages: a worker takes the queue messages of a tenant that is held back (its Genesys rate budget
     # spent, its mailbox full) off its shard and keeps them here, in order, so the shard's other tenants are not held
     # up behind it; it feeds them back to the tenant in order and deletes each once settled.
-    async def park(self, shard: int, messages: Sequence[tuple[str, str, bytes, int]]) -> None:
+    async def park(
+        self, shard: int, messages: Sequence[tuple[str, str, bytes, int]], *, fences: Sequence[tuple[str, str]] = ()
+    ) -> None:
         """(tenant_id, message_id, body, attempt) stored in the given order: each gets a higher seq than the ones
-        before it and than anything parked before this call; one round trip, durable when it returns. Empty: nothing."""
+        before it and than anything parked before this call; one round trip, durable when it returns. Empty: nothing.
+        `fences` (tenant_id, message_id), written in the same transaction: a tenant's parking episode began at that
+        queue message, which stays unacked until what came before it is settled (actors/parking.py); a tenant that
+        has a fence already keeps it."""
+
+    async def parking_fences(self, shard: int) -> dict[str, str]:
+        """Tenant → the message id of its fence, for the tenants of this shard that have one."""
+
+    async def clear_fence(self, shard: int, tenant_id: str) -> None:
+        """What came before the tenant's fence is settled: forget it (nothing when there is none)."""
 
     async def parked(self, shard: int, tenant_id: str, *, after: int = 0, limit: int = 100) -> list[ParkedMessage]:
         """The tenant's parked messages in this shard with seq > after, oldest first, at most `limit`."""

@@ -207,6 +207,12 @@ MIGRATIONS: tuple[str, ...] = (
         parked_at timestamptz NOT NULL DEFAULT now()
     );
     CREATE INDEX parked_messages_tenant ON parked_messages (shard, tenant_id, seq);
+    CREATE TABLE parking_fences (
+        shard integer NOT NULL,
+        tenant_id text NOT NULL,
+        message_id text NOT NULL,
+        PRIMARY KEY (shard, tenant_id)
+    );
     """,
 )
 
@@ -566,18 +572,36 @@ class PostgresStore:
 
     # --- parked messages ---
 
-    async def park(self, shard: int, messages: Sequence[tuple[str, str, bytes, int]]) -> None:
-        if not messages:
+    async def park(
+        self, shard: int, messages: Sequence[tuple[str, str, bytes, int]], *, fences: Sequence[tuple[str, str]] = ()
+    ) -> None:
+        if not messages and not fences:
             return
+        async with self._conn() as conn, conn.transaction():
+            if fences:
+                await conn.executemany(
+                    "INSERT INTO parking_fences (shard, tenant_id, message_id) VALUES ($1, $2, $3)"
+                    " ON CONFLICT (shard, tenant_id) DO NOTHING",
+                    [(shard, tenant_id, message_id) for tenant_id, message_id in fences],
+                )
+            if messages:
+                await conn.execute(
+                    _PARK,
+                    shard,
+                    [m[0] for m in messages],
+                    [m[1] for m in messages],
+                    [m[2] for m in messages],
+                    [m[3] for m in messages],
+                )
+
+    async def parking_fences(self, shard: int) -> dict[str, str]:
         async with self._conn() as conn:
-            await conn.execute(
-                _PARK,
-                shard,
-                [m[0] for m in messages],
-                [m[1] for m in messages],
-                [m[2] for m in messages],
-                [m[3] for m in messages],
-            )
+            rows = await conn.fetch("SELECT tenant_id, message_id FROM parking_fences WHERE shard = $1", shard)
+        return {r["tenant_id"]: r["message_id"] for r in rows}
+
+    async def clear_fence(self, shard: int, tenant_id: str) -> None:
+        async with self._conn() as conn:
+            await conn.execute("DELETE FROM parking_fences WHERE shard = $1 AND tenant_id = $2", shard, tenant_id)
 
     async def parked(self, shard: int, tenant_id: str, *, after: int = 0, limit: int = 100) -> list[ParkedMessage]:
         async with self._conn() as conn:

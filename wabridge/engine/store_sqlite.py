@@ -110,6 +110,12 @@ MIGRATIONS: tuple[str, ...] = (
         parked_at REAL NOT NULL
     );
     CREATE INDEX parked_messages_tenant ON parked_messages (shard, tenant_id, seq);
+    CREATE TABLE parking_fences (
+        shard INTEGER NOT NULL,
+        tenant_id TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        PRIMARY KEY (shard, tenant_id)
+    );
     """,
 )
 
@@ -451,14 +457,20 @@ class SqliteStore:
 
     # --- parked messages ---
 
-    async def park(self, shard: int, messages: Sequence[tuple[str, str, bytes, int]]) -> None:
-        if not messages:
+    async def park(
+        self, shard: int, messages: Sequence[tuple[str, str, bytes, int]], *, fences: Sequence[tuple[str, str]] = ()
+    ) -> None:
+        if not messages and not fences:
             return
         now = time.time()
         rows = [(shard, tenant_id, message_id, body, attempt, now) for tenant_id, message_id, body, attempt in messages]
 
         def work(db: sqlite3.Connection) -> None:
             db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "INSERT OR IGNORE INTO parking_fences (shard, tenant_id, message_id) VALUES (?, ?, ?)",
+                [(shard, tenant_id, message_id) for tenant_id, message_id in fences],
+            )
             # Inserted one by one in the given order, so AUTOINCREMENT numbers them in that order.
             db.executemany(
                 "INSERT INTO parked_messages (shard, tenant_id, message_id, body, attempt, parked_at)"
@@ -502,5 +514,17 @@ class SqliteStore:
     async def set_parked_attempt(self, seq: int, attempt: int) -> None:
         def work(db: sqlite3.Connection) -> None:
             db.execute("UPDATE parked_messages SET attempt = ? WHERE seq = ?", (attempt, seq))
+
+        await self._run(work)
+
+    async def parking_fences(self, shard: int) -> dict[str, str]:
+        def work(db: sqlite3.Connection) -> Any:
+            return db.execute("SELECT tenant_id, message_id FROM parking_fences WHERE shard = ?", (shard,)).fetchall()
+
+        return {row[0]: row[1] for row in await self._run(work)}
+
+    async def clear_fence(self, shard: int, tenant_id: str) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM parking_fences WHERE shard = ? AND tenant_id = ?", (shard, tenant_id))
 
         await self._run(work)
