@@ -23,6 +23,16 @@ dead_letter moves it to the queue's dead letters (`Queue.bury`), where `wabridge
 fails (store down) stays, and is fed again after a restart, where its messages come out `duplicate`, never as
 second deliveries.
 
+A crash must not let parked messages overtake older ones. When a tenant is parked, the deliveries it had already
+taken are still unacked in its actor; a worker killed then hands them back to the broker, and the next one would
+get them only after the parked rows, which are newer. So each parking episode has a fence: its first parked
+delivery is written with the rows but left unacked, and the fence is recorded in the same transaction
+(`parking_fences`). Once everything the actor took before it is settled (a `Settled` mark through its mailbox),
+the fence is cleared and acked. A worker that takes the shard over and finds a fence routes that tenant's
+deliveries to its actor as before — they are the older ones, redelivered in queue order — until the fence itself
+comes back from the queue; only then does it feed the parked rows (FENCE_WAIT bounds the wait, should the fence
+never come).
+
 Ownership follows the shard: parked rows are fed by whichever worker is the shard's active consumer. A worker learns
 it is active from a delivery, so the router loads the shard's parked tenants before routing its first delivery. A
 shard with parked rows that nobody is feeding (its worker restarted, or was replaced, and no webhook came since) is
@@ -38,6 +48,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from wabridge.actors.tenant import Settled
 from wabridge.engine.logs import get_logger
 from wabridge.engine.mailbox import MailboxClosed
 from wabridge.engine.metrics import REGISTRY
@@ -47,6 +58,7 @@ from wabridge.engine.registry import Registry
 log = get_logger("parking")
 
 PARK_AFTER = 1.0  # s a tenant may take nothing from its full mailbox before it is parked
+FENCE_WAIT = 60.0  # s a taking-over worker waits for a fence to come back from the queue before it feeds anyway
 FEED_BATCH = 256  # parked rows read at once
 PARK_BATCH = 1000  # rows written at once
 POKE_EVERY = 30.0  # s between looks for parked rows nobody feeds
@@ -138,6 +150,9 @@ class ShardParking:
         self._writing: list[Delivery] = []  # parked, not yet written; acked on the queue once written
         self._writer: asyncio.Task[None] | None = None
         self._more = asyncio.Event()  # set after each write and hand-back: a feeder that found nothing looks again
+        self._fences: dict[str, Delivery] = {}  # tenant → its episode's first delivery, unacked (module docstring)
+        self._waiting_for: dict[str, tuple[str, int]] = {}  # taken over: tenant → (its fence, rows to feed after it)
+        self._tasks: set[asyncio.Task[None]] = set()  # fence lifts and fence waits, cancelled at a drain
         self.loaded = False
         self._closing = False
 
@@ -147,6 +162,22 @@ class ShardParking:
         """True while the tenant is parked: its deliveries must follow what is parked, not pass it."""
         return tenant_id in self._backlog
 
+    def fence_awaited(self, tenant_id: str) -> str | None:
+        """The fence this worker waits for before it feeds the tenant's parked rows (module docstring), if any. Until
+        it comes, the tenant's deliveries go to its actor and are never parked."""
+        waiting = self._waiting_for.get(tenant_id)
+        return waiting[0] if waiting is not None else None
+
+    def fence_came(self, delivery: Delivery) -> None:
+        """The awaited fence is back: everything older has been handed to the actor, and the parked rows follow.
+        Its row stands for it; it stays this worker's fence, unacked, until those older ones are settled too."""
+        tenant_id = delivery.tenant_id
+        _, backlog = self._waiting_for.pop(tenant_id)
+        self._fences[tenant_id] = delivery
+        self._spawn(self._lift(delivery))
+        if backlog > 0 and tenant_id not in self._backlog:
+            self._start_feeding(tenant_id, backlog)
+
     def park(self, delivery: Delivery) -> None:
         """Take the delivery off the shard: written to the store in this order, then acked. No await, so the
         router's order is the order parked."""
@@ -154,6 +185,7 @@ class ShardParking:
         if tenant_id not in self._backlog:
             log.warning("tenant %s held back: parking its deliveries of shard %d", tenant_id, self.shard)
             self._start_feeding(tenant_id, 0)
+            self._fences.setdefault(tenant_id, delivery)  # one fence at a time: an older one still covers this
         self._backlog[tenant_id] += 1
         self._writing.append(delivery)
         _parked.inc()
@@ -166,10 +198,34 @@ class ShardParking:
         if self.loaded and not again:
             return
         counts = await _until_up(lambda: self._store.parked_tenants(self.shard))
-        for tenant_id, count in self._orphans(counts).items():
+        fences = await _until_up(lambda: self._store.parking_fences(self.shard))
+        orphans = self._orphans(counts)
+        for tenant_id, fence in fences.items():
+            if tenant_id in self._fences or tenant_id in self._waiting_for or tenant_id in self._backlog:
+                continue  # our own, live
+            log.warning("waiting for the fence of tenant %s (shard %d) before feeding %d parked messages",
+                        tenant_id, self.shard, orphans.get(tenant_id, 0))  # fmt: skip
+            self._waiting_for[tenant_id] = (fence, orphans.pop(tenant_id, 0))
+            self._spawn(self._stop_waiting(tenant_id, fence))
+        for tenant_id, count in orphans.items():
             log.warning("feeding %d parked messages of tenant %s (shard %d)", count, tenant_id, self.shard)
             self._start_feeding(tenant_id, count)
         self.loaded = True
+
+    async def _stop_waiting(self, tenant_id: str, fence: str) -> None:
+        await asyncio.sleep(FENCE_WAIT)
+        if self._waiting_for.get(tenant_id, ("",))[0] != fence:
+            return
+        _, backlog = self._waiting_for.pop(tenant_id)
+        log.error("the fence of tenant %s never came back (shard %d): feeding its parked messages", tenant_id,
+                  self.shard)  # fmt: skip
+        if backlog > 0 and tenant_id not in self._backlog:
+            self._start_feeding(tenant_id, backlog)
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def find_orphans(self) -> None:
         """Poke the shard if it has parked rows this worker does not feed (module docstring). Best effort."""
@@ -188,10 +244,11 @@ class ShardParking:
         in_hand: dict[str, int] = {}
         for tenant_id in self._unsettled.values():
             in_hand[tenant_id] = in_hand.get(tenant_id, 0) + 1
+        owned = self._backlog.keys() | self._waiting_for.keys()  # fed here, or waiting for a fence here
         return {
             tenant_id: count - in_hand.get(tenant_id, 0)
             for tenant_id, count in counts.items()
-            if tenant_id not in self._backlog and count > in_hand.get(tenant_id, 0)
+            if tenant_id not in owned and count > in_hand.get(tenant_id, 0)
         }
 
     async def close(self, timeout: float = 10.0) -> None:
@@ -204,10 +261,10 @@ class ShardParking:
                 await asyncio.wait_for(asyncio.shield(writer), timeout)
             except (asyncio.TimeoutError, Exception):
                 writer.cancel()
-        feeders = list(self._feeders.values())
-        for task in feeders:
+        tasks = [*self._feeders.values(), *self._tasks]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*feeders, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # --- writing ----------------------------------------------------------------------------------------------------
 
@@ -216,10 +273,14 @@ class ShardParking:
             while self._writing and not self._closing:
                 batch = self._writing[:PARK_BATCH]
                 rows = [(d.tenant_id, d.message_id, d.body, d.attempt) for d in batch]
-                await _until_up(lambda: self._store.park(self.shard, rows))
+                fenced = [d for d in batch if self._fences.get(d.tenant_id) is d]
+                fences = [(d.tenant_id, d.message_id) for d in fenced]
+                await _until_up(lambda: self._store.park(self.shard, rows, fences=fences))
                 del self._writing[: len(batch)]
                 self._more.set()
-                acks = await asyncio.gather(*(d.ack() for d in batch), return_exceptions=True)
+                for fence in fenced:
+                    self._spawn(self._lift(fence))
+                acks = await asyncio.gather(*(d.ack() for d in batch if d not in fenced), return_exceptions=True)
                 for failed in (a for a in acks if isinstance(a, BaseException)):
                     # Parked and also redelivered: it comes again as a `duplicate`, never as a second delivery.
                     log.warning("parked delivery not acked on the queue: %r", failed)
@@ -228,6 +289,21 @@ class ShardParking:
             log.exception("parking the deliveries of shard %d failed", self.shard)
         finally:
             self._writer = None
+
+    async def _lift(self, fence: Delivery) -> None:
+        """Clear and ack the fence once everything the actor took before it is settled."""
+        tenant_id = fence.tenant_id
+        try:
+            mark = Settled()
+            await self.tenants.tell(tenant_id, mark)  # behind every delivery the actor took before
+            await mark.passed
+            await _until_up(lambda: self._store.clear_fence(self.shard, tenant_id))
+            await fence.ack()
+        except MailboxClosed:
+            pass  # a drain: the fence stays, unacked, for the next owner
+        finally:
+            if self._fences.get(tenant_id) is fence:
+                del self._fences[tenant_id]
 
     # --- feeding ----------------------------------------------------------------------------------------------------
 

@@ -43,6 +43,18 @@ _dead = REGISTRY.counter("wabridge_dead_letters_total", "Queue messages moved to
 Job = tuple[TenantConfig, Inbound, float]
 
 
+class Settled:
+    """A mark told to a tenant actor: `passed` resolves once every delivery it received before the mark is settled
+    (parking.py lifts a fence with it)."""
+
+    def __init__(self) -> None:
+        self.passed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def _pass(self, _: object = None) -> None:
+        if not self.passed.done():
+            self.passed.set_result(None)
+
+
 class CustomerBlocked(Exception):
     """An earlier message of this customer failed: this one is handed back with it, to keep their order."""
 
@@ -84,6 +96,10 @@ class TenantActor(Actor):
             await asyncio.gather(*self._settling, return_exceptions=True)
 
     async def on_receive(self, delivery: Delivery) -> None:
+        if type(delivery) is Settled:
+            before = asyncio.gather(*self._settling, return_exceptions=True)
+            before.add_done_callback(delivery._pass)
+            return
         try:
             queued = decode_queued(delivery.body)
             results = transform(queued.body)

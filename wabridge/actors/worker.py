@@ -193,15 +193,21 @@ class Worker:
             if parking.holds(delivery.tenant_id):
                 parking.park(delivery)  # behind what is parked already
                 continue
-            await self._hand_over(delivery, tenants, parking)
+            fence = parking.fence_awaited(delivery.tenant_id)
+            if fence is None:
+                await self._hand_over(delivery, tenants, parking)
+            elif delivery.message_id == fence:
+                parking.fence_came(delivery)  # the older ones are in; the parked rows come next
+            else:
+                await self._hand_over(delivery, tenants, None)  # older than the parked rows: to the actor first
 
     @staticmethod
-    async def _hand_over(delivery: Delivery, tenants: Registry[str], parking: ShardParking) -> None:
-        """To its tenant's actor, or parked if that tenant is held back."""
+    async def _hand_over(delivery: Delivery, tenants: Registry[str], parking: ShardParking | None) -> None:
+        """To its tenant's actor, or parked if that tenant is held back (unless `parking` is None)."""
         while True:
             ref = await tenants.get(delivery.tenant_id)
             try:
-                if len(ref.mailbox) < ref.mailbox.capacity:
+                if parking is None or len(ref.mailbox) < ref.mailbox.capacity:
                     await ref.tell(delivery)
                     return
                 # Full: a busy tenant takes one soon; one that takes nothing for PARK_AFTER is held back (parking.py).
