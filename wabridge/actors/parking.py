@@ -43,11 +43,13 @@ is a delivery like any other to whoever is active.
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from wabridge.actors.relay import hold_through_outage
 from wabridge.actors.tenant import Settled
 from wabridge.engine.logs import get_logger
 from wabridge.engine.mailbox import MailboxClosed
@@ -63,7 +65,6 @@ FEED_BATCH = 256  # parked rows read at once
 PARK_BATCH = 1000  # rows written at once
 POKE_EVERY = 30.0  # s between looks for parked rows nobody feeds
 POKE_PREFIX = "wabridge-poke:"  # message id of a poke (the ingress's ids are `<webhook id>:<tenant id>`)
-BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)  # s between tries while the store is down, the last one repeated
 
 _parked = REGISTRY.counter("wabridge_parked_total", "Queue messages parked in the store for a held-back tenant.", [])
 _pokes = REGISTRY.counter("wabridge_parking_pokes_total", "Pokes sent to shards with parked rows nobody fed.", [])
@@ -79,15 +80,7 @@ def is_poke(delivery: Delivery) -> bool:
 async def _until_up(step: Callable[[], Awaitable[T]]) -> T:
     """`await step()` until the store answers: a parked tenant's order depends on it, so there is no giving up
     (cancellation, at a drain, ends the wait)."""
-    tries = 0
-    while True:
-        try:
-            return await step()
-        except BackendUnavailable as exc:
-            if tries == 0:
-                log.warning("parking waits for the store: %s", exc)
-            await asyncio.sleep(BACKOFF[min(tries, len(BACKOFF) - 1)])
-            tries += 1
+    return await hold_through_outage(step, hold_for=math.inf)
 
 
 class ParkedDelivery:
