@@ -102,7 +102,9 @@ class ParkedDelivery:
         return f"ParkedDelivery(tenant_id={self.tenant_id!r}, message_id={self.message_id!r}, seq={self.seq})"
 
     async def ack(self) -> None:
-        await self._settle()
+        if not self._settled:
+            self._settled = True
+            await self._lot.unpark(self)
 
     async def dead_letter(self, reason: str) -> None:
         if not self._settled:
@@ -114,11 +116,6 @@ class ParkedDelivery:
             return
         self._settled = True
         await self._lot.hand_back(self)
-
-    async def _settle(self) -> None:
-        if not self._settled:
-            self._settled = True
-            await self._lot.unpark(self)
 
     def message(self) -> ParkedMessage:
         return ParkedMessage(
@@ -165,11 +162,9 @@ class ShardParking:
         """The awaited fence is back: everything older has been handed to the actor, and the parked rows follow.
         Its row stands for it; it stays this worker's fence, unacked, until those older ones are settled too."""
         tenant_id = delivery.tenant_id
-        _, backlog = self._waiting_for.pop(tenant_id)
         self._fences[tenant_id] = delivery
         self._spawn(self._lift(delivery))
-        if backlog > 0 and tenant_id not in self._backlog:
-            self._start_feeding(tenant_id, backlog)
+        self._stop_waiting(tenant_id)
 
     def park(self, delivery: Delivery) -> None:
         """Take the delivery off the shard: written to the store in this order, then acked. No await, so the
@@ -199,19 +194,22 @@ class ShardParking:
             log.warning("waiting for the fence of tenant %s (shard %d) before feeding %d parked messages",
                         tenant_id, self.shard, orphans.get(tenant_id, 0))  # fmt: skip
             self._waiting_for[tenant_id] = (fence, orphans.pop(tenant_id, 0))
-            self._spawn(self._stop_waiting(tenant_id, fence))
+            self._spawn(self._give_up_waiting(tenant_id, fence))
         for tenant_id, count in orphans.items():
             log.warning("feeding %d parked messages of tenant %s (shard %d)", count, tenant_id, self.shard)
             self._start_feeding(tenant_id, count)
         self.loaded = True
 
-    async def _stop_waiting(self, tenant_id: str, fence: str) -> None:
+    async def _give_up_waiting(self, tenant_id: str, fence: str) -> None:
         await asyncio.sleep(FENCE_WAIT)
-        if self._waiting_for.get(tenant_id, ("",))[0] != fence:
-            return
+        if self.fence_awaited(tenant_id) == fence:
+            log.error("the fence of tenant %s never came back (shard %d): feeding its parked messages", tenant_id,
+                      self.shard)  # fmt: skip
+            self._stop_waiting(tenant_id)
+
+    def _stop_waiting(self, tenant_id: str) -> None:
+        """Feed the parked rows that waited for the tenant's fence."""
         _, backlog = self._waiting_for.pop(tenant_id)
-        log.error("the fence of tenant %s never came back (shard %d): feeding its parked messages", tenant_id,
-                  self.shard)  # fmt: skip
         if backlog > 0 and tenant_id not in self._backlog:
             self._start_feeding(tenant_id, backlog)
 

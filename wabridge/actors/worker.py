@@ -87,7 +87,6 @@ class Worker:
         self._routers: dict[int, Mailbox[Delivery]] = {shard: Mailbox(self.prefetch) for shard in shard_numbers}
         self._router_died: asyncio.Future[None] | None = None
         self._settings = settings
-        self.poke_every = POKE_EVERY
 
     def _tenant_actor(self, tenant_id: str) -> TenantActor:
         return TenantActor(
@@ -225,7 +224,7 @@ class Worker:
         while True:
             for shard_parking in parking:
                 await shard_parking.find_orphans()
-            await asyncio.sleep(self.poke_every)
+            await asyncio.sleep(POKE_EVERY)
 
 
 async def run_worker(settings, shutdown: Shutdown, *, shards: Sequence[int] | None = None) -> None:
