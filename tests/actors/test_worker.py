@@ -221,14 +221,36 @@ async def test_parked_messages_outlive_their_worker_and_the_next_one_feeds_them_
         assert left > PREFETCH // 2, "most were still parked when the first worker stopped"
         assert relay.count(held_id) + left == len(held_wamids), "the rest were relayed, their rows deleted"
 
-        # No webhook comes for this shard: the next worker finds the parked rows itself (a poke to the shard).
-        pokes = _pokes.labels().get()
+        # No new webhook comes: the next worker finds the parked rows through the drained worker's fence, which
+        # went back to the queue unacked, or through a poke of its own (the test below has no fence).
         relay2 = HeldRelay("nobody")
         async with running_worker(backends, relay2):
             await wait_until(lambda: relay2.count(held_id) == left)
             await wait_until_async(lambda: backends.store.parked_tenants(shard), {})
+            await wait_until_async(lambda: backends.store.parking_fences(shard), {})
         relayed = [w for t, w in relay.relayed + relay2.relayed if t == held_id]
         assert relayed == held_wamids, "each once, in order, across the two workers"
+
+
+async def test_parked_rows_nobody_feeds_and_no_delivery_points_to_are_found_by_a_poke(any_settings: Settings) -> None:
+    """Rows left parked with no fence and nothing in the queue (their worker lifted its fence, then died): only a
+    poke to the shard tells the worker that consumes it that they are there."""
+    settings = any_settings.replace(metrics_port=0, shards=1)
+    held_id, shard = "campaign", 0
+    async with opened_backends(settings) as backends:
+        await backends.store.put_tenant(tenant(held_id, ("100000000001",), "s1"))
+        messages = [webhooks.message("text", wa_id=f"1555{i:07d}") for i in range(20)]
+        await backends.store.park(shard, [
+            (held_id, f"{held_id}-{i}", encode_queued(QueuedWebhook(held_id, time.time(), "", webhooks.webhook(
+                "100000000001", [message]))), 1)
+            for i, message in enumerate(messages)
+        ])  # fmt: skip
+        pokes = _pokes.labels().get()
+        relay = SlowRelay(0.0)
+        async with running_worker(backends, relay):
+            await wait_until(lambda: len(relay.relayed) == len(messages))
+            await wait_until_async(lambda: backends.store.parked_tenants(shard), {})
+        assert relay.relayed == [m["id"] for m in messages], "each once, in the order parked"
         assert _pokes.labels().get() > pokes, "found by a poke"
 
 
