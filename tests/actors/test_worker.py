@@ -323,3 +323,80 @@ async def test_an_actor_stopped_to_make_room_while_its_router_waits_costs_no_mes
             await wait_until(lambda: len(relay.relayed) >= len(wamids), timeout=30)
             assert worker._router_died is not None and not worker._router_died.done(), "every router is alive"
         assert sorted(set(relay.relayed)) == sorted(wamids), "every message relayed"
+
+
+class OutageRelay(HeldRelay):
+    """Holds `held_tenant` until `release`; then its first message fails once, as at the end of an outage longer
+    than the hold, and the actor hands back everything of that customer it holds. `delivered` is what went through."""
+
+    def __init__(self, held_tenant: str) -> None:
+        super().__init__(held_tenant)
+        self.delivered: list[str] = []
+        self.failed = False
+
+    async def relay(self, tenant, inbound, received_at, *, replay: bool = False) -> str:
+        await super().relay(tenant, inbound, received_at, replay=replay)
+        if tenant.tenant_id == self.held_tenant and not self.failed:
+            self.failed = True
+            raise ConnectionError("Genesys unreachable for longer than the outage hold")
+        self.delivered.append(inbound.route.wamid)
+        return "delivered"
+
+
+async def publish_one_customer(backends, tenant_id: str, phone_number_id: str, n: int) -> list[str]:
+    """n webhooks of one customer: one lane, so the order the relay sees must be the queue's."""
+    wamids = []
+    for i in range(n):
+        message = webhooks.message("text", wa_id="15550000001")
+        queued = encode_queued(QueuedWebhook(tenant_id, time.time(), "", webhooks.webhook(phone_number_id, [message])))
+        await backends.queue.publish(tenant_id, queued, message_id=f"{tenant_id}-{i}")
+        wamids.append(message["id"])
+    return wamids
+
+
+async def test_a_customers_message_handed_back_is_not_overtaken_by_the_ones_taken_after_it(
+    any_settings: Settings, monkeypatch
+) -> None:
+    """The customer's first message fails once and goes back to the queue; its lane's next ones go back with it. The
+    ones the actor takes from its mailbox while the failed one is away must not go through before it comes back
+    (they used to, once the lane was empty): every message reaches Genesys in the order sent, each once."""
+    monkeypatch.setattr("wabridge.actors.worker.PARK_AFTER", 60.0)  # not parked: the queue brings it back
+    settings = any_settings.replace(mailbox_size=2, metrics_port=0, shards=1)
+    tenant_id = "campaign"
+    async with opened_backends(settings) as backends:
+        await backends.store.put_tenant(tenant(tenant_id, ("100000000001",), "s1"))
+        wamids = await publish_one_customer(backends, tenant_id, "100000000001", PREFETCH)
+        relay = OutageRelay(tenant_id)
+        async with running_worker(backends, relay):
+            await wait_until(lambda: relay.count(tenant_id) == 1)
+            await asyncio.sleep(0.3)  # the lane and the mailbox fill up behind the held message
+            relay.release.set()
+            await wait_until(lambda: len(relay.delivered) == len(wamids), timeout=30)
+        assert relay.failed
+        assert relay.delivered == wamids, "in order, each once"
+        assert await backends.queue.dead_letters(limit=10) == []
+
+
+async def test_deliveries_handed_back_while_their_tenant_is_parked_go_back_in_front_of_the_parked_rows(
+    any_settings: Settings, monkeypatch
+) -> None:
+    """What the actor took before its tenant was parked is older than every parked row. Handed back while the tenant
+    is still parked (an outage outlasting the hold), it must not come back through the queue behind the rows: it is
+    fed again first, in the order handed back, and the customer's messages reach Genesys in order, each once."""
+    monkeypatch.setattr("wabridge.actors.worker.PARK_AFTER", 0.2)
+    settings = any_settings.replace(mailbox_size=2, metrics_port=0, shards=1)
+    held_id, shard = "campaign", 0
+    async with opened_backends(settings) as backends:
+        await backends.store.put_tenant(tenant(held_id, ("100000000001",), "s1"))
+        wamids = await publish_one_customer(backends, held_id, "100000000001", 2 * PREFETCH)
+        relay = OutageRelay(held_id)
+        async with running_worker(backends, relay):
+            await wait_until(lambda: relay.count(held_id) == 1)
+            parked = await wait_until_stable(lambda: backends.store.parked_tenants(shard))
+            assert parked[held_id] > PREFETCH // 2, parked
+            relay.release.set()
+            await wait_until(lambda: len(relay.delivered) == len(wamids), timeout=30)
+            await wait_until_async(lambda: backends.store.parked_tenants(shard), {})
+            await wait_until_async(lambda: backends.store.parking_fences(shard), {})
+        assert relay.failed
+        assert relay.delivered == wamids, "in order, each once"

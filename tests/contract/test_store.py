@@ -370,6 +370,7 @@ async def test_set_parked_attempt_changes_only_that_row(store):
     first, second = await all_parked(store, 1, "acme")
     await store.set_parked_attempt(second.seq, 4)
     await store.set_parked_attempt(second.seq + 1000, 9)  # unknown: nothing happens
+    await store.set_parked_attempt(second.seq, 3)  # an earlier hand-back's write, arriving late: the count stays
     assert [r.attempt for r in await all_parked(store, 1, "acme")] == [1, 4]
     assert await all_parked(store, 1, "acme") == [first, ParkedMessage(
         seq=second.seq, shard=1, tenant_id="acme", message_id="a1", body=b"", attempt=4

@@ -33,6 +33,13 @@ deliveries to its actor as before — they are the older ones, redelivered in qu
 comes back from the queue; only then does it feed the parked rows (FENCE_WAIT bounds the wait, should the fence
 never come).
 
+A queue delivery the actor hands back while its tenant is parked (an outage that outlasted the hold) is older than
+every parked row: the router hands a tenant's deliveries to its actor only while it is not parked. Through the queue
+it would come back behind the rows, so the actor gives it to `take_back` instead, and it is fed again ahead of them,
+in the order handed back, still unacked on the queue (`HeldBack`); the episode's fence stays until it is settled, so
+a crash meanwhile returns it to the queue ahead of the fence. One handed back to the queue just before its tenant
+was parked comes back as a redelivery, and the router gives it to `take_back` as well.
+
 Ownership follows the shard: parked rows are fed by whichever worker is the shard's active consumer. A worker learns
 it is active from a delivery, so the router loads the shard's parked tenants before routing its first delivery. A
 shard with parked rows that nobody is feeding (its worker restarted, or was replaced, and no webhook came since) is
@@ -124,6 +131,44 @@ class ParkedDelivery:
         )  # fmt: skip
 
 
+class HeldBack:
+    """A queue delivery handed back while its tenant is parked (`ShardParking.take_back`): fed to the actor again at
+    its next attempt, settled on the queue like the delivery it wraps."""
+
+    __slots__ = ("tenant_id", "message_id", "body", "shard", "attempt", "_delivery", "_lot")
+
+    def __init__(self, delivery: Delivery, lot: ShardParking, attempt: int) -> None:
+        self.tenant_id = delivery.tenant_id
+        self.message_id = delivery.message_id
+        self.body = delivery.body
+        self.shard = delivery.shard
+        self.attempt = attempt
+        self._delivery = delivery
+        self._lot = lot
+
+    def __repr__(self) -> str:
+        return f"HeldBack({self._delivery!r}, attempt={self.attempt})"
+
+    async def ack(self) -> None:
+        try:
+            await self._delivery.ack()
+        finally:
+            self._lot.let_go(self)
+
+    async def dead_letter(self, reason: str) -> None:
+        try:
+            await self._delivery.dead_letter(reason)
+        finally:
+            self._lot.let_go(self)
+
+    async def retry(self) -> None:
+        """No longer parked (`take_back` refused it): back to the queue."""
+        try:
+            await self._delivery.retry()
+        finally:
+            self._lot.let_go(self)
+
+
 class ShardParking:
     """The parked tenants of one shard, in one worker: written by the shard's router, fed by one task per tenant."""
 
@@ -136,7 +181,9 @@ class ShardParking:
         self._backlog: dict[str, int] = {}  # parked tenant → its parked messages not yet handed to its actor
         self._feeders: dict[str, asyncio.Task[None]] = {}
         self._unsettled: dict[int, str] = {}  # seq → tenant: handed to the actor, row not yet deleted
-        self._redo: dict[str, deque[ParkedDelivery]] = {}  # handed back by the actor: fed again before the rest
+        self._redo: dict[str, deque[ParkedDelivery | HeldBack]] = {}  # handed back: fed again before the rest
+        self._held_back: dict[str, set[HeldBack]] = {}  # tenant → its queue deliveries taken back, not yet settled
+        self._back_settled = asyncio.Event()  # set whenever one of those is settled
         self._writing: list[Delivery] = []  # parked, not yet written; acked on the queue once written
         self._writer: asyncio.Task[None] | None = None
         self._more = asyncio.Event()  # set after each write and hand-back: a feeder that found nothing looks again
@@ -165,6 +212,27 @@ class ShardParking:
         self._fences[tenant_id] = delivery
         self._spawn(self._lift(delivery))
         self._stop_waiting(tenant_id)
+
+    def take_back(self, delivery: Delivery, *, redelivered: bool = False) -> bool:
+        """A queue delivery its actor hands back (or, `redelivered`, one the queue brought back after a hand-back):
+        True if its tenant is parked here, and it is then fed again ahead of the parked rows (module docstring);
+        False, and the actor hands it back to the queue (the router parks it)."""
+        tenant_id = delivery.tenant_id
+        if self._closing or tenant_id not in self._backlog or isinstance(delivery, ParkedDelivery):
+            return False
+        held = HeldBack(delivery, self, delivery.attempt if redelivered else delivery.attempt + 1)
+        self._held_back.setdefault(tenant_id, set()).add(held)
+        self._redo.setdefault(tenant_id, deque()).append(held)
+        self._more.set()
+        return True
+
+    def let_go(self, held: HeldBack) -> None:
+        taken = self._held_back.get(held.tenant_id)
+        if taken is not None:
+            taken.discard(held)
+            if not taken:
+                del self._held_back[held.tenant_id]
+        self._back_settled.set()
 
     def park(self, delivery: Delivery) -> None:
         """Take the delivery off the shard: written to the store in this order, then acked. No await, so the
@@ -288,6 +356,9 @@ class ShardParking:
             mark = Settled()
             await self.tenants.tell(tenant_id, mark)  # behind every delivery the actor took before
             await mark.passed
+            while self._held_back.get(tenant_id):  # older ones taken back from the actor, not yet settled
+                self._back_settled.clear()
+                await self._back_settled.wait()
             await _until_up(lambda: self._store.clear_fence(self.shard, tenant_id))
             await fence.ack()
         except MailboxClosed:
@@ -336,7 +407,9 @@ class ShardParking:
             del self._feeders[tenant_id]
             _parked_tenants.dec()
             for left in self._redo.pop(tenant_id, ()):
-                self._unsettled.pop(left.seq, None)  # a drain: it stays parked for the next owner
+                if type(left) is ParkedDelivery:
+                    self._unsettled.pop(left.seq, None)  # a drain: it stays parked for the next owner
+                # A HeldBack stays unacked: it returns to the queue when the consumer stops, ahead of the fence.
 
     async def _feed_handed_back(self, tenant_id: str) -> None:
         redo = self._redo.get(tenant_id)
@@ -373,16 +446,17 @@ class ShardParking:
         if attempt > self._delivery_limit:
             await self.bury(delivery, f"attempt {delivery.attempt} of {self._delivery_limit}: handed back")
             return
+        if self._closing:
+            self._unsettled.pop(delivery.seq, None)  # stays parked for the next owner
+        else:
+            # Through the tenant's feeder, not from here: this runs in the actor's own settling, and the tenant is
+            # held (parked) meanwhile, so it goes back before anything the router takes for it after this. Queued
+            # before the attempt's write below, so that the hand-backs of a customer keep their order.
+            self._redo.setdefault(delivery.tenant_id, deque()).append(ParkedDelivery(delivery.message(), self, attempt))
+            if delivery.tenant_id not in self._feeders:
+                self._start_feeding(delivery.tenant_id, 0)
+            self._more.set()
         try:
             await self._store.set_parked_attempt(delivery.seq, attempt)
         except BackendUnavailable as exc:
             log.warning("attempt of parked message %s not recorded: %s", delivery.message_id, exc)
-        if self._closing:
-            self._unsettled.pop(delivery.seq, None)  # stays parked for the next owner
-            return
-        # Through the tenant's feeder, not from here: this runs in the actor's own settling, and the tenant is held
-        # (parked) meanwhile, so it goes back before anything the router takes for it after this.
-        self._redo.setdefault(delivery.tenant_id, deque()).append(ParkedDelivery(delivery.message(), self, attempt))
-        if delivery.tenant_id not in self._feeders:
-            self._start_feeding(delivery.tenant_id, 0)
-        self._more.set()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -40,7 +41,13 @@ _inbound, _skipped, _statuses = (_items.labels(k) for k in ("message", "skipped"
 _handed_back = REGISTRY.counter("wabridge_queue_retries_total", "Queue messages handed back for redelivery.", [])
 _dead = REGISTRY.counter("wabridge_dead_letters_total", "Queue messages moved to the dead-letter queue.", [])
 
-Job = tuple[TenantConfig, Inbound, float]
+Job = tuple[TenantConfig, Inbound, float, str, int]  # ..., and the delivery's message id and attempt
+
+# A customer blocked by a failure waits for the failed delivery to come back (see `_relay_job`): from the queue in
+# milliseconds to seconds (behind what the worker prefetched), from parking at once. Each message of the customer
+# taken meanwhile goes back too, spending one of its attempts; should the failed one not come back (the shard moved
+# to another worker, say), the lane runs again after this long rather than wear out the customer's next messages.
+BLOCK_FOR = 60.0  # s
 
 
 class Settled:
@@ -71,8 +78,10 @@ class TenantActor(Actor):
         max_pending: int,
         delivery_limit: int,
         outage_hold: float,
+        take_back: Callable[[Delivery], bool] | None = None,
     ) -> None:
         self.tenant_id = tenant_id
+        self._take_back = take_back  # parking.py: a delivery handed back while its tenant is parked
         self._delivery_limit = delivery_limit
         self._outage_hold = outage_hold
         self._directory = directory
@@ -80,8 +89,8 @@ class TenantActor(Actor):
         self._tracker = tracker
         self._lanes: Lanes[str, Job, str] = Lanes(self._relay_job, concurrency=concurrency, max_pending=max_pending)
         self._settling: set[asyncio.Task[None]] = set()
-        self._queued: dict[str, int] = {}  # sender → messages in its lane (bounded by the lanes' max_pending)
-        self._blocked: set[str] = set()  # senders whose lane had a failure: the rest of the lane goes back too
+        # sender → (message id, attempt) of the delivery whose failure blocked it, and until when (`_relay_job`)
+        self._blocked: dict[str, tuple[str, int, float]] = {}
         self._stopping = False  # a drain: stop holding messages through an outage, hand them back instead
         self.log = get_logger("tenant", tenant_id=tenant_id, actor=f"tenant:{tenant_id}")
 
@@ -120,8 +129,8 @@ class TenantActor(Actor):
             match result:
                 case Inbound(route=route):
                     _inbound.inc()
-                    future = await self._lanes.submit(route.sender_id, (tenant, result, queued.received_at))
-                    self._queued[route.sender_id] = self._queued.get(route.sender_id, 0) + 1
+                    job = (tenant, result, queued.received_at, delivery.message_id, delivery.attempt)
+                    future = await self._lanes.submit(route.sender_id, job)
                     pending.append((future, result))
                 case Skipped(wamid=str() as wamid, reason=reason, detail=detail):
                     # A customer message we could not read: visible in tracking, nothing to deliver.
@@ -137,27 +146,29 @@ class TenantActor(Actor):
         task.add_done_callback(self._settling.discard)
 
     async def _relay_job(self, sender_id: str, job: Job) -> str:
-        """One message of a customer's lane. After a failure the customer's later messages fail too, until the lane
-        is empty: they all go back to the queue together, so none overtakes the one that failed."""
-        try:
-            if sender_id in self._blocked:
+        """One message of a customer's lane. After a failure the customer's later messages fail too, and go back
+        behind the one that failed, until that one comes back (its delivery's message id at a later attempt): the
+        queue returns it ahead of them, and parking feeds it ahead of them (parking.py). Unblocking when the lane
+        was merely empty let messages the actor took meanwhile overtake it."""
+        tenant, inbound, received_at, message_id, attempt = job
+        blocked = self._blocked.get(sender_id)
+        if blocked is not None:
+            if message_id == blocked[0] and attempt > blocked[1]:
+                del self._blocked[sender_id]  # the failed one is back: the lane runs again from it
+            elif time.monotonic() < blocked[2]:
                 raise CustomerBlocked("an earlier message of this customer is unfinished")  # no wa_id in logs
-            tenant, inbound, received_at = job
-            try:
-                return await hold_through_outage(
-                    lambda: self._relay.relay(tenant, inbound, received_at), hold_for=self._outage_hold,
-                    give_up=self._giving_up,
-                )
-            except BaseException:
-                self._blocked.add(sender_id)
-                raise
-        finally:
-            left = self._queued.get(sender_id, 1) - 1
-            if left:
-                self._queued[sender_id] = left
             else:
-                del self._queued[sender_id]
-                self._blocked.discard(sender_id)
+                del self._blocked[sender_id]
+                self.log.warning("delivery %s did not come back in %.0f s: its customer's lane runs again",
+                                 blocked[0], BLOCK_FOR)  # fmt: skip
+        try:
+            return await hold_through_outage(
+                lambda: self._relay.relay(tenant, inbound, received_at), hold_for=self._outage_hold,
+                give_up=self._giving_up,
+            )
+        except BaseException:
+            self._blocked[sender_id] = (message_id, attempt, time.monotonic() + BLOCK_FOR)
+            raise
 
     def _giving_up(self) -> bool:
         return self._stopping
@@ -175,9 +186,13 @@ class TenantActor(Actor):
                 "delivery %s handed back (attempt %d): %d of %d messages unfinished, first: %s: %s",
                 delivery.message_id, delivery.attempt, len(unfinished), len(outcomes), type(first).__name__, first,
             )  # fmt: skip
-            await delivery.retry()
+            if self._take_back is None or not self._take_back(delivery):
+                await delivery.retry()
             return
         reason = f"attempt {delivery.attempt} of {self._delivery_limit}: {type(first).__name__}: {first}"[:300]
+        for sender_id, blocked in list(self._blocked.items()):
+            if blocked[:2] == (delivery.message_id, delivery.attempt):
+                del self._blocked[sender_id]  # it will not come back: the messages behind it go on
         marked = await self._mark_dead_lettered([inbound for _, inbound in unfinished if inbound], delivery, reason)
         _dead.inc()
         self.log.error(

@@ -86,6 +86,7 @@ class Worker:
         shard_numbers = shards if shards is not None else range(backends.queue.shards)
         self._routers: dict[int, Mailbox[Delivery]] = {shard: Mailbox(self.prefetch) for shard in shard_numbers}
         self._router_died: asyncio.Future[None] | None = None
+        self._parking: dict[int, ShardParking] = {}
         self._settings = settings
 
     def _tenant_actor(self, tenant_id: str) -> TenantActor:
@@ -98,7 +99,13 @@ class Worker:
             max_pending=max(self.prefetch // 2, 1),
             delivery_limit=self._settings.delivery_limit,
             outage_hold=self._settings.outage_hold,
+            take_back=self._take_back,
         )
+
+    def _take_back(self, delivery: Delivery) -> bool:
+        """A delivery its actor hands back: kept in front of its tenant's parked rows if it is parked (parking.py)."""
+        parking = self._parking.get(delivery.shard)
+        return parking is not None and parking.take_back(delivery)
 
     async def _accept(self, delivery: Delivery) -> None:
         try:
@@ -139,7 +146,7 @@ class Worker:
                 )
             )  # fmt: skip
             log.info("worker consuming", extra={"shards": list(self.shards or range(self.backends.queue.shards))})
-            parking = {
+            self._parking = parking = {
                 shard: ShardParking(
                     shard, self.backends.store, self.backends.queue, tenants,
                     delivery_limit=self._settings.delivery_limit,
@@ -190,7 +197,10 @@ class Worker:
                 await delivery.ack()
                 continue
             if parking.holds(delivery.tenant_id):
-                parking.park(delivery)  # behind what is parked already
+                # Behind what is parked already; unless handed back before (the tenant's actor had it, so it is
+                # older than every parked row) — a hand-back that raced the tenant's parking — then in front.
+                if delivery.attempt == 1 or not parking.take_back(delivery, redelivered=True):
+                    parking.park(delivery)
                 continue
             fence = parking.fence_awaited(delivery.tenant_id)
             if fence is None:

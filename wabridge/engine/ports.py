@@ -277,7 +277,8 @@ class Store(Protocol):
         """Delete these (settled); unknown seqs are ignored. One round trip."""
 
     async def set_parked_attempt(self, seq: int, attempt: int) -> None:
-        """The message is being handed to its tenant again: record its attempt count (ignored when gone)."""
+        """The message is being handed to its tenant again: record its attempt count (ignored when gone, or when
+        lower than the one recorded: two hand-backs of one message may be written out of order)."""
 
     async def ping(self) -> bool: ...
 

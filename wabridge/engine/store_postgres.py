@@ -627,7 +627,9 @@ class PostgresStore:
 
     async def set_parked_attempt(self, seq: int, attempt: int) -> None:
         async with self._conn() as conn:
-            await conn.execute("UPDATE parked_messages SET attempt = $2 WHERE seq = $1", seq, attempt)
+            await conn.execute(
+                "UPDATE parked_messages SET attempt = GREATEST(attempt, $2) WHERE seq = $1", seq, attempt
+            )
 
 
 async def _session_unchanged(conn: asyncpg.Connection) -> None:

@@ -513,7 +513,7 @@ class SqliteStore:
 
     async def set_parked_attempt(self, seq: int, attempt: int) -> None:
         def work(db: sqlite3.Connection) -> None:
-            db.execute("UPDATE parked_messages SET attempt = ? WHERE seq = ?", (attempt, seq))
+            db.execute("UPDATE parked_messages SET attempt = MAX(attempt, ?) WHERE seq = ?", (attempt, seq))
 
         await self._run(work)
 
