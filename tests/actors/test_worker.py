@@ -50,10 +50,12 @@ async def wait_until(condition, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
-async def publish(backends, tenant_id: str, phone_number_id: str, n: int) -> list[str]:
+async def publish(backends, tenant_id: str, phone_number_id: str, n: int, *, one_customer: bool = False) -> list[str]:
+    """n webhooks, each of a customer of its own (the lanes run them in parallel), or all of one customer (one lane:
+    the order the relay sees must be the queue's)."""
     wamids = []
     for i in range(n):
-        message = webhooks.message("text", wa_id=f"1555{i:07d}")  # a customer each: the lanes run them in parallel
+        message = webhooks.message("text", wa_id="15550000001" if one_customer else f"1555{i:07d}")
         body = webhooks.webhook(phone_number_id, [message])
         queued = encode_queued(QueuedWebhook(tenant_id, time.time(), "", body))
         await backends.queue.publish(tenant_id, queued, message_id=f"{tenant_id}-{i}")
@@ -343,17 +345,6 @@ class OutageRelay(HeldRelay):
         return "delivered"
 
 
-async def publish_one_customer(backends, tenant_id: str, phone_number_id: str, n: int) -> list[str]:
-    """n webhooks of one customer: one lane, so the order the relay sees must be the queue's."""
-    wamids = []
-    for i in range(n):
-        message = webhooks.message("text", wa_id="15550000001")
-        queued = encode_queued(QueuedWebhook(tenant_id, time.time(), "", webhooks.webhook(phone_number_id, [message])))
-        await backends.queue.publish(tenant_id, queued, message_id=f"{tenant_id}-{i}")
-        wamids.append(message["id"])
-    return wamids
-
-
 async def test_a_customers_message_handed_back_is_not_overtaken_by_the_ones_taken_after_it(
     any_settings: Settings, monkeypatch
 ) -> None:
@@ -365,7 +356,7 @@ async def test_a_customers_message_handed_back_is_not_overtaken_by_the_ones_take
     tenant_id = "campaign"
     async with opened_backends(settings) as backends:
         await backends.store.put_tenant(tenant(tenant_id, ("100000000001",), "s1"))
-        wamids = await publish_one_customer(backends, tenant_id, "100000000001", PREFETCH)
+        wamids = await publish(backends, tenant_id, "100000000001", PREFETCH, one_customer=True)
         relay = OutageRelay(tenant_id)
         async with running_worker(backends, relay):
             await wait_until(lambda: relay.count(tenant_id) == 1)
@@ -388,7 +379,7 @@ async def test_deliveries_handed_back_while_their_tenant_is_parked_go_back_in_fr
     held_id, shard = "campaign", 0
     async with opened_backends(settings) as backends:
         await backends.store.put_tenant(tenant(held_id, ("100000000001",), "s1"))
-        wamids = await publish_one_customer(backends, held_id, "100000000001", 2 * PREFETCH)
+        wamids = await publish(backends, held_id, "100000000001", 2 * PREFETCH, one_customer=True)
         relay = OutageRelay(held_id)
         async with running_worker(backends, relay):
             await wait_until(lambda: relay.count(held_id) == 1)
