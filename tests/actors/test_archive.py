@@ -5,6 +5,7 @@ Runs on the embedded directory objects (the same Objects port as S3)."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -92,6 +93,53 @@ async def test_a_failed_put_counts_every_webhook_of_its_segment_and_frees_the_me
         assert archive.append("acme", f"w{n}", DAY, BODY)  # the caller never sees the failure
     await archive.aclose(5)
     assert failures == Counter(failed=3) and archive.pending_bytes == 0
+
+
+@pytest.fixture
+async def proxied_s3(tmp_path: Path, proxy_factory) -> AsyncIterator:
+    """(S3 objects on the real server through a proxy, the proxy): cut it to take S3 down."""
+    from tests.contract.test_objects import remove_buckets, s3_settings
+    from wabridge.engine.objects_s3 import S3Objects
+
+    proxy, url = await proxy_factory(os.environ["WABRIDGE_S3_ENDPOINT"])
+    settings = s3_settings(tmp_path, endpoint=url)
+    s3 = S3Objects(settings)
+    await s3.open()
+    try:
+        yield s3, proxy
+    finally:
+        await s3.close()
+        await remove_buckets(s3_settings(tmp_path).replace(s3_bucket_prefix=settings.s3_bucket_prefix))
+
+
+@pytest.mark.servers
+async def test_segments_put_while_s3_is_down_are_put_once_it_is_back_and_nothing_is_counted_lost(proxied_s3) -> None:
+    """A ten-second S3 outage used to lose every segment due meanwhile (their archive keys, already queued with the
+    webhooks, named objects never written). They wait, inside the memory bound, and are put when S3 answers again."""
+    s3, proxy = proxied_s3
+    failures: Counter[str] = Counter()
+    archive = writer(s3, failures, flush_interval=0.1, retry_backoff=(0.05, 0.2))
+    proxy.cut()
+    keys = [archive.append("acme", f"w{n}", DAY, BODY) for n in range(3)]
+    await asyncio.sleep(1.0)  # due, tried, failed, waiting
+    assert archive.puts_running >= 1 and archive.pending_bytes > 0
+    proxy.restore()
+    await asyncio.wait_for(archive.flush(), 30)
+    assert [await read_archived(s3, key) for key in keys] == [BODY] * 3
+    assert failures == Counter() and archive.pending_bytes == 0
+    await archive.aclose(5)
+
+
+@pytest.mark.servers
+async def test_a_segment_still_failing_at_close_is_counted_once_per_webhook(proxied_s3) -> None:
+    s3, proxy = proxied_s3
+    failures: Counter[str] = Counter()
+    archive = writer(s3, failures, retry_backoff=(0.05,))
+    proxy.cut()
+    for n in range(3):
+        assert archive.append("acme", f"w{n}", DAY, BODY)
+    await archive.aclose(0.5)
+    assert failures == Counter(failed=3) and archive.pending_bytes == 0 and archive.puts_running == 0
 
 
 async def test_past_the_memory_bound_bodies_are_dropped_and_counted_and_room_comes_back(objects) -> None:

@@ -12,10 +12,14 @@ instead when the bytes are not UTF-8), in arrival order. A segment is put when i
 together), whichever first, and at close. A webhook's archive key is `{segment key}#{line index}`
 (`QueuedWebhook.archive_key`); `read_archived()` finds the body again.
 
-Best-effort, as before: appending never waits and never fails the answer. A put that fails is logged and counted
-(`wabridge_ingress_archive_failures_total{reason="failed"}`, one per webhook in the segment); bodies that would take
-the buffered and in-flight bytes past `max_bytes` are dropped and counted (`reason="dropped"`). At most
-`max_puts` segment puts run at once; a full segment waiting for a slot stays inside the `max_bytes` bound.
+Best-effort, as before: appending never waits and never fails the answer. A put that finds the object store down
+(or not answering in PUT_TIMEOUT) is tried again, backing off up to RETRY_EVERY, for as long as the ingress runs:
+its bytes stay inside the `max_bytes` bound meanwhile, so an outage of up to that much traffic (~16 MB: a minute at
+500 webhooks/s) costs the archive nothing, and the archive keys already queued find their segments once it is
+back. Beyond the bound, new bodies are dropped and counted (`wabridge_ingress_archive_failures_total
+{reason="dropped"}`). A put that fails otherwise (a refusal, a bug), or is still failing at close, is logged and
+counted (`reason="failed"`, one per webhook in the segment). At most `max_puts` segment puts run at once; a full
+segment waiting for a slot stays inside the `max_bytes` bound.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from typing import Any
 import msgspec
 
 from wabridge.engine.object_keys import archive_segment_key
-from wabridge.engine.ports import WEBHOOKS_BUCKET
+from wabridge.engine.ports import WEBHOOKS_BUCKET, BackendUnavailable
 
 log = logging.getLogger("wabridge.ingress")
 
@@ -41,7 +45,9 @@ FLUSH_INTERVAL = 1.0  # s: the longest a body waits in memory before its segment
 MAX_BYTES = 16 << 20  # buffered + being put (~3 s of 10k/s webhooks); beyond it bodies are dropped (counted)
 MAX_PUTS = 4  # segment puts at once
 TICKS = 20  # due segments are looked for this often per flush interval: fine enough to keep their puts spread
-PUT_TIMEOUT = 30.0  # s one segment put may take before it counts as failed
+PUT_TIMEOUT = 30.0  # s one segment put may take before it is tried again
+RETRY_BACKOFF = (0.5, 1.0, 2.0, 5.0)  # s between tries of a segment while the object store is down
+RETRY_EVERY = RETRY_BACKOFF[-1]
 KEY_SEPARATOR = "#"
 
 
@@ -117,6 +123,7 @@ class ArchiveWriter:
         flush_interval: float = FLUSH_INTERVAL,
         max_bytes: int = MAX_BYTES,
         max_puts: int = MAX_PUTS,
+        retry_backoff: tuple[float, ...] = RETRY_BACKOFF,
     ) -> None:
         self._objects = objects
         self._on_failure = on_failure  # (reason, webhooks): the ingress's counter, without importing it here
@@ -124,6 +131,7 @@ class ArchiveWriter:
         self._flush_interval = flush_interval
         self._max_bytes = max_bytes
         self._put_slots = asyncio.Semaphore(max_puts)
+        self._retry_backoff = retry_backoff
         self._open: dict[str, _Segment] = {}  # tenant id → its segment being filled
         self._bytes = 0  # buffered + being put
         self._puts: set[asyncio.Task[None]] = set()
@@ -203,18 +211,35 @@ class ArchiveWriter:
     async def _put_segment(self, segment: _Segment) -> None:
         data = b"".join(segment.lines)
         segment.lines = []
+        tries = 0
         try:
-            async with self._put_slots:
-                async with asyncio.timeout(PUT_TIMEOUT):
-                    await self._objects.put(
-                        WEBHOOKS_BUCKET, segment.key, data, content_type="application/x-ndjson",
-                        metadata={"tenant-id": segment.tenant_id},
-                    )
+            while True:
+                try:
+                    async with self._put_slots:
+                        async with asyncio.timeout(PUT_TIMEOUT):
+                            await self._objects.put(
+                                WEBHOOKS_BUCKET, segment.key, data, content_type="application/x-ndjson",
+                                metadata={"tenant-id": segment.tenant_id},
+                            )
+                    if tries:
+                        log.info("archive segment %s put after %d failed tries", segment.key, tries)
+                    return
+                except (BackendUnavailable, TimeoutError) as exc:  # the store is down or slow: it comes back
+                    if not tries:
+                        log.warning("archive segment %s: %s; trying again", segment.key, exc.__class__.__name__)
+                    await asyncio.sleep(self._retry_backoff[min(tries, len(self._retry_backoff) - 1)])
+                    tries += 1
+        except asyncio.CancelledError:  # closing with the store still down
+            self._failed(segment, data, "still failing at close")
+            raise
         except Exception as exc:  # counted and logged: an archive never decides an answer
-            self._on_failure("failed", data.count(b"\n"))
-            log.error("archive segment %s failed: %s", segment.key, exc.__class__.__name__)
+            self._failed(segment, data, exc.__class__.__name__)
         finally:
             self._bytes -= segment.size
+
+    def _failed(self, segment: _Segment, data: bytes, why: str) -> None:
+        self._on_failure("failed", data.count(b"\n"))
+        log.error("archive segment %s failed: %s", segment.key, why)
 
     def _dropped(self, webhook_id: str) -> None:
         self._on_failure("dropped", 1)
