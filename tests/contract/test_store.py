@@ -84,6 +84,29 @@ async def raw_tenant_rows(store: Store) -> list[str]:
 # --- schema ---
 
 
+@pytest.mark.servers
+async def test_postgres_commits_wait_for_their_wal_even_on_a_server_that_would_not(server_settings):
+    """A tracking row's commit is what the queue ack waits for: it must survive the server being killed. The test
+    server runs with `synchronous_commit=off`; the store's own sessions turn it back on."""
+    import asyncpg
+
+    assert server_settings.database_url is not None
+    plain = await asyncpg.connect(server_settings.database_url.reveal())
+    try:
+        server_default = await plain.fetchval("SHOW synchronous_commit")
+    finally:
+        await plain.close()
+    if server_default != "off":
+        pytest.skip(f"this server commits synchronously already ({server_default}): nothing to show")
+    store = PostgresStore(server_settings)
+    await store.open()
+    try:
+        async with store._conn() as conn:
+            assert await conn.fetchval("SHOW synchronous_commit") == "on"
+    finally:
+        await store.close()
+
+
 async def test_migrate_twice_keeps_the_schema_and_the_data(store):
     await store.put_tenant(tenant())
     latest = len(MIGRATIONS)

@@ -52,7 +52,12 @@ COMMAND_TIMEOUT = 10.0
 # tenant), that plan was a sequential scan + hash join, kept as the tables grew: in the bench, 552 sequential scans
 # of message_tracking in 3 s (4.0M rows read) at 1,000 msgs/s, the server at 0.45 cores. Planned per call: 1 scan,
 # 0.17 cores. Planning these statements costs ~0.1 ms each; none of them is run often enough for that to matter.
-SESSION_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
+#
+# Commits wait for their WAL, whatever the server's default: a queue message is acked once its tracking row is
+# committed, and a server set to `synchronous_commit=off` (the throwaway test servers are) lost 2–3 such rows, of
+# messages Genesys already had, when it was killed under load (a chaos run, session 7); a redelivery or a replay
+# would have sent them again. With `on`, 0. The tracking writes are batched, so the wait is paid per batch.
+SESSION_SETTINGS = {"plan_cache_mode": "force_custom_plan", "synchronous_commit": "on"}
 MIGRATION_LOCK = 0x77616272  # "wabr": one migrator at a time across processes
 
 # --- tenants: the sealed form both stores keep --------------------------------------------------------------------
