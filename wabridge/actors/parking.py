@@ -37,8 +37,10 @@ A queue delivery the actor hands back while its tenant is parked (an outage that
 every parked row: the router hands a tenant's deliveries to its actor only while it is not parked. Through the queue
 it would come back behind the rows, so the actor gives it to `take_back` instead, and it is fed again ahead of them,
 in the order handed back, still unacked on the queue (`HeldBack`); the episode's fence stays until it is settled, so
-a crash meanwhile returns it to the queue ahead of the fence. One handed back to the queue just before its tenant
-was parked comes back as a redelivery, and the router gives it to `take_back` as well.
+a crash meanwhile returns it to the queue ahead of the fence. One this worker handed back to the queue just before
+its tenant was parked is remembered (`returning`), and when the queue brings it back, the router gives it to
+`take_back` as well. Not every redelivery: after a crash or a lost channel the queue also redelivers messages that
+were never parked and are newer than the rows; those are parked behind them as usual.
 
 Ownership follows the shard: parked rows are fed by whichever worker is the shard's active consumer. A worker learns
 it is active from a delivery, so the router loads the shard's parked tenants before routing its first delivery. A
@@ -72,6 +74,7 @@ FEED_BATCH = 256  # parked rows read at once
 PARK_BATCH = 1000  # rows written at once
 POKE_EVERY = 30.0  # s between looks for parked rows nobody feeds
 POKE_PREFIX = "wabridge-poke:"  # message id of a poke (the ingress's ids are `<webhook id>:<tenant id>`)
+MAX_RETURNING = 10_000  # hand-backs remembered until the queue brings them back (the oldest forgotten first)
 
 _parked = REGISTRY.counter("wabridge_parked_total", "Queue messages parked in the store for a held-back tenant.", [])
 _pokes = REGISTRY.counter("wabridge_parking_pokes_total", "Pokes sent to shards with parked rows nobody fed.", [])
@@ -184,6 +187,7 @@ class ShardParking:
         self._redo: dict[str, deque[ParkedDelivery | HeldBack]] = {}  # handed back: fed again before the rest
         self._held_back: dict[str, set[HeldBack]] = {}  # tenant → its queue deliveries taken back, not yet settled
         self._back_settled = asyncio.Event()  # set whenever one of those is settled
+        self._returning: dict[str, None] = {}  # message ids handed back to the queue from here, not yet back
         self._writing: list[Delivery] = []  # parked, not yet written; acked on the queue once written
         self._writer: asyncio.Task[None] | None = None
         self._more = asyncio.Event()  # set after each write and hand-back: a feeder that found nothing looks again
@@ -214,16 +218,29 @@ class ShardParking:
         self._stop_waiting(tenant_id)
 
     def take_back(self, delivery: Delivery, *, redelivered: bool = False) -> bool:
-        """A queue delivery its actor hands back (or, `redelivered`, one the queue brought back after a hand-back):
-        True if its tenant is parked here, and it is then fed again ahead of the parked rows (module docstring);
-        False, and the actor hands it back to the queue (the router parks it)."""
+        """A queue delivery its actor hands back (or, `redelivered`, one the queue brought back after such a
+        hand-back): True if its tenant is parked here, and it is then fed again ahead of the parked rows (module
+        docstring); False, and it goes back to the queue, remembered until it returns."""
         tenant_id = delivery.tenant_id
-        if self._closing or tenant_id not in self._backlog or isinstance(delivery, ParkedDelivery):
+        if isinstance(delivery, ParkedDelivery):
+            return False
+        if self._closing or tenant_id not in self._backlog:
+            if not redelivered:
+                self._returning[delivery.message_id] = None
+                if len(self._returning) > MAX_RETURNING:
+                    del self._returning[next(iter(self._returning))]
             return False
         held = HeldBack(delivery, self, delivery.attempt if redelivered else delivery.attempt + 1)
         self._held_back.setdefault(tenant_id, set()).add(held)
         self._redo.setdefault(tenant_id, deque()).append(held)
         self._more.set()
+        return True
+
+    def returned(self, delivery: Delivery) -> bool:
+        """True if this worker handed the delivery back to the queue (`take_back`); forgets it."""
+        if not self._returning or delivery.message_id not in self._returning:
+            return False
+        del self._returning[delivery.message_id]
         return True
 
     def let_go(self, held: HeldBack) -> None:

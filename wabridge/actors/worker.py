@@ -196,10 +196,11 @@ class Worker:
                 await parking.load(again=True)
                 await delivery.ack()
                 continue
+            returned = parking.returned(delivery)
             if parking.holds(delivery.tenant_id):
-                # Behind what is parked already; unless handed back before (the tenant's actor had it, so it is
-                # older than every parked row) — a hand-back that raced the tenant's parking — then in front.
-                if delivery.attempt == 1 or not parking.take_back(delivery, redelivered=True):
+                # Behind what is parked already; unless its actor handed it back to the queue just before the tenant
+                # was parked (so it is older than every parked row): then in front of them.
+                if not returned or not parking.take_back(delivery, redelivered=True):
                     parking.park(delivery)
                 continue
             fence = parking.fence_awaited(delivery.tenant_id)
