@@ -22,6 +22,7 @@ from wabridge.sim import webhooks
 pytestmark = pytest.mark.anyio
 
 PREFETCH = 64  # the lanes admit half of it per tenant; the consumer holds at most this many unsettled deliveries
+CUSTOMER = "15550000001"
 
 
 class HeldRelay:
@@ -50,12 +51,14 @@ async def wait_until(condition, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
-async def publish(backends, tenant_id: str, phone_number_id: str, n: int, *, one_customer: bool = False) -> list[str]:
-    """n webhooks, each of a customer of its own (the lanes run them in parallel), or all of one customer (one lane:
-    the order the relay sees must be the queue's)."""
+async def publish(
+    backends, tenant_id: str, phone_number_id: str, n: int, *, customer: str | None = None, first: int = 0
+) -> list[str]:
+    """n webhooks, each of a customer of its own (the lanes run them in parallel), or all of `customer` (one lane:
+    the order the relay sees must be the queue's). Message ids count from `first`."""
     wamids = []
-    for i in range(n):
-        message = webhooks.message("text", wa_id="15550000001" if one_customer else f"1555{i:07d}")
+    for i in range(first, first + n):
+        message = webhooks.message("text", wa_id=customer or f"1555{i:07d}")
         body = webhooks.webhook(phone_number_id, [message])
         queued = encode_queued(QueuedWebhook(tenant_id, time.time(), "", body))
         await backends.queue.publish(tenant_id, queued, message_id=f"{tenant_id}-{i}")
@@ -356,7 +359,7 @@ async def test_a_customers_message_handed_back_is_not_overtaken_by_the_ones_take
     tenant_id = "campaign"
     async with opened_backends(settings) as backends:
         await backends.store.put_tenant(tenant(tenant_id, ("100000000001",), "s1"))
-        wamids = await publish(backends, tenant_id, "100000000001", PREFETCH, one_customer=True)
+        wamids = await publish(backends, tenant_id, "100000000001", PREFETCH, customer=CUSTOMER)
         relay = OutageRelay(tenant_id)
         async with running_worker(backends, relay):
             await wait_until(lambda: relay.count(tenant_id) == 1)
@@ -379,7 +382,7 @@ async def test_deliveries_handed_back_while_their_tenant_is_parked_go_back_in_fr
     held_id, shard = "campaign", 0
     async with opened_backends(settings) as backends:
         await backends.store.put_tenant(tenant(held_id, ("100000000001",), "s1"))
-        wamids = await publish(backends, held_id, "100000000001", 2 * PREFETCH, one_customer=True)
+        wamids = await publish(backends, held_id, "100000000001", 2 * PREFETCH, customer=CUSTOMER)
         relay = OutageRelay(held_id)
         async with running_worker(backends, relay):
             await wait_until(lambda: relay.count(held_id) == 1)
@@ -391,3 +394,70 @@ async def test_deliveries_handed_back_while_their_tenant_is_parked_go_back_in_fr
             await wait_until_async(lambda: backends.store.parking_fences(shard), {})
         assert relay.failed
         assert relay.delivered == wamids, "in order, each once"
+
+
+class FailFirstRelay(HeldRelay):
+    """The held tenant's first message fails at once; every later one waits for `release`."""
+
+    def __init__(self, held_tenant: str) -> None:
+        super().__init__(held_tenant)
+        self.delivered: list[str] = []
+
+    async def relay(self, tenant, inbound, received_at, *, replay: bool = False) -> str:
+        if tenant.tenant_id == self.held_tenant and not self.relayed:
+            self.relayed.append((tenant.tenant_id, inbound.route.wamid))
+            raise ConnectionError("S3 down for longer than the outage hold")
+        await super().relay(tenant, inbound, received_at, replay=replay)
+        self.delivered.append(inbound.route.wamid)
+        return "delivered"
+
+
+async def hand_back_just_before_parking(settings: Settings):
+    """A customer's first message fails while its tenant is not parked: it and the customer's next ones go back to
+    the queue. The first comes back and is held, another customer's messages fill the tenant's hold, the tenant is
+    parked, and with it the first customer's later messages, all inside the consumer's window (64); only then do the
+    handed-back ones come back. Returns the relay, the first customer's messages in order, the other's, and the
+    dead letters."""
+    held_id, shard, other = "campaign", 0, "15550000002"
+    async with opened_backends(settings) as backends:
+        await backends.store.put_tenant(tenant(held_id, ("100000000001",), "s1"))
+        first = await publish(backends, held_id, "100000000001", 10, customer=CUSTOMER)
+        others = await publish(backends, held_id, "100000000001", 40, customer=other, first=10)
+        first += await publish(backends, held_id, "100000000001", 10, customer=CUSTOMER, first=50)
+        others += await publish(backends, held_id, "100000000001", 2 * PREFETCH, customer=other, first=60)
+        relay = FailFirstRelay(held_id)
+        async with running_worker(backends, relay):
+            parked = await wait_until_stable(lambda: backends.store.parked_tenants(shard))
+            assert parked[held_id] > PREFETCH, parked
+            relay.release.set()
+            await wait_until(lambda: len(relay.delivered) == len(first + others), timeout=30)
+            await wait_until_async(lambda: backends.store.parked_tenants(shard), {})
+        return relay, first, others, await backends.queue.dead_letters(limit=10)
+
+
+async def test_messages_handed_back_to_the_queue_just_before_their_tenant_is_parked_come_back_in_front(
+    any_settings: Settings, monkeypatch
+) -> None:
+    """...of the rows parked meanwhile: they were taken before every one of them. Each customer's messages arrive in
+    order, each once."""
+    monkeypatch.setattr("wabridge.actors.worker.PARK_AFTER", 0.2)
+    settings = any_settings.replace(mailbox_size=2, metrics_port=0, shards=1)
+    relay, first, others, dead = await hand_back_just_before_parking(settings)
+    assert [w for w in relay.delivered if w in first] == first, "in order, each once"
+    assert [w for w in relay.delivered if w in others] == others
+    assert dead == []
+
+
+async def test_a_blocked_customer_whose_failed_message_comes_back_behind_the_others_loses_none_of_them(
+    embedded_settings: Settings, monkeypatch
+) -> None:
+    """Should the failed message come back behind the customer's later ones (here: the worker forgets it handed it
+    back, so it is parked at the end), those would go back again and again while the customer waits for it, and end
+    dead-lettered. Each waits until its last attempt at most: all are delivered, each once, none dead-lettered."""
+    monkeypatch.setattr("wabridge.actors.worker.PARK_AFTER", 0.2)
+    monkeypatch.setattr("wabridge.actors.parking.ShardParking.returned", lambda self, delivery: False)
+    settings = embedded_settings.replace(mailbox_size=2, metrics_port=0, shards=1)
+    relay, first, others, dead = await hand_back_just_before_parking(settings)
+    assert sorted(w for w in relay.delivered if w in first) == sorted(first), "each once"
+    assert [w for w in relay.delivered if w in others] == others
+    assert dead == []

@@ -39,8 +39,9 @@ it would come back behind the rows, so the actor gives it to `take_back` instead
 in the order handed back, still unacked on the queue (`HeldBack`); the episode's fence stays until it is settled, so
 a crash meanwhile returns it to the queue ahead of the fence. One this worker handed back to the queue just before
 its tenant was parked is remembered (`returning`), and when the queue brings it back, the router gives it to
-`take_back` as well. Not every redelivery: after a crash or a lost channel the queue also redelivers messages that
-were never parked and are newer than the rows; those are parked behind them as usual.
+`take_back` as well (up to `hold_back_limit` at once: these had left the shard's window, and must not fill it). Not
+every redelivery: after a crash or a lost channel the queue also redelivers messages that were never parked and are
+newer than the rows; those are parked behind them as usual.
 
 Ownership follows the shard: parked rows are fed by whichever worker is the shard's active consumer. A worker learns
 it is active from a delivery, so the router loads the shard's parked tenants before routing its first delivery. A
@@ -175,8 +176,14 @@ class HeldBack:
 class ShardParking:
     """The parked tenants of one shard, in one worker: written by the shard's router, fed by one task per tenant."""
 
-    def __init__(self, shard: int, store: Store, queue: Queue, tenants: Registry[str], *, delivery_limit: int) -> None:
+    def __init__(
+        self, shard: int, store: Store, queue: Queue, tenants: Registry[str], *, delivery_limit: int,
+        hold_back_limit: int = 1024,
+    ) -> None:
         self.shard = shard
+        # Queue deliveries taken back from the queue's redeliveries stay unacked in memory, in the shard's window:
+        # at most this many, so that they can never fill it and hold up the shard's other tenants.
+        self._hold_back_limit = hold_back_limit
         self._store = store
         self._queue = queue
         self.tenants = tenants
@@ -224,7 +231,8 @@ class ShardParking:
         tenant_id = delivery.tenant_id
         if isinstance(delivery, ParkedDelivery):
             return False
-        if self._closing or tenant_id not in self._backlog:
+        full = redelivered and sum(map(len, self._held_back.values())) >= self._hold_back_limit
+        if self._closing or tenant_id not in self._backlog or full:
             if not redelivered:
                 self._returning[delivery.message_id] = None
                 if len(self._returning) > MAX_RETURNING:

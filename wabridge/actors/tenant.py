@@ -46,7 +46,8 @@ Job = tuple[TenantConfig, Inbound, float, str, int]  # ..., and the delivery's m
 # A customer blocked by a failure waits for the failed delivery to come back (see `_relay_job`): from the queue in
 # milliseconds to seconds (behind what the worker prefetched), from parking at once. Each message of the customer
 # taken meanwhile goes back too, spending one of its attempts; should the failed one not come back (the shard moved
-# to another worker, say), the lane runs again after this long rather than wear out the customer's next messages.
+# to another worker, say, or it came back behind them), the lane runs again after this long, or as soon as one of
+# them is on its last attempt while the failed one is not, rather than wear out the customer's next messages.
 BLOCK_FOR = 60.0  # s
 
 
@@ -155,12 +156,16 @@ class TenantActor(Actor):
         if blocked is not None:
             if message_id == blocked[0] and attempt > blocked[1]:
                 del self._blocked[sender_id]  # the failed one is back: the lane runs again from it
-            elif time.monotonic() < blocked[2]:
+            elif time.monotonic() < blocked[2] and (attempt < self._delivery_limit or blocked[1] >= attempt):
+                # Waits; on its last attempt only beside a failed one on its own last attempt: both are then
+                # dead-lettered, and `wabridge replay` sends them again in order.
                 raise CustomerBlocked("an earlier message of this customer is unfinished")  # no wa_id in logs
             else:
+                # The failed one will come back, but after this one's last attempt: delivered out of order beats
+                # dead-lettered for waiting.
                 del self._blocked[sender_id]
-                self.log.warning("delivery %s did not come back in %.0f s: its customer's lane runs again",
-                                 blocked[0], BLOCK_FOR)  # fmt: skip
+                self.log.warning("delivery %s did not come back (%s at attempt %d): its customer's lane runs again",
+                                 blocked[0], message_id, attempt)  # fmt: skip
         try:
             return await hold_through_outage(
                 lambda: self._relay.relay(tenant, inbound, received_at), hold_for=self._outage_hold,

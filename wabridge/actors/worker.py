@@ -149,7 +149,7 @@ class Worker:
             self._parking = parking = {
                 shard: ShardParking(
                     shard, self.backends.store, self.backends.queue, tenants,
-                    delivery_limit=self._settings.delivery_limit,
+                    delivery_limit=self._settings.delivery_limit, hold_back_limit=max(self.prefetch // 4, 1),
                 )
                 for shard in self._routers
             }  # fmt: skip
