@@ -5,6 +5,7 @@ bridge's own files and do not go down on their own."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import pytest
@@ -106,6 +107,41 @@ async def test_postgresql_down_holds_messages_unacked_and_delivers_them_once_it_
         received = await delivered_wamids(genesys)
         assert [w for w in received if w in accepted] == accepted
         assert len(received) == len(set(received)), "nothing delivered twice"
+    finally:
+        await bridge.aclose()
+
+
+async def test_postgresql_down_past_the_hold_sends_deliveries_back_and_the_bridge_lives_to_deliver_them(
+    server_settings: Settings, genesys: Genesys, meta: MetaSim, proxy_factory, tmp_path
+) -> None:
+    """PostgreSQL stays down longer than the worker may hold a message (`outage_hold` 1 s here) and than the tenant
+    directory trusts its in-process copy (5 s): every attempt of each delivery meets the outage at the tenant's
+    lookup. They go back to the queue and end in the dead letters; the bridge must keep running (each one used to
+    crash its tenant actor, and a dozen crashes stopped the worker), and replay delivers them once it is back."""
+    assert server_settings.database_url is not None
+    proxy, url = await proxy_factory(server_settings.database_url.reveal())
+    bridge = await start_bridge(server_settings, genesys, meta, tmp_path, database_url=Secret(url), outage_hold=1)
+    try:
+        await bridge.wait_tracked(await bridge.send(*texts(1)))
+        proxy.cut()
+        await asyncio.sleep(6)  # past the directory's in-process copy of the tenant
+        accepted = [
+            message["id"] for message in texts(3, wa_id="15550000031")
+            if await bridge.post(webhooks.webhook(PHONE_NUMBER_ID, [message]), timeout=20) == 200
+        ]  # fmt: skip
+        assert accepted, "the broker took them"
+        deadline = time.monotonic() + 90  # 3 attempts each, the tenant's lookup held ~1.7 s each time
+        while await worker_counter(bridge, "wabridge_dead_letters_total") < len(accepted):
+            assert time.monotonic() < deadline, "not dead-lettered by the worker"
+            await asyncio.sleep(0.5)
+        assert bridge.process.returncode is None, bridge.stderr()[-3000:]
+        proxy.restore()
+        status, out, err = await bridge.cli("replay", "--status", "dead-lettered", timeout=120)
+        assert status == 0, err
+        rows = await bridge.wait_tracked(accepted, timeout=90)
+        assert [rows[w].status for w in accepted] == ["delivered"] * len(accepted)
+        received = await delivered_wamids(genesys)
+        assert [w for w in received if w in accepted] == accepted, "each once, in order"
     finally:
         await bridge.aclose()
 

@@ -119,9 +119,18 @@ class TenantActor(Actor):
             self.log.error("unreadable queue message %s dead-lettered: %s", delivery.message_id, exc)
             await delivery.dead_letter(f"unreadable: {exc}")
             return
-        tenant = await hold_through_outage(
-            lambda: self._directory.by_id(self.tenant_id), hold_for=self._outage_hold, give_up=self._giving_up
-        )
+        try:
+            tenant = await hold_through_outage(
+                lambda: self._directory.by_id(self.tenant_id), hold_for=self._outage_hold, give_up=self._giving_up
+            )
+        except BackendUnavailable as exc:
+            # The store stayed down past the hold: the delivery goes back (or, on its last attempt, to the dead
+            # letters) like any unfinished one. Raised, it crashed this actor, and a few such crashes in a row made
+            # the worker's supervisor give up and stop the process (a chaos run, session 7).
+            failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            await self._settle(delivery, [(failed, r) for r in results if type(r) is Inbound] or [(failed, None)])
+            return
         if tenant is None:
             await self._unrouted(delivery, results)
             return
