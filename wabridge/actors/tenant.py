@@ -41,7 +41,9 @@ _inbound, _skipped, _statuses = (_items.labels(k) for k in ("message", "skipped"
 _handed_back = REGISTRY.counter("wabridge_queue_retries_total", "Queue messages handed back for redelivery.", [])
 _dead = REGISTRY.counter("wabridge_dead_letters_total", "Queue messages moved to the dead-letter queue.", [])
 
-Job = tuple[TenantConfig, Inbound, float, str, int]  # ..., and the delivery's message id and attempt
+# (the tenant, or the outage that kept its lookup from answering; the message; received at; the delivery's message id
+# and attempt)
+Job = tuple["TenantConfig | BackendUnavailable", Inbound, float, str, int]
 
 # A customer blocked by a failure waits for the failed delivery to come back (see `_relay_job`): from the queue in
 # milliseconds to seconds (behind what the worker prefetched), from parking at once. Each message of the customer
@@ -119,18 +121,18 @@ class TenantActor(Actor):
             self.log.error("unreadable queue message %s dead-lettered: %s", delivery.message_id, exc)
             await delivery.dead_letter(f"unreadable: {exc}")
             return
+        tenant: TenantConfig | BackendUnavailable | None
         try:
             tenant = await hold_through_outage(
                 lambda: self._directory.by_id(self.tenant_id), hold_for=self._outage_hold, give_up=self._giving_up
             )
         except BackendUnavailable as exc:
-            # The store stayed down past the hold: the delivery goes back (or, on its last attempt, to the dead
-            # letters) like any unfinished one. Raised, it crashed this actor, and a few such crashes in a row made
-            # the worker's supervisor give up and stop the process (a chaos run, session 7).
-            failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            failed.set_exception(exc)
-            await self._settle(delivery, [(failed, r) for r in results if type(r) is Inbound] or [(failed, None)])
-            return
+            # The store stayed down past the hold. Each message fails in its customer's lane (`_relay_job`), behind
+            # the customer's earlier ones, and the delivery goes back like any unfinished one. Raised from here, it
+            # crashed this actor, and a few such crashes in a row made the worker's supervisor give up and stop the
+            # process; handed back from here, it went back to the queue ahead of older messages still in the lanes
+            # (chaos runs, session 7).
+            tenant = exc
         if tenant is None:
             await self._unrouted(delivery, results)
             return
@@ -176,6 +178,8 @@ class TenantActor(Actor):
                 self.log.warning("delivery %s did not come back (%s at attempt %d): its customer's lane runs again",
                                  blocked[0], message_id, attempt)  # fmt: skip
         try:
+            if isinstance(tenant, BackendUnavailable):
+                raise BackendUnavailable(tenant.port, "the tenant's lookup outlasted the outage hold") from tenant
             return await hold_through_outage(
                 lambda: self._relay.relay(tenant, inbound, received_at), hold_for=self._outage_hold,
                 give_up=self._giving_up,
