@@ -118,7 +118,7 @@ async def test_segments_put_while_s3_is_down_are_put_once_it_is_back_and_nothing
     webhooks, named objects never written). They wait, inside the memory bound, and are put when S3 answers again."""
     s3, proxy = proxied_s3
     failures: Counter[str] = Counter()
-    archive = writer(s3, failures, flush_interval=0.1, retry_backoff=(0.05, 0.2))
+    archive = writer(s3, failures, flush_interval=0.1)
     proxy.cut()
     keys = [archive.append("acme", f"w{n}", DAY, BODY) for n in range(3)]
     await asyncio.sleep(1.0)  # due, tried, failed, waiting
@@ -134,7 +134,7 @@ async def test_segments_put_while_s3_is_down_are_put_once_it_is_back_and_nothing
 async def test_a_segment_still_failing_at_close_is_counted_once_per_webhook(proxied_s3) -> None:
     s3, proxy = proxied_s3
     failures: Counter[str] = Counter()
-    archive = writer(s3, failures, retry_backoff=(0.05,))
+    archive = writer(s3, failures)
     proxy.cut()
     for n in range(3):
         assert archive.append("acme", f"w{n}", DAY, BODY)

@@ -13,7 +13,8 @@ together), whichever first, and at close. A webhook's archive key is `{segment k
 (`QueuedWebhook.archive_key`); `read_archived()` finds the body again.
 
 Best-effort, as before: appending never waits and never fails the answer. A put that finds the object store down
-(or not answering in PUT_TIMEOUT) is tried again, backing off up to RETRY_EVERY, for as long as the ingress runs:
+(or not answering in PUT_TIMEOUT) is held through the outage (`engine.outage`: tried again, backing off to 5 s)
+for as long as the ingress runs:
 its bytes stay inside the `max_bytes` bound meanwhile, so an outage of up to that much traffic (~16 MB: a minute at
 500 webhooks/s) costs the archive nothing, and the archive keys already queued find their segments once it is
 back. Beyond the bound, new bodies are dropped and counted (`wabridge_ingress_archive_failures_total
@@ -27,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import math
 import os
 import random
 import time
@@ -36,6 +38,7 @@ from typing import Any
 import msgspec
 
 from wabridge.engine.object_keys import archive_segment_key
+from wabridge.engine.outage import hold_through_outage
 from wabridge.engine.ports import WEBHOOKS_BUCKET, BackendUnavailable
 
 log = logging.getLogger("wabridge.ingress")
@@ -46,8 +49,6 @@ MAX_BYTES = 16 << 20  # buffered + being put (~3 s of 10k/s webhooks); beyond it
 MAX_PUTS = 4  # segment puts at once
 TICKS = 20  # due segments are looked for this often per flush interval: fine enough to keep their puts spread
 PUT_TIMEOUT = 30.0  # s one segment put may take before it is tried again
-RETRY_BACKOFF = (0.5, 1.0, 2.0, 5.0)  # s between tries of a segment while the object store is down
-RETRY_EVERY = RETRY_BACKOFF[-1]
 KEY_SEPARATOR = "#"
 
 
@@ -123,7 +124,6 @@ class ArchiveWriter:
         flush_interval: float = FLUSH_INTERVAL,
         max_bytes: int = MAX_BYTES,
         max_puts: int = MAX_PUTS,
-        retry_backoff: tuple[float, ...] = RETRY_BACKOFF,
     ) -> None:
         self._objects = objects
         self._on_failure = on_failure  # (reason, webhooks): the ingress's counter, without importing it here
@@ -131,7 +131,6 @@ class ArchiveWriter:
         self._flush_interval = flush_interval
         self._max_bytes = max_bytes
         self._put_slots = asyncio.Semaphore(max_puts)
-        self._retry_backoff = retry_backoff
         self._open: dict[str, _Segment] = {}  # tenant id → its segment being filled
         self._bytes = 0  # buffered + being put
         self._puts: set[asyncio.Task[None]] = set()
@@ -211,24 +210,20 @@ class ArchiveWriter:
     async def _put_segment(self, segment: _Segment) -> None:
         data = b"".join(segment.lines)
         segment.lines = []
-        tries = 0
-        try:
-            while True:
+
+        async def put() -> None:  # a slot per try, not held while waiting for the store to come back
+            async with self._put_slots:
                 try:
-                    async with self._put_slots:
-                        async with asyncio.timeout(PUT_TIMEOUT):
-                            await self._objects.put(
-                                WEBHOOKS_BUCKET, segment.key, data, content_type="application/x-ndjson",
-                                metadata={"tenant-id": segment.tenant_id},
-                            )
-                    if tries:
-                        log.info("archive segment %s put after %d failed tries", segment.key, tries)
-                    return
-                except (BackendUnavailable, TimeoutError) as exc:  # the store is down or slow: it comes back
-                    if not tries:
-                        log.warning("archive segment %s: %s; trying again", segment.key, exc.__class__.__name__)
-                    await asyncio.sleep(self._retry_backoff[min(tries, len(self._retry_backoff) - 1)])
-                    tries += 1
+                    async with asyncio.timeout(PUT_TIMEOUT):
+                        await self._objects.put(
+                            WEBHOOKS_BUCKET, segment.key, data, content_type="application/x-ndjson",
+                            metadata={"tenant-id": segment.tenant_id},
+                        )
+                except TimeoutError as exc:  # slow is down, for an archive: tried again like any outage
+                    raise BackendUnavailable("objects", f"put took over {PUT_TIMEOUT:.0f} s") from exc
+
+        try:
+            await hold_through_outage(put, hold_for=math.inf, what=f"archive segment {segment.key}")
         except asyncio.CancelledError:  # closing with the store still down
             self._failed(segment, data, "still failing at close")
             raise

@@ -59,11 +59,11 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from wabridge.actors.relay import hold_through_outage
 from wabridge.actors.tenant import Settled
 from wabridge.engine.logs import get_logger
 from wabridge.engine.mailbox import MailboxClosed
 from wabridge.engine.metrics import REGISTRY
+from wabridge.engine.outage import hold_through_outage
 from wabridge.engine.ports import BackendUnavailable, Delivery, ParkedMessage, Queue, Store
 from wabridge.engine.registry import Registry
 

@@ -16,10 +16,7 @@ so `wabridge replay` can send it again.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
 from wabridge.actors.delivery import DeliveryFailed, GenesysDelivery
 from wabridge.actors.media import MediaFetcher
@@ -29,6 +26,7 @@ from wabridge.codecs.results import Inbound, pack_result
 from wabridge.codecs.transform import encode_genesys
 from wabridge.engine.logs import get_logger
 from wabridge.engine.metrics import REGISTRY
+from wabridge.engine.outage import hold_through_outage
 from wabridge.engine.ports import BackendUnavailable, Store, TenantConfig, TrackingRecord, TrackingStatus
 
 log = get_logger("relay")
@@ -41,40 +39,6 @@ OUTCOMES = REGISTRY.counter("wabridge_deliveries_total", "Customer messages by o
 _delivered, _failed, _duplicate = (OUTCOMES.labels(o) for o in ("delivered", "failed", "duplicate"))
 _media_notices = REGISTRY.counter("wabridge_media_notices_total", "Media replaced by a text notice.", ["reason"])
 _latency = REGISTRY.histogram("wabridge_relay_seconds", "From webhook receipt to tracked delivery.", [])
-_holds = REGISTRY.counter("wabridge_outage_holds_total", "Retries of a step while a backend was down.", ["port"])
-
-# How long one message is held in place through a backend outage before it is handed back to the queue. Handing it
-# back at once burnt the queue's 3 attempts in ~30 ms of a PostgreSQL outage and dead-lettered every message in
-# flight (found by tests/e2e/test_backend_outages.py); holding keeps it unacked, and its customer's lane waits with
-# it, so order is kept. Bounded: RabbitMQ closes a channel whose delivery stays unacked past its consumer timeout
-# (30 min by default), and a drain must not wait on an outage. The tenant actor's holds (before anything left the
-# bridge) take theirs from the `outage_hold` setting; this default is for the holds after Genesys has the message.
-HOLD_FOR = 300.0  # s
-HOLD_BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)  # s between tries, the last one repeated
-
-T = TypeVar("T")
-
-
-async def hold_through_outage(
-    step: Callable[[], Awaitable[T]], *, hold_for: float = HOLD_FOR, give_up: Callable[[], bool] = lambda: False
-) -> T:
-    """`await step()`, tried again while it raises BackendUnavailable, for up to `hold_for` seconds or until
-    `give_up()` (a drain); then the last BackendUnavailable propagates."""
-    deadline = time.monotonic() + hold_for
-    tries = 0
-    while True:
-        try:
-            return await step()
-        except BackendUnavailable as exc:
-            if give_up() or time.monotonic() >= deadline:
-                raise
-            _holds.labels(exc.port).inc()
-            if tries == 0:
-                log.warning("holding a message through an outage: %s", exc)
-            await asyncio.sleep(HOLD_BACKOFF[min(tries, len(HOLD_BACKOFF) - 1)])
-            tries += 1
-
-
 class Relay:
     def __init__(
         self,

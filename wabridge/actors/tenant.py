@@ -4,7 +4,7 @@ It takes the queue deliveries of its tenant in shard order, turns each webhook i
 (codecs.transform) and puts every customer message into that customer's ordering lane (engine.lanes): one
 customer's messages reach Genesys strictly in the order they were sent, different customers in parallel up to
 `tenant_concurrency`. A delivery is acked once all of its messages are tracked. A backend outage holds the message
-in place (relay.hold_through_outage: retried, still unacked) rather than spend one of the queue's few attempts on
+in place (engine.outage.hold_through_outage: retried, still unacked) rather than spend one of the queue's few attempts on
 it; if a message still cannot be tracked (the outage outlasts the hold, the process is draining), its delivery is
 handed back to the queue and comes again — the relay's
 de-duplication makes the already-delivered ones `duplicate`s instead of second deliveries.
@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from wabridge.actors.relay import Relay, hold_through_outage
+from wabridge.actors.relay import Relay
 from wabridge.actors.tenants import TenantDirectory
 from wabridge.actors.tracking import TrackingWriter
 from wabridge.codecs.results import Inbound, Skipped, StatusUpdate, pack_result
@@ -34,6 +34,7 @@ from wabridge.engine.actor import Actor
 from wabridge.engine.lanes import Lanes
 from wabridge.engine.logs import get_logger
 from wabridge.engine.metrics import REGISTRY
+from wabridge.engine.outage import hold_through_outage
 from wabridge.engine.ports import BackendUnavailable, Delivery, TenantConfig, TrackingRecord, TrackingStatus
 
 _items = REGISTRY.counter("wabridge_webhook_items_total", "Webhook items seen by the workers, by kind.", ["kind"])
