@@ -154,21 +154,18 @@ class HeldBack:
         return f"HeldBack({self._delivery!r}, attempt={self.attempt})"
 
     async def ack(self) -> None:
-        try:
-            await self._delivery.ack()
-        finally:
-            self._lot.let_go(self)
+        await self._settled_by(self._delivery.ack())
 
     async def dead_letter(self, reason: str) -> None:
-        try:
-            await self._delivery.dead_letter(reason)
-        finally:
-            self._lot.let_go(self)
+        await self._settled_by(self._delivery.dead_letter(reason))
 
     async def retry(self) -> None:
         """No longer parked (`take_back` refused it): back to the queue."""
+        await self._settled_by(self._delivery.retry())
+
+    async def _settled_by(self, settling: Awaitable[None]) -> None:
         try:
-            await self._delivery.retry()
+            await settling
         finally:
             self._lot.let_go(self)
 

@@ -4,10 +4,10 @@ It takes the queue deliveries of its tenant in shard order, turns each webhook i
 (codecs.transform) and puts every customer message into that customer's ordering lane (engine.lanes): one
 customer's messages reach Genesys strictly in the order they were sent, different customers in parallel up to
 `tenant_concurrency`. A delivery is acked once all of its messages are tracked. A backend outage holds the message
-in place (engine.outage.hold_through_outage: retried, still unacked) rather than spend one of the queue's few attempts on
-it; if a message still cannot be tracked (the outage outlasts the hold, the process is draining), its delivery is
-handed back to the queue and comes again — the relay's
-de-duplication makes the already-delivered ones `duplicate`s instead of second deliveries.
+in place (engine/outage.py: retried, still unacked) rather than spend one of the queue's few attempts on it; if a
+message still cannot be tracked (the outage outlasts the hold, the process is draining), its delivery is handed back
+to the queue and comes again — the relay's de-duplication makes the already-delivered ones `duplicate`s instead of
+second deliveries.
 
 On the queue's last attempt (`delivery_limit`) a delivery with unfinished messages is not handed back: each
 unfinished message is tracked `dead-lettered` with its payload, so it shows in tracking and `wabridge replay` can
