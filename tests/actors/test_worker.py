@@ -12,6 +12,7 @@ import pytest
 
 from tests.actors.test_ingress import opened_backends, tenant
 from wabridge.actors.parking import _parked, _parked_tenants, _pokes
+from wabridge.actors.tenant import TenantActor
 from wabridge.actors.worker import Worker
 from wabridge.codecs.routing import QueuedWebhook, encode_queued
 from wabridge.engine.drain import Shutdown
@@ -461,3 +462,44 @@ async def test_a_blocked_customer_whose_failed_message_comes_back_behind_the_oth
     assert sorted(w for w in relay.delivered if w in first) == sorted(first), "each once"
     assert [w for w in relay.delivered if w in others] == others
     assert dead == []
+
+
+async def test_deliveries_that_crash_their_tenant_actor_are_dead_lettered_and_stop_neither_the_worker_nor_others(
+    any_settings: Settings, monkeypatch
+) -> None:
+    """Issue 15: five poison webhooks in ten seconds made the worker's supervisor give up and `serve` exit, every
+    tenant down. Now each crash is charged to its delivery (dead-lettered on its last attempt, with the crash as the
+    reason) and to its tenant's actor (paused and restarted alone), never to the process."""
+    monkeypatch.setattr("wabridge.engine.supervisor.COOL_DOWN", (0.05, 0.2))
+    real_on_receive = TenantActor.on_receive
+
+    async def on_receive(self, delivery):
+        if getattr(delivery, "tenant_id", None) == poison_id:
+            raise OverflowError("int too large to convert to float")  # as a bug the data triggers would
+        return await real_on_receive(self, delivery)
+
+    monkeypatch.setattr(TenantActor, "on_receive", on_receive)
+    settings = any_settings.replace(metrics_port=0, shards=1)  # one shard: both tenants share its consumer
+    poison_id, healthy_id = "poisoned", "healthy"
+    async with opened_backends(settings) as backends:
+        await backends.store.put_tenant(tenant(poison_id, ("100000000001",), "s1"))
+        await backends.store.put_tenant(tenant(healthy_id, ("100000000002",), "s2"))
+        relay = HeldRelay("nobody")
+        dead: list = []
+
+        async def dead_count() -> int:
+            dead.extend(await backends.queue.dead_letters(limit=1000))
+            return len(dead)
+
+        async with running_worker(backends, relay):
+            await publish(backends, poison_id, "100000000001", 8)
+            healthy = await publish(backends, healthy_id, "100000000002", 20, first=100)
+            await wait_until_async(dead_count, lambda n: n >= 8, timeout=60)
+            later = await publish(backends, healthy_id, "100000000002", 5, first=200)
+            # Published after the crashes: a worker that had given up would never take them.
+            await wait_until(lambda: relay.count(healthy_id) == len(healthy) + len(later), timeout=30)
+        assert sorted(d.message_id for d in dead) == sorted(f"{poison_id}-{i}" for i in range(8)), "each once"
+        assert all("OverflowError" in d.reason for d in dead), [d.reason for d in dead]
+        assert sorted(w for _, w in relay.relayed) == sorted(healthy + later), "the healthy tenant lost nothing"
+        for d in dead:
+            await d.ack()

@@ -214,3 +214,41 @@ async def test_a_failing_on_stop_after_a_clean_drain_is_logged_not_restarted(cap
         await ref.stop()
     assert ref.restarts == 0 and ref.stopped
     assert any(r.getMessage() == "on_stop failed" and r.exc_info for r in caplog.records)
+
+
+async def test_per_child_intensity_pauses_only_the_crashing_child_and_never_gives_up(monkeypatch) -> None:
+    """The worker's tenant actors: one tenant's poison messages crash its actor again and again; past its own
+    intensity it is restarted after a pause, each poison message still reaches on_failed, and a second child (another
+    tenant) goes on undisturbed. The same crashes under a shared intensity make the supervisor give up."""
+    monkeypatch.setattr("wabridge.engine.supervisor.COOL_DOWN", (0.05, 0.2))
+
+    class Tenant(Actor):
+        def __init__(self, handled: list[str]) -> None:
+            self.handled = handled
+
+        async def on_receive(self, message: str) -> None:
+            if message.startswith("poison"):
+                raise OverflowError("int too large to convert to float")
+            self.handled.append(message)
+
+    poisoned: list[str] = []
+    handled_a: list[str] = []
+    handled_b: list[str] = []
+    async with Supervisor("worker", max_restarts=2, period=10.0, per_child=True) as root:
+        a = root.spawn(lambda: Tenant(handled_a), name="tenant:a", on_failed=lambda m, e: poisoned.append(m))
+        b = root.spawn(lambda: Tenant(handled_b), name="tenant:b")
+        for i in range(6):
+            await a.tell(f"poison {i}")
+            await b.tell(f"b {i}")
+        await a.tell("a after")
+    assert poisoned == [f"poison {i}" for i in range(6)]  # each tried twice (retries=1), then handed over
+    assert handled_a == ["a after"] and handled_b == [f"b {i}" for i in range(6)]
+    assert a.restarts == 12 and b.restarts == 0
+    assert root.cooled_down > 0
+
+    with pytest.raises(SupervisorGaveUp):
+        async with Supervisor("worker", max_restarts=2, period=10.0) as shared:
+            c = shared.spawn(lambda: Tenant([]), name="tenant:c", on_failed=lambda m, e: None)
+            for i in range(6):
+                await c.tell(f"poison {i}")
+            await asyncio.sleep(0.5)

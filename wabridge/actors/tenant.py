@@ -22,14 +22,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import msgspec
-
 from wabridge.actors.relay import Relay
 from wabridge.actors.tenants import TenantDirectory
 from wabridge.actors.tracking import TrackingWriter
 from wabridge.codecs.results import Inbound, Skipped, StatusUpdate, pack_result
 from wabridge.codecs.routing import decode_queued
-from wabridge.codecs.transform import WebhookDecodeError, transform
+from wabridge.codecs.transform import transform
 from wabridge.engine.actor import Actor
 from wabridge.engine.lanes import Lanes
 from wabridge.engine.logs import get_logger
@@ -40,7 +38,7 @@ from wabridge.engine.ports import BackendUnavailable, Delivery, TenantConfig, Tr
 _items = REGISTRY.counter("wabridge_webhook_items_total", "Webhook items seen by the workers, by kind.", ["kind"])
 _inbound, _skipped, _statuses = (_items.labels(k) for k in ("message", "skipped", "status"))
 _handed_back = REGISTRY.counter("wabridge_queue_retries_total", "Queue messages handed back for redelivery.", [])
-_dead = REGISTRY.counter("wabridge_dead_letters_total", "Queue messages moved to the dead-letter queue.", [])
+DEAD_LETTERS = REGISTRY.counter("wabridge_dead_letters_total", "Queue messages moved to the dead-letter queue.", [])
 
 # (the tenant, or the outage that kept its lookup from answering; the message; received at; the delivery's message id
 # and attempt)
@@ -116,11 +114,15 @@ class TenantActor(Actor):
         try:
             queued = decode_queued(delivery.body)
             results = transform(queued.body)
-        except (msgspec.DecodeError, msgspec.ValidationError, WebhookDecodeError) as exc:
+        except Exception as exc:
             # The ingress verified and decoded this body: a queue message we cannot read will never become readable.
-            _dead.inc()
-            self.log.error("unreadable queue message %s dead-lettered: %s", delivery.message_id, exc)
-            await delivery.dead_letter(f"unreadable: {exc}")
+            # Not only the decoders' errors: the transform is total (codecs/transform.py), so anything else it raises
+            # is a bug that this body triggers, and would again on every redelivery — dead-lettered now, with the
+            # reason, rather than crash this actor three times.
+            DEAD_LETTERS.inc()
+            self.log.error("unreadable queue message %s dead-lettered: %s: %s", delivery.message_id,
+                           type(exc).__name__, str(exc)[:200])  # fmt: skip
+            await delivery.dead_letter(f"unreadable: {type(exc).__name__}: {exc}"[:300])
             return
         tenant: TenantConfig | BackendUnavailable | None
         try:
@@ -213,7 +215,7 @@ class TenantActor(Actor):
             if blocked[:2] == (delivery.message_id, delivery.attempt):
                 del self._blocked[sender_id]  # it will not come back: the messages behind it go on
         marked = await self._mark_dead_lettered([inbound for _, inbound in unfinished if inbound], delivery, reason)
-        _dead.inc()
+        DEAD_LETTERS.inc()
         self.log.error(
             "delivery %s dead-lettered: %d of %d messages unfinished (%d tracked dead-lettered), %s",
             delivery.message_id, len(unfinished), len(outcomes), marked, reason,

@@ -31,7 +31,7 @@ from wabridge.actors.parking import PARK_AFTER, POKE_EVERY, ShardParking, is_pok
 from wabridge.actors.ratelimit import RateBudget
 from wabridge.actors.relay import Relay
 from wabridge.actors.state import ConversationState
-from wabridge.actors.tenant import TenantActor
+from wabridge.actors.tenant import DEAD_LETTERS, TenantActor
 from wabridge.actors.tenants import TenantDirectory
 from wabridge.actors.tracking import TrackingWriter
 from wabridge.engine import heap
@@ -113,12 +113,21 @@ class Worker:
         except MailboxClosed:
             pass  # draining: left unsettled, it returns to the queue when the consumer stops
 
-    @staticmethod
-    def _on_failed(delivery: Any, exc: BaseException) -> None:
-        """A tenant actor crashed twice on this delivery: hand it back; the queue's delivery limit ends a poison
-        message in the dead-letter queue instead of looping forever."""
-        log.error("tenant actor failed on %r: %s: %s; handing it back", delivery, type(exc).__name__, exc)
-        task = asyncio.ensure_future(delivery.retry())
+    def _on_failed(self, delivery: Any, exc: BaseException) -> None:
+        """A tenant actor crashed twice on this delivery (a bug the data triggers): it goes back to the queue, and on
+        its last attempt to the dead-letter queue with the crash as the reason, instead of looping forever. The crash
+        is charged to this delivery and to its tenant's actor only (the supervisor is per child): never the process."""
+        if not hasattr(delivery, "dead_letter"):
+            return  # a mark (tenant.Settled), not a delivery
+        if delivery.attempt >= self._settings.delivery_limit:
+            reason = f"crashed its tenant actor: {type(exc).__name__}: {exc}"[:300]
+            DEAD_LETTERS.inc()
+            log.error("delivery %s dead-lettered: %s", delivery.message_id, reason)
+            settle = delivery.dead_letter(reason)
+        else:
+            log.error("tenant actor failed on %r: %s: %s; handing it back", delivery, type(exc).__name__, exc)
+            settle = delivery.retry()
+        task = asyncio.ensure_future(settle)
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     @contextlib.asynccontextmanager
@@ -137,7 +146,10 @@ class Worker:
             await stack.enter_async_context(serve_status(self._settings.host, self._settings.worker_metrics_port))
             consumer = await self.backends.queue.consume(self._accept, shards=self.shards, prefetch=self.prefetch)
             stack.push_async_callback(consumer.stop)
-            supervisor = await stack.enter_async_context(Supervisor("worker", max_restarts=10, period=10.0))
+            # Per child: a tenant whose data crashes its actor is paused and restarted alone, never the worker.
+            supervisor = await stack.enter_async_context(
+                Supervisor("worker", max_restarts=5, period=10.0, per_child=True)
+            )
             tenants: Registry[str] = await stack.enter_async_context(
                 Registry(
                     supervisor, self._tenant_actor, kind="tenant", max_live=MAX_TENANT_ACTORS,

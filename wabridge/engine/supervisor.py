@@ -6,6 +6,10 @@ crashes, only that child is restarted: a fresh instance, the same mailbox. More 
 supervisor's parent counts that as one crash of that child; at the top, `async with Supervisor(...)` raises
 `SupervisorGaveUp`, which `drain.run_until_signalled` turns into one clear log line and exit status 1.
 
+`per_child=True` counts the intensity per child instead, and a child past it is not escalated but restarted after a
+growing pause (`COOL_DOWN`): for children that each serve one tenant, whose crashes come from that tenant's data and
+must not stop the others (the worker's tenant actors). Such a supervisor never gives up on a child.
+
     async with Supervisor("root", max_restarts=3, period=5.0) as root:
         ref = root.spawn(TenantActor, name="tenant:t1")
         await ref.tell(message)
@@ -14,6 +18,7 @@ supervisor's parent counts that as one crash of that child; at the top, `async w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -21,6 +26,10 @@ from typing import Any
 
 from wabridge.engine.actor import Actor, ActorRef, ActorStopped, FailureCallback
 from wabridge.engine.logs import get_logger
+
+# Pauses before restarting a per-child supervised child past its own intensity: 1 s, doubling, at most 30 s; back to
+# the first once it has run a whole `period` without crashing.
+COOL_DOWN = (1.0, 30.0)
 
 
 class SupervisorGaveUp(Exception):
@@ -37,12 +46,16 @@ class SupervisorGaveUp(Exception):
 
 
 class Supervisor:
-    def __init__(self, name: str = "root", *, max_restarts: int = 3, period: float = 5.0) -> None:
+    def __init__(
+        self, name: str = "root", *, max_restarts: int = 3, period: float = 5.0, per_child: bool = False
+    ) -> None:
         if max_restarts < 0 or period <= 0:
             raise ValueError("max_restarts must be >= 0 and period > 0")
         self.name = name
         self.max_restarts = max_restarts
         self.period = period
+        self.per_child = per_child
+        self.cooled_down = 0  # per_child: restarts delayed because a child crashed past its own intensity
         self.log = get_logger("supervisor", supervisor=name)
         self._children: dict[str, ActorRef | Supervisor] = {}
         self._restart_times: deque[float] = deque(maxlen=max_restarts + 1)
@@ -149,13 +162,30 @@ class Supervisor:
 
     async def _supervise(self, child: ActorRef | Supervisor) -> None:
         name = child.name
+        crashes: deque[float] = deque(maxlen=self.max_restarts + 1)  # per_child: this child's own window
+        cool_downs = 0
         while True:
             try:
                 await child._incarnation()
             except Exception as exc:
                 if isinstance(child, ActorRef):
                     child._after_crash(exc)
-                self._count_restart(name, exc)  # raises SupervisorGaveUp past the intensity
+                if not self.per_child:
+                    self._count_restart(name, exc)  # raises SupervisorGaveUp past the intensity
+                elif crashes and time.monotonic() - crashes[-1] > self.period:
+                    cool_downs = 0  # it ran a whole period since its last crash
+                if self.per_child and _past_intensity(crashes, self.max_restarts, self.period):
+                    cool_downs += 1
+                    pause = min(COOL_DOWN[0] * 2 ** (cool_downs - 1), COOL_DOWN[1])
+                    self.cooled_down += 1
+                    self.log.error(
+                        "%s crashed more than %d times in %g s, last %s: %s; restarting it in %g s (the others go on)",
+                        name, self.max_restarts, self.period, type(exc).__name__, exc, pause,
+                    )  # fmt: skip
+                    stopping = self._stop_requested
+                    if stopping is not None:  # a drain does not wait out the pause
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stopping.wait(), pause)
                 child.restarts += 1
                 if isinstance(child, ActorRef):
                     child._stats.restarts.inc()
@@ -171,9 +201,7 @@ class Supervisor:
             child._ended.set()
 
     def _count_restart(self, child: str, exc: Exception) -> None:
-        now = time.monotonic()
-        self._restart_times.append(now)
-        if len(self._restart_times) > self.max_restarts and now - self._restart_times[0] <= self.period:
+        if _past_intensity(self._restart_times, self.max_restarts, self.period):
             raise SupervisorGaveUp(self.name, self.max_restarts, self.period, child, exc) from exc
 
     def _abandon(self, reason: BaseException) -> None:
@@ -185,6 +213,13 @@ class Supervisor:
                 child._abandon(reason)
                 child._ended.set()
         self._children.clear()
+
+
+def _past_intensity(crashes: deque[float], max_restarts: int, period: float) -> bool:
+    """Records a crash now; True when it makes more than `max_restarts` within `period` seconds."""
+    now = time.monotonic()
+    crashes.append(now)
+    return len(crashes) > max_restarts and now - crashes[0] <= period
 
 
 def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
