@@ -118,7 +118,10 @@ start_rabbit() {
     rm -rf "$d/mnesia"
     mkdir -p "$d/home" "$d/mnesia" "$d/log" "$d/plugins-expand"
     echo '[rabbitmq_consistent_hash_exchange].' >"$d/enabled_plugins"
-    printf 'loopback_users = none\nlisteners.tcp.default = 127.0.0.1:%s\n' "$AMQP_PORT" >"$d/rabbitmq.conf"
+    # consumer_timeout (2 h) above WABRIDGE_FAR_END_HOLD (1 h): a message held through a Genesys outage stays unacked
+    # that long, and the broker's default (30 min) would close the channel under it.
+    printf 'loopback_users = none\nlisteners.tcp.default = 127.0.0.1:%s\nconsumer_timeout = 7200000\n' "$AMQP_PORT" \
+        >"$d/rabbitmq.conf"
     : >"$d/rabbitmq-env.conf"
     (
         rabbit_env

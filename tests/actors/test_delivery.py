@@ -12,9 +12,10 @@ import pytest
 
 from wabridge.actors.auth import TokenProvider
 from wabridge.actors.delivery import Delivered, DeliveryFailed, GenesysDelivery
+from wabridge.actors.far_end import FarEnd
 from wabridge.actors.ratelimit import RateBudget
 from wabridge.engine.cache_memory import MemoryCache
-from wabridge.engine.ports import GenesysCredential, TenantConfig
+from wabridge.engine.ports import BackendUnavailable, GenesysCredential, TenantConfig
 from wabridge.engine.secrets import Secret
 from wabridge.sim.genesys import GenesysSim, conversation_id_for
 
@@ -108,8 +109,8 @@ async def test_server_errors_are_retried_with_backoff_until_one_succeeds() -> No
         assert got.genesys_message_id and sim.stats.requests == 3
 
 
-async def test_three_server_errors_fail_the_delivery_for_dead_lettering() -> None:
-    async with GenesysSim() as sim, delivering() as client:
+async def test_three_server_errors_past_the_far_end_hold_fail_the_delivery() -> None:
+    async with GenesysSim() as sim, delivering(far_end=FarEnd("genesys", hold_for=0)) as client:
         sim.add_fault(status=502, count=3)
         with pytest.raises(DeliveryFailed) as failed:
             await client.deliver(tenant_for(sim.url), message())
@@ -118,11 +119,60 @@ async def test_three_server_errors_fail_the_delivery_for_dead_lettering() -> Non
 
 
 async def test_timeouts_count_as_attempts() -> None:
-    async with GenesysSim() as sim, delivering(timeout=0.1) as client:
+    async with GenesysSim() as sim, delivering(timeout=0.1, far_end=FarEnd("genesys", hold_for=0)) as client:
         sim.add_fault(latency_ms=400, count=3)
         with pytest.raises(DeliveryFailed) as failed:
             await client.deliver(tenant_for(sim.url), message())
         assert failed.value.attempts == 3 and "timed out" in failed.value.error and not failed.value.permanent
+
+
+async def test_a_genesys_outage_holds_every_message_in_place_with_one_probe_at_a_time_and_all_go_when_it_is_back(
+) -> None:
+    """Issue 15: Genesys answering 503 used to spend a message's three attempts in about two seconds and end it
+    `failed`. Now the tenant is marked down once, its messages wait, one of them at a time probes, and all are
+    delivered as soon as a probe gets through."""
+    far_end = FarEnd("genesys", hold_for=60, retry_max=0.2)
+    async with GenesysSim() as sim, delivering(far_end=far_end) as client:
+        sim.add_fault(status=503, count=-1)
+        tenant = tenant_for(sim.url)
+        held = [anyio_task(client.deliver(tenant, message(n, wa_id=f"1650555{n:04d}"))) for n in range(8)]
+        await anyio.sleep(2.0)  # far past the three quick attempts of the old behaviour
+        assert not any(t.done() for t in held), "held, not failed"
+        assert far_end.is_down("acme")
+        # Eight messages' first tries (3 each), then probes one at a time (3 tries each, every 0.1-0.2 s at most).
+        during = sim.stats.requests
+        await anyio.sleep(1.0)
+        assert sim.stats.requests - during <= 3 * 10, "one probe at a time, not one per waiting message"
+        sim.clear_faults()
+        delivered = [await t for t in held]
+        assert all(d.genesys_message_id for d in delivered)
+        assert sim.stats.accepted == 8 and not far_end.is_down("acme")
+
+
+async def test_past_the_hold_the_waiting_messages_fail_and_a_drain_hands_them_back() -> None:
+    far_end = FarEnd("genesys", hold_for=0.5, retry_max=0.1)
+    async with GenesysSim() as sim, delivering(far_end=far_end) as client:
+        sim.add_fault(status=503, count=-1)
+        tenant = tenant_for(sim.url)
+        with pytest.raises(DeliveryFailed) as failed:
+            await client.deliver(tenant, message(1))
+        assert not failed.value.permanent and "503" in failed.value.error
+        assert far_end.is_down("acme")
+
+    far_end = FarEnd("genesys", hold_for=60, retry_max=0.1)
+    async with GenesysSim() as sim, delivering(far_end=far_end) as client:
+        sim.add_fault(status=503, count=-1)
+        held = anyio_task(client.deliver(tenant_for(sim.url), message(2)))
+        await anyio.sleep(0.5)
+        far_end.stop_holding()
+        with pytest.raises(BackendUnavailable):
+            await held  # nothing left the bridge: the tenant actor hands it back to the queue
+
+
+def anyio_task(coro):
+    import asyncio
+
+    return asyncio.ensure_future(coro)
 
 
 async def test_a_rejected_body_fails_at_once_and_keeps_the_genesys_error() -> None:
@@ -134,13 +184,13 @@ async def test_a_rejected_body_fails_at_once_and_keeps_the_genesys_error() -> No
         assert b"bad.request" in failed.value.body and sim.stats.requests == 1
 
 
-async def test_refused_credentials_fail_permanently_and_an_unreachable_genesys_after_three_attempts() -> None:
+async def test_refused_credentials_fail_permanently_and_an_unreachable_genesys_past_the_hold_after_three_attempts() -> None:
     async with GenesysSim(clients={"cid": "secret"}) as sim, delivering() as client:
         with pytest.raises(DeliveryFailed) as refused:
             await client.deliver(tenant_for(sim.url, secret="wrong"), message())
         assert refused.value.permanent and sim.stats.requests == 0
     gone = sim.url  # nothing listens there any more
-    async with delivering() as client:
+    async with delivering(far_end=FarEnd("genesys", hold_for=0)) as client:
         with pytest.raises(DeliveryFailed) as unreachable:
             await client.deliver(tenant_for(gone), message())
     assert unreachable.value.attempts == 3 and not unreachable.value.permanent

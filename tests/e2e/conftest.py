@@ -36,8 +36,12 @@ async def meta() -> AsyncIterator[MetaSim]:
 
 
 @pytest.fixture
-async def bridge(backend_settings: Settings, genesys: Genesys, meta: MetaSim, tmp_path: Path) -> AsyncIterator[Bridge]:
+async def bridge(
+    backend_settings: Settings, genesys: Genesys, meta: MetaSim, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Bridge]:
     settings = backend_settings.replace(graph_api_url=meta.graph_url)
+    if (hold := request.node.get_closest_marker("far_end_hold")) is not None:
+        settings = settings.replace(far_end_hold=hold.args[0], far_end_retry_max=1)
     await put_tenant(settings, genesys.url)
     running = Bridge(settings, tmp_path / "bridge")
     try:

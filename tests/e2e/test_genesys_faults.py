@@ -71,7 +71,8 @@ async def test_tokens_genesys_revokes_under_load_cost_one_login_and_no_message(
     assert (await genesys.stats())["logins"] == 2
 
 
-async def test_a_message_genesys_refuses_three_times_is_failed_and_replay_delivers_it_exactly_once(
+@pytest.mark.far_end_hold(3)  # an outage past the hold: held 3 s, then failed, replayable
+async def test_a_message_genesys_refuses_past_the_outage_hold_is_failed_and_replay_delivers_it_exactly_once(
     bridge: Bridge, genesys: Genesys
 ) -> None:
     await genesys.fault(status=500, count=-1)
@@ -108,6 +109,7 @@ async def test_a_genesys_that_hangs_past_the_client_timeout_is_retried_to_delive
     assert await delivered_wamids(genesys) == wamids
 
 
+@pytest.mark.far_end_hold(0)  # an outage past the hold: failed, replayable
 async def test_a_genesys_that_always_hangs_ends_failed_with_a_timeout_error(bridge: Bridge, genesys: Genesys) -> None:
     await genesys.fault(status=503, latency_ms=GENESYS_TIMEOUT * 1000 + 500, count=-1)
     (wamid,) = await bridge.send(*texts(1))
@@ -118,6 +120,7 @@ async def test_a_genesys_that_always_hangs_ends_failed_with_a_timeout_error(brid
     assert "timed out" in (row.error or "")
 
 
+@pytest.mark.far_end_hold(0)  # an outage past the hold: failed, replayable
 async def test_messages_failed_while_the_oauth_login_is_down_are_delivered_by_replay(
     bridge: Bridge, genesys: Genesys
 ) -> None:

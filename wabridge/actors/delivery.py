@@ -9,8 +9,10 @@ What each answer does (a table, `OUTCOMES`, not a chain of ifs):
   429              → sleep Retry-After (capped; backoff when absent), retry; not counted as an attempt, since the
                      budget (ratelimit.py) is what should keep us under the limit, but at most `rate_limited_max`
                      times per message so a misconfigured budget cannot hold a message forever.
-  408, 5xx,        → back off (exponential from `backoff_base`, equal jitter) and retry; after `attempts` tries
-  timeouts, errors   DeliveryFailed(permanent=False): the bridge dead-letters and tracks `failed`.
+  408, 5xx,        → back off (exponential from `backoff_base`, equal jitter) and retry: a blip; after `attempts`
+  timeouts, errors   tries it is an outage of the tenant's Genesys (far_end.py): the message is held in place, the
+                     tenant's messages take turns probing, and all go once Genesys answers; past the far-end hold
+                     DeliveryFailed(permanent=False): tracked `failed`, replayable.
   other 4xx        → DeliveryFailed(permanent=True) at once, with the Genesys error body kept (bounded).
 A login refused (400/401/403 from /oauth/token) is permanent too; a login that times out or answers 5xx is an attempt.
 Each tenant has its own HTTP/1.1 keep-alive pool; at most `max_clients` pools, the least recently used closed first
@@ -33,6 +35,7 @@ import anyio
 import msgspec
 
 from wabridge.actors.auth import LoginFailed, TokenProvider
+from wabridge.actors.far_end import FarEnd, FarEndDown
 from wabridge.actors.ratelimit import RateBudget
 from wabridge.engine.http1 import HttpError, Http1Pools
 from wabridge.engine.ports import TenantConfig
@@ -106,8 +109,10 @@ class GenesysDelivery:
         max_clients: int = 256,
         connections_per_tenant: int = 32,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        far_end: FarEnd | None = None,
     ) -> None:
         self._tokens = tokens
+        self.far_end = far_end if far_end is not None else FarEnd("genesys")
         self._budget = budget
         self._attempts = attempts
         self._backoff_base = backoff_base
@@ -123,7 +128,9 @@ class GenesysDelivery:
 
     async def deliver(self, tenant: TenantConfig, body: bytes) -> Delivered:
         try:
-            delivered = await self._deliver(tenant, body)
+            delivered = await self.far_end.through(
+                tenant.tenant_id, lambda: self._deliver(tenant, body), past_hold=lambda why: DeliveryFailed(why, 0)
+            )
         except DeliveryFailed:
             self._counts["failed"] += 1
             raise
@@ -176,8 +183,8 @@ class GenesysDelivery:
                 case "rejected":
                     raise DeliveryFailed(error, attempts, True, status=status, body=content)
                 case _:
-                    if attempts >= self._attempts:
-                        raise DeliveryFailed(error, attempts, status=status, body=content)
+                    if attempts >= self._attempts:  # not a blip: Genesys is down (far_end.py holds the message)
+                        raise FarEndDown(DeliveryFailed(error, attempts, status=status, body=content))
                     self._counts["retries"] += 1
                     log.info("delivery retry tenant=%s attempt=%d: %s", tenant.tenant_id, attempts, error)
                     await self._sleep(self._backoff(attempts))

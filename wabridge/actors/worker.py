@@ -26,6 +26,7 @@ from typing import Any
 
 from wabridge.actors.auth import TokenProvider
 from wabridge.actors.delivery import GenesysDelivery
+from wabridge.actors.far_end import FarEnd
 from wabridge.actors.media import MediaFetcher
 from wabridge.actors.parking import PARK_AFTER, POKE_EVERY, ShardParking, is_poke
 from wabridge.actors.ratelimit import RateBudget
@@ -76,7 +77,8 @@ class Worker:
         self.directory = TenantDirectory(backends.store, backends.cache, settings.secret_box())
         self.tokens = TokenProvider(backends.cache)
         self.budget = RateBudget(backends.cache)
-        self.delivery = GenesysDelivery(self.tokens, self.budget, **genesys_timeout())
+        genesys = FarEnd("genesys", hold_for=settings.far_end_hold, retry_max=settings.far_end_retry_max)
+        self.delivery = GenesysDelivery(self.tokens, self.budget, far_end=genesys, **genesys_timeout())
         self.media = MediaFetcher(backends.objects, settings)
         self.tracker = TrackingWriter(backends.store)
         self.relay = Relay(
@@ -176,6 +178,7 @@ class Worker:
             finally:
                 stopping.cancel()
                 log.info("worker draining")
+                self.delivery.far_end.stop_holding()  # held messages go back to the queue, for the next worker
                 if not self._router_died.done():
                     self._router_died.cancel()  # routers cancelled from here on are not deaths
                 for mailbox in self._routers.values():

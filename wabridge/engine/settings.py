@@ -44,6 +44,11 @@ class Settings:
     delivery_limit: int = 3
     # Seconds a message is held in place through a backend outage before its delivery is handed back (an attempt).
     outage_hold: int = 300
+    # Seconds a message waits in place while its tenant's Genesys is down (refused, timing out, 5xx) before it is
+    # tracked `failed`; 0 fails it after its three quick tries. The broker's consumer_timeout must exceed it.
+    far_end_hold: int = 3600
+    # Most seconds between two probes of a far end that is down (doubling from 1 s, with jitter).
+    far_end_retry_max: int = 10
     # Redis keys are `{key_prefix}{seed key}`, e.g. `wabridge:mapping:wa:…`; empty keeps the seed's names exactly.
     key_prefix: str = ""
     # HTTP edge
@@ -139,7 +144,7 @@ def _convert(name: str, kind: Any, raw: Any) -> Any:
             value = int(raw)
         except (TypeError, ValueError):
             raise SettingsError(f"{var} must be a whole number, got {raw!r}") from None
-        if value < (0 if name in ("port", "metrics_port") else 1):
+        if value < (0 if name in ("port", "metrics_port", "far_end_hold") else 1):
             raise SettingsError(f"{var} must be at least 1, got {value}")
         return value
     if kind in ("Path", Path):
