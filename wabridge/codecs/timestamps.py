@@ -14,6 +14,7 @@ import time
 
 _MILLIS_FROM = 1e11
 _LATEST = 253402300799.0  # 9999-12-31T23:59:59Z: Genesys's format has four year digits
+_LATEST_INTEGER = 253402300799999  # the same in milliseconds
 # Both caches are cleared whole when full: a stream of webhooks carries a few distinct seconds at a time.
 _CACHE_MAX = 4096  # entries
 _parsed: dict[str, float] = {}  # Meta's timestamp text -> seconds
@@ -38,18 +39,25 @@ def parse_meta_timestamp(value: object) -> float:
             _parsed.clear()
         _parsed[value] = seconds
         return seconds
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(value, float):
+        return _checked(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        # JSON integers have no size limit: float() of one with a few hundred digits raises OverflowError.
+        if not 0 <= value <= _LATEST_INTEGER:
+            raise InvalidTimestamp(f"out of range: {str(value)[:40]}")
         return _checked(float(value))
     raise InvalidTimestamp("missing")
 
 
 def _parse_text(value: str) -> float:
-    if value.isdigit() and len(value) <= 20:
-        return _checked(float(int(value)))
+    # int() refuses some of what str.isdigit() accepts ("²"); too long a text is not a time, and would be cached.
     try:
-        return _checked(float(value))
+        if len(value) > 40:
+            raise ValueError
+        seconds = float(int(value)) if len(value) <= 20 and value.isdigit() else float(value)
     except ValueError:
         raise InvalidTimestamp(f"not a number: {value[:40]!r}") from None
+    return _checked(seconds)  # out of its try: InvalidTimestamp is a ValueError too, and says why itself
 
 
 def _checked(seconds: float) -> float:
