@@ -306,6 +306,88 @@ async def test_the_signature_s_hex_case_does_not_matter(app: IngressApp, embedde
     assert (await app.handle("POST", "/webhook/meta", "", garbled, HELLO)).status == 401
 
 
+# --- webhooks: hostile bodies (issue 15: everything before the signature check is a 4xx, never a 500) ------------
+
+UNSIGNED = {"x-hub-signature-256": "sha256=" + "0" * 64}  # the prefix alone reached the routing view
+DEEP = HELLO.replace(b'"metadata"', b'"deep":' + b"[" * 1000 + b"]" * 1000 + b',"metadata"', 1)
+BAD_UTF8_NUMBER = HELLO.replace(b"1234567890", b"12345\xff67890", 1)
+
+
+@pytest.mark.parametrize("body", [DEEP, BAD_UTF8_NUMBER, HELLO[:-10], b"\\u" + HELLO], ids=["deep", "utf8", "cut", "esc"])
+async def test_a_body_the_routing_view_cannot_read_is_400_when_signed_and_401_when_not(
+    app: IngressApp, embedded, body: bytes
+) -> None:
+    """Unreadable, the body names no tenant whose secret could check it: it is 400 only when one of our Meta apps
+    signed it, so an unsigned sender learns nothing about its JSON (it was 400, or a 500 with a traceback)."""
+    assert (await app.handle("POST", "/webhook/meta", "", UNSIGNED, body)).status == 401
+    assert (await app.handle("POST", "/webhook/meta", "", sign(body, "acme-app-secret"), body)).status == 400
+    assert (await app.handle("POST", "/webhook/meta/acme", "", sign(body, "acme-app-secret"), body)).status == 400
+    assert await drain(embedded.queue, expect=0) == []
+
+
+@pytest.mark.parametrize("path", ["/webhook/meta", "/webhook/meta/acme"])
+async def test_a_signed_body_with_invalid_utf8_where_the_routing_view_does_not_look_is_400(
+    app: IngressApp, embedded, path: str
+) -> None:
+    """The routing view skips the message text unread; the worker would find it unreadable after the 200. The whole
+    body is checked once it is signed (and only then: unsigned, it is 401 like any other)."""
+    body = HELLO.replace(b'"body": "Hello', b'"body": "\xc3\x28 Hello', 1)
+    assert body != HELLO
+    assert (await app.handle("POST", path, "", UNSIGNED, body)).status == 401
+    assert (await app.handle("POST", path, "", sign(body, "acme-app-secret"), body)).status == 400
+    unrouted = body.replace(b"1234567890", b"999000999")
+    assert (await app.handle("POST", "/webhook/meta", "", sign(unrouted, "acme-app-secret"), unrouted)).status == 400
+    assert await drain(embedded.queue, expect=0) == []
+    assert await embedded.store.list_tracking() == []
+
+
+async def test_a_two_tenant_body_with_an_odd_object_and_an_unknown_number_is_split_not_a_500(
+    embedded_settings, embedded
+) -> None:
+    """The split read `object` as a string where the routing view ignores it: a MalformedWebhook escaped as a 500.
+    Each tenant's part keeps it verbatim, as a one-tenant body would reach the worker."""
+    await embedded.store.remove_tenant("globex")
+    await embedded.store.put_tenant(INITECH)
+    app = IngressApp(embedded_settings, embedded)
+    envelope = json.loads(two_tenant_envelope())
+    envelope["object"] = 5
+    stray = json.loads(HELLO)["entry"][0]
+    stray["changes"][0]["value"]["metadata"]["phone_number_id"] = "999000999"
+    envelope["entry"].append(stray)
+    body = json.dumps(envelope).encode()
+    assert (await app.handle("POST", "/webhook/meta", "", sign(body, "acme-app-secret"), body)).status == 200
+    got = {t: json.loads(q.body) for t, _, q in await drain(embedded.queue, expect=2)}
+    assert set(got) == {"acme", "initech"} and {part["object"] for part in got.values()} == {5}
+    await app.aclose()
+
+
+class ClosedMidBody:
+    """An RSGI protocol whose client went away while the body streamed in (what Granian raises then)."""
+
+    def __init__(self) -> None:
+        self.answers: list[int] = []
+
+    async def __call__(self) -> bytes:
+        from granian.rsgi import ProtocolClosed
+
+        raise ProtocolClosed("RSGI transport is closed")
+
+    def response_bytes(self, status: int, headers, body: bytes) -> None:
+        self.answers.append(status)
+
+
+async def test_a_client_gone_mid_body_is_counted_and_answered_400_not_500(app: IngressApp, caplog) -> None:
+    from wabridge.actors.ingress import DISCONNECTS
+
+    scope = type("Scope", (), {"proto": "http", "method": "POST", "path": "/webhook/meta", "query_string": "",
+                               "headers": {"content-length": "100"}})()  # fmt: skip
+    proto = ClosedMidBody()
+    before = DISCONNECTS.labels().get()
+    await app.__rsgi__(scope, proto)
+    assert proto.answers == [400] and DISCONNECTS.labels().get() == before + 1
+    assert len(caplog.records) <= 1 and not any(r.exc_info for r in caplog.records)
+
+
 # --- backends failing ---------------------------------------------------------------------------------------------
 
 

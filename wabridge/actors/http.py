@@ -2,7 +2,8 @@
 
 RSGI hands the raw body as bytes (`await proto()`) or as chunks (`async for chunk in proto`); there is no framework
 between it and the HMAC check. A body over the limit is refused from its Content-Length before a byte is read, and a
-chunked body is counted while it streams, so a 3 MB limit never costs more than 3 MB of memory.
+chunked body is counted while it streams, so a 3 MB limit never costs more than 3 MB of memory. A client that
+hangs up before its body is whole is `ClientGone` (Granian raises ProtocolClosed): nobody is left to answer.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
+
+from granian.rsgi import ProtocolClosed
 
 TEXT = [("content-type", "text/plain; charset=utf-8")]
 JSON = [("content-type", "application/json")]
@@ -33,17 +36,25 @@ class BadContentLength(Exception):
     pass
 
 
+class ClientGone(Exception):
+    """The client closed the connection before the body was whole."""
+
+
 async def read_body(proto: Any, headers: Mapping[str, str], limit: int) -> bytes:
-    """The whole request body, at most `limit` bytes. Raises BodyTooLarge or BadContentLength."""
+    """The whole request body, at most `limit` bytes. Raises BodyTooLarge, BadContentLength or ClientGone."""
     declared = headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit()) or len(declared) > 19:  # int() refuses "²", and 5k digits
             raise BadContentLength(declared[:32])
         if int(declared) > limit:
             raise BodyTooLarge()
-        return await proto()  # the server frames the body by Content-Length: it cannot run past it
+        try:
+            return await proto()  # the server frames the body by Content-Length: it cannot run past it
+        except ProtocolClosed:
+            raise ClientGone() from None
     chunks: list[bytes] = []
     size = 0
+    # A chunked body cut short simply ends here (Granian 2.8 raises nothing): the signature then fails on it.
     async for chunk in proto:
         size += len(chunk)
         if size > limit:

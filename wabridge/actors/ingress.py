@@ -1,15 +1,22 @@
 """The webhook ingress: Meta POSTs here; the answer is 200 only once the payload is durable in the queue.
 
 One request, in order (nothing in the payload is trusted before step 3):
-  1. the body is read with a bound (413 past settings.max_body_bytes, from Content-Length or while streaming);
+  1. the body is read with a bound (413 past settings.max_body_bytes, from Content-Length or while streaming; a client
+     gone before its body is whole is counted and answered nothing);
   2. `phone_number_id`s are read through a tiny view (codecs/routing.py) — only to pick the tenants, and so the keys;
   3. the X-Hub-Signature-256 HMAC over the raw bytes is checked with every such tenant's app secret (401 if any fails);
+     then, signed, the whole body must be UTF-8 (400), which the view, skipping what it does not need, did not check;
   4. the raw body is appended to the tenant's archive segment (actors/archive.py: put in the background, many
      webhooks per object; bounded; a failure is logged and counted, never blocks) — once under `_shared` instead
      when it holds more than that tenant's part, so no tenant's prefix holds another's customers;
   5. one queue message per tenant is published, and the answer waits for the broker's confirm (503 if it cannot).
 A body no tenant owns is answered 200 (Meta would retry it for 7 days otherwise), archived and tracked `unrouted`,
 when one of the tenants' Meta apps signed it; 401 otherwise.
+
+400 or 401: a 400 says "signed, but malformed", so only a signed body earns one. A body the view cannot read names no
+key, so it is checked as one nobody owns: 400 when one of the tenants' Meta apps (or the tenant in the path) signed
+it, else 401. An unsigned sender thus learns nothing of its JSON; an unreadable body costs the same bounded HMACs as
+an unrouted one. What the caller controls never reaches a 500: those are our bugs, logged with their traceback.
 
 Error contract (as courier's): the caller's bad input gets a 4xx and a log line; our own backends being down gets a
 503, so Meta retries and nothing acknowledged is ever lost. Duplicates are possible (Meta retries, multi-tenant
@@ -38,11 +45,21 @@ import msgspec
 
 from wabridge.actors.archive import MAX_BYTES as ARCHIVE_MAX_BYTES
 from wabridge.actors.archive import ArchiveWriter
-from wabridge.actors.http import JSON, BadContentLength, BodyTooLarge, Response, query_params, read_body, text
+from wabridge.actors.http import (
+    JSON,
+    BadContentLength,
+    BodyTooLarge,
+    ClientGone,
+    Response,
+    query_params,
+    read_body,
+    text,
+)
 from wabridge.actors.tenants import TenantDirectory
 from wabridge.codecs.routing import (
     MalformedWebhook,
     QueuedWebhook,
+    Routing,
     encode_queued,
     read_routing,
     split_by_tenant,
@@ -81,6 +98,9 @@ ARCHIVE_BYTES = metrics.REGISTRY.gauge(
 UNROUTED = metrics.REGISTRY.counter(
     "wabridge_ingress_unrouted_total", "Webhook changes whose phone_number_id no tenant owns"
 )
+DISCONNECTS = metrics.REGISTRY.counter(
+    "wabridge_ingress_disconnects_total", "Requests whose client hung up before its body was whole (not answered)"
+)
 QUEUED = metrics.REGISTRY.counter("wabridge_ingress_queued_total", "Queue messages confirmed by the broker")
 TENANT_LOOKUPS = metrics.REGISTRY.counter(
     "wabridge_tenant_lookups_total", "Tenant directory lookups by the tier that answered", ("tier",)
@@ -95,6 +115,35 @@ def _signature_ok(secret: str, body: bytes, header: str) -> bool:
         return False  # compare_digest takes ASCII text only; no HMAC of ours is anything else
     expected = "sha256=" + hmac.new(secret.encode(), body, sha256).hexdigest()
     return hmac.compare_digest(expected, header.lower())  # Meta sends lowercase hex; case is not part of the proof
+
+
+def _readable_text(body: bytes) -> bool:
+    """Whether the body is UTF-8 throughout. Meta escapes all non-ASCII, so `isascii` (C speed, no copy) answers for
+    nearly every webhook; the decode, also in C, only for the rest."""
+    if body.isascii():
+        return True
+    try:
+        body.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _could_be_stored(key: str) -> bool:
+    """Whether a tenant id or phone_number_id from the request could be one the store holds: PostgreSQL text never
+    holds NUL (asking for one fails the query, a 500 before any signature check), so no tenant has such a key."""
+    return "\x00" not in key
+
+
+def _printable(value: str) -> str:
+    return value.replace("\x00", "\ufffd")  # for the tracking row of a body nobody owns: PostgreSQL refuses NUL
+
+
+def _routing_or_none(body: bytes) -> Routing | None:
+    try:
+        return read_routing(body)
+    except MalformedWebhook:
+        return None
 
 
 def _new_webhook_id(received_at: float) -> str:
@@ -178,6 +227,12 @@ class IngressApp:
                 REQUESTS.labels("webhook", "400").inc()
                 proto.response_bytes(400, [], b"bad content-length")
                 return
+            except ClientGone:
+                # Nothing of ours failed: no log line. Answered all the same (a half-closed client still reads it),
+                # as Granian would answer 500 for a request left without one.
+                DISCONNECTS.inc()
+                proto.response_bytes(400, [("connection", "close")], b"incomplete body")
+                return
         try:
             response = await self.handle(scope.method, scope.path, scope.query_string, headers, body)
         except Exception:  # our bug, never the caller's: logged whole, answered 500 so Meta retries
@@ -241,7 +296,7 @@ class IngressApp:
             return text(403, "forbidden")
         assert self.directory is not None
         if tenant_id is not None:
-            tenant = await self.directory.by_id(tenant_id)
+            tenant = await self.directory.by_id(tenant_id) if _could_be_stored(tenant_id) else None
             candidates = [tenant] if tenant is not None else []
         else:
             candidates = await self.directory.all()
@@ -260,27 +315,25 @@ class IngressApp:
         assert self.directory is not None
         path_tenant = None
         if path_tenant_id is not None:
-            path_tenant = await self.directory.by_id(path_tenant_id)
+            path_tenant = await self.directory.by_id(path_tenant_id) if _could_be_stored(path_tenant_id) else None
             if path_tenant is None:
                 return text(404, "unknown tenant")
             if not _signature_ok(path_tenant.app_secret.reveal(), body, signature):
                 return text(401, "bad signature")
         decoded = body  # what is queued: the raw bytes, unless they had to be repaired to decode at all
-        try:
-            routing = read_routing(body)
-        except MalformedWebhook:
+        routing = _routing_or_none(body)
+        if routing is None:
             repaired = without_lone_surrogates(body)
-            if repaired is None:
-                return text(400, "malformed webhook")
-            try:
-                routing = read_routing(repaired)
-            except MalformedWebhook:
+            routing = _routing_or_none(repaired) if repaired is not None else None
+            if routing is None:
+                if path_tenant is None and not await self._signed_by_a_tenant_app(body, signature):
+                    return text(401, "bad signature")  # see the module docstring: 400 is for signed bodies only
                 return text(400, "malformed webhook")
             decoded = repaired
         owners: dict[str, TenantConfig] = {}  # phone_number_id → owner
         unknown: list[str] = []
         for number in routing.phone_number_ids:
-            tenant = await self.directory.by_phone_number(number)
+            tenant = await self.directory.by_phone_number(number) if _could_be_stored(number) else None
             if tenant is None:
                 unknown.append(number)
             else:
@@ -291,9 +344,12 @@ class IngressApp:
         if not tenants:
             if path_tenant is None and not await self._signed_by_a_tenant_app(body, signature):
                 return text(401, "bad signature")  # nobody's, and not from Meta for us either: nothing is kept
-            return await self._unrouted(routing.message_ids, unknown, body, received_at)
-        if not self._verified(tenants.values(), body, signature, skip=path_tenant):
+        elif not self._verified(tenants.values(), body, signature, skip=path_tenant):
             return text(401, "bad signature")
+        if not _readable_text(decoded):
+            return text(400, "malformed webhook: not UTF-8")  # the worker could not read it: Meta must know now
+        if not tenants:
+            return await self._unrouted(routing.message_ids, unknown, body, received_at)
         if unknown:
             UNROUTED.inc(len(unknown))
             log.warning("webhook partly unrouted: no tenant owns phone_number_id %s", [n[:64] for n in unknown[:8]])
@@ -301,7 +357,10 @@ class IngressApp:
             parts = {next(iter(tenants)): decoded}  # the raw signed bytes, untouched (unless repaired)
         else:
             fallback = path_tenant.tenant_id if path_tenant is not None else next(iter(tenants))
-            parts = split_by_tenant(decoded, {n: t.tenant_id for n, t in owners.items()}, fallback=fallback)
+            try:
+                parts = split_by_tenant(decoded, {n: t.tenant_id for n, t in owners.items()}, fallback=fallback)
+            except MalformedWebhook:  # the split reads no more than the view did: should it ever, 400, not a 500
+                return text(400, "malformed webhook")
         await self._enqueue(parts, body, received_at, shared=len(tenants) > 1 or bool(unknown))
         return text(200, "ok")
 
@@ -360,10 +419,11 @@ class IngressApp:
             log.info("webhook %s without customer messages archived: no tenant owns it", webhook_id)
             return text(200, "ok")
         reason = f"no tenant owns phone_number_id {', '.join(n[:64] for n in numbers[:4]) or '(none in payload)'}"
+        reason = _printable(reason)
         records = [
-            TrackingRecord(wamid=wamid[:256], tenant_id="", status=TrackingStatus.UNROUTED, error=reason,
+            TrackingRecord(wamid=wamid, tenant_id="", status=TrackingStatus.UNROUTED, error=reason,
                            created_at=received_at, updated_at=received_at)
-            for wamid in dict.fromkeys(wamids[:1000])  # bounded to Meta's own maximum of updates per POST
+            for wamid in dict.fromkeys(_printable(w[:256]) for w in wamids[:1000])  # Meta's maximum of updates per POST
         ]
         await self.backends.store.write_tracking(records)
         log.warning("unrouted webhook %s: %s", webhook_id, reason)

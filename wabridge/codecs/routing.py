@@ -10,6 +10,10 @@ re-wraps the changes of each tenant into an envelope of its own, copying each ch
 When a body concerns one tenant only, the ingress queues the raw bytes untouched and this split never runs.
 
 Schema rule: new fields get defaults, unknown fields are ignored (a webhook field we don't know is still routed).
+Whatever the bytes, these functions raise MalformedWebhook and nothing else: they run before the signature is checked,
+so a body nested past msgspec's depth limit (RecursionError) or with invalid UTF-8 in a field they decode
+(UnicodeDecodeError) is the sender's fault like any other. They do not vouch for the fields they skip (invalid UTF-8
+there decodes unnoticed): the ingress checks the whole body once it is signed.
 """
 
 from __future__ import annotations
@@ -52,6 +56,11 @@ class MalformedWebhook(ValueError):
     """The body is not JSON, or not shaped like a Meta webhook envelope."""
 
 
+# What msgspec raises on bytes that are not a readable envelope: its own errors, a nesting deeper than it recurses,
+# and invalid UTF-8 in a string it decodes.
+_DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError)
+
+
 class Routing(msgspec.Struct, frozen=True):
     """What one webhook body says about where it goes (unverified until the HMAC check passes)."""
 
@@ -68,7 +77,7 @@ def read_routing(body: bytes) -> Routing:
     """Decode only the routing fields of a webhook body. Raises MalformedWebhook."""
     try:
         envelope = _envelope_decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except _DECODE_ERRORS as exc:
         raise MalformedWebhook(str(exc)) from None
     numbers: dict[str, None] = {}  # an ordered set
     wamids: list[str] = []
@@ -95,14 +104,16 @@ def without_lone_surrogates(body: bytes) -> bytes | None:
         return None
     try:
         value = json.loads(body)  # Python's decoder keeps a lone surrogate as a code point of its own
-    except ValueError:
-        return None
-    try:
         json.dumps(value, ensure_ascii=False).encode()
         return None  # no lone surrogate in it: something else is wrong with the body
     except UnicodeEncodeError:
-        pass
-    return json.dumps(_replace_surrogates(value), ensure_ascii=False, separators=(",", ":")).encode()
+        pass  # a lone surrogate (before the clause below: it is a ValueError too)
+    except (ValueError, RecursionError):  # not JSON (UnicodeDecodeError included), or nested past json's depth
+        return None
+    try:
+        return json.dumps(_replace_surrogates(value), ensure_ascii=False, separators=(",", ":")).encode()
+    except RecursionError:  # nested nearly as deep as json goes: _replace_surrogates recurses further
+        return None
 
 
 def _replace_surrogates(value: object) -> object:
@@ -119,7 +130,9 @@ def _replace_surrogates(value: object) -> object:
 
 
 class _RawEnvelope(msgspec.Struct):
-    object: str = "whatsapp_business_account"
+    # Kept verbatim, whatever its type: the routing view ignores it, so a part gets what a one-tenant body would
+    # (a str here made `"object": 5` a MalformedWebhook after the signature had passed).
+    object: msgspec.Raw = msgspec.Raw(b'"whatsapp_business_account"')
     entry: list[dict[str, msgspec.Raw]] = []
 
 
@@ -154,7 +167,7 @@ def split_by_tenant(body: bytes, tenant_of: Mapping[str, str], *, fallback: str 
             for tenant, raws in kept.items():
                 rewrapped: dict[str, msgspec.Raw | list[msgspec.Raw]] = {**entry, "changes": raws}
                 per_tenant.setdefault(tenant, []).append(rewrapped)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except _DECODE_ERRORS as exc:
         raise MalformedWebhook(str(exc)) from None
     return {
         tenant: _json_encoder.encode({"object": envelope.object, "entry": entries})
