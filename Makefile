@@ -7,7 +7,7 @@ UV := $(if $(PY_UV),$(PY_UV),.tools/bin/uv)
 SERVICES := deploy/dev/services.sh
 export UV_LINK_MODE := copy
 
-.PHONY: venv services services-stop test test-pure demo bench bench-quick clean
+.PHONY: venv services services-stop test test-pure demo bench bench-quick fuzz clean
 
 .tools/bin/uv:
 	python3 -m venv .tools
@@ -49,6 +49,12 @@ bench-quick: venv
 	@$(SERVICES) start || { $(SERVICES) stop; exit 1; }
 	@set -a; eval "$$($(SERVICES) env)"; set +a; \
 	.venv/bin/python -m bench.run --quick $(BENCH_ARGS); rc=$$?; $(SERVICES) stop; exit $$rc
+
+# The ingress fuzzed over real HTTP, long (tests/fuzz/ingress.py; the suite runs it short): on both backends.
+fuzz: venv
+	@$(SERVICES) start || { $(SERVICES) stop; exit 1; }
+	@set -a; eval "$$($(SERVICES) env)"; set +a; \
+	.venv/bin/python -m tests.fuzz.ingress --requests 100000 $(FUZZ_ARGS); rc=$$?; $(SERVICES) stop; exit $$rc
 
 clean:
 	rm -rf .venv .tools .wabridge bench/results/*.json bench/results/*.html .pytest_cache
