@@ -9,10 +9,17 @@ import signal
 
 import pytest
 
-from tests.e2e.harness import Bridge, Genesys, run_cli
+from tests.e2e.harness import (
+    APP_SECRET, CLIENT_SECRET, PHONE_NUMBER_ID, TENANT, VERIFY_TOKEN, WHATSAPP_TOKEN, Bridge, Genesys, free_ports,
+    run_cli, tenant_config,
+)  # fmt: skip
 from wabridge.actors.ingress import settings_environment
 from wabridge.cli import COMMANDS
+from wabridge.codecs.results import Inbound, pack_result
+from wabridge.codecs.transform import transform
 from wabridge.engine.backends import open_backends
+from wabridge.engine.ports import TrackingRecord
+from wabridge.engine.secrets import Secret, generate_key
 from wabridge.engine.settings import Settings
 from wabridge.sim import webhooks
 
@@ -121,3 +128,37 @@ async def test_killing_only_the_bridge_main_process_stops_its_ingress_too(bridge
     await bridge.start()
     wamids = await bridge.send(webhooks.message("text"))
     assert (await bridge.wait_tracked(wamids))[wamids[0]].status == "delivered"
+
+
+# Every command that opens the stored tenant secrets, run with a key that cannot open them.
+WRONG_KEY_COMMANDS = {
+    "tenants-list": ["tenants", "list"],
+    "tenants-add": add_args(TENANT, PHONE_NUMBER_ID, **SECRETS),  # an update: it reads the tenant first
+    "tenants-remove": ["tenants", "remove", TENANT],
+    "migrate-reencrypt": ["migrate", "--reencrypt-secrets"],
+    "replay": ["replay"],
+    "serve": ["serve"],
+}
+
+
+@pytest.mark.parametrize("command", WRONG_KEY_COMMANDS.values(), ids=WRONG_KEY_COMMANDS.keys())
+async def test_a_wrong_secret_key_is_one_line_naming_the_cause_not_a_traceback(
+    backend_settings: Settings, command: list[str]
+) -> None:
+    async with open_backends(backend_settings, ports=("store",)) as backends:
+        await backends.store.put_tenant(tenant_config("http://127.0.0.1:9"))
+        # A failed message for replay to pick up (it reads the tenant's secrets to relay it).
+        [inbound] = [r for r in transform(webhooks.webhook(PHONE_NUMBER_ID, [webhooks.message("text")]))
+                     if isinstance(r, Inbound)]  # fmt: skip
+        await backends.store.write_tracking([TrackingRecord(
+            wamid="wamid.wrong-key", tenant_id=TENANT, status="failed", error="http 500", payload=pack_result(inbound)
+        )])  # fmt: skip
+    port, metrics_port = free_ports(2)  # serve must fail before it listens; if it did not, it holds no shared port
+    wrong = backend_settings.replace(secret_key=Secret(generate_key()), port=port, metrics_port=metrics_port)
+
+    status, _, err = await run_cli(*command, env=cli_env(wrong), timeout=30)
+
+    assert status == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "cannot decrypt tenant secrets with WABRIDGE_SECRET_KEY" in err and "--reencrypt-secrets" in err, err
+    assert all(secret not in err for secret in (APP_SECRET, VERIFY_TOKEN, WHATSAPP_TOKEN, CLIENT_SECRET))

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 
+from wabridge.engine.secrets import SecretKeyError
 from wabridge.engine.settings import SettingsError
 
 COMMANDS = ("serve", "migrate", "tenants", "replay", "transform", "sim", "demo", "keygen")
@@ -47,6 +48,25 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        # A key that cannot open the stored secrets is a configuration fault, whichever command meets it first
+        # (tenants, replay, migrate --reencrypt-secrets, serve's start-up check): one line, no traceback.
+        found = _key_error(exc)
+        if found is None:
+            raise
+        print(f"wabridge: {found}", file=sys.stderr)
+        return 2
+
+
+def _key_error(exc: BaseException) -> SecretKeyError | None:
+    """The SecretKeyError in `exc`, also when a task group wrapped it in an ExceptionGroup."""
+    if isinstance(exc, SecretKeyError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := _key_error(inner)) is not None:
+                return found
+    return None
 
 
 if __name__ == "__main__":

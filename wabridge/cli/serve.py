@@ -57,10 +57,30 @@ def _shards(text: str | None, total: int) -> list[int] | None:
     return shards
 
 
+def _check_tenant_secrets(settings) -> None:
+    """Open every stored tenant once before serving, so a wrong WABRIDGE_SECRET_KEY stops start-up in one line
+    (UndecryptableSecret, cli/__init__.py) instead of a bridge that answers every webhook 500. A store that is down
+    is not checked here: the processes wait for it as they always do."""
+    import anyio
+
+    from wabridge.engine.backends import open_backends
+    from wabridge.engine.ports import BackendUnavailable
+
+    async def check() -> None:
+        async with open_backends(settings, ports=("store",)) as backends:
+            await backends.store.list_tenants()
+
+    try:
+        anyio.run(check)
+    except BackendUnavailable:
+        pass
+
+
 def run(args) -> int:
     settings = _settings(args)
     shards = _shards(args.shards, settings.shards)
     logs.configure(settings.log_level)
+    _check_tenant_secrets(settings)
     if args.role == "ingress":
         from wabridge.actors.ingress import serve_ingress
 

@@ -13,6 +13,7 @@ import hashlib
 import os
 import secrets as _random
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 
@@ -47,6 +48,19 @@ class Secret:
 
 class SecretKeyError(ValueError):
     pass
+
+
+class UndecryptableSecret(SecretKeyError):
+    """A stored secret this key ring cannot open. Almost always a wrong WABRIDGE_SECRET_KEY (or its old key dropped
+    before re-encrypting), so the message says that, in one line an operator can act on; it names the key ids and
+    where the secret belongs (tenant and field), never anything of the secret itself."""
+
+    def __init__(self, held: list[str], context: str, problem: str) -> None:
+        where = f" ({context})" if context else ""
+        super().__init__(
+            f"cannot decrypt tenant secrets with WABRIDGE_SECRET_KEY (key id {', '.join(held)}): a secret{where} "
+            f"{problem}: wrong key? see `wabridge migrate --reencrypt-secrets`"
+        )
 
 
 def generate_key() -> str:
@@ -93,14 +107,17 @@ class SecretBox:
         return f"v1:{self._primary}:{base64.b64encode(nonce + sealed).decode()}"
 
     def decrypt(self, ciphertext: str, *, context: str = "") -> str:
+        """The plaintext; UndecryptableSecret (never a bare InvalidTag) when this ring cannot open it."""
+        version, kid, blob = (ciphertext.split(":", 2) + ["", ""])[:3]
+        if version != "v1" or not kid:
+            raise UndecryptableSecret(list(self._aead), context, "is not a wabridge ciphertext")
+        if kid not in self._aead:
+            raise UndecryptableSecret(list(self._aead), context, f"was sealed with key id {kid}")
         try:
-            version, kid, blob = ciphertext.split(":", 2)
-        except ValueError:
-            raise SecretKeyError("not a wabridge ciphertext") from None
-        if version != "v1" or kid not in self._aead:
-            raise SecretKeyError(f"ciphertext encrypted with unknown key id {kid!r}")
-        raw = base64.b64decode(blob)
-        return self._aead[kid].decrypt(raw[:12], raw[12:], context.encode() or None).decode()
+            raw = base64.b64decode(blob, validate=True)
+            return self._aead[kid].decrypt(raw[:12], raw[12:], context.encode() or None).decode()
+        except (binascii.Error, ValueError, InvalidTag):
+            raise UndecryptableSecret(list(self._aead), context, f"does not open with key id {kid}") from None
 
     def needs_rotation(self, ciphertext: str) -> bool:
         return not ciphertext.startswith(f"v1:{self._primary}:")
