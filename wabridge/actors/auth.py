@@ -6,8 +6,9 @@ Where a token lives, nearest first:
                   at least EXPIRY_MARGIN_S of life, so holding it 60 s more is safe).
   Cache port      `tenant:{tenantId}:oauth:token` for the tenant's first credential (the seed's key, unchanged),
                   `tenant:{tenantId}:oauth:token:{client_id}` for each further one; TTL expires_in − 300 s, or half
-                  the lifetime for tokens shorter than 10 min (Genesys allows 5 min). Stored as is: the tokens are
-                  short-lived, and the cache is ours. They are never logged (only tenant and client ids are).
+                  the lifetime for tokens shorter than 10 min (Genesys allows 5 min). Sealed with the SecretBox
+                  (context = the key) when one is given, as the worker does: a token is a live credential for the
+                  tenant's Genesys org, so it is not left readable in Redis. Never logged (only tenant and client ids).
   the login       POST {login}/oauth/token, Basic client_id:client_secret, grant_type=client_credentials.
 Single flight: the first caller for a credential starts one fetch task (cache, then login); every caller arriving
 while it runs awaits that same task (shielded: a cancelled caller does not cancel the others' login), so 100 waiting
@@ -36,6 +37,7 @@ import msgspec
 from wabridge.engine import keys
 from wabridge.engine.http1 import HttpError, Http1Pools
 from wabridge.engine.ports import BackendUnavailable, Cache, GenesysCredential, TenantConfig
+from wabridge.engine.secrets import SecretBox, SecretKeyError
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +96,10 @@ class TokenProvider:
         *,
         timeout: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        box: SecretBox | None = None,
     ) -> None:
         self._cache = cache
+        self._box = box
         # The login's HTTP client is engine/http1.py, as the delivery's: one client stack in the worker (httpx
         # cost it 2.3 MB of imports for a request made once per token lifetime).
         self._pools = Http1Pools(max_pools=MAX_LOGIN_HOSTS, limit=LOGIN_CONNECTIONS, timeout=timeout)  # by login origin
@@ -154,7 +158,7 @@ class TokenProvider:
         if self._cache is None:
             return
         try:
-            if await self._cache.get(key) == token.encode():
+            if await self._cache_get(key) == token:
                 await self._cache.delete(key)
         except BackendUnavailable:
             pass
@@ -189,13 +193,19 @@ class TokenProvider:
             value = await self._cache.get(key)
         except BackendUnavailable:
             return None
-        return value.decode() if value else None
+        if not value or self._box is None:
+            return value.decode() if value else None
+        try:
+            return self._box.decrypt(value.decode(), context=key)
+        except (SecretKeyError, UnicodeDecodeError):
+            return None  # sealed under a key we no longer hold, or left unsealed by an older bridge: log in again
 
     async def _cache_set(self, key: str, token: str, ttl: float) -> None:
         if self._cache is None or ttl <= 0:
             return
         try:
-            await self._cache.set(key, token.encode(), ttl)
+            sealed = token if self._box is None else self._box.encrypt(token, context=key)
+            await self._cache.set(key, sealed.encode(), ttl)
         except BackendUnavailable:
             pass
 

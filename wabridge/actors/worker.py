@@ -75,7 +75,7 @@ class Worker:
         self.shards = shards
         self.prefetch = prefetch if prefetch is not None else settings.worker_prefetch
         self.directory = TenantDirectory(backends.store, backends.cache, settings.secret_box())
-        self.tokens = TokenProvider(backends.cache)
+        self.tokens = TokenProvider(backends.cache, box=settings.secret_box())
         self.budget = RateBudget(backends.cache)
         genesys = FarEnd("genesys", hold_for=settings.far_end_hold, retry_max=settings.far_end_retry_max)
         self.delivery = GenesysDelivery(self.tokens, self.budget, far_end=genesys, **genesys_timeout())
