@@ -388,6 +388,42 @@ async def test_a_client_gone_mid_body_is_counted_and_answered_400_not_500(app: I
     assert len(caplog.records) <= 1 and not any(r.exc_info for r in caplog.records)
 
 
+async def test_an_unsigned_body_naming_many_numbers_costs_a_bounded_number_of_lookups(app: IngressApp) -> None:
+    lookups: list[str] = []
+    by_phone_number = app.directory.by_phone_number
+
+    async def counted(number: str):
+        lookups.append(number)
+        return await by_phone_number(number)
+
+    app.directory.by_phone_number = counted
+    many = {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [
+        {"field": "messages", "value": {"metadata": {"phone_number_id": f"{n:015d}"}}} for n in range(1000)]}]}
+    body = json.dumps(many).encode()
+    assert (await app.handle("POST", "/webhook/meta", "", {"x-hub-signature-256": "sha256=00"}, body)).status == 400
+    long_number = json.dumps({"entry": [{"changes": [{"value": {"metadata": {"phone_number_id": "9" * 100_000}}}]}]})
+    assert (await app.handle("POST", "/webhook/meta", "", {"x-hub-signature-256": "sha256=00"},
+                             long_number.encode())).status == 401  # fmt: skip
+    assert lookups == []
+
+
+class BodyNeverComes(ClosedMidBody):
+    """A client that declared a Content-Length and keeps the connection open without sending it (slowloris)."""
+
+    async def __call__(self) -> bytes:
+        await asyncio.sleep(3600)
+        return b""
+
+
+async def test_a_body_that_never_arrives_is_answered_408_at_the_deadline(app: IngressApp) -> None:
+    app.body_timeout = 0.2
+    scope = type("Scope", (), {"proto": "http", "method": "POST", "path": "/webhook/meta", "query_string": "",
+                               "headers": {"content-length": "100"}})()  # fmt: skip
+    proto = BodyNeverComes()
+    await asyncio.wait_for(app.__rsgi__(scope, proto), 5)
+    assert proto.answers == [408]
+
+
 # --- backends failing ---------------------------------------------------------------------------------------------
 
 

@@ -78,6 +78,11 @@ UNROUTED_ARCHIVE_TENANT = "_unrouted"  # archive prefix of bodies no tenant owns
 SHARED_ARCHIVE_TENANT = "_shared"
 MAX_CHALLENGE = 1024  # characters; Meta sends a short number
 CLOSE_DEADLINE = 10.0  # seconds the archive's last segments get at shutdown
+# Before the signature check every phone_number_id a body names costs a directory lookup: bounded per request. One
+# Meta app's webhook concerns the numbers of its business accounts, a handful; ids are ~15 digits.
+MAX_NUMBERS = 100
+MAX_KEY = 128  # characters of a tenant id or phone_number_id worth looking up
+BODY_TIMEOUT = 30.0  # seconds a request's body may take to arrive (Meta sends at most 3 MB, at once)
 # A body no tenant owns is kept only when one of our Meta apps signed it; this many app secrets are tried at most, so
 # an unsigned body costs a bounded number of HMACs (tenants of one Meta app share its secret: usually a handful).
 MAX_UNROUTED_SECRETS = 16
@@ -131,8 +136,9 @@ def _readable_text(body: bytes) -> bool:
 
 def _could_be_stored(key: str) -> bool:
     """Whether a tenant id or phone_number_id from the request could be one the store holds: PostgreSQL text never
-    holds NUL (asking for one fails the query, a 500 before any signature check), so no tenant has such a key."""
-    return "\x00" not in key
+    holds NUL (asking for one fails the query, a 500 before any signature check), so no tenant has such a key; nor one
+    longer than MAX_KEY (an unsigned body must not make the cache and the store look up a megabyte)."""
+    return len(key) <= MAX_KEY and "\x00" not in key
 
 
 def _printable(value: str) -> str:
@@ -157,6 +163,7 @@ class IngressApp:
     def __init__(self, settings: Settings, backends: Any = None, *, max_archive_bytes: int = ARCHIVE_MAX_BYTES) -> None:
         self.settings = settings
         self.backends = backends
+        self.body_timeout = BODY_TIMEOUT
         self.directory: TenantDirectory | None = None
         self.archive: ArchiveWriter | None = None
         self._max_archive_bytes = max_archive_bytes
@@ -218,7 +225,14 @@ class IngressApp:
         body = b""
         if scope.method == "POST":
             try:
-                body = await read_body(proto, headers, self.settings.max_body_bytes)
+                async with asyncio.timeout(self.body_timeout):
+                    body = await read_body(proto, headers, self.settings.max_body_bytes)
+            except TimeoutError:
+                # A body promised by Content-Length that never comes (or trickles): a slow client holds no
+                # connection and no memory past this.
+                REQUESTS.labels("webhook", "408").inc()
+                proto.response_bytes(408, [("connection", "close")], b"request body timed out")
+                return
             except BodyTooLarge:
                 REQUESTS.labels("webhook", "413").inc()
                 proto.response_bytes(413, [("connection", "close")], b"payload too large")
@@ -332,6 +346,8 @@ class IngressApp:
             decoded = repaired
         owners: dict[str, TenantConfig] = {}  # phone_number_id → owner
         unknown: list[str] = []
+        if len(routing.phone_number_ids) > MAX_NUMBERS:
+            return text(400, "malformed webhook: too many phone numbers")  # each costs a lookup before the HMAC
         for number in routing.phone_number_ids:
             tenant = await self.directory.by_phone_number(number) if _could_be_stored(number) else None
             if tenant is None:
