@@ -2,7 +2,7 @@
 # Throwaway real servers for tests and benches: Redis, PostgreSQL, RabbitMQ and S3 (SeaweedFS) on loopback,
 # each with its own data directory under $WABRIDGE_SERVICES_DIR (default /tmp/wabridge-services).
 #
-#   services.sh install   apt packages (redis-server, rabbitmq-server, postgresql) if missing
+#   services.sh install   apt packages (redis-server, rabbitmq-server, postgresql, kubernetes-client, prometheus) if missing
 #   services.sh start     start all four (idempotent: a running server is left alone) and wait until ready
 #   services.sh stop      stop all four (idempotent)
 #   services.sh env       print the WABRIDGE_* variables that point at them
@@ -43,16 +43,27 @@ rabbit_sbin() {
 }
 
 install() {
-    local need=()
+    local need=() tools=()
     command -v redis-server >/dev/null || need+=(redis-server)
     rabbit_sbin >/dev/null || need+=(rabbitmq-server)
     pg_bin >/dev/null || need+=(postgresql)
-    if [ ${#need[@]} -gt 0 ]; then
-        log "installing ${need[*]}"
+    # The deploy tests (tests/deploy): kubectl renders deploy/k8s, promtool checks the alert rules. Any kubectl will do
+    # (a cloud SDK's own kubectl owns the same path, so Debian's is installed only when there is none).
+    command -v kubectl >/dev/null || tools+=(kubernetes-client)
+    command -v promtool >/dev/null || tools+=(prometheus)
+    if [ $((${#need[@]} + ${#tools[@]})) -gt 0 ]; then
+        log "installing ${need[*]} ${tools[*]}"
         local sudo=""
         [ "$(id -u)" -eq 0 ] || sudo=sudo
         $sudo apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+        [ ${#need[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+        if [ ${#tools[@]} -gt 0 ]; then
+            DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${tools[@]}" >/dev/null
+            # Only promtool is wanted: on a systemd machine the package also starts a Prometheus server.
+            if [[ " ${tools[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null; then
+                $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
+            fi
+        fi
     fi
 }
 
