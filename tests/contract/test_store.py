@@ -226,6 +226,27 @@ async def test_touch_conversations_accepts_many_touches_at_once(store):
     assert await store.get_conversation("acme", "1650") == conv
 
 
+# --- customer aliases ---
+
+
+async def test_an_alias_is_per_tenant_read_many_at_once_and_never_overwritten(store):
+    bsuid = "US.13491208655302741918"
+    assert await store.get_aliases([]) == {}
+    assert await store.put_alias("acme", bsuid, "16505551234") == "16505551234"
+    assert await store.put_alias("globex", bsuid, "US.88120455318710220415") == "US.88120455318710220415"
+    # A second writer (another id chosen in a race) gets the stored one back; the row keeps it.
+    assert await store.put_alias("acme", bsuid, "16505559999") == "16505551234"
+    keys = [("acme", bsuid), ("globex", bsuid), ("acme", "16505551234"), ("initech", bsuid)]
+    assert await store.get_aliases(keys) == {("acme", bsuid): "16505551234", ("globex", bsuid): "US.88120455318710220415"}
+
+
+async def test_concurrent_put_alias_agree_on_one_canonical_id(store):
+    canonicals = [f"1650555{n:04d}" for n in range(8)]
+    results = await asyncio.gather(*(store.put_alias("acme", "US.1", c) for c in canonicals))
+    assert len(set(results)) == 1 and results[0] in canonicals
+    assert await store.get_aliases([("acme", "US.1")]) == {("acme", "US.1"): results[0]}
+
+
 # --- tracking ---
 
 
@@ -533,3 +554,75 @@ def test_wabridge_migrate_reencrypt_secrets_rotates_tenants_to_the_new_key(tmp_p
             await store.close()
 
     assert anyio.run(read).app_secret == tenant().app_secret
+
+
+# --- where a message came from, and its unusual steps (issue 19: `wabridge trace`, `wabridge messages`) ------------
+
+
+async def test_where_a_message_came_from_is_kept_by_later_writes_that_do_not_know_it(store):
+    await store.write_tracking([TrackingRecord(
+        wamid="w1", tenant_id="acme", status="failed", webhook_id="0194abc", shard=2, archive_key="acme/d/s.ndjson#3",
+        received_at=1_700_000_000.25, customer_id="15550001", media_key="acme/image/d/w1.jpg",
+    )])  # fmt: skip
+    # A replay knows none of it: its `delivered` write must not erase where the message came from.
+    await store.write_tracking([TrackingRecord(wamid="w1", tenant_id="acme", status="delivered", attempts=1,
+                                               genesys_message_id="g-1")])  # fmt: skip
+    row = await store.get_tracking("acme", "w1")
+    assert (row.status, row.webhook_id, row.shard, row.archive_key, row.customer_id, row.media_key) == (
+        "delivered", "0194abc", 2, "acme/d/s.ndjson#3", "15550001", "acme/image/d/w1.jpg")
+    assert row.received_at == pytest.approx(1_700_000_000.25, abs=1e-3)
+    assert (await store.list_tracking(tenant_id="acme"))[0] == row
+
+
+async def test_find_tracking_by_wamid_in_any_tenant_by_genesys_id_or_by_webhook(store):
+    await store.put_tenant(tenant("acme", ("1",)))
+    await store.put_tenant(tenant("globex", ("2",)))
+    await store.write_tracking([
+        TrackingRecord(wamid="w1", tenant_id="acme", status="delivered", genesys_message_id="g-1", webhook_id="h1",
+                       created_at=1_700_000_001),
+        TrackingRecord(wamid="w2", tenant_id="acme", status="failed", webhook_id="h1", created_at=1_700_000_002),
+        TrackingRecord(wamid="w1", tenant_id="globex", status="received", webhook_id="h2", created_at=1_700_000_003),
+        TrackingRecord(wamid="w9", tenant_id="", status="unrouted", created_at=1_700_000_004),
+    ])  # fmt: skip
+    assert [(r.tenant_id, r.wamid) for r in await store.find_tracking("w1")] == [("acme", "w1"), ("globex", "w1")]
+    assert [(r.tenant_id, r.wamid) for r in await store.find_tracking("g-1")] == [("acme", "w1")]
+    assert [r.wamid for r in await store.find_tracking("h1")] == ["w1", "w2"], "every message of the webhook"
+    assert [r.status for r in await store.find_tracking("w9")] == ["unrouted"]
+    assert await store.find_tracking("nothing-like-it") == []
+    found = (await store.find_tracking("w2"))[0]
+    assert found == await store.get_tracking("acme", "w2")
+
+
+async def test_list_tracking_by_customer_and_direction_newest_first(store):
+    t0 = 1_700_000_000.0
+    await store.write_tracking([
+        TrackingRecord(wamid=f"w{i}", tenant_id="acme", status="delivered", customer_id="c1" if i % 2 else "c2",
+                       direction="outbound" if i == 5 else "inbound", created_at=t0 + i)
+        for i in range(8)
+    ])  # fmt: skip
+    rows = await store.list_tracking(tenant_id="acme", customer_id="c1", newest_first=True)
+    assert [r.wamid for r in rows] == ["w7", "w5", "w3", "w1"]
+    rows = await store.list_tracking(customer_id="c1", direction="inbound", newest_first=True, limit=2)
+    assert [r.wamid for r in rows] == ["w7", "w3"]
+    assert [r.wamid for r in await store.list_tracking(customer_id="c2", since=t0 + 3)] == ["w4", "w6"]
+
+
+async def test_message_events_come_back_in_time_order_by_wamid_or_by_webhook_within_the_tenant(store):
+    from wabridge.engine.ports import MessageEvent
+
+    t0 = 1_700_000_000.0
+    await store.write_events([
+        MessageEvent(tenant_id="acme", wamid="w1", webhook_id="h1", at=t0 + 2, event="retried", detail="HTTP 500"),
+        MessageEvent(tenant_id="acme", wamid="w1", webhook_id="h1", at=t0 + 1, event="held", detail="genesys down"),
+        MessageEvent(tenant_id="acme", webhook_id="h1", at=t0 + 3, event="parked", detail="shard 1"),
+        MessageEvent(tenant_id="acme", wamid="w2", webhook_id="h2", at=t0 + 4, event="failed"),
+        MessageEvent(tenant_id="globex", wamid="w1", webhook_id="h1", at=t0, event="replayed"),
+    ])  # fmt: skip
+    await store.write_events([])
+    events = await store.list_events(tenant_id="acme", wamids=["w1"], webhook_ids=["h1"])
+    assert [(e.wamid, e.event) for e in events] == [("w1", "held"), ("w1", "retried"), ("", "parked")]
+    assert events[0] == MessageEvent(tenant_id="acme", wamid="w1", webhook_id="h1", direction="inbound",
+                                     at=pytest.approx(t0 + 1, abs=1e-3), event="held", detail="genesys down")
+    assert [e.event for e in await store.list_events(tenant_id="acme", wamids=["w2"])] == ["failed"]
+    assert [e.event for e in await store.list_events(tenant_id="acme", webhook_ids=["h1"], limit=1)] == ["held"]
+    assert await store.list_events(tenant_id="acme") == []

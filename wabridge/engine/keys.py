@@ -12,6 +12,7 @@ tenant: Genesys conversation ids are UUIDs, unique across organisations.
 from __future__ import annotations
 
 MAPPING_TTL = 3600.0  # seconds; both mapping directions
+ALIAS_TTL = 3600.0  # an alias never changes once stored: the TTL only bounds Redis's memory
 TENANT_CONFIG_TTL = 3600.0
 WHATSAPP_TOKEN_TTL = 24 * 3600.0
 RATE_LIMIT_TTL = 60.0  # one fixed one-minute window per key
@@ -21,6 +22,12 @@ OAUTH_TOKEN_MARGIN = 300.0  # a cached token is dropped this long before Genesys
 def mapping_wa(tenant_id: str, wa_id: str) -> str:
     """WhatsApp user → Genesys conversation id, for one tenant."""
     return f"mapping:wa:{tenant_id}:{wa_id}"
+
+
+def customer_alias(tenant_id: str, alias_id: str) -> str:
+    """A customer id (phone number or BSUID) → the canonical id of that customer, for one tenant (identity.py).
+    Only aliases are cached: an id that is no alias is remembered by the process alone, for a short while."""
+    return f"mapping:alias:{tenant_id}:{alias_id}"
 
 
 def mapping_conv(conversation_id: str) -> str:

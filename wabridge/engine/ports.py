@@ -82,6 +82,42 @@ class TrackingRecord(msgspec.Struct, kw_only=True):
     duplicates: int = 0  # times the message came again after it was settled (Meta retries, redeliveries)
     created_at: float = 0.0  # Unix seconds; 0 = now
     updated_at: float = 0.0
+    # Where it came from, for `wabridge trace` / `messages` (migration 5): filled by the write that happens anyway;
+    # None on older rows and on writes that do not know it (a later write keeps what an earlier one set).
+    webhook_id: str | None = None  # the ingress's id of the webhook (its queue message id is `{webhook_id}:{tenant}`)
+    shard: int | None = None
+    archive_key: str | None = None  # the raw body in `webhooks-inbound`: `{segment key}#{line}`
+    received_at: float | None = None  # when the ingress read the webhook
+    customer_id: str | None = None  # the customer's ordering-lane key (Route.sender_id)
+    media_key: str | None = None  # our copy of the customer's media in `media-inbound`
+
+
+class MessageEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """One unusual step in a message's life (a retry, a hold, a hand-back, parking, a dead letter, a replay): the
+    happy path writes none, its tracking row tells it all. `wamid` is empty for a step of the whole webhook (parking
+    handles webhooks, not messages): `wabridge trace` finds those by `webhook_id`."""
+
+    tenant_id: str
+    wamid: str = ""
+    webhook_id: str = ""
+    direction: str = "inbound"  # "outbound" once the bridge sends the business's messages to Meta
+    at: float  # Unix seconds
+    event: str  # a MessageEventKind value
+    detail: str = ""  # an error, a reason: never message text or a secret
+
+
+class MessageEventKind:
+    RETRIED = "retried"  # a Genesys attempt failed and was tried again
+    RATE_LIMITED = "rate-limited"  # Genesys answered 429 and the delivery waited
+    MEDIA_RETRIED = "media-retried"  # a media download from Meta failed and was tried again
+    HELD = "held"  # held in place while the tenant's Genesys was down
+    FAILED = "failed"  # tracked failed (the row's error is overwritten should a replay deliver it)
+    HANDED_BACK = "handed-back"  # unfinished: its webhook went back to the queue (or to parking) for another attempt
+    DEAD_LETTERED = "dead-lettered"  # unfinished on the last attempt: the webhook went to the dead-letter queue
+    PARKED = "parked"  # its webhook was kept in the store while its tenant was held back
+    FED = "fed"  # its parked webhook was handed to the tenant again
+    BURIED = "buried"  # its parked webhook went to the dead-letter queue
+    REPLAYED = "replayed"  # `wabridge replay` sent it again
 
 
 class ParkedMessage(msgspec.Struct, frozen=True, kw_only=True):
@@ -228,6 +264,14 @@ class Store(Protocol):
     async def touch_conversations(self, touches: Sequence[tuple[str, str, float]]) -> None:
         """(tenant_id, wa_id, unix time) → last_activity_at, many at once (coalesced by the caller)."""
 
+    # customer aliases: one customer known by two ids (phone number and BSUID, or an old and a new BSUID); each alias
+    # names the customer's canonical id, the one their conversation is keyed on (actors/identity.py)
+    async def get_aliases(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """(tenant_id, alias_id) → canonical id for those that are aliases, in one round trip."""
+
+    async def put_alias(self, tenant_id: str, alias_id: str, canonical_id: str) -> str:
+        """Insert if absent and return the stored canonical id (the existing one when another writer won)."""
+
     # message tracking
     async def write_tracking(self, records: Sequence[TrackingRecord]) -> None:
         """Upsert many rows in one round trip; durable when it returns."""
@@ -247,7 +291,27 @@ class Store(Protocol):
         since: float | None = None,
         until: float | None = None,
         limit: int = 1000,
-    ) -> list[TrackingRecord]: ...
+        customer_id: str | None = None,
+        direction: str | None = None,
+        newest_first: bool = False,
+    ) -> list[TrackingRecord]:
+        """Oldest first by created_at (replay's order), or newest first."""
+        ...
+
+    async def find_tracking(self, message_id: str, *, limit: int = 1000) -> list[TrackingRecord]:
+        """The rows a message id names, any tenant: its wamid, its Genesys message id, or its webhook id (every
+        message of that webhook). Oldest first."""
+        ...
+
+    # message events: the unusual steps of a message (MessageEvent), written in batches, best effort
+    async def write_events(self, events: Sequence[MessageEvent]) -> None:
+        """Append many in one round trip."""
+
+    async def list_events(
+        self, *, tenant_id: str, wamids: Sequence[str] = (), webhook_ids: Sequence[str] = (), limit: int = 1000
+    ) -> list[MessageEvent]:
+        """The tenant's events of those messages or of those webhooks, in time order."""
+        ...
 
     # parked messages: a worker takes the queue messages of a tenant that is held back (its Genesys rate budget
     # spent, its mailbox full) off its shard and keeps them here, in order, so the shard's other tenants are not held

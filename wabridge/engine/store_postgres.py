@@ -5,7 +5,10 @@ Schema (migrate() creates or upgrades it, under an advisory lock, recording each
                           with the encrypting key id beside it, so reencrypt_secrets() finds rows to rotate
   tenant_phone_numbers    phone_number_id → tenant (primary key: a number belongs to one tenant at most)
   conversation_mappings   (tenant_id, wa_id) → conversation_id UUID, last_activity_at, created_at
-  message_tracking        (tenant_id, wamid) → status, attempts, error, …, payload; index for replay queries
+  customer_aliases        (tenant_id, alias_id) → canonical_id: a customer's other id (phone or BSUID), insert-only
+  message_tracking        (tenant_id, wamid) → status, attempts, error, …, payload; index for replay queries; where
+                          it came from (webhook, shard, archive key, customer), indexed by Genesys id and webhook id
+  message_events          the unusual steps of a message (retries, holds, hand-backs, parking, dead letters, replays)
   parked_messages         seq → a held-back tenant's queue message (shard, tenant, message id, body, attempt), kept
                           aside so its shard's other tenants go on; seq orders them and is never reused
 
@@ -32,6 +35,7 @@ import msgspec
 from wabridge.engine.ports import (
     BackendUnavailable,
     GenesysCredential,
+    MessageEvent,
     ParkedMessage,
     PhoneNumberTaken,
     TenantConfig,
@@ -219,19 +223,61 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (shard, tenant_id)
     );
     """,
+    # 4: one customer known by two ids (a phone number and a BSUID): the alias names the id their conversation uses
+    """
+    CREATE TABLE customer_aliases (
+        tenant_id text NOT NULL,
+        alias_id text NOT NULL,
+        canonical_id text NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (tenant_id, alias_id)
+    );
+    """,
+    # 5: where each message came from, and the unusual steps of its life (`wabridge trace`, `wabridge messages`).
+    # Nullable columns without a default: added without rewriting the table.
+    """
+    ALTER TABLE message_tracking ADD COLUMN webhook_id text, ADD COLUMN shard integer, ADD COLUMN archive_key text,
+        ADD COLUMN received_at timestamptz, ADD COLUMN customer_id text, ADD COLUMN media_key text;
+    CREATE INDEX message_tracking_genesys ON message_tracking (genesys_message_id)
+        WHERE genesys_message_id IS NOT NULL;
+    CREATE INDEX message_tracking_webhook ON message_tracking (webhook_id) WHERE webhook_id IS NOT NULL;
+    CREATE INDEX message_tracking_customer ON message_tracking (tenant_id, customer_id, created_at)
+        WHERE customer_id IS NOT NULL;
+    CREATE TABLE message_events (
+        id bigserial PRIMARY KEY,
+        tenant_id text NOT NULL,
+        wamid text NOT NULL,
+        webhook_id text NOT NULL,
+        direction text NOT NULL,
+        at timestamptz NOT NULL,
+        event text NOT NULL,
+        detail text NOT NULL
+    );
+    CREATE INDEX message_events_wamid ON message_events (tenant_id, wamid, at);
+    CREATE INDEX message_events_webhook ON message_events (tenant_id, webhook_id, at);
+    """,
 )
 
 # Arrays in, one statement, one round trip (see bench/test_store_bench.py for the measured alternatives).
 _UPSERT_TRACKING = """
 INSERT INTO message_tracking AS t (tenant_id, wamid, conversation_id, direction, type, status, attempts, error,
-                                   genesys_message_id, payload, created_at, updated_at)
+                                   genesys_message_id, payload, created_at, updated_at, webhook_id, shard,
+                                   archive_key, received_at, customer_id, media_key)
 SELECT u.tenant_id, u.wamid, u.conversation_id, u.direction, u.type, u.status, u.attempts, u.error,
-       u.genesys_message_id, u.payload, to_timestamp(u.created_at), to_timestamp(u.updated_at)
+       u.genesys_message_id, u.payload, to_timestamp(u.created_at), to_timestamp(u.updated_at), u.webhook_id,
+       u.shard, u.archive_key, to_timestamp(u.received_at), u.customer_id, u.media_key
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], $8::text[],
-            $9::text[], $10::bytea[], $11::float8[], $12::float8[])
+            $9::text[], $10::bytea[], $11::float8[], $12::float8[], $13::text[], $14::int[], $15::text[],
+            $16::float8[], $17::text[], $18::text[])
      AS u(tenant_id, wamid, conversation_id, direction, type, status, attempts, error, genesys_message_id, payload,
-          created_at, updated_at)
+          created_at, updated_at, webhook_id, shard, archive_key, received_at, customer_id, media_key)
 ON CONFLICT (tenant_id, wamid) DO UPDATE SET
+    webhook_id = COALESCE(EXCLUDED.webhook_id, t.webhook_id),
+    shard = COALESCE(EXCLUDED.shard, t.shard),
+    archive_key = COALESCE(EXCLUDED.archive_key, t.archive_key),
+    received_at = COALESCE(EXCLUDED.received_at, t.received_at),
+    customer_id = COALESCE(EXCLUDED.customer_id, t.customer_id),
+    media_key = COALESCE(EXCLUDED.media_key, t.media_key),
     status = EXCLUDED.status,
     attempts = EXCLUDED.attempts,
     error = EXCLUDED.error,
@@ -251,7 +297,9 @@ WHERE t.tenant_id = u.tenant_id AND t.wamid = u.wamid
 """
 
 _TRACKING_COLUMNS = """wamid, tenant_id, status, direction, type, conversation_id, genesys_message_id, attempts, error,
-    payload, duplicates, extract(epoch FROM created_at)::float8 AS created_at, extract(epoch FROM updated_at)::float8 AS updated_at"""
+    payload, duplicates, extract(epoch FROM created_at)::float8 AS created_at, extract(epoch FROM updated_at)::float8 AS updated_at,
+    webhook_id, shard, archive_key, extract(epoch FROM received_at)::float8 AS received_at, customer_id, media_key"""
+_EVENT_COLUMNS = "tenant_id, wamid, webhook_id, direction, extract(epoch FROM at)::float8 AS at, event, detail"
 
 # The rows are numbered by the sequence as the sorted SELECT yields them, so seq follows the caller's order.
 _PARK = """
@@ -489,6 +537,33 @@ class PostgresStore:
                 [k[0] for k in keys], [k[1] for k in keys], list(latest.values()),
             )  # fmt: skip
 
+    # --- customer aliases ---
+
+    async def get_aliases(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        if not keys:
+            return {}
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                "SELECT a.tenant_id, a.alias_id, a.canonical_id FROM unnest($1::text[], $2::text[]) AS k(tenant, id),"
+                " LATERAL (SELECT tenant_id, alias_id, canonical_id FROM customer_aliases"
+                " WHERE tenant_id = k.tenant AND alias_id = k.id) a",
+                [k[0] for k in keys], [k[1] for k in keys],
+            )  # fmt: skip
+        return {(r["tenant_id"], r["alias_id"]): r["canonical_id"] for r in rows}
+
+    async def put_alias(self, tenant_id: str, alias_id: str, canonical_id: str) -> str:
+        async with self._conn() as conn:
+            won = await conn.fetchval(
+                "INSERT INTO customer_aliases (tenant_id, alias_id, canonical_id) VALUES ($1, $2, $3)"
+                " ON CONFLICT (tenant_id, alias_id) DO NOTHING RETURNING canonical_id",
+                tenant_id, alias_id, canonical_id,
+            )  # fmt: skip
+            if won is not None:
+                return won
+            return await conn.fetchval(  # another writer won: a new statement sees its committed row
+                "SELECT canonical_id FROM customer_aliases WHERE tenant_id = $1 AND alias_id = $2", tenant_id, alias_id
+            )
+
     # --- message tracking ---
 
     async def write_tracking(self, records: Sequence[TrackingRecord]) -> None:
@@ -514,6 +589,12 @@ class PostgresStore:
                 [r.payload for r in rows],
                 [r.created_at or now for r in rows],
                 [r.updated_at or now for r in rows],
+                [r.webhook_id for r in rows],
+                [r.shard for r in rows],
+                [r.archive_key for r in rows],
+                [r.received_at for r in rows],
+                [r.customer_id for r in rows],
+                [r.media_key for r in rows],
             )
             if duplicates:
                 await conn.execute(
@@ -552,11 +633,20 @@ class PostgresStore:
         since: float | None = None,
         until: float | None = None,
         limit: int = 1000,
+        customer_id: str | None = None,
+        direction: str | None = None,
+        newest_first: bool = False,
     ) -> list[TrackingRecord]:
         where, args = [], []
         if tenant_id is not None:
             args.append(tenant_id)
             where.append(f"tenant_id = ${len(args)}")
+        if customer_id is not None:
+            args.append(customer_id)
+            where.append(f"customer_id = ${len(args)}")
+        if direction is not None:
+            args.append(direction)
+            where.append(f"direction = ${len(args)}")
         if statuses:
             args.append(list(statuses))
             where.append(f"status = ANY(${len(args)})")
@@ -569,11 +659,60 @@ class PostgresStore:
         args.append(limit)
         sql = (
             f"SELECT {_TRACKING_COLUMNS} FROM message_tracking"
-            f" {'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY created_at, wamid LIMIT ${len(args)}"
+            f" {'WHERE ' + ' AND '.join(where) if where else ''}"
+            f" ORDER BY {'created_at DESC, wamid DESC' if newest_first else 'created_at, wamid'} LIMIT ${len(args)}"
         )
         async with self._conn() as conn:
             rows = await conn.fetch(sql, *args)
         return [TrackingRecord(**dict(r)) for r in rows]
+
+    async def find_tracking(self, message_id: str, *, limit: int = 1000) -> list[TrackingRecord]:
+        # By wamid: one primary-key probe per tenant (the key starts with the tenant; '' holds the unrouted rows),
+        # rather than an index on wamid alone that every tracking insert would pay for.
+        sql = f"""
+            SELECT * FROM (
+                SELECT m.* FROM (SELECT tenant_id FROM tenant_credentials UNION SELECT '') AS k,
+                    LATERAL (SELECT {_TRACKING_COLUMNS} FROM message_tracking
+                             WHERE tenant_id = k.tenant_id AND wamid = $1) m
+                UNION
+                SELECT {_TRACKING_COLUMNS} FROM message_tracking WHERE genesys_message_id = $1
+                UNION
+                SELECT {_TRACKING_COLUMNS} FROM message_tracking WHERE webhook_id = $1
+            ) found ORDER BY created_at, wamid LIMIT $2"""
+        async with self._conn() as conn:
+            rows = await conn.fetch(sql, message_id, limit)
+        return [TrackingRecord(**dict(r)) for r in rows]
+
+    # --- message events ---
+
+    async def write_events(self, events: Sequence[MessageEvent]) -> None:
+        if not events:
+            return
+        async with self._conn() as conn:
+            await conn.execute(
+                "INSERT INTO message_events (tenant_id, wamid, webhook_id, direction, at, event, detail)"
+                " SELECT u.tenant_id, u.wamid, u.webhook_id, u.direction, to_timestamp(u.at), u.event, u.detail"
+                " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::text[], $7::text[])"
+                " AS u(tenant_id, wamid, webhook_id, direction, at, event, detail)",
+                [e.tenant_id for e in events], [e.wamid for e in events], [e.webhook_id for e in events],
+                [e.direction for e in events], [e.at for e in events], [e.event for e in events],
+                [e.detail for e in events],
+            )  # fmt: skip
+
+    async def list_events(
+        self, *, tenant_id: str, wamids: Sequence[str] = (), webhook_ids: Sequence[str] = (), limit: int = 1000
+    ) -> list[MessageEvent]:
+        wamids, webhook_ids = [w for w in wamids if w], [w for w in webhook_ids if w]
+        if not wamids and not webhook_ids:
+            return []
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                f"SELECT {_EVENT_COLUMNS} FROM message_events WHERE tenant_id = $1"
+                " AND (wamid = ANY($2::text[]) OR webhook_id = ANY($3::text[]))"
+                " ORDER BY message_events.at, id LIMIT $4",
+                tenant_id, wamids, webhook_ids, limit,
+            )  # fmt: skip
+        return [MessageEvent(**dict(r)) for r in rows]
 
     # --- parked messages ---
 

@@ -25,6 +25,7 @@ import msgspec
 
 from wabridge.engine.ports import (
     BackendUnavailable,
+    MessageEvent,
     ParkedMessage,
     PhoneNumberTaken,
     TenantConfig,
@@ -117,13 +118,56 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (shard, tenant_id)
     );
     """,
+    # 4: one customer known by two ids (a phone number and a BSUID): the alias names the id their conversation uses
+    """
+    CREATE TABLE customer_aliases (
+        tenant_id TEXT NOT NULL,
+        alias_id TEXT NOT NULL,
+        canonical_id TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (tenant_id, alias_id)
+    );
+    """,
+    # 5: where each message came from, and the unusual steps of its life (`wabridge trace`, `wabridge messages`)
+    """
+    ALTER TABLE message_tracking ADD COLUMN webhook_id TEXT;
+    ALTER TABLE message_tracking ADD COLUMN shard INTEGER;
+    ALTER TABLE message_tracking ADD COLUMN archive_key TEXT;
+    ALTER TABLE message_tracking ADD COLUMN received_at REAL;
+    ALTER TABLE message_tracking ADD COLUMN customer_id TEXT;
+    ALTER TABLE message_tracking ADD COLUMN media_key TEXT;
+    CREATE INDEX message_tracking_genesys ON message_tracking (genesys_message_id)
+        WHERE genesys_message_id IS NOT NULL;
+    CREATE INDEX message_tracking_webhook ON message_tracking (webhook_id) WHERE webhook_id IS NOT NULL;
+    CREATE INDEX message_tracking_customer ON message_tracking (tenant_id, customer_id, created_at)
+        WHERE customer_id IS NOT NULL;
+    CREATE TABLE message_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        tenant_id TEXT NOT NULL,
+        wamid TEXT NOT NULL,
+        webhook_id TEXT NOT NULL,
+        direction TEXT NOT NULL,
+        at REAL NOT NULL,
+        event TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX message_events_wamid ON message_events (tenant_id, wamid, at);
+    CREATE INDEX message_events_webhook ON message_events (tenant_id, webhook_id, at);
+    """,
 )
 
 _UPSERT_TRACKING = """
 INSERT INTO message_tracking AS t (tenant_id, wamid, conversation_id, direction, type, status, attempts, error,
-                                   genesys_message_id, payload, created_at, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                   genesys_message_id, payload, created_at, updated_at, webhook_id, shard,
+                                   archive_key, received_at, customer_id, media_key)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (tenant_id, wamid) DO UPDATE SET
+    webhook_id = COALESCE(excluded.webhook_id, t.webhook_id),
+    shard = COALESCE(excluded.shard, t.shard),
+    archive_key = COALESCE(excluded.archive_key, t.archive_key),
+    received_at = COALESCE(excluded.received_at, t.received_at),
+    customer_id = COALESCE(excluded.customer_id, t.customer_id),
+    media_key = COALESCE(excluded.media_key, t.media_key),
     status = excluded.status,
     attempts = excluded.attempts,
     error = excluded.error,
@@ -138,8 +182,9 @@ WHERE excluded.status <> 'duplicate'
 
 _TRACKING_COLUMNS = (
     "wamid, tenant_id, status, direction, type, conversation_id, genesys_message_id, attempts, error, payload,"
-    " duplicates, created_at, updated_at"
+    " duplicates, created_at, updated_at, webhook_id, shard, archive_key, received_at, customer_id, media_key"
 )
+_EVENT_COLUMNS = "tenant_id, wamid, webhook_id, direction, at, event, detail"
 _TENANT_COLUMNS = (
     "tenant_id", "phone_number_ids", "app_secret", "verify_token", "whatsapp_token", "genesys_api_url",
     "genesys_login_url", "genesys_integration_id", "credentials", "rate_limit_per_minute", "key_id",
@@ -373,6 +418,33 @@ class SqliteStore:
 
         await self._run(work)
 
+    # --- customer aliases ---
+
+    async def get_aliases(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        def work(db: sqlite3.Connection) -> dict[tuple[str, str], str]:
+            found = {}
+            for tenant_id, alias_id in keys:
+                row = db.execute(
+                    "SELECT canonical_id FROM customer_aliases WHERE tenant_id = ? AND alias_id = ?", (tenant_id, alias_id)
+                ).fetchone()
+                if row is not None:
+                    found[(tenant_id, alias_id)] = row[0]
+            return found
+
+        return await self._run(work) if keys else {}
+
+    async def put_alias(self, tenant_id: str, alias_id: str, canonical_id: str) -> str:
+        def work(db: sqlite3.Connection) -> str:
+            db.execute(
+                "INSERT INTO customer_aliases VALUES (?, ?, ?, ?) ON CONFLICT (tenant_id, alias_id) DO NOTHING",
+                (tenant_id, alias_id, canonical_id, time.time()),
+            )
+            return db.execute(
+                "SELECT canonical_id FROM customer_aliases WHERE tenant_id = ? AND alias_id = ?", (tenant_id, alias_id)
+            ).fetchone()[0]
+
+        return await self._run(work)
+
     # --- message tracking ---
 
     async def write_tracking(self, records: Sequence[TrackingRecord]) -> None:
@@ -381,7 +453,8 @@ class SqliteStore:
         now = time.time()
         rows = [
             (r.tenant_id, r.wamid, r.conversation_id, r.direction, r.type, r.status, r.attempts, r.error,
-             r.genesys_message_id, r.payload, r.created_at or now, r.updated_at or now)
+             r.genesys_message_id, r.payload, r.created_at or now, r.updated_at or now, r.webhook_id, r.shard,
+             r.archive_key, r.received_at, r.customer_id, r.media_key)
             for r in latest_per_key(records)
         ]  # fmt: skip
 
@@ -433,12 +506,21 @@ class SqliteStore:
         since: float | None = None,
         until: float | None = None,
         limit: int = 1000,
+        customer_id: str | None = None,
+        direction: str | None = None,
+        newest_first: bool = False,
     ) -> list[TrackingRecord]:
         where: list[str] = []
         args: list[Any] = []
         if tenant_id is not None:
             where.append("tenant_id = ?")
             args.append(tenant_id)
+        if customer_id is not None:
+            where.append("customer_id = ?")
+            args.append(customer_id)
+        if direction is not None:
+            where.append("direction = ?")
+            args.append(direction)
         if statuses:
             where.append(f"status IN ({', '.join('?' for _ in statuses)})")
             args.extend(statuses)
@@ -450,10 +532,50 @@ class SqliteStore:
             args.append(until)
         sql = (
             f"SELECT {_TRACKING_COLUMNS} FROM message_tracking {'WHERE ' + ' AND '.join(where) if where else ''}"
-            " ORDER BY created_at, wamid LIMIT ?"
+            f" ORDER BY {'created_at DESC, wamid DESC' if newest_first else 'created_at, wamid'} LIMIT ?"
         )
         rows = await self._run(lambda db: db.execute(sql, (*args, limit)).fetchall())
         return [TrackingRecord(**dict(r)) for r in rows]
+
+    async def find_tracking(self, message_id: str, *, limit: int = 1000) -> list[TrackingRecord]:
+        # By wamid: one primary-key probe per tenant (the key starts with the tenant; '' holds the unrouted rows).
+        sql = (
+            f"SELECT {_TRACKING_COLUMNS} FROM message_tracking"
+            " WHERE tenant_id IN (SELECT tenant_id FROM tenant_credentials UNION SELECT '') AND wamid = ?"
+            f" UNION SELECT {_TRACKING_COLUMNS} FROM message_tracking WHERE genesys_message_id = ?"
+            f" UNION SELECT {_TRACKING_COLUMNS} FROM message_tracking WHERE webhook_id = ?"
+            " ORDER BY created_at, wamid LIMIT ?"
+        )
+        rows = await self._run(lambda db: db.execute(sql, (message_id, message_id, message_id, limit)).fetchall())
+        return [TrackingRecord(**dict(r)) for r in rows]
+
+    # --- message events ---
+
+    async def write_events(self, events: Sequence[MessageEvent]) -> None:
+        rows = [(e.tenant_id, e.wamid, e.webhook_id, e.direction, e.at, e.event, e.detail) for e in events]
+        if not rows:
+            return
+
+        def work(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(f"INSERT INTO message_events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            db.execute("COMMIT")
+
+        await self._run(work)
+
+    async def list_events(
+        self, *, tenant_id: str, wamids: Sequence[str] = (), webhook_ids: Sequence[str] = (), limit: int = 1000
+    ) -> list[MessageEvent]:
+        wamids, webhook_ids = [w for w in wamids if w], [w for w in webhook_ids if w]
+        if not wamids and not webhook_ids:
+            return []
+        sql = (
+            f"SELECT {_EVENT_COLUMNS} FROM message_events WHERE tenant_id = ?"
+            f" AND (wamid IN ({', '.join('?' * len(wamids)) or 'NULL'})"
+            f" OR webhook_id IN ({', '.join('?' * len(webhook_ids)) or 'NULL'})) ORDER BY at, id LIMIT ?"
+        )
+        rows = await self._run(lambda db: db.execute(sql, (tenant_id, *wamids, *webhook_ids, limit)).fetchall())
+        return [MessageEvent(**dict(r)) for r in rows]
 
     # --- parked messages ---
 
