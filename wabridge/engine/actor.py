@@ -88,6 +88,13 @@ def _kind(kind: str) -> _Kind:
     return k
 
 
+def mailbox_depths(kind: str) -> dict[str, int]:
+    """Messages waiting in each mailbox of this kind, by actor name: for the per-actor views of a few hot spots
+    (worker.py exports the deepest tenant mailboxes), read at scrape time, off the hot path."""
+    k = _kinds.get(kind)
+    return {r.name: len(r.mailbox) for r in list(k.refs)} if k is not None else {}
+
+
 class ActorRef:
     """The handle to an actor: its mailbox outlives every restart. Made by `Supervisor.spawn`."""
 

@@ -245,3 +245,57 @@ class Registry:
 
 
 REGISTRY = Registry()
+
+
+# --- bounded per-tenant series ------------------------------------------------------------------------------------
+
+OTHER = "_other"
+
+
+class Capped:
+    """A metric labelled first by a value with no natural bound (a tenant id): the first `limit` values get series of
+    their own, every later one shares `OTHER`. A deployment with more tenants than that still counts every message,
+    and the metric never reaches MAX_SERIES (which would raise on the hot path)."""
+
+    def __init__(self, metric: _Metric, limit: int) -> None:
+        if not metric.labelnames:
+            raise ValueError(f"{metric.name} has no label to cap")
+        self.metric = metric
+        self.limit = limit
+        self._own: set[str] = set()
+        self._children: dict[tuple[str, ...], object] = {}
+
+    def labels(self, first: str, *rest: str):
+        key = (first, *rest)
+        child = self._children.get(key)
+        if child is None:
+            if first not in self._own:
+                if len(self._own) >= self.limit:
+                    first = OTHER
+                else:
+                    self._own.add(first)
+            child = self._children[key] = self.metric.labels(first, *rest)
+        return child
+
+
+class TopGauge(_Metric):
+    """A gauge whose series are read at scrape time from `fn` (label value → number), keeping only the `top` largest
+    non-zero ones: the deepest tenant mailboxes, say, of however many tenants a worker holds. A series missing from a
+    scrape means "not among the largest", which is what a dashboard of hot spots needs."""
+
+    kind = "gauge"
+
+    def __init__(self, name: str, help: str, label: str, fn: Callable[[], dict[str, float]], *, top: int = 20) -> None:
+        super().__init__(name, help, (label,), max_series=top)
+        self.fn = fn
+        self.top = top
+
+    def labels(self, *values: str):
+        raise TypeError(f"{self.name} is read from its function at scrape time")
+
+    def render(self) -> Iterable[str]:
+        yield f"# HELP {self.name} {_escape_help(self.help)}"
+        yield f"# TYPE {self.name} {self.kind}"
+        values = sorted(((v, k) for k, v in self.fn().items() if v > 0), reverse=True)[: self.top]
+        for value, key in values:
+            yield f"{self.name}{_labels(self.labelnames, (key,))} {_number(value)}"
