@@ -222,3 +222,49 @@ async def test_a_store_failure_reaches_every_lookup_of_the_batch_and_the_next_on
     assert all(isinstance(o, BackendUnavailable) for o in outcomes)
     assert (await lookups.get("acme", "wamid.2")).status == "delivered"
 
+
+
+async def test_events_are_written_with_the_next_batch_never_awaited_and_flushed_at_close(store):
+    """A message's unusual steps (`wabridge trace`) ride with the writer: `event()` returns at once, the events are
+    in the store once the batch they came with is, and what is left is written at close."""
+    from wabridge.engine.ports import MessageEvent
+
+    writer = TrackingWriter(store, max_delay=0.001)
+    await writer.start()
+    writer.event(MessageEvent(tenant_id="acme", wamid="wamid.1", webhook_id="h1", at=1.0, event="retried"))
+    await writer.record(rec(1, "failed"))
+    writer.event(MessageEvent(tenant_id="acme", wamid="wamid.1", webhook_id="h1", at=2.0, event="failed"))
+    await writer.aclose()
+    events = await store.list_events(tenant_id="acme", wamids=["wamid.1"])
+    assert [e.event for e in events] == ["retried", "failed"]
+    writer.event(MessageEvent(tenant_id="acme", wamid="wamid.1", at=3.0, event="late"))  # closed: dropped, counted
+    assert writer.statistics().events_dropped == 1
+
+
+async def test_a_trail_names_its_message_on_every_log_line_and_hands_its_notes_to_the_writer(store):
+    import io
+    import json
+    import logging
+
+    from wabridge.actors import history
+    from wabridge.engine.logs import configure, get_logger
+
+    stream = io.StringIO()
+    handler = configure("INFO", stream=stream)
+    try:
+        async with TrackingWriter(store, max_delay=0.001) as writer:
+            origin = history.Origin("0194abc", 1, "acme/d/s.ndjson#2")
+            with history.Trail("acme", "wamid.7", origin, writer):
+                logging.getLogger("wabridge.delivery").warning("a line from code that never sees the message")
+                history.note("held", "genesys down")
+                history.note("held", "genesys down")  # the same step again: kept once
+                assert history.current().origin is origin
+            get_logger("relay").warning("after the trail")
+            history.note("held", "outside any trail: nothing")
+    finally:
+        logging.getLogger("wabridge").removeHandler(handler)
+    first, after = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert (first["tenant_id"], first["wamid"], first["webhook_id"]) == ("acme", "wamid.7", "0194abc")
+    assert "wamid" not in after
+    events = await store.list_events(tenant_id="acme", webhook_ids=["0194abc"])
+    assert [(e.wamid, e.event, e.detail) for e in events] == [("wamid.7", "held", "genesys down")]

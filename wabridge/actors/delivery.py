@@ -34,6 +34,7 @@ from urllib.parse import quote, urlsplit
 import anyio
 import msgspec
 
+from wabridge.actors import history
 from wabridge.actors.auth import LoginFailed, TokenProvider
 from wabridge.actors.far_end import FarEnd, FarEndDown
 from wabridge.actors.ratelimit import RateBudget
@@ -179,6 +180,7 @@ class GenesysDelivery:
                         raise DeliveryFailed(f"{error} {rate_limited} times", attempts, status=status, body=content)
                     attempts -= 1
                     self._counts["rate_limited"] += 1
+                    history.note("rate-limited", f"{error}, Retry-After {retry_after}")
                     await self._sleep(self._retry_after(retry_after, rate_limited))
                 case "rejected":
                     raise DeliveryFailed(error, attempts, True, status=status, body=content)
@@ -186,6 +188,7 @@ class GenesysDelivery:
                     if attempts >= self._attempts:  # not a blip: Genesys is down (far_end.py holds the message)
                         raise FarEndDown(DeliveryFailed(error, attempts, status=status, body=content))
                     self._counts["retries"] += 1
+                    history.note("retried", f"attempt {attempts}: {error}")  # the message's trail: wabridge trace
                     log.info("delivery retry tenant=%s attempt=%d: %s", tenant.tenant_id, attempts, error)
                     await self._sleep(self._backoff(attempts))
 

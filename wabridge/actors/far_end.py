@@ -25,6 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from wabridge.actors import history
 from wabridge.engine.logs import get_logger
 from wabridge.engine.metrics import REGISTRY
 from wabridge.engine.ports import BackendUnavailable
@@ -83,6 +84,7 @@ class FarEnd:
         """`await step()`, held through an outage of `tenant_id`'s far end (module docstring). Raises what the step
         raises; past the hold, the probe's `FarEndDown.final` or, for a message that did not try, `past_hold(why)`;
         BackendUnavailable when draining."""
+        noted = False
         while True:
             outage = self._down.get(tenant_id)
             if outage is None:
@@ -92,6 +94,9 @@ class FarEnd:
                     outage = self._went_down(tenant_id, exc)
                     if self._past_hold(outage):  # a hold of 0: no waiting at all
                         raise exc.final from None
+            if not noted:  # the message's trail (`wabridge trace`): it waits for the far end
+                noted = True
+                history.note("held", f"{self.name} down: {outage.last_error}"[:300])
             if self._past_hold(outage) and outage.probe.locked():
                 # Past the hold only the probe still tries; the others fail now, to be replayed.
                 raise past_hold(f"{self.name} down for {time.monotonic() - outage.since:.0f} s: {outage.last_error}")

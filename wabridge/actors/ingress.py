@@ -65,7 +65,7 @@ from wabridge.codecs.routing import (
     split_by_tenant,
     without_lone_surrogates,
 )
-from wabridge.engine import heap, metrics
+from wabridge.engine import heap, metrics, process_metrics
 from wabridge.engine.ports import BackendUnavailable, TenantConfig, TrackingRecord, TrackingStatus
 from wabridge.engine.settings import Settings, load_settings
 
@@ -190,6 +190,7 @@ class IngressApp:
 
     async def start(self, stopping: asyncio.Event | None = None) -> bool:
         """Open the backends, waiting for servers that are down; False when `stopping` was set first."""
+        await self._exit.enter_async_context(process_metrics.watching())  # event-loop lag, until aclose
         if self.backends is None:
             from wabridge.engine.backends import open_backends_when_up
 
@@ -438,7 +439,8 @@ class IngressApp:
         reason = _printable(reason)
         records = [
             TrackingRecord(wamid=wamid, tenant_id="", status=TrackingStatus.UNROUTED, error=reason,
-                           created_at=received_at, updated_at=received_at)
+                           created_at=received_at, updated_at=received_at, webhook_id=webhook_id,
+                           received_at=received_at)  # fmt: skip
             for wamid in dict.fromkeys(_printable(w[:256]) for w in wamids[:1000])  # Meta's maximum of updates per POST
         ]
         await self.backends.store.write_tracking(records)

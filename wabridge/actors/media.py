@@ -39,6 +39,7 @@ from urllib.parse import urljoin, urlsplit
 import anyio
 import msgspec
 
+from wabridge.actors import history
 from wabridge.codecs.genesys import OpenInboundNormalizedMessage
 from wabridge.codecs.results import Inbound, MediaRef, sha256_digest
 from wabridge.codecs.transform import media_as_text, with_media_url
@@ -191,6 +192,7 @@ class MediaFetcher:
                 return MediaOutcome(reason="stored", url=url, key=key, size=len(data), attempts=attempt, mime=mime)
             if attempt < self._attempts:
                 self._counts["retries"] += 1
+                history.note("media-retried", f"attempt {attempt}: {detail}")  # the message's trail: wabridge trace
                 # Exponential backoff, full ±50 % jitter so many messages failing together do not retry in step.
                 await anyio.sleep(self._backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
         return self._notice("download_failed", kind, detail, self._attempts)

@@ -54,17 +54,19 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from wabridge.actors.history import webhook_of
 from wabridge.actors.tenant import Settled
 from wabridge.engine.logs import get_logger
 from wabridge.engine.mailbox import MailboxClosed
 from wabridge.engine.metrics import REGISTRY
 from wabridge.engine.outage import hold_through_outage
-from wabridge.engine.ports import BackendUnavailable, Delivery, ParkedMessage, Queue, Store
+from wabridge.engine.ports import BackendUnavailable, Delivery, MessageEvent, ParkedMessage, Queue, Store
 from wabridge.engine.registry import Registry
 
 log = get_logger("parking")
@@ -175,9 +177,10 @@ class ShardParking:
 
     def __init__(
         self, shard: int, store: Store, queue: Queue, tenants: Registry[str], *, delivery_limit: int,
-        hold_back_limit: int = 1024,
+        hold_back_limit: int = 1024, events: Callable[[MessageEvent], None] | None = None,
     ) -> None:
         self.shard = shard
+        self._events = events  # the tracking writer's: steps of a webhook for `wabridge trace`, never awaited
         # Queue deliveries taken back from the queue's redeliveries stay unacked in memory, in the shard's window:
         # at most this many, so that they can never fill it and hold up the shard's other tenants.
         self._hold_back_limit = hold_back_limit
@@ -267,6 +270,7 @@ class ShardParking:
         self._backlog[tenant_id] += 1
         self._writing.append(delivery)
         _parked.inc()
+        self._event(delivery, "parked", f"shard {self.shard}, attempt {delivery.attempt}")
         if self._writer is None:
             self._writer = asyncio.create_task(self._write(), name=f"parking-{self.shard}-writer")
 
@@ -416,6 +420,7 @@ class ShardParking:
                     self._unsettled[message.seq] = tenant_id
                     await self.tenants.tell(tenant_id, ParkedDelivery(message, self))
                     self._backlog[tenant_id] -= 1
+                    self._event(message, "fed", f"shard {self.shard}, parked as #{message.seq}")
             log.info("tenant %s unparked (shard %d)", tenant_id, self.shard)
         except MailboxClosed:
             pass  # a drain: what was not fed stays parked
@@ -446,7 +451,8 @@ class ShardParking:
             await self._store.unpark([delivery.seq])
         except BackendUnavailable as exc:
             # The row stays: after a restart it is fed again and its messages come out `duplicate`.
-            log.warning("parked message %s settled but not deleted: %s", delivery.message_id, exc)
+            log.warning("parked message %s settled but not deleted: %s", delivery.message_id, exc,
+                        extra=_about(delivery))  # fmt: skip
         finally:
             self._unsettled.pop(delivery.seq, None)
 
@@ -455,10 +461,12 @@ class ShardParking:
         try:
             await self._queue.bury(delivery.tenant_id, delivery.body, message_id=delivery.message_id, reason=reason)
         except BackendUnavailable as exc:
-            log.error("parked message %s stays parked, its dead letter not written: %s", delivery.message_id, exc)
+            log.error("parked message %s stays parked, its dead letter not written: %s", delivery.message_id, exc,
+                      extra=_about(delivery))  # fmt: skip
             self._unsettled.pop(delivery.seq, None)  # fed again once found (a poke), at its last attempt
             return
-        log.error("parked message %s dead-lettered: %s", delivery.message_id, reason)
+        log.error("parked message %s dead-lettered: %s", delivery.message_id, reason, extra=_about(delivery))
+        self._event(delivery, "buried", reason)
         await self.unpark(delivery)
 
     async def hand_back(self, delivery: ParkedDelivery) -> None:
@@ -481,4 +489,16 @@ class ShardParking:
         try:
             await self._store.set_parked_attempt(delivery.seq, attempt)
         except BackendUnavailable as exc:
-            log.warning("attempt of parked message %s not recorded: %s", delivery.message_id, exc)
+            log.warning("attempt of parked message %s not recorded: %s", delivery.message_id, exc,
+                        extra=_about(delivery))  # fmt: skip
+
+    def _event(self, delivery: Delivery | ParkedMessage, event: str, detail: str) -> None:
+        """A step of the whole webhook (its messages are not read here): `wabridge trace` finds it by webhook id."""
+        if self._events is not None:
+            self._events(MessageEvent(tenant_id=delivery.tenant_id, webhook_id=webhook_of(delivery.message_id),
+                                      at=time.time(), event=event, detail=detail[:500]))  # fmt: skip
+
+
+def _about(delivery: Delivery) -> dict[str, str]:
+    """A parking line's `extra`: grep on the tenant or the webhook id finds it."""
+    return {"tenant_id": delivery.tenant_id, "webhook_id": webhook_of(delivery.message_id)}

@@ -19,15 +19,18 @@ from __future__ import annotations
 import time
 
 from wabridge.actors.delivery import DeliveryFailed, GenesysDelivery
+from wabridge.actors.history import Origin, Trail, current
 from wabridge.actors.media import MediaFetcher
 from wabridge.actors.state import ConversationState
 from wabridge.actors.tracking import TrackingLookups, TrackingWriter
 from wabridge.codecs.results import Inbound, pack_result
 from wabridge.codecs.transform import encode_genesys
 from wabridge.engine.logs import get_logger
-from wabridge.engine.metrics import REGISTRY
+from wabridge.engine.metrics import REGISTRY, Capped
 from wabridge.engine.outage import hold_through_outage
-from wabridge.engine.ports import BackendUnavailable, Store, TenantConfig, TrackingRecord, TrackingStatus
+from wabridge.engine.ports import (
+    BackendUnavailable, MessageEvent, MessageEventKind, Store, TenantConfig, TrackingRecord, TrackingStatus,
+)  # fmt: skip
 
 log = get_logger("relay")
 
@@ -39,6 +42,9 @@ OUTCOMES = REGISTRY.counter("wabridge_deliveries_total", "Customer messages by o
 _delivered, _failed, _duplicate = (OUTCOMES.labels(o) for o in ("delivered", "failed", "duplicate"))
 _media_notices = REGISTRY.counter("wabridge_media_notices_total", "Media replaced by a text notice.", ["reason"])
 _latency = REGISTRY.histogram("wabridge_relay_seconds", "From webhook receipt to tracked delivery.", [])
+# Per tenant too, for the dashboard; the first 200 tenants a worker sees by name, the rest as `_other` (bounded).
+_by_tenant = Capped(REGISTRY.counter(
+    "wabridge_tenant_deliveries_total", "Customer messages by tenant and outcome.", ["tenant", "outcome"]), 200)
 class Relay:
     def __init__(
         self,
@@ -55,21 +61,37 @@ class Relay:
         self._delivery = delivery
         self._tracker = tracker
 
-    async def relay(self, tenant: TenantConfig, inbound: Inbound, received_at: float, *, replay: bool = False) -> str:
-        """Deliver one message; returns the tracking status it ended in."""
+    async def relay(
+        self, tenant: TenantConfig, inbound: Inbound, received_at: float, *, replay: bool = False,
+        origin: Origin | None = None,
+    ) -> str:  # fmt: skip
+        """Deliver one message; returns the tracking status it ended in. `origin`: its webhook, for the row; by
+        default the one of the trail the tenant actor opened for it (history.py)."""
+        if replay and current() is None:  # `wabridge replay`: no tenant actor opened its trail (history.py)
+            with Trail(tenant.tenant_id, inbound.route.wamid, origin, self._tracker) as trail:
+                trail.note(MessageEventKind.REPLAYED)
+                return await self._relay(tenant, inbound, received_at, replay, origin)
+        return await self._relay(tenant, inbound, received_at, replay, origin)
+
+    async def _relay(
+        self, tenant: TenantConfig, inbound: Inbound, received_at: float, replay: bool, origin: Origin | None
+    ) -> str:
         route = inbound.route
         tenant_id = tenant.tenant_id
+        if origin is None and (trail := current()) is not None:
+            origin = trail.origin
         existing = await self._seen.get(tenant_id, route.wamid)
         if existing is not None and (existing.status in SETTLED if not replay else existing.status == "delivered"):
             _duplicate.inc()
+            _by_tenant.labels(tenant_id, TrackingStatus.DUPLICATE).inc()
             await self._tracker.record(self._record(tenant_id, inbound, TrackingStatus.DUPLICATE))
             return TrackingStatus.DUPLICATE
 
         known = await self._state.known(tenant_id, route.sender_id)
-        message, media_error = inbound.message, None
+        message, media_error, media_key = inbound.message, None, None
         if inbound.media is not None:
             outcome = await self._media.resolve(tenant, inbound)
-            message = outcome.apply(inbound)
+            message, media_key = outcome.apply(inbound), outcome.key
             if not outcome.stored:
                 media_error = outcome.error
                 _media_notices.labels(outcome.reason).inc()
@@ -78,16 +100,21 @@ class Relay:
             delivered = await self._delivery.deliver(tenant, encode_genesys(message))
         except DeliveryFailed as exc:
             _failed.inc()
+            _by_tenant.labels(tenant_id, TrackingStatus.FAILED).inc()
             log.warning("delivery failed", extra={"tenant_id": tenant_id, "wamid": route.wamid, "error": exc.error})
             error = exc.error if not exc.body else f"{exc.error}: {exc.body.decode(errors='replace')}"
             conversation_id = known or await hold_through_outage(
                 lambda: self._state.conversation_for(tenant_id, route.sender_id)
             )
             record = self._record(
-                tenant_id, inbound, TrackingStatus.FAILED,
+                tenant_id, inbound, TrackingStatus.FAILED, origin, received_at,
                 conversation_id=conversation_id, attempts=exc.attempts, error=error, payload=pack_result(inbound),
+                media_key=media_key,
             )  # fmt: skip
             await hold_through_outage(lambda: self._tracker.record(record))
+            # The row's error goes once a replay delivers it; the event keeps what happened (`wabridge trace`).
+            self._tracker.event(self._event(tenant_id, route.wamid, origin, MessageEventKind.FAILED,
+                                            f"after {exc.attempts} attempt(s): {exc.error}"))  # fmt: skip
             return TrackingStatus.FAILED
 
         # From here Genesys has the message: hold through an outage rather than let the caller send it again.
@@ -100,20 +127,32 @@ class Relay:
         elif conversation_id != known:
             await hold_through_outage(lambda: self._state.adopt(tenant_id, route.sender_id, conversation_id))
         record = self._record(
-            tenant_id, inbound, TrackingStatus.DELIVERED,
+            tenant_id, inbound, TrackingStatus.DELIVERED, origin, received_at,
             conversation_id=conversation_id, attempts=1, error=media_error,
-            genesys_message_id=delivered.genesys_message_id,
+            genesys_message_id=delivered.genesys_message_id, media_key=media_key,
         )  # fmt: skip
         await hold_through_outage(lambda: self._tracker.record(record))
         await self._tracker.touch(tenant_id, route.sender_id, time.time())
         _delivered.inc()
+        _by_tenant.labels(tenant_id, TrackingStatus.DELIVERED).inc()
         _latency.observe(max(0.0, time.time() - received_at))
         return TrackingStatus.DELIVERED
 
     @staticmethod
-    def _record(tenant_id: str, inbound: Inbound, status: str, **fields) -> TrackingRecord:
+    def _record(
+        tenant_id: str, inbound: Inbound, status: str, origin: Origin | None = None, received_at: float | None = None,
+        **fields,
+    ) -> TrackingRecord:  # fmt: skip
         now = time.time()
+        if origin is not None:  # where it came from (`wabridge trace`): on the row this write makes anyway
+            fields.update(webhook_id=origin.webhook_id, shard=origin.shard, archive_key=origin.archive_key,
+                          received_at=received_at)  # fmt: skip
         return TrackingRecord(
             wamid=inbound.route.wamid, tenant_id=tenant_id, status=status, type=inbound.route.type,
-            created_at=now, updated_at=now, **fields,
+            created_at=now, updated_at=now, customer_id=inbound.route.sender_id, **fields,
         )  # fmt: skip
+
+    @staticmethod
+    def _event(tenant_id: str, wamid: str, origin: Origin | None, event: str, detail: str) -> MessageEvent:
+        return MessageEvent(tenant_id=tenant_id, wamid=wamid, webhook_id=origin.webhook_id if origin else "",
+                            at=time.time(), event=event, detail=detail[:500])  # fmt: skip

@@ -4,10 +4,10 @@ It takes the queue deliveries of its tenant in shard order, turns each webhook i
 (codecs.transform) and puts every customer message into that customer's ordering lane (engine.lanes): one
 customer's messages reach Genesys strictly in the order they were sent, different customers in parallel up to
 `tenant_concurrency`. A delivery is acked once all of its messages are tracked. A backend outage holds the message
-in place (engine/outage.py: retried, still unacked) rather than spend one of the queue's few attempts on it; if a
-message still cannot be tracked (the outage outlasts the hold, the process is draining), its delivery is handed back
-to the queue and comes again — the relay's de-duplication makes the already-delivered ones `duplicate`s instead of
-second deliveries.
+in place for as long as it lasts (engine/outage.py: retried, still unacked, its customer's lane waiting behind it)
+rather than spend one of the queue's few attempts on it, or send it behind its customer's newer messages; a message
+that fails otherwise (a bug), or a drain, hands its delivery back to the queue and it comes again — the relay's
+de-duplication makes the already-delivered ones `duplicate`s instead of second deliveries.
 
 On the queue's last attempt (`delivery_limit`) a delivery with unfinished messages is not handed back: each
 unfinished message is tracked `dead-lettered` with its payload, so it shows in tracking and `wabridge replay` can
@@ -18,10 +18,13 @@ dead-lettered it just the same, but without a row: the messages would have looke
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 from typing import Any
 
+from wabridge.actors.history import Origin, Trail, webhook_of
+from wabridge.actors.identity import CustomerIdentity
 from wabridge.actors.relay import Relay
 from wabridge.actors.tenants import TenantDirectory
 from wabridge.actors.tracking import TrackingWriter
@@ -33,7 +36,9 @@ from wabridge.engine.lanes import Lanes
 from wabridge.engine.logs import get_logger
 from wabridge.engine.metrics import REGISTRY
 from wabridge.engine.outage import hold_through_outage
-from wabridge.engine.ports import BackendUnavailable, Delivery, TenantConfig, TrackingRecord, TrackingStatus
+from wabridge.engine.ports import (
+    BackendUnavailable, Delivery, MessageEvent, MessageEventKind, TenantConfig, TrackingRecord, TrackingStatus,
+)  # fmt: skip
 
 _items = REGISTRY.counter("wabridge_webhook_items_total", "Webhook items seen by the workers, by kind.", ["kind"])
 _inbound, _skipped, _statuses = (_items.labels(k) for k in ("message", "skipped", "status"))
@@ -41,14 +46,15 @@ _handed_back = REGISTRY.counter("wabridge_queue_retries_total", "Queue messages 
 DEAD_LETTERS = REGISTRY.counter("wabridge_dead_letters_total", "Queue messages moved to the dead-letter queue.", [])
 
 # (the tenant, or the outage that kept its lookup from answering; the message; received at; the delivery's message id
-# and attempt)
-Job = tuple["TenantConfig | BackendUnavailable", Inbound, float, str, int]
+# and attempt; where its webhook came from, for the tracking row and the trail: actors/history.py)
+Job = tuple["TenantConfig | BackendUnavailable", Inbound, float, str, int, Origin]
 
-# A customer blocked by a failure waits for the failed delivery to come back (see `_relay_job`): from the queue in
-# milliseconds to seconds (behind what the worker prefetched), from parking at once. Each message of the customer
-# taken meanwhile goes back too, spending one of its attempts; should the failed one not come back (the shard moved
-# to another worker, say, or it came back behind them), the lane runs again after this long, or as soon as one of
-# them is on its last attempt while the failed one is not, rather than wear out the customer's next messages.
+# A customer blocked by a failure waits for the failed delivery and the ones sent back behind it to come back (see
+# `_relay_job`): from the queue in milliseconds to seconds (behind what the worker prefetched), from parking at once.
+# Each message of the customer taken meanwhile goes back too, spending one of its attempts; should the next awaited
+# one not come back (the shard moved to another worker, say, or it came back behind them), the lane runs again after
+# this long, or as soon as one of them is on its last attempt while the awaited one is not, rather than wear out the
+# customer's next messages.
 BLOCK_FOR = 60.0  # s
 
 
@@ -62,6 +68,17 @@ class Settled:
     def _pass(self, _: object = None) -> None:
         if not self.passed.done():
             self.passed.set_result(None)
+
+
+class SentBack:
+    """A blocked customer's messages that went back to the queue, in the order they must run again: the one that
+    failed first, then each one sent back behind it (`_relay_job`)."""
+
+    __slots__ = ("order", "until")
+
+    def __init__(self) -> None:
+        self.order: dict[tuple[str, str], int] = {}  # (delivery's message id, wamid) → the attempt it went back at
+        self.until = 0.0  # waiting for them ends then (BLOCK_FOR)
 
 
 class CustomerBlocked(Exception):
@@ -81,18 +98,20 @@ class TenantActor(Actor):
         delivery_limit: int,
         outage_hold: float,
         take_back: Callable[[Delivery], bool] | None = None,
+        identity: CustomerIdentity | None = None,
     ) -> None:
         self.tenant_id = tenant_id
+        self._identity = identity  # identity.py: a customer's messages under one id, phone or BSUID
         self._take_back = take_back  # parking.py: a delivery handed back while its tenant is parked
         self._delivery_limit = delivery_limit
         self._outage_hold = outage_hold
         self._directory = directory
         self._relay = relay
         self._tracker = tracker
-        self._lanes: Lanes[str, Job, str] = Lanes(self._relay_job, concurrency=concurrency, max_pending=max_pending)
+        self._lanes: Lanes[str, Job, str] = Lanes(self._traced_job, concurrency=concurrency, max_pending=max_pending)
         self._settling: set[asyncio.Task[None]] = set()
-        # sender → (message id, attempt) of the delivery whose failure blocked it, and until when (`_relay_job`)
-        self._blocked: dict[str, tuple[str, int, float]] = {}
+        # sender → its messages sent back to the queue by a failure, which the lane waits for (`_relay_job`)
+        self._blocked: dict[str, SentBack] = {}
         self._stopping = False  # a drain: stop holding messages through an outage, hand them back instead
         self.log = get_logger("tenant", tenant_id=tenant_id, actor=f"tenant:{tenant_id}")
 
@@ -127,102 +146,157 @@ class TenantActor(Actor):
         tenant: TenantConfig | BackendUnavailable | None
         try:
             tenant = await hold_through_outage(
-                lambda: self._directory.by_id(self.tenant_id), hold_for=self._outage_hold, give_up=self._giving_up
+                lambda: self._directory.by_id(self.tenant_id), hold_for=math.inf, give_up=self._giving_up,
+                report_after=self._outage_hold,
             )
         except BackendUnavailable as exc:
-            # The store stayed down past the hold. Each message fails in its customer's lane (`_relay_job`), behind
-            # the customer's earlier ones, and the delivery goes back like any unfinished one. Raised from here, it
-            # crashed this actor, and a few such crashes in a row made the worker's supervisor give up and stop the
-            # process; handed back from here, it went back to the queue ahead of older messages still in the lanes
-            # (chaos runs, session 7).
+            # A drain while the store is down. Each message fails in its customer's lane (`_relay_job`), behind the
+            # customer's earlier ones, and the delivery goes back like any unfinished one: raised from here, it would
+            # crash this actor; handed back from here, it would go back ahead of older messages still in the lanes.
             tenant = exc
         if tenant is None:
             await self._unrouted(delivery, results)
             return
+        if self._identity is not None and not isinstance(tenant, BackendUnavailable):
+            try:  # the usual message is known locally, without an await
+                known = self._identity.known(self.tenant_id, results)
+                results = known if known is not None else await hold_through_outage(
+                    lambda: self._identity.resolve(self.tenant_id, results),  # type: ignore[union-attr]
+                    hold_for=math.inf, give_up=self._giving_up, report_after=self._outage_hold,
+                )  # fmt: skip
+            except BackendUnavailable as exc:
+                tenant = exc  # a drain, as for the tenant lookup: each message fails in its lane
         pending: list[tuple[asyncio.Future[Any], Inbound | None]] = []  # and the message each one relays
+        origin = Origin(webhook_of(delivery.message_id), delivery.shard, queued.archive_key or None)
         for result in results:
             match result:
                 case Inbound(route=route):
                     _inbound.inc()
-                    job = (tenant, result, queued.received_at, delivery.message_id, delivery.attempt)
+                    job = (tenant, result, queued.received_at, delivery.message_id, delivery.attempt, origin)
                     future = await self._lanes.submit(route.sender_id, job)
                     pending.append((future, result))
                 case Skipped(wamid=str() as wamid, reason=reason, detail=detail):
                     # A customer message we could not read: visible in tracking, nothing to deliver.
                     _skipped.inc()
-                    tracked = self._track(wamid, TrackingStatus.FAILED, error=f"{reason}: {detail}")
+                    tracked = self._track(wamid, TrackingStatus.FAILED, error=f"{reason}: {detail}", origin=origin,
+                                          received_at=queued.received_at)  # fmt: skip
                     pending.append((asyncio.ensure_future(tracked), None))
                 case Skipped():
                     _skipped.inc()
                 case StatusUpdate():
                     _statuses.inc()  # receipts for the business's own messages: not forwarded inbound
-        task = asyncio.create_task(self._settle(delivery, pending))
+        task = asyncio.create_task(self._settle(delivery, pending, origin, queued.received_at))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
+    async def _traced_job(self, sender_id: str, job: Job) -> str:
+        """`_relay_job` in the message's trail: every line logged about it meanwhile names it, and its unusual
+        steps are kept for `wabridge trace` (history.py)."""
+        with Trail(self.tenant_id, job[1].route.wamid, job[5], self._tracker):
+            return await self._relay_job(sender_id, job)
+
     async def _relay_job(self, sender_id: str, job: Job) -> str:
         """One message of a customer's lane. After a failure the customer's later messages fail too, and go back
-        behind the one that failed, until that one comes back (its delivery's message id at a later attempt): the
-        queue returns it ahead of them, and parking feeds it ahead of them (parking.py). Unblocking when the lane
-        was merely empty let messages the actor took meanwhile overtake it."""
-        tenant, inbound, received_at, message_id, attempt = job
+        behind the one that failed; the lane then runs only the messages it sent back, each at a later attempt, in
+        the order they went back (the queue returns them so, and parking feeds them so: parking.py), and sends
+        back any other until the last of them has run. Unblocking once the failed one alone was back let a message
+        taken between its return and its followers' (their hand-backs reach the queue later, behind newer
+        messages the worker already holds) overtake them (an outage past the hold under load, chaos runs)."""
+        tenant, inbound, received_at, message_id, attempt, _ = job
+        key = (message_id, inbound.route.wamid)
         blocked = self._blocked.get(sender_id)
         if blocked is not None:
-            if message_id == blocked[0] and attempt > blocked[1]:
-                del self._blocked[sender_id]  # the failed one is back: the lane runs again from it
-            elif time.monotonic() < blocked[2] and (attempt < self._delivery_limit or blocked[1] >= attempt):
-                # Waits; on its last attempt only beside a failed one on its own last attempt: both are then
-                # dead-lettered, and `wabridge replay` sends them again in order.
+            first, first_attempt = next(iter(blocked.order.items()))
+            if key == first and attempt > first_attempt:
+                del blocked.order[key]  # its turn: the next one sent back is awaited after it
+                blocked.until = time.monotonic() + BLOCK_FOR
+                if not blocked.order:
+                    del self._blocked[sender_id]
+            elif time.monotonic() < blocked.until and (attempt < self._delivery_limit or first_attempt >= attempt):
+                # Waits (one sent back before keeps its place); on its last attempt only beside a failed one on its
+                # own last attempt: both are then dead-lettered, and `wabridge replay` sends them again in order.
+                blocked.order[key] = attempt
                 raise CustomerBlocked("an earlier message of this customer is unfinished")  # no wa_id in logs
             else:
-                # The failed one will come back, but after this one's last attempt: delivered out of order beats
+                # The ones sent back will come, but after this one's last attempt: delivered out of order beats
                 # dead-lettered for waiting.
                 del self._blocked[sender_id]
                 self.log.warning("delivery %s did not come back (%s at attempt %d): its customer's lane runs again",
-                                 blocked[0], message_id, attempt)  # fmt: skip
+                                 first[0], message_id, attempt)  # fmt: skip
         try:
             if isinstance(tenant, BackendUnavailable):
                 raise BackendUnavailable(tenant.port, "the tenant's lookup outlasted the outage hold") from tenant
             return await hold_through_outage(
-                lambda: self._relay.relay(tenant, inbound, received_at), hold_for=self._outage_hold,
+                lambda: self._relay.relay(tenant, inbound, received_at), hold_for=math.inf,
+                report_after=self._outage_hold,
                 give_up=self._giving_up,
             )
         except BaseException:
-            self._blocked[sender_id] = (message_id, attempt, time.monotonic() + BLOCK_FOR)
+            blocked = self._blocked.setdefault(sender_id, SentBack())
+            blocked.order = {key: attempt, **blocked.order}  # it runs again before the ones still on their way back
+            blocked.until = time.monotonic() + BLOCK_FOR
             raise
 
     def _giving_up(self) -> bool:
         return self._stopping
 
-    async def _settle(self, delivery: Delivery, pending: list[tuple[asyncio.Future[Any], Inbound | None]]) -> None:
+    async def _settle(
+        self, delivery: Delivery, pending: list[tuple[asyncio.Future[Any], Inbound | None]], origin: Origin,
+        received_at: float,
+    ) -> None:  # fmt: skip
         outcomes = await asyncio.gather(*(future for future, _ in pending), return_exceptions=True)
         unfinished = [(o, inbound) for o, (_, inbound) in zip(outcomes, pending) if isinstance(o, BaseException)]
         if not unfinished:
             await delivery.ack()
             return
         first = unfinished[0][0]
+        # The lines below name the webhook and its unfinished messages, so grep on either finds them.
+        context = {"webhook_id": origin.webhook_id, "wamids": [i.route.wamid for _, i in unfinished if i]}
         if delivery.attempt < self._delivery_limit:
             _handed_back.inc()
+            self._events(unfinished, origin, MessageEventKind.HANDED_BACK,
+                         f"attempt {delivery.attempt} of {self._delivery_limit}")  # fmt: skip
             self.log.warning(
                 "delivery %s handed back (attempt %d): %d of %d messages unfinished, first: %s: %s",
                 delivery.message_id, delivery.attempt, len(unfinished), len(outcomes), type(first).__name__, first,
+                extra=context,
             )  # fmt: skip
             if self._take_back is None or not self._take_back(delivery):
                 await delivery.retry()
             return
         reason = f"attempt {delivery.attempt} of {self._delivery_limit}: {type(first).__name__}: {first}"[:300]
         for sender_id, blocked in list(self._blocked.items()):
-            if blocked[:2] == (delivery.message_id, delivery.attempt):
-                del self._blocked[sender_id]  # it will not come back: the messages behind it go on
-        marked = await self._mark_dead_lettered([inbound for _, inbound in unfinished if inbound], delivery, reason)
+            for key, attempt in list(blocked.order.items()):
+                if (key[0], attempt) == (delivery.message_id, delivery.attempt):
+                    del blocked.order[key]  # it will not come back: the messages behind it go on
+            if not blocked.order:
+                del self._blocked[sender_id]
+        marked = await self._mark_dead_lettered(
+            [inbound for _, inbound in unfinished if inbound], delivery, reason, origin, received_at
+        )
+        self._events(unfinished, origin, MessageEventKind.DEAD_LETTERED, reason)
         DEAD_LETTERS.inc()
         self.log.error(
             "delivery %s dead-lettered: %d of %d messages unfinished (%d tracked dead-lettered), %s",
-            delivery.message_id, len(unfinished), len(outcomes), marked, reason,
+            delivery.message_id, len(unfinished), len(outcomes), marked, reason, extra=context,
         )  # fmt: skip
         await delivery.dead_letter(reason)
 
-    async def _mark_dead_lettered(self, inbounds: list[Inbound], delivery: Delivery, reason: str) -> int:
+    def _events(self, unfinished: list[tuple[BaseException, Inbound | None]], origin: Origin, event: str,
+                detail: str) -> None:  # fmt: skip
+        """One event per unfinished message, with why it did not finish (`wabridge trace`; not awaited)."""
+        now = time.time()
+        for error, inbound in unfinished:
+            if inbound is not None:
+                self._tracker.event(MessageEvent(
+                    tenant_id=self.tenant_id, wamid=inbound.route.wamid, webhook_id=origin.webhook_id, at=now,
+                    event=event, detail=f"{detail}: {type(error).__name__}: {error}"[:500],
+                ))  # fmt: skip
+
+    async def _mark_dead_lettered(
+        self, inbounds: list[Inbound], delivery: Delivery, reason: str, origin: Origin | None = None,
+        received_at: float | None = None,
+    ) -> int:  # fmt: skip
         """Track each message `dead-lettered`, payload kept for replay. Best effort: the store may be the very
         thing that is down, and the webhook in the dead-letter queue still holds every message. Returns the rows
         written."""
@@ -232,6 +306,9 @@ class TenantActor(Actor):
                 wamid=inbound.route.wamid, tenant_id=self.tenant_id, status=TrackingStatus.DEAD_LETTERED,
                 type=inbound.route.type, attempts=delivery.attempt, error=reason, payload=pack_result(inbound),
                 created_at=now + i * 1e-6, updated_at=now,  # distinct times: replay goes by created_at, in order
+                customer_id=inbound.route.sender_id, received_at=received_at,
+                webhook_id=origin.webhook_id if origin else None, shard=origin.shard if origin else None,
+                archive_key=origin.archive_key if origin else None,
             )
             for i, inbound in enumerate(inbounds)
         ]  # fmt: skip
@@ -241,8 +318,15 @@ class TenantActor(Actor):
             self.log.error("tracking dead-lettered messages failed: %r", failed[0])
         return len(written) - len(failed)
 
-    async def _track(self, wamid: str, status: str, *, error: str | None = None) -> None:
-        await self._tracker.record(TrackingRecord(wamid=wamid, tenant_id=self.tenant_id, status=status, error=error))
+    async def _track(
+        self, wamid: str, status: str, *, error: str | None = None, origin: Origin | None = None,
+        received_at: float | None = None,
+    ) -> None:  # fmt: skip
+        where = {} if origin is None else {"webhook_id": origin.webhook_id, "shard": origin.shard,
+                                           "archive_key": origin.archive_key, "received_at": received_at}
+        await self._tracker.record(
+            TrackingRecord(wamid=wamid, tenant_id=self.tenant_id, status=status, error=error, **where)
+        )
 
     async def _unrouted(self, delivery: Delivery, results: list[Any]) -> None:
         """The tenant was removed after the ingress accepted the webhook: nothing to deliver to."""

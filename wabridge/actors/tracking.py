@@ -12,6 +12,10 @@ latest time wins, at most `max_pending` keys; they are best-effort (a failed flu
 hint) and written at most once per `touch_interval` (and at close). Written with every batch, they were a second
 statement per batch: at 1,000 msgs/s that is ~150 UPDATEs a second to move timestamps that are read by people.
 
+Events (`event()`, actors/history.py): the unusual steps of a message, for `wabridge trace`. Never awaited by the
+message: buffered (at most `max_pending`, the newest dropped beyond), written after the batch they came with; a write
+that fails puts them back for the next one once, then they are dropped (diagnostics, not state).
+
 If the store is down, every caller of the failed batch gets BackendUnavailable (it leaves its message unacked; the
 broker redelivers it later). `aclose()` flushes what is pending, then fails any caller still waiting.
 """
@@ -26,7 +30,7 @@ from collections.abc import Sequence
 import msgspec
 
 from wabridge.engine.grouping import Grouped
-from wabridge.engine.ports import BackendUnavailable, Store, TrackingRecord
+from wabridge.engine.ports import BackendUnavailable, MessageEvent, Store, TrackingRecord
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,7 @@ class TrackingWriterStatistics(msgspec.Struct, frozen=True):
     rows: int
     failed_batches: int
     touches_dropped: int
+    events_dropped: int = 0
 
 
 class TrackingWriter:
@@ -53,6 +58,9 @@ class TrackingWriter:
         self.touch_interval = touch_interval
         self._pending: list[tuple[TrackingRecord, asyncio.Future[None]]] = []
         self._touches: dict[tuple[str, str], float] = {}
+        self._events: list[MessageEvent] = []
+        self._events_retried = False  # the buffered events failed once already
+        self._events_dropped = 0
         self._touches_due = False  # the interval since the last touch write has passed
         self._touch_timer: asyncio.TimerHandle | None = None
         self._touches_written_at = float("-inf")  # loop time
@@ -93,7 +101,9 @@ class TrackingWriter:
         await self.aclose()
 
     def statistics(self) -> TrackingWriterStatistics:
-        return TrackingWriterStatistics(len(self._pending), self._batches, self._rows, self._failed, self._dropped)
+        return TrackingWriterStatistics(
+            len(self._pending), self._batches, self._rows, self._failed, self._dropped, self._events_dropped
+        )
 
     # --- callers ---
 
@@ -124,6 +134,14 @@ class TrackingWriter:
             delay = max(0.0, self._touches_written_at + self.touch_interval - loop.time())
             self._touch_timer = loop.call_later(delay, self._touches_now)
 
+    def event(self, event: MessageEvent) -> None:
+        """An unusual step of a message (module docstring): written with the next batch, never awaited."""
+        if len(self._events) >= self.max_pending or self._closing:
+            self._events_dropped += 1
+            return
+        self._events.append(event)
+        self._wake.set()
+
     def _touches_now(self) -> None:
         self._touch_timer = None
         self._touches_due = True
@@ -149,7 +167,10 @@ class TrackingWriter:
                 touches, self._touches, self._touches_due = self._touches, {}, False
                 self._touches_written_at = asyncio.get_running_loop().time()
                 await self._write_touches(touches)
-            if self._closing and not self._pending:
+            if self._events:
+                events, self._events = self._events, []
+                await self._write_events(events)
+            if self._closing and not self._pending and not self._events:
                 if self._touch_timer is not None:
                     self._touch_timer.cancel()
                     self._touch_timer = None
@@ -179,6 +200,20 @@ class TrackingWriter:
         except Exception as exc:  # best-effort by design (module docstring)
             self._dropped += len(touches)
             log.warning("dropped %d conversation touches: %s", len(touches), type(exc).__name__)
+
+    async def _write_events(self, events: list[MessageEvent]) -> None:
+        try:
+            await self.store.write_events(events)
+        except Exception as exc:  # best-effort by design (module docstring)
+            if self._events_retried or self._closing:
+                self._events_retried = False
+                self._events_dropped += len(events)
+                log.warning("dropped %d message events: %s", len(events), type(exc).__name__)
+            else:
+                self._events_retried = True  # once more, with the next batch
+                self._events[:0] = events[: self.max_pending - len(self._events)]
+            return
+        self._events_retried = False
 
     def _fail_all(self, error: BaseException) -> None:
         pending, self._pending = self._pending, []

@@ -27,6 +27,7 @@ from typing import Any
 from wabridge.actors.auth import TokenProvider
 from wabridge.actors.delivery import GenesysDelivery
 from wabridge.actors.far_end import FarEnd
+from wabridge.actors.identity import CustomerIdentity
 from wabridge.actors.media import MediaFetcher
 from wabridge.actors.parking import PARK_AFTER, POKE_EVERY, ShardParking, is_poke
 from wabridge.actors.ratelimit import RateBudget
@@ -35,11 +36,13 @@ from wabridge.actors.state import ConversationState
 from wabridge.actors.tenant import DEAD_LETTERS, TenantActor
 from wabridge.actors.tenants import TenantDirectory
 from wabridge.actors.tracking import TrackingWriter
-from wabridge.engine import heap
+from wabridge.engine import heap, process_metrics
+from wabridge.engine.actor import mailbox_depths
 from wabridge.engine.backends import Backends
 from wabridge.engine.drain import Shutdown
 from wabridge.engine.logs import get_logger
 from wabridge.engine.mailbox import Mailbox, MailboxClosed
+from wabridge.engine.metrics import REGISTRY, TopGauge
 from wabridge.engine.ports import Delivery
 from wabridge.engine.registry import Registry
 from wabridge.engine.status_server import serve_status
@@ -53,6 +56,44 @@ TENANT_IDLE_TIMEOUT = 300.0  # s
 # Seconds one Genesys request may take (delivery.py's default when unset). Not a Settings field yet: an operator knob
 # read here only, so the end-to-end tests can make a hanging Genesys cost seconds instead of 3 × 10 s.
 GENESYS_TIMEOUT_ENV = "WABRIDGE_GENESYS_TIMEOUT"
+
+# What the worker's parts count, read at scrape time from their statistics (deploy/grafana's dashboard). The deepest
+# tenant mailboxes by tenant, a few only: a backed-up tenant shows by name however many tenants the worker holds.
+REGISTRY.register(TopGauge(
+    "wabridge_tenant_mailbox_depth", "Messages waiting in this worker's deepest tenant mailboxes.", "tenant",
+    lambda: {name.removeprefix("tenant:"): n for name, n in mailbox_depths("tenant").items()}, top=20,
+))  # fmt: skip
+_MEDIA = REGISTRY.counter("wabridge_media_downloads_total", "Media files fetched from Meta, by result.", ["result"])
+_MEDIA_RETRIES = REGISTRY.counter("wabridge_media_download_retries_total", "Media downloads from Meta tried again.")
+_MEDIA_BYTES = REGISTRY.counter("wabridge_media_stored_bytes_total", "Bytes of media stored in object storage.")
+_GENESYS_RETRIES = REGISTRY.counter(
+    "wabridge_genesys_retries_total", "Genesys requests tried again, by reason.", ["reason"]
+)
+_TENANT_LOOKUPS = REGISTRY.counter(
+    "wabridge_tenant_lookups_total", "Tenant directory lookups by the tier that answered", ("tier",)
+)
+_TOKENS = REGISTRY.counter("wabridge_oauth_tokens_total", "Genesys OAuth tokens used, by where they came from.", ["source"])
+_BUDGET_WAITS = REGISTRY.counter("wabridge_rate_budget_waits_total", "Times a tenant waited for its Genesys rate budget.")
+
+
+def _export_statistics(worker: Worker) -> None:
+    stats = [
+        (_MEDIA.labels("stored"), lambda: worker.media.statistics().stored),
+        (_MEDIA.labels("notice"), lambda: worker.media.statistics().notices),
+        (_MEDIA_RETRIES.labels(), lambda: worker.media.statistics().retries),
+        (_MEDIA_BYTES.labels(), lambda: worker.media.statistics().bytes_stored),
+        (_GENESYS_RETRIES.labels("backoff"), lambda: worker.delivery.statistics().retries),
+        (_GENESYS_RETRIES.labels("rate_limited"), lambda: worker.delivery.statistics().rate_limited),
+        (_GENESYS_RETRIES.labels("relogin"), lambda: worker.delivery.statistics().relogins),
+        (_TOKENS.labels("login"), lambda: worker.tokens.statistics().logins),
+        (_TOKENS.labels("memory"), lambda: worker.tokens.statistics().from_memory),
+        (_TOKENS.labels("cache"), lambda: worker.tokens.statistics().from_cache),
+        (_BUDGET_WAITS.labels(), lambda: worker.budget.statistics().waits),
+    ]
+    for tier, field in (("local", "local_hits"), ("cache", "cache_hits"), ("store", "store_lookups")):
+        stats.append((_TENANT_LOOKUPS.labels(tier), lambda f=field: getattr(worker.directory.statistics(), f)))
+    for child, read in stats:
+        child.set_function(read)
 
 
 def genesys_timeout() -> dict[str, float]:
@@ -84,12 +125,14 @@ class Worker:
         self.relay = Relay(
             backends.store, ConversationState(backends.cache, backends.store), self.media, self.delivery, self.tracker
         )
+        self.identity = CustomerIdentity(backends.cache, backends.store)
         # One router mailbox per shard this worker consumes (module docstring): the consumer delivers from those only.
         shard_numbers = shards if shards is not None else range(backends.queue.shards)
         self._routers: dict[int, Mailbox[Delivery]] = {shard: Mailbox(self.prefetch) for shard in shard_numbers}
         self._router_died: asyncio.Future[None] | None = None
         self._parking: dict[int, ShardParking] = {}
         self._settings = settings
+        _export_statistics(self)
 
     def _tenant_actor(self, tenant_id: str) -> TenantActor:
         return TenantActor(
@@ -102,6 +145,7 @@ class Worker:
             delivery_limit=self._settings.delivery_limit,
             outage_hold=self._settings.outage_hold,
             take_back=self._take_back,
+            identity=self.identity,
         )
 
     def _take_back(self, delivery: Delivery) -> bool:
@@ -145,6 +189,7 @@ class Worker:
     async def run(self, shutdown: Shutdown) -> None:
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self.started())
+            await stack.enter_async_context(process_metrics.watching())
             await stack.enter_async_context(serve_status(self._settings.host, self._settings.worker_metrics_port))
             consumer = await self.backends.queue.consume(self._accept, shards=self.shards, prefetch=self.prefetch)
             stack.push_async_callback(consumer.stop)
@@ -164,6 +209,7 @@ class Worker:
                 shard: ShardParking(
                     shard, self.backends.store, self.backends.queue, tenants,
                     delivery_limit=self._settings.delivery_limit, hold_back_limit=max(self.prefetch // 4, 1),
+                    events=self.tracker.event,
                 )
                 for shard in self._routers
             }  # fmt: skip

@@ -13,8 +13,8 @@ who adopt a username may come with the BSUID alone. The rules, in order:
 4. None of these -> the message is skipped as `missing_sender`.
 
 `Route.wa_id` and `Route.user_id` carry whichever of the two Meta sent, so a later stage can alias them.
-Consequence to know: a customer known by phone who later writes with a BSUID only gets a new `sender_id` (a new
-conversation mapping) unless that alias is recorded.
+A customer known by phone who later writes with a BSUID only would get a new `sender_id`: actors/identity.py records
+the alias and moves each message to the customer's canonical id with `as_customer`.
 
 The matching contact is the `contacts[]` item whose `wa_id` (or `user_id`) equals `from` or whose `user_id` equals
 `from_user_id`; with a single contact, that one. Its `profile.name` becomes `nickname`, split at the first space into
@@ -23,8 +23,11 @@ The matching contact is the `contacts[]` item whose `wa_id` (or `user_id`) equal
 
 from __future__ import annotations
 
-from wabridge.codecs.genesys import OpenMessagingFrom
+import msgspec
+
+from wabridge.codecs.genesys import ChannelMetadata, OpenMessagingFrom
 from wabridge.codecs.meta import Contact, Message
+from wabridge.codecs.results import Inbound
 
 _MAX_ID = 128  # characters: longer ids are not Meta's, and they key caches and database rows
 _NAME_MAX = 256  # characters of a profile name passed on
@@ -109,3 +112,26 @@ def _names(name: str | None) -> tuple[str | None, str | None, str | None]:
         return None, None, None
     first, _, rest = name.partition(" ")
     return name, first, rest.strip() or None
+
+
+def usable_id(value: str | None) -> str | None:
+    """The id if it can key a mapping (see `_usable`)."""
+    return _usable(value)
+
+
+def as_customer(inbound: Inbound, customer_id: str) -> Inbound:
+    """The message under its customer's canonical id (actors/identity.py): `Route.sender_id` and Genesys `from.id` /
+    `idType` become that id, so the message joins the customer's conversation and ordering lane. The ids it came
+    with stay in `Route.wa_id` / `Route.user_id`, and the agent still sees them: `user_id` is a custom attribute
+    already, the phone number becomes one (`wa_id`) when it is not the `from.id`."""
+    route, channel = inbound.route, inbound.message.channel
+    id_type = "Phone" if _is_phone(customer_id) else "Opaque"
+    metadata = channel.metadata
+    if route.wa_id is not None and route.wa_id != customer_id:
+        custom = dict(metadata.custom_attributes or {}) if metadata is not None else {}
+        custom["wa_id"] = route.wa_id
+        metadata = ChannelMetadata(custom_attributes=custom)
+    replace = msgspec.structs.replace
+    sender = replace(channel.from_, id=customer_id, id_type=id_type)
+    message = replace(inbound.message, channel=replace(channel, from_=sender, metadata=metadata))
+    return replace(inbound, route=replace(route, sender_id=customer_id, id_type=id_type), message=message)

@@ -10,12 +10,18 @@ import logging
 import sys
 import time
 from collections.abc import MutableMapping
+from contextvars import ContextVar
 from typing import Any, TextIO
 
 import msgspec
 
 _encoder = msgspec.json.Encoder(enc_hook=str)
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+# The message the running task works on (actors/history.py sets it): its fields go on every line logged meanwhile,
+# by any logger (the delivery client's retries, the media fetcher's), so that grep on a wamid or a webhook id finds
+# them. Anything with `fields() -> dict`; a line's own `extra` wins over it.
+MESSAGE_CONTEXT: ContextVar[Any] = ContextVar("wabridge_message_context", default=None)
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -28,6 +34,10 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     for key, value in record.__dict__.items():
         if key not in _STANDARD and not key.startswith("_"):
             fields[key] = value
+    context = MESSAGE_CONTEXT.get()
+    if context is not None:
+        for key, value in context.fields().items():
+            fields.setdefault(key, value)
     if record.exc_info and record.exc_info[0] is not None:
         fields["exc"] = logging.Formatter().formatException(record.exc_info)
     return fields

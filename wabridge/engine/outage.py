@@ -1,12 +1,13 @@
 """Holding a step through a backend outage: tried again while its server is down, rather than failed at once.
 
-The relay and the tenant actor hold a message in place this way (bounded: see HOLD_FOR), parking waits on the store
-with it for as long as it takes, and the ingress's archive holds a segment put with it until S3 answers again.
+The relay and the tenant actor hold a message in place this way until its server answers again (or a drain), parking
+waits on the store with it, and the ingress's archive holds a segment put with it until S3 answers again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -18,14 +19,15 @@ from wabridge.engine.ports import BackendUnavailable
 log = get_logger("outage")
 
 _holds = REGISTRY.counter("wabridge_outage_holds_total", "Retries of a step while a backend was down.", ["port"])
+_held_long = REGISTRY.counter(
+    "wabridge_outage_held_long_total", "Steps still held past WABRIDGE_OUTAGE_HOLD, holding on.", ["port"]
+)
 
-# How long one message is held in place through a backend outage before it is handed back to the queue. Handing it
-# back at once burnt the queue's 3 attempts in ~30 ms of a PostgreSQL outage and dead-lettered every message in
-# flight (found by tests/e2e/test_backend_outages.py); holding keeps it unacked, and its customer's lane waits with
-# it, so order is kept. Bounded: RabbitMQ closes a channel whose delivery stays unacked past its consumer timeout
-# (30 min by default), and a drain must not wait on an outage. The tenant actor's holds (before anything left the
-# bridge) take theirs from the `outage_hold` setting; this default is for the holds after Genesys has the message.
-HOLD_FOR = 300.0  # s
+# A message is held in place through a backend outage for as long as it lasts, unacked, its customer's lane waiting
+# behind it: order is kept and no attempt is spent. Handed back to the queue past a bound instead, it went behind
+# newer messages of its customer, which the worker then took first (hundreds of reordered pairs in a chaos run;
+# tests/e2e/test_outage_order.py). A drain stops the hold (`give_up`) and hands it back; the broker's
+# consumer_timeout must exceed the longest outage to ride out (the dev services and compose set 2 h).
 HOLD_BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)  # s between tries, the last one repeated
 
 T = TypeVar("T")
@@ -34,13 +36,17 @@ T = TypeVar("T")
 async def hold_through_outage(
     step: Callable[[], Awaitable[T]],
     *,
-    hold_for: float = HOLD_FOR,
+    hold_for: float = math.inf,
     give_up: Callable[[], bool] = lambda: False,
     what: str = "a message",
+    report_after: float | None = None,
 ) -> T:
     """`await step()`, tried again while it raises BackendUnavailable, for up to `hold_for` seconds or until
-    `give_up()` (a drain); then the last BackendUnavailable propagates. `what` is held, for the log."""
-    deadline = time.monotonic() + hold_for
+    `give_up()` (a drain); then the last BackendUnavailable propagates. `what` is held, for the log. Still held after
+    `report_after` seconds, it is reported once (an error line and `wabridge_outage_held_long_total`)."""
+    started = time.monotonic()
+    deadline = started + hold_for
+    reported = report_after is None
     tries = 0
     while True:
         try:
@@ -51,5 +57,9 @@ async def hold_through_outage(
             _holds.labels(exc.port).inc()
             if tries == 0:
                 log.warning("holding %s through an outage: %s", what, exc)
+            if not reported and time.monotonic() - started >= report_after:  # type: ignore[operator]
+                reported = True
+                _held_long.labels(exc.port).inc()
+                log.error("still holding %s after %.0f s: %s; it waits on in place", what, report_after, exc)
             await asyncio.sleep(HOLD_BACKOFF[min(tries, len(HOLD_BACKOFF) - 1)])
             tries += 1

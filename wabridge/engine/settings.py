@@ -42,7 +42,8 @@ class Settings:
     shards: int = 4
     queue_name: str = DEFAULT_QUEUE_NAME
     delivery_limit: int = 3
-    # Seconds a message is held in place through a backend outage before its delivery is handed back (an attempt).
+    # Seconds a message held in place through a backend outage waits before it is reported (an error line and
+    # wabridge_outage_held_long_total); it is held on until the server answers or a drain hands it back.
     outage_hold: int = 300
     # Seconds a message waits in place while its tenant's Genesys is down (refused, timing out, 5xx) before it is
     # tracked `failed`; 0 fails it after its three quick tries. The broker's consumer_timeout must exceed it.
