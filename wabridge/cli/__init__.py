@@ -13,7 +13,7 @@ import sys
 from wabridge.engine.secrets import SecretKeyError
 from wabridge.engine.settings import SettingsError
 
-COMMANDS = ("serve", "migrate", "tenants", "replay", "transform", "sim", "demo", "keygen")
+COMMANDS = ("serve", "migrate", "tenants", "replay", "trace", "messages", "transform", "sim", "demo", "keygen")
 
 
 class Parser(argparse.ArgumentParser):
