@@ -21,6 +21,10 @@ What it adds for tests:
   POST /sim/faults                       {"status":503,"count":3} | {"latency_ms":200,"count":10} |
                                          {"status":429,"retry_after":2} | "target":"login" to hit the login instead;
                                          count -1 = until cleared. DELETE /sim/faults clears; POST /sim/reset clears all.
+The agent's side (genesys_agent.py, reference.md §3): POST /sim/agent/send sends a signed outbound webhook to the
+bridge, retried the way Genesys retries; the receipt and typing-event endpoints take the bridge's answers;
+GET /sim/agent/outbound shows each outbound message with its attempts and receipts, and /sim/conversations each
+conversation's `timeline`, both directions in time order.
 
 The HTTP server is a minimal asyncio HTTP/1.1 one (keep-alive, Content-Length or chunked bodies): it runs in-process
 (`async with GenesysSim() as sim`) or as a subprocess (`start_genesys_sim()`), and validation is one msgspec decode.
@@ -54,6 +58,8 @@ from urllib.parse import parse_qs, urlsplit
 import msgspec
 
 MESSAGE_PATH = re.compile(r"^/api/v2/conversations/messages/([^/]+)/inbound/open/message$")
+RECEIPT_OR_EVENT_PATH = re.compile(r"^/api/v2/conversations/messages/([^/]+)/inbound/open/(receipt|event)$")
+DOWNLOAD_PATH = re.compile(r"^/sim/downloads/([^/]+)$")
 MAX_HEAD_BYTES = 64 * 1024
 MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_ATTACHMENT_BYTES = 25 * 1024 * 1024  # Genesys's per-attachment limit
@@ -201,6 +207,9 @@ class SimStats:
     not_found: int = 0  # 404
     rate_limited: int = 0  # 429 from the rate limit (injected ones count in `faults`)
     faults: int = 0
+    receipts: int = 0  # receipts accepted from the bridge
+    events: int = 0  # typing events accepted from the bridge
+    outbound_attempts: int = 0  # webhook POSTs to the bridge, retries included
 
 
 @dataclass
@@ -263,7 +272,17 @@ class GenesysSim:
         fetch_media: bool = False,
         max_messages: int = 100_000,
         faults: Iterable[Fault] = (),
+        bridge_url: str = "http://127.0.0.1:8080",
+        webhook_path: str = "/webhook/genesys/{tenantId}",
+        tenant: str = "",
+        outbound_secret: str = "",
+        signature_encoding: Literal["base64", "hex"] = "base64",
+        answer_timeout: float = 10.0,
+        retry_interval: float = 5.0,
+        max_retries: int = 5,
+        webhook_headers: Mapping[str, str] | None = None,
     ) -> None:
+        from wabridge.sim.genesys_agent import Agent, AgentConfig  # it imports this module
         self.host, self.port = host, port
         self.clients = dict(clients or {})
         self.integrations = frozenset(integrations)
@@ -281,6 +300,9 @@ class GenesysSim:
         self._media_tasks: set[asyncio.Task] = set()
         self._media_slots = asyncio.Semaphore(MEDIA_FETCH_CONCURRENCY)
         self._http: Any = None
+        config = AgentConfig(bridge_url, webhook_path, tenant, outbound_secret, signature_encoding, answer_timeout,
+                             retry_interval, max_retries, dict(webhook_headers or {}))
+        self.agent = Agent(self, config, max_messages)
 
     @property
     def url(self) -> str:
@@ -303,6 +325,7 @@ class GenesysSim:
             await asyncio.gather(*self._connections, *self._media_tasks, return_exceptions=True)
             await self._server.wait_closed()
             self._server = None
+        await self.agent.aclose()
         if self._http is not None:
             await self._http.aclose()
             self._http = None
@@ -326,6 +349,7 @@ class GenesysSim:
         self.received.clear()
         self._faults.clear()
         self.stats = SimStats()
+        self.agent.reset()
 
     def messages(self, conversation_id: str | None = None) -> list[dict[str, Any]]:
         return [r.as_json() for r in self.received if conversation_id in (None, r.conversation_id)]
@@ -337,6 +361,7 @@ class GenesysSim:
                 r.conversation_id, {"integrationId": r.integration_id, "fromId": r.from_id, "messages": []}
             )
             conv["messages"].append(r.id)
+        self.agent.add_to_conversations(out)
         return out
 
     async def wait_media(self) -> None:
@@ -394,6 +419,12 @@ class GenesysSim:
             return await self._inbound(match.group(1), query, headers, body)
         if method == "POST" and path == "/oauth/token":
             return await self._login(headers, body)
+        if method == "POST" and (match := RECEIPT_OR_EVENT_PATH.match(path)):
+            return await self._receipt_or_event(match.group(1), match.group(2), headers, body)
+        if method == "GET" and (match := DOWNLOAD_PATH.match(path)):
+            return self.agent.download(match.group(1), self._grant(headers) is not None)
+        if path.startswith("/sim/agent/"):
+            return await self.agent.control(method, path, query, body)
         if path.startswith("/sim/"):
             return self._control(method, path, query, body)
         self.stats.not_found += 1
@@ -431,11 +462,27 @@ class GenesysSim:
 
     async def _inbound(self, integration_id: str, query: dict, headers: dict[str, str], body: bytes) -> _Response:
         self.stats.requests += 1
-        if (faulted := await self._apply_fault("api")) is not None:
-            return faulted
+        if (refused := await self._admit(integration_id, headers)) is not None:
+            return refused
+        try:
+            message = validate_inbound(body)
+        except SchemaError as exc:
+            self.stats.rejected += 1
+            return 400, genesys_error(400, "bad.request", f"The request could not be understood: {exc}"), ()
+        return 200, self._accept(integration_id, message, body, query.get("prefetchConversationId") == ["true"]), ()
+
+    def _grant(self, headers: dict[str, str]) -> tuple[str, float] | None:
+        """The (client id, expiry) of a live bearer token in `headers`, or None."""
         scheme, _, token = headers.get("authorization", "").partition(" ")
         grant = self._tokens.get(token) if scheme.lower() == "bearer" else None
-        if grant is None or grant[1] <= time.monotonic():
+        return grant if grant is not None and grant[1] > time.monotonic() else None
+
+    async def _admit(self, integration_id: str, headers: dict[str, str]) -> _Response | None:
+        """What every Open Messaging API call goes through: faults, token, the client's rate limit, integration."""
+        if (faulted := await self._apply_fault("api")) is not None:
+            return faulted
+        grant = self._grant(headers)
+        if grant is None:
             self.stats.unauthorized += 1
             return 401, genesys_error(401, "bad.credentials", "Invalid login credentials."), ()
         if (limited := self._count_request(grant[0])) is not None:
@@ -443,12 +490,13 @@ class GenesysSim:
         if self.integrations and integration_id not in self.integrations:
             self.stats.not_found += 1
             return 404, genesys_error(404, "not.found", f"integration {integration_id} not found"), ()
-        try:
-            message = validate_inbound(body)
-        except SchemaError as exc:
-            self.stats.rejected += 1
-            return 400, genesys_error(400, "bad.request", f"The request could not be understood: {exc}"), ()
-        return 200, self._accept(integration_id, message, body, query.get("prefetchConversationId") == ["true"]), ()
+        return None
+
+    async def _receipt_or_event(self, integration_id: str, kind: str, headers: dict[str, str], body: bytes) -> _Response:
+        self.stats.requests += 1
+        if (refused := await self._admit(integration_id, headers)) is not None:
+            return refused
+        return (self.agent.receipt if kind == "receipt" else self.agent.event)(integration_id, body)
 
     def _count_request(self, client_id: str) -> _Response | None:
         if self.rate_limit <= 0:
@@ -584,7 +632,9 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
 
 async def _write(writer: asyncio.StreamWriter, response: _Response, keep_alive: bool) -> None:
     status, body, extra = response
-    head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", "Content-Type: application/json"]
+    head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"]
+    if not any(name.lower() == "content-type" for name, _ in extra):  # downloads name their own
+        head.append("Content-Type: application/json")
     head += [f"{name}: {value}" for name, value in extra]
     head += [f"Content-Length: {len(body)}", "Connection: keep-alive" if keep_alive else "Connection: close"]
     writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
@@ -609,6 +659,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="answer the next COUNT (default 1, -1 = always) API requests with STATUS")
     parser.add_argument("--latency-ms", type=float, default=0, help="delay every API request this long")
     parser.add_argument("--max-messages", type=int, default=100_000, help="received messages kept (oldest dropped)")
+    agent = parser.add_argument_group("the agent's side (POST /sim/agent/send)")
+    agent.add_argument("--bridge-url", default="http://127.0.0.1:8080", metavar="URL", help="where the bridge listens")
+    agent.add_argument("--webhook-path", default="/webhook/genesys/{tenantId}", metavar="PATH")
+    agent.add_argument("--tenant", default="", metavar="ID", help="tenant id in the webhook path (a send may name another)")
+    agent.add_argument("--outbound-secret", default="", metavar="TOKEN",
+                       help="the integration's outbound signature secret token (HMAC-SHA256 key)")
+    agent.add_argument("--signature-encoding", choices=["base64", "hex"], default="base64",
+                       help="X-Hub-Signature-256 digest encoding: base64 (Genesys's sample) or hex")
+    agent.add_argument("--answer-timeout", type=float, default=10.0, metavar="SECONDS")
+    agent.add_argument("--retry-interval", type=float, default=5.0, metavar="SECONDS")
+    agent.add_argument("--max-retries", type=int, default=5, help="after a timeout, 429 or 5xx")
+    agent.add_argument("--webhook-header", action="append", default=[], metavar="NAME:VALUE",
+                       help="a static header on every webhook (the integration's webhookHeaders)")
+    from wabridge.sim.genesys_agent import add_agent_arguments
+
+    add_agent_arguments(parser)
 
 
 def sim_from_args(args: argparse.Namespace) -> GenesysSim:
@@ -635,11 +701,24 @@ def sim_from_args(args: argparse.Namespace) -> GenesysSim:
         fetch_media=args.fetch_media,
         max_messages=args.max_messages,
         faults=faults,
+        bridge_url=args.bridge_url,
+        webhook_path=args.webhook_path,
+        tenant=args.tenant,
+        outbound_secret=args.outbound_secret,
+        signature_encoding=args.signature_encoding,
+        answer_timeout=args.answer_timeout,
+        retry_interval=args.retry_interval,
+        max_retries=args.max_retries,
+        webhook_headers=dict(h.partition(":")[::2] for h in args.webhook_header),
     )
 
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM. The first stdout line is `genesys sim listening on <url>`."""
+    if getattr(args, "genesys_command", None) == "agent":
+        from wabridge.sim.genesys_agent import run_agent_send
+
+        return run_agent_send(args)
     sim = sim_from_args(args)
 
     async def main() -> None:
@@ -685,6 +764,19 @@ class SimProcess:
 
         httpx.post(self.url + "/sim/faults", json=spec, timeout=10).raise_for_status()
 
+    def agent_send(self, wait: bool = False, **spec: Any) -> dict[str, Any]:
+        """`POST /sim/agent/send`: the outbound record (finished with `wait`, which can take Genesys's whole
+        retry schedule)."""
+        import httpx
+
+        response = httpx.post(self.url + "/sim/agent/send", params={"wait": "true"} if wait else None, json=spec,
+                              timeout=None if wait else 10)
+        response.raise_for_status()
+        return response.json()
+
+    def outbound(self, conversation_id: str | None = None) -> list[dict[str, Any]]:
+        return self._get("/sim/agent/outbound" + (f"?conversationId={conversation_id}" if conversation_id else ""))
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -706,6 +798,8 @@ def start_genesys_sim(port: int = 0, *, host: str = "127.0.0.1", **options: Any)
         argv += ["--integration", integration]
     if options.pop("fetch_media", False):
         argv.append("--fetch-media")
+    for name, value in (options.pop("webhook_headers", None) or {}).items():
+        argv += ["--webhook-header", f"{name}:{value}"]
     for name, value in options.items():
         argv += ["--" + name.replace("_", "-"), str(value)]
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
