@@ -16,6 +16,11 @@ Media ids are the self-describing ids of `webhooks.py`, so webhooks built anywhe
 The HTTP server is a small asyncio HTTP/1.1 server (keep-alive, Content-Length only): a simulator needs port 0,
 in-process start/stop per test and streamed bodies, which Granian's embed API does not offer simply.
 
+Sending side (what the bridge's outbound direction talks to): `meta_send.Outbound`, mounted here —
+  POST /[{version}/]{phone_number_id}/messages and /media, the 24-hour window, throttling, faults by code, and
+  signed status webhooks POSTed to the bridge (`bridge_url`); see that module for the endpoints under /sim.
+  POST /sim/reset                  forget everything both sides recorded, and every fault
+
 Sender side: `send_kinds` (one signed webhook per message, or batches) and `run_load` (open loop, see its doc).
 """
 
@@ -33,7 +38,7 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -43,14 +48,16 @@ import anyio.abc
 import httpx
 import msgspec
 
-from wabridge.sim import webhooks
+from wabridge.sim import meta_send, webhooks
 
 URL_TTL = 300.0  # Meta: a media url is valid for 5 minutes
 MAX_HEADER_BYTES = 64 * 1024
 MAX_CONTROL_BODY = 64 * 1024
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-            405: "Method Not Allowed", 413: "Payload Too Large", 500: "Internal Server Error",
+            405: "Method Not Allowed", 411: "Length Required", 413: "Payload Too Large", 500: "Internal Server Error",
             503: "Service Unavailable"}  # fmt: skip
+# A POST /sim/faults naming any of these is a fault of the sending side; the rest are the media side's.
+_SEND_FAULT_KEYS = {"target", "status", "code", "latency_ms", "async"}
 
 
 
@@ -89,7 +96,9 @@ class _Faults:
 
 class MetaSim:
     """The Graph media endpoints on loopback. `async with MetaSim(port=0) as sim:` then point the bridge's
-    `graph_api_url` at `sim.graph_url`. `tokens` empty accepts any non-empty bearer token."""
+    `graph_api_url` at `sim.graph_url`. `tokens` empty accepts any non-empty bearer token.
+    The sending side is `sim.outbound` (meta_send.Outbound): `numbers` maps each phone number id to its app secret
+    (empty: any number, signed with `app_secret`), status webhooks go to `bridge_url`."""
 
     def __init__(
         self,
@@ -100,6 +109,15 @@ class MetaSim:
         version: str = "v23.0",
         url_ttl: float = URL_TTL,
         clock: Callable[[], float] = time.time,
+        numbers: Mapping[str, str] | None = None,
+        app_secret: str | None = None,
+        bridge_url: str | None = None,
+        rate: float = 80.0,
+        quirks: meta_send.Quirks | None = None,
+        status_delay: float = 0.05,
+        status_retries: int = 3,
+        retry_backoff: float = 0.2,
+        open_windows: bool = False,
     ) -> None:
         self.host, self.port, self.version = host, port, version
         self._tokens = frozenset(tokens)
@@ -112,6 +130,10 @@ class MetaSim:
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.StreamWriter] = set()
         self._handlers: set[asyncio.Task[None]] = set()
+        self.outbound = meta_send.Outbound(
+            self._authorized, self._now, dict(numbers or {}), app_secret, bridge_url, rate,
+            quirks or meta_send.Quirks(), status_delay, status_retries, retry_backoff, open_windows,
+        )  # fmt: skip
 
     # --- lifecycle ------------------------------------------------------------------------------------------------
 
@@ -131,6 +153,7 @@ class MetaSim:
                 await asyncio.wait(list(self._handlers), timeout=5)
             await self._server.wait_closed()
             self._server = None
+        await self.outbound.close()
 
     async def __aenter__(self) -> MetaSim:
         return await self.start()
@@ -196,14 +219,22 @@ class MetaSim:
                 except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
                     return
                 method, target, headers = _parse_head(head)
+                send = meta_send.Outbound.route(method, urlsplit(target).path)
+                limit = MAX_CONTROL_BODY if send is None else meta_send.body_limit(send[1])
+                if "transfer-encoding" in headers:  # Content-Length only: a chunked body would be misread as requests
+                    await _respond(writer, 411, _json({"error": "send a Content-Length"}), close=True)
+                    return
                 length = headers.get("content-length", "0")
-                length = int(length) if length.isdigit() else MAX_CONTROL_BODY + 1  # unreadable: refuse it
-                if length > MAX_CONTROL_BODY:
+                length = int(length) if length.isdigit() else limit + 1  # unreadable: refuse it
+                if length > limit:
                     await _respond(writer, 413, _json({"error": "body too large"}), close=True)
                     return
                 body = await reader.readexactly(length) if length else b""
                 try:
-                    status, content_type, payload = self._route(method, target, headers, body)
+                    if send is not None:
+                        status, content_type, payload = await self.outbound.handle(*send, headers, body)
+                    else:
+                        status, content_type, payload = self._route(method, target, headers, body)
                 except Exception as exc:  # a simulator bug answers 500 rather than hanging the client
                     status, content_type, payload = 500, "application/json", _json({"error": repr(exc)[:200]})
                 close = headers.get("connection", "").lower() == "close"
@@ -235,18 +266,29 @@ class MetaSim:
         json_type = "application/json"
         try:
             args = json.loads(body) if body else {}
+            if (answer := self.outbound.control(method, parts, args)) is not None:
+                return answer
             if method == "GET" and parts == ["stats"]:
                 return 200, json_type, msgspec.json.encode(self.stats())
+            if method == "POST" and parts == ["faults"] and args.keys() & _SEND_FAULT_KEYS:
+                self.outbound.inject(**args)
+                return 200, json_type, _json({"ok": True})
             if method == "POST" and parts == ["faults"]:
                 self.inject(**args)
                 return 200, json_type, _json({"ok": True})
             if method == "DELETE" and parts == ["faults"]:
                 self.clear_faults()
+                self.outbound.faults.clear()
+                return 200, json_type, _json({"ok": True})
+            if method == "POST" and parts == ["reset"]:
+                self.clear_faults()
+                self._stats = dict.fromkeys(SimStats.__struct_fields__, 0)
+                self.outbound.reset()
                 return 200, json_type, _json({"ok": True})
             if method == "POST" and parts == ["clock"]:
                 self.advance_clock(float(args["advance"]))
                 return 200, json_type, _json({"ok": True})
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError, msgspec.ValidationError) as exc:  # a non-object too
             return 400, json_type, _json({"error": str(exc)})
         return 404, json_type, _json({"error": "unknown control endpoint"})
 
@@ -447,9 +489,11 @@ async def send_kinds(
     count: int = 1,
     batch: int = 1,
     timeout: float = 10.0,
+    sim_url: str | None = None,
 ) -> SendSummary:
     """`count` rounds of every kind in `kinds`, customers taking turns message by message; `batch` messages per POST (one by one
-    by default, as Meta mostly does). Sent in order, one POST at a time."""
+    by default, as Meta mostly does). Sent in order, one POST at a time. With `sim_url` (a MetaSim's base url) each
+    customer who wrote has their 24-hour window opened there, as writing to a business does."""
     rounds = [kind for _ in range(count) for kind in kinds]
     items = [(kind, n % customers) for n, kind in enumerate(rounds)]
     counts: dict[str, int] = {}
@@ -464,6 +508,10 @@ async def send_kinds(
                 msgs += m
                 stats += s
             body = webhooks.webhook(phone_number_id, msgs, statuses=stats)
+            if sim_url is not None:  # the customer wrote, whatever the bridge then answers
+                for wa_id in dict.fromkeys(m["from"] for m in msgs if "from" in m):
+                    window = {"phone_number_id": phone_number_id, "wa_id": wa_id}
+                    await client.post(f"{sim_url}/sim/window", json=window)
             code = await _post(client, url, body, app_secret)
             counts[code] = counts.get(code, 0) + 1
             posts += 1
@@ -608,6 +656,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     serve.add_argument("--port", type=int, default=8091)
     serve.add_argument("--token", action="append", default=[], help="accepted bearer token (repeat); none = any")
     serve.add_argument("--version", default="v23.0", help="Graph API version in the path")
+    serve.add_argument("--phone-number", action="append", default=[], metavar="ID[=SECRET]",
+                       help="a phone number id the sending side knows, with its app secret (repeat); none = any")
+    serve.add_argument("--app-secret", default=os.environ.get("WABRIDGE_SIM_APP_SECRET"),
+                       help="app secret of the numbers given without one (or WABRIDGE_SIM_APP_SECRET)")
+    serve.add_argument("--bridge-url", help="where status webhooks go, e.g. http://127.0.0.1:8080/webhook/meta")
+    serve.add_argument("--rate", type=float, default=80.0, help="sends per second per number before 130429; 0 = off")
+    serve.add_argument("--open-windows", action="store_true",
+                       help="every customer counts as having written just now (no 131047 without set-up)")
+    serve.add_argument("--status-delay", type=float, default=0.05, help="seconds between a send's statuses")
+    serve.add_argument("--out-of-order", type=float, default=0.0, help="probability a send's statuses are swapped")
+    serve.add_argument("--duplicate", type=float, default=0.0, help="probability one status is posted twice")
+    serve.add_argument("--early", type=float, default=0.0,
+                       help="probability the first status is posted before the send is answered")
+    serve.add_argument("--seed", type=int, help="seed of the quirks, for a reproducible run")
     send = sub.add_parser("send", help="send signed webhooks of every message type, or a constant-rate load")
     send.add_argument("--url", required=True, help="the bridge's webhook URL")
     send.add_argument("--app-secret", default=os.environ.get("WABRIDGE_SIM_APP_SECRET"),
@@ -620,6 +682,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     send.add_argument("--rate", type=float, help="load mode: webhooks per second (open loop)")
     send.add_argument("--duration", type=float, default=10.0, help="load mode: seconds")
     send.add_argument("--concurrency", type=int, default=64, help="load mode: connections")
+    send.add_argument("--sim-url", help="a running `sim meta serve` (its base url) told who wrote, opening their "
+                                        "24-hour window")
 
 
 def _kinds(text: str) -> tuple[str, ...]:
@@ -656,7 +720,8 @@ def run(args: argparse.Namespace) -> int:
         ok = report.statuses.get("200", 0)
     else:
         summary = asyncio.run(send_kinds(args.url, args.app_secret, args.phone_number_id, kinds=kinds,
-                                         customers=args.customers, count=args.count, batch=args.batch))  # fmt: skip
+                                         customers=args.customers, count=args.count, batch=args.batch,
+                                         sim_url=args.sim_url))  # fmt: skip
         print(msgspec.json.encode(summary).decode())
         ok = summary.statuses.get("200", 0)
         report = summary
@@ -668,10 +733,13 @@ class MetaSimProcess:
     """The Graph endpoints in a child process (`python -m wabridge.sim.meta serve`), so a benchmark's simulator does
     not share the measured process's event loop. `with MetaSimProcess(tokens=[…]) as graph_url: …`"""
 
-    def __init__(self, *, port: int = 0, tokens: Iterable[str] = (), version: str = "v23.0") -> None:
+    def __init__(
+        self, *, port: int = 0, tokens: Iterable[str] = (), version: str = "v23.0", args: Sequence[str] = ()
+    ) -> None:
         self.argv = [sys.executable, "-m", "wabridge.sim.meta", "serve", "--port", str(port), "--version", version]
         for token in tokens:
             self.argv += ["--token", token]  # test tokens only: a child's argv is visible to local users
+        self.argv += args  # further `serve` options: the sending side's knobs
         self.process: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> str:
@@ -699,7 +767,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _serve_forever(args: argparse.Namespace) -> int:
-    async with MetaSim(host=args.host, port=args.port, tokens=args.token, version=args.version) as sim:
+    numbers = dict((n.split("=", 1) + [""])[:2] for n in args.phone_number)
+    quirks = meta_send.Quirks(args.out_of_order, args.duplicate, args.early, args.seed)
+    async with MetaSim(host=args.host, port=args.port, tokens=args.token, version=args.version,
+                       numbers={n: secret or args.app_secret or "" for n, secret in numbers.items()},
+                       app_secret=args.app_secret, bridge_url=args.bridge_url, rate=args.rate, quirks=quirks,
+                       status_delay=args.status_delay, open_windows=args.open_windows) as sim:  # fmt: skip
         print(f"meta sim: graph_api_url={sim.graph_url} (Ctrl-C to stop)", flush=True)
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.Event().wait()

@@ -334,3 +334,39 @@ def webhook(
 ) -> bytes:
     """One POST body carrying `messages` (several per POST allowed) and/or `statuses` for one phone number."""
     return envelope([entry(phone_number_id, messages, contacts=contacts, statuses=statuses)])
+
+
+# --- statuses of messages the business sent (reference.md §4) --------------------------------------------------------
+
+ERROR_CODES_HREF = "https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes/"
+
+
+def send_status(
+    wamid: str,
+    status: str,
+    *,
+    recipient_id: str,
+    ts: float | None = None,
+    biz_opaque_callback_data: str | None = None,
+    category: str = "service",
+    error: tuple[int, str, str] | None = None,
+) -> dict[str, Any]:
+    """One `statuses[]` item for a message the business sent: sent | delivered | read | failed (`error` =
+    (code, title, details), as Meta puts them in `errors[]`). `biz_opaque_callback_data` is echoed as given."""
+    item: dict[str, Any] = {
+        "id": wamid,
+        "status": status,
+        "timestamp": str(int(time.time() if ts is None else ts)),
+        "recipient_id": recipient_id,
+    }
+    if biz_opaque_callback_data is not None:
+        item["biz_opaque_callback_data"] = biz_opaque_callback_data
+    if status in ("sent", "delivered"):  # billing information rides on the first two only
+        conversation = hashlib.sha256(recipient_id.encode()).hexdigest()[:32]
+        item["conversation"] = {"id": conversation, "origin": {"type": category}}
+        item["pricing"] = {"billable": True, "pricing_model": "PMP", "category": category}
+    if error is not None:
+        code, title, details = error
+        item["errors"] = [{"code": code, "title": title, "message": title, "error_data": {"details": details},
+                           "href": ERROR_CODES_HREF}]  # fmt: skip
+    return item
