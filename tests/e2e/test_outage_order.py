@@ -102,6 +102,9 @@ async def run_through_outage(bridge: Bridge, genesys: Genesys, proxy, kinds: lis
     assert "holding a message through an outage" in bridge.stderr(), "no message met the outage"
     received = [r for r in await genesys.messages() if r["body"]["channel"]["messageId"] in set(wamids)]
     assert {r["body"]["channel"]["messageId"] for r in received} == set(wamids)
+    sent_for = BEFORE + OUTAGE + AFTER
+    print(f"outage order: {len(wamids)} messages from {CUSTOMERS} customers in {sent_for:g} s "
+          f"({len(wamids) / sent_for:.0f}/s), {reordered(acked, received)} pairs reordered")  # for -s runs by hand
     assert reordered(acked, received) == 0, f"{reordered(acked, received)} pairs out of order of {len(wamids)}"
 
 
