@@ -26,6 +26,7 @@ conversation read, a store insert and a cache write, once per customer.
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from time import monotonic
@@ -33,6 +34,7 @@ from time import monotonic
 from wabridge.codecs.results import Inbound, Result
 from wabridge.codecs.sender import as_customer, usable_id
 from wabridge.engine import keys
+from wabridge.engine.grouping import Grouped
 from wabridge.engine.logs import get_logger
 from wabridge.engine.metrics import REGISTRY
 from wabridge.engine.ports import BackendUnavailable, Cache, Store
@@ -55,6 +57,10 @@ class CustomerIdentity:
         # (tenant, id) → (value, until). value: the canonical id when `id` is an alias; `id` itself when it is no
         # alias and this process routed a message under it; None when it is no alias, in use or not.
         self._local: OrderedDict[tuple[str, str], tuple[str | None, float]] = OrderedDict()
+        # First contacts come in bursts (replies to a campaign) and are resolved concurrently (tenant.py): their
+        # reads share round trips, as the conversation reads do (state.py).
+        self._cache_reads: Grouped[str, bytes] = Grouped(cache.get_many, name="alias-cache-reads", max_delay=0)
+        self._store_reads: Grouped[tuple[str, str], str] = Grouped(store.get_aliases, name="alias-reads")
 
     # --- the usual path: no await ---
 
@@ -171,7 +177,8 @@ class CustomerIdentity:
             return
         names = {keys.customer_alias(tenant_id, i): i for i in missing}
         try:
-            cached = await self._cache.get_many(list(names))
+            answers = await asyncio.gather(*(self._cache_reads.get(key) for key in names))
+            cached = {key: value for key, value in zip(names, answers) if value is not None}
         except BackendUnavailable:
             cached = {}
         for key, value in cached.items():
@@ -179,7 +186,8 @@ class CustomerIdentity:
         asked = [(tenant_id, i) for i in missing if keys.customer_alias(tenant_id, i) not in cached]
         if not asked:
             return
-        found = await self._store.get_aliases(asked)
+        canonicals = await asyncio.gather(*(self._store_reads.get(key) for key in asked))
+        found = {key: canonical for key, canonical in zip(asked, canonicals) if canonical is not None}
         until = monotonic() + UNALIASED_SECONDS
         for key in asked:
             canonical = found.get(key)
@@ -255,3 +263,9 @@ def _ids(inbound: Inbound) -> tuple[str, str | None, tuple[str, str] | None]:
 def _all_ids(inbound: Inbound) -> Sequence[str]:
     a, b, change = _ids(inbound)
     return (a, *((b,) if b is not None else ()), *(change or ()))
+
+
+def customer_ids(results: Iterable[Result]) -> set[str]:
+    """Every id the customer messages among `results` name: two deliveries that share none can be resolved at once
+    with the same outcome as one after the other (each resolution writes only its own ids' entries)."""
+    return {i for r in results if type(r) is Inbound for i in _all_ids(r)}

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from wabridge.actors.history import Origin, Trail, webhook_of
-from wabridge.actors.identity import CustomerIdentity
+from wabridge.actors.identity import CustomerIdentity, customer_ids
 from wabridge.actors.relay import Relay
 from wabridge.actors.tenants import TenantDirectory
 from wabridge.actors.tracking import TrackingWriter
@@ -48,6 +48,8 @@ DEAD_LETTERS = REGISTRY.counter("wabridge_dead_letters_total", "Queue messages m
 # (the tenant, or the outage that kept its lookup from answering; the message; received at; the delivery's message id
 # and attempt; where its webhook came from, for the tracking row and the trail: actors/history.py)
 Job = tuple["TenantConfig | BackendUnavailable", Inbound, float, str, int, Origin]
+
+ADMITTING = 256  # deliveries of one tenant whose customers are being named by the store at once
 
 # A customer blocked by a failure waits for the failed delivery and the ones sent back behind it to come back (see
 # `_relay_job`): from the queue in milliseconds to seconds (behind what the worker prefetched), from parking at once.
@@ -113,6 +115,17 @@ class TenantActor(Actor):
         # sender → its messages sent back to the queue by a failure, which the lane waits for (`_relay_job`)
         self._blocked: dict[str, SentBack] = {}
         self._stopping = False  # a drain: stop holding messages through an outage, hand them back instead
+        # Deliveries whose customers the store must name (identity.py) are resolved concurrently and admitted to the
+        # lanes in the order received: each waits for the one before (`_admitted`, the last link of that chain).
+        # Awaited in turn here, first contacts were one store round trip each, one at a time: a burst of new
+        # customers was capped near 400/s per tenant (bench, warm-up at 500/s).
+        self._admitted: asyncio.Future[None] | None = None
+        # Counted beside the lanes' own bound in what the worker holds of one tenant: an eighth of it at most.
+        self._admitting = asyncio.Semaphore(min(ADMITTING, max(1, max_pending // 8)))
+        self._admissions: set[asyncio.Task[None]] = set()
+        # customer id → the resolution under way that names it: a later one naming it too waits for it, so that
+        # resolutions of related ids happen one after the other (one records the alias the other must see)
+        self._resolving: dict[str, asyncio.Future[None]] = {}
         self.log = get_logger("tenant", tenant_id=tenant_id, actor=f"tenant:{tenant_id}")
 
     async def on_start(self) -> None:
@@ -120,6 +133,8 @@ class TenantActor(Actor):
 
     async def on_stop(self) -> None:
         self._stopping = True
+        if self._admitted is not None:  # every delivery taken reaches the lanes (a drain stops its holds)
+            await asyncio.wait([self._admitted])
         # Admitted messages finish (the drain deadline bounds this); then every delivery gets its ack or retry.
         await self._lanes.__aexit__(None, None, None)
         if self._settling:
@@ -127,8 +142,11 @@ class TenantActor(Actor):
 
     async def on_receive(self, delivery: Delivery) -> None:
         if type(delivery) is Settled:
-            before = asyncio.gather(*self._settling, return_exceptions=True)
-            before.add_done_callback(delivery._pass)
+            if self._admitted is None or self._admitted.done():
+                before = asyncio.gather(*self._settling, return_exceptions=True)
+                before.add_done_callback(delivery._pass)
+            else:  # behind the deliveries still being admitted: the mark is a link of the chain too
+                self._spawn(self._pass_after_admitted(delivery, *self._link()))
             return
         try:
             queued = decode_queued(delivery.body)
@@ -157,15 +175,90 @@ class TenantActor(Actor):
         if tenant is None:
             await self._unrouted(delivery, results)
             return
+        known: list[Any] | None = results
         if self._identity is not None and not isinstance(tenant, BackendUnavailable):
-            try:  # the usual message is known locally, without an await
-                known = self._identity.known(self.tenant_id, results)
-                results = known if known is not None else await hold_through_outage(
-                    lambda: self._identity.resolve(self.tenant_id, results),  # type: ignore[union-attr]
-                    hold_for=math.inf, give_up=self._giving_up, report_after=self._outage_hold,
-                )  # fmt: skip
+            known = self._identity.known(self.tenant_id, results)  # the usual message: known here, no await
+        if known is not None and (self._admitted is None or self._admitted.done()):
+            await self._admit(delivery, queued, known, tenant)
+            return
+        await self._admitting.acquire()  # bounded: past it the actor takes no more (backpressure, as the lanes)
+        ids = customer_ids(results)
+        related = {self._resolving[i] for i in ids if i in self._resolving}
+        resolved = asyncio.get_running_loop().create_future()
+        for i in ids:
+            self._resolving[i] = resolved
+        self._spawn(self._resolve_and_admit(delivery, queued, results, tenant, related, ids, resolved, *self._link()))
+
+    def _link(self) -> tuple[asyncio.Future[None] | None, asyncio.Future[None]]:
+        """(the last link of the admission chain, a new last link)."""
+        before, this = self._admitted, asyncio.get_running_loop().create_future()
+        self._admitted = this
+        return before, this
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self._admissions.add(task)
+        task.add_done_callback(self._admissions.discard)
+
+    async def _pass_after_admitted(
+        self, mark: Settled, before: asyncio.Future[None] | None, this: asyncio.Future[None]
+    ) -> None:
+        try:
+            if before is not None:
+                await before
+            settling = list(self._settling)
+        finally:
+            this.set_result(None)
+        await asyncio.gather(*settling, return_exceptions=True)
+        mark._pass()
+
+    async def _resolve_and_admit(
+        self, delivery: Delivery, queued: Any, results: list[Any], tenant: TenantConfig | BackendUnavailable,
+        related: set[asyncio.Future[None]], ids: set[str], resolved: asyncio.Future[None],
+        before: asyncio.Future[None] | None, this: asyncio.Future[None],
+    ) -> None:  # fmt: skip
+        """Name each message's customer — after the resolutions under way that name one of its ids, locally if
+        they taught this process enough, else by the store, through the hold — then, once the delivery received
+        before this one is admitted, admit this one."""
+        try:
+            try:
+                if related:
+                    await asyncio.wait(related)
+                known = results
+                if self._identity is not None and not isinstance(tenant, BackendUnavailable):
+                    known = self._identity.known(self.tenant_id, results)
+                    if known is None:
+                        known = await hold_through_outage(
+                            lambda: self._identity.resolve(self.tenant_id, results),  # type: ignore[union-attr]
+                            hold_for=math.inf, give_up=self._giving_up, report_after=self._outage_hold,
+                        )  # fmt: skip
             except BackendUnavailable as exc:
-                tenant = exc  # a drain, as for the tenant lookup: each message fails in its lane
+                known, tenant = results, exc  # a drain, as for the tenant lookup: each message fails in its lane
+            except Exception:
+                self.log.exception("naming the customers of %s failed: they go under the ids they came with",
+                                   delivery.message_id)  # fmt: skip
+                known = results
+            finally:
+                resolved.set_result(None)
+                for i in ids:
+                    if self._resolving.get(i) is resolved:
+                        del self._resolving[i]
+            if before is not None:
+                await before
+            try:
+                await self._admit(delivery, queued, known, tenant)
+            except Exception:
+                self.log.exception("admitting %s failed: handed back", delivery.message_id)
+                await delivery.retry()
+        finally:
+            this.set_result(None)
+            self._admitting.release()
+
+    async def _admit(
+        self, delivery: Delivery, queued: Any, results: list[Any], tenant: TenantConfig | BackendUnavailable
+    ) -> None:
+        """Each message of the delivery into its customer's lane, in payload order; its settlement once all are
+        tracked."""
         pending: list[tuple[asyncio.Future[Any], Inbound | None]] = []  # and the message each one relays
         origin = Origin(webhook_of(delivery.message_id), delivery.shard, queued.archive_key or None)
         for result in results:
