@@ -85,6 +85,20 @@ async def test_tenants_add_list_remove_round_trip_never_shows_a_secret(backend_s
     assert status == 1 and "no tenant 'acme'" in err
 
 
+async def test_a_rate_limit_of_zero_is_taken_as_no_budget_and_a_negative_one_is_refused(
+    embedded_settings: Settings,
+) -> None:
+    """The README, the budget (ratelimit.py) and `tenants add` agree: 0 means no limit (`tenants add` refused it)."""
+    env = cli_env(embedded_settings)
+    status, out, err = await run_cli(*add_args("acme", "3333", **SECRETS), "--genesys-rate-limit", "0", env=env)
+    assert status == 0, err
+    async with open_backends(embedded_settings, ports=("store",)) as backends:
+        tenant = await backends.store.get_tenant("acme")
+    assert tenant is not None and tenant.rate_limit_per_minute == 0
+    status, _, err = await run_cli(*add_args("other", "4444", **SECRETS), "--genesys-rate-limit", "-1", env=env)
+    assert status != 0 and "--genesys-rate-limit" in err and "Traceback" not in err
+
+
 async def test_secrets_given_as_dash_are_read_from_stdin_without_echo_or_warning(embedded_settings: Settings) -> None:
     piped = "\n".join([SECRETS["app"], SECRETS["verify"], SECRETS["client"]]) + "\n"
     args = add_args("acme", "2222", app="-", verify="-", whatsapp=SECRETS["whatsapp"], client="-")

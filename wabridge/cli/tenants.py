@@ -54,7 +54,8 @@ def register(sub) -> None:
                      help="OAuth client secret ('-' to prompt; repeatable)")
     add.add_argument("--genesys-integration-id", required=True, help="Open Messaging integration id")
     add.add_argument("--genesys-rate-limit", type=int, default=300, metavar="PER_MIN",
-                     help="delivery budget per credential per minute (default 300, Genesys's default)")
+                     help="delivery budget per credential per minute (default 300, Genesys's default; 0: no "
+                          "budget, for an org whose limit was raised: its 429s are then honoured as they come)")
     add.set_defaults(func=run_add)
 
     ls = tsub.add_parser("list", help="list tenants (no secrets shown)")
@@ -91,8 +92,8 @@ def tenant_from_args(args: argparse.Namespace) -> TenantConfig:
         api_url, login_url = args.genesys_api_url.rstrip("/"), args.genesys_login_url.rstrip("/")
     if len(args.client_ids) != len(args.client_secrets):
         raise _UsageError("--genesys-client-id and --genesys-client-secret must be given in pairs")
-    if args.genesys_rate_limit < 1:
-        raise _UsageError("--genesys-rate-limit must be at least 1")
+    if args.genesys_rate_limit < 0:
+        raise _UsageError("--genesys-rate-limit must be 0 (no budget) or more")
     # Read in `--help` order: piped secrets are one line each, in this order.
     app_secret = _secret(args.app_secret, "Meta app secret")
     verify_token = _secret(args.verify_token, "verify token")
@@ -158,7 +159,7 @@ def run_list(args: argparse.Namespace) -> int:
         for t in tenants:
             print(f"{t.tenant_id}\tphone_number_ids={','.join(t.phone_number_ids)}\tapi={t.genesys_api_url}\t"
                   f"integration={t.genesys_integration_id}\tcredentials={len(t.credentials)}\t"
-                  f"rate_limit={t.rate_limit_per_minute}/min")
+                  f"rate_limit={f'{t.rate_limit_per_minute}/min' if t.rate_limit_per_minute else 'none'}")
         return 0
 
     return anyio.run(_with_store, work)
