@@ -8,7 +8,7 @@ import uuid
 import pytest
 import redis.asyncio as redis
 
-from wabridge.actors.ratelimit import RateBudget, budget_key
+from wabridge.actors.ratelimit import BLOCK_MAX, RateBudget, block_for, budget_key
 from wabridge.engine.cache_memory import MemoryCache
 from wabridge.engine.cache_redis import RedisCache
 from wabridge.engine.ports import GenesysCredential, TenantConfig
@@ -100,6 +100,32 @@ async def test_tenants_do_not_share_a_budget_and_zero_means_unlimited() -> None:
     assert clock.slept == []
 
 
+async def test_grants_are_reserved_in_blocks_and_never_exceed_the_budget_across_processes() -> None:
+    """One counter round trip per block of grants, not per message; two processes sharing the count still get the
+    budget at most, in all, per window (a block is granted only as far as the shared count stays within it)."""
+    clock = FakeClock(now=1_800_000_000.0)
+    budget = RateBudget(MemoryCache(), clock=clock, sleep=clock.sleep)
+    acme = tenant(budget=300)
+    for _ in range(300):
+        await budget.acquire(acme)
+    assert clock.slept == [] and budget.statistics().reservations == 300 // block_for(300) == 20
+    await budget.acquire(acme)
+    assert len(clock.slept) == 1, "the 301st waits for the next window"
+
+    clock = FakeClock(now=1_800_000_000.0)
+    cache = MemoryCache()
+    first, second = (RateBudget(cache, clock=clock, sleep=clock.sleep) for _ in range(2))
+    small = tenant(budget=50)  # blocks of 2
+    granted = 0
+    while not clock.slept:
+        for process in (first, second, second):  # unevenly: one process reserves more often
+            await process.acquire(small)
+            if not clock.slept:
+                granted += 1
+    assert granted <= 50 and granted >= 50 - 2 * block_for(50), granted  # at most a block per process left unused
+    assert block_for(1_000_000) == BLOCK_MAX and block_for(8) == 1
+
+
 def redis_settings() -> Settings:
     return Settings(redis_url=os.environ["WABRIDGE_REDIS_URL"], key_prefix=f"t{uuid.uuid4().hex[:10]}:")
 
@@ -117,7 +143,9 @@ async def test_in_redis_the_minute_counter_lives_at_most_one_window() -> None:
     try:
         keys = [k async for k in raw.scan_iter(match=settings.key_prefix + "ratelimit:acme:*")]
         assert len(keys) in (1, 2)  # 2 if the minute turned during the test
-        assert sum([int(await raw.get(k)) for k in keys]) == 3
+        # one reservation of a block (a twentieth of 300) per window the three grants fell in
+        assert sum([int(await raw.get(k)) for k in keys]) == block_for(300) * len(keys)
+        assert budget.statistics().reservations == len(keys)
         assert all([0 < await raw.ttl(k) <= 60 for k in keys])
     finally:
         for k in keys:

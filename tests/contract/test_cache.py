@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import asyncio
 import time
 
@@ -78,6 +80,13 @@ async def test_set_if_absent_creates_once_until_the_key_expires(cache):
 async def test_concurrent_set_if_absent_has_exactly_one_winner(cache):
     wins = await asyncio.gather(*(cache.set_if_absent("dedupe", b"x", 60) for _ in range(20)))
     assert wins.count(True) == 1
+
+
+async def test_incr_raises_by_the_amount_asked(cache):
+    key = f"n:{uuid.uuid4().hex}"
+    assert await cache.incr(key, 60, 5) == 5
+    assert await cache.incr(key, 60) == 6
+    assert await cache.incr(key, 60, 16) == 22
 
 
 async def test_incr_counts_and_the_window_starts_at_the_first_increment(cache):

@@ -65,12 +65,12 @@ class MemoryCache:
     async def delete(self, key: str) -> None:
         self._entries.pop(key, None)
 
-    async def incr(self, key: str, ttl: float) -> int:
+    async def incr(self, key: str, ttl: float, amount: int = 1) -> int:
         current = self._live(key)
         if current is None:
-            self._store(key, b"1", ttl)
-            return 1
-        count = int(current) + 1
+            self._store(key, str(amount).encode(), ttl)
+            return amount
+        count = int(current) + amount
         self._entries[key] = (str(count).encode(), self._entries[key][1])  # the window keeps its first deadline
         return count
 

@@ -91,12 +91,12 @@ class RedisCache:
     async def delete(self, key: str) -> None:
         await self._call(self._redis.delete(self._prefix + key))
 
-    async def incr(self, key: str, ttl: float) -> int:
+    async def incr(self, key: str, ttl: float, amount: int = 1) -> int:
         full = self._prefix + key
-        # INCR and PEXPIRE NX in one MULTI: one round trip, and the window starts when the key is created.
+        # INCRBY and PEXPIRE NX in one MULTI: one round trip, and the window starts when the key is created.
         async def both() -> list:
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.incr(full)
+                pipe.incrby(full, amount)
                 pipe.pexpire(full, _ms(ttl), nx=True)
                 return await pipe.execute()
 

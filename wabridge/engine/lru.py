@@ -95,9 +95,9 @@ class LocalCache:
         self._forget(key)
         await self.remote.delete(key)
 
-    async def incr(self, key: str, ttl: float) -> int:
+    async def incr(self, key: str, ttl: float, amount: int = 1) -> int:
         self._forget(key)
-        return await self.remote.incr(key, ttl)
+        return await self.remote.incr(key, ttl, amount)
 
     def invalidate(self, key: str) -> None:
         """Forget the local copy (the next get asks the remote)."""

@@ -212,8 +212,8 @@ class Cache(Protocol):
 
     async def delete(self, key: str) -> None: ...
 
-    async def incr(self, key: str, ttl: float) -> int:
-        """Atomic counter; the TTL is set when the key is created."""
+    async def incr(self, key: str, ttl: float, amount: int = 1) -> int:
+        """Atomic counter, raised by `amount`; the TTL is set when the key is created."""
 
     async def ping(self) -> bool: ...
 
