@@ -45,3 +45,33 @@ def test_logfmt_quotes_values_with_spaces(restore_wabridge_logger: None) -> None
     logs.get_logger("supervisor", supervisor="root").warning('restarting "x" now')
     line = stream.getvalue().strip()
     assert 'level=warning logger=wabridge.supervisor msg="restarting \\"x\\" now" supervisor=root' in line
+
+
+@pytest.mark.anyio
+async def test_a_grouped_call_started_inside_one_messages_context_does_not_log_as_that_message() -> None:
+    """The group a message's lookup starts serves many messages: its own log lines must not name the first one (a
+    background task would inherit the message's context otherwise)."""
+    import asyncio
+
+    from wabridge.engine.grouping import Grouped
+    from wabridge.engine.logs import MESSAGE_CONTEXT, _fields
+
+    class Context:
+        def fields(self) -> dict[str, str]:
+            return {"wamid": "wamid.first"}
+
+    seen: list[dict] = []
+
+    async def call_many(keys):
+        seen.append(_fields(logging.LogRecord("wabridge.test", logging.WARNING, __file__, 1, "group", None, None)))
+        return {k: k for k in keys}
+
+    grouped: Grouped[str, str] = Grouped(call_many, name="test", max_delay=0)
+    token = MESSAGE_CONTEXT.set(Context())
+    try:
+        assert await asyncio.gather(grouped.get("a"), grouped.get("b")) == ["a", "b"]
+        inside = _fields(logging.LogRecord("wabridge.test", logging.WARNING, __file__, 1, "line", None, None))
+    finally:
+        MESSAGE_CONTEXT.reset(token)
+    assert inside["wamid"] == "wamid.first", "the message's own lines carry it"
+    assert seen and "wamid" not in seen[0], seen

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
 import logging
 import time
 from collections import OrderedDict
@@ -118,7 +119,11 @@ class TokenProvider:
         for _ in range(2):  # a fetch begun before a 401 refused its token can bring that token back: fetch again
             flight = self._flights.get(key)
             if flight is None:
-                flight = asyncio.ensure_future(self._fetch(key, tenant, credential))
+                # Shared by every message waiting for this token: a context of its own, so its log lines name none
+                # of them (engine/logs.py MESSAGE_CONTEXT).
+                flight = asyncio.get_running_loop().create_task(
+                    self._fetch(key, tenant, credential), context=contextvars.Context()
+                )
                 self._flights[key] = flight
                 flight.add_done_callback(lambda done: self._landed(key, done))
             token = await asyncio.shield(flight)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import Sequence
 
@@ -79,7 +80,9 @@ class TrackingWriter:
 
     async def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="tracking-writer")
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="tracking-writer", context=contextvars.Context()  # it writes for every message
+            )
 
     async def aclose(self) -> None:
         """Flush what is pending, then stop. Callers still waiting afterwards get BackendUnavailable."""

@@ -14,6 +14,7 @@ done (None).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Generic, TypeVar
 
@@ -44,7 +45,11 @@ class Grouped(Generic[K, V]):
         done: asyncio.Future[V | None] = asyncio.get_running_loop().create_future()
         self._waiting.append((key, done))
         if self._caller is None:
-            self._caller = asyncio.get_running_loop().create_task(self._call(), name=self.name)
+            # A context of its own: the group serves many messages, and its log lines must not name the first one
+            # (engine/logs.py MESSAGE_CONTEXT, set by the caller's trail).
+            self._caller = asyncio.get_running_loop().create_task(
+                self._call(), name=self.name, context=contextvars.Context()
+            )
         return await done
 
     async def _call(self) -> None:
