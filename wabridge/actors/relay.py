@@ -16,6 +16,7 @@ so `wabridge replay` can send it again.
 
 from __future__ import annotations
 
+import functools
 import time
 
 from wabridge.actors.delivery import DeliveryFailed, GenesysDelivery
@@ -53,7 +54,12 @@ class Relay:
         media: MediaFetcher,
         delivery: GenesysDelivery,
         tracker: TrackingWriter,
+        *,
+        outage_hold: float | None = None,
     ) -> None:
+        # Holds here come after Genesys took the message: running the relay again would send it twice, so they last
+        # as long as the outage; past `outage_hold` one is reported (engine/outage.py), as the tenant actor's are.
+        self._hold = functools.partial(hold_through_outage, report_after=outage_hold)
         self._store = store
         self._seen = TrackingLookups(store)  # the de-duplication reads, grouped across concurrent messages
         self._state = state
@@ -103,7 +109,7 @@ class Relay:
             _by_tenant.labels(tenant_id, TrackingStatus.FAILED).inc()
             log.warning("delivery failed", extra={"tenant_id": tenant_id, "wamid": route.wamid, "error": exc.error})
             error = exc.error if not exc.body else f"{exc.error}: {exc.body.decode(errors='replace')}"
-            conversation_id = known or await hold_through_outage(
+            conversation_id = known or await self._hold(
                 lambda: self._state.conversation_for(tenant_id, route.sender_id)
             )
             record = self._record(
@@ -111,7 +117,7 @@ class Relay:
                 conversation_id=conversation_id, attempts=exc.attempts, error=error, payload=pack_result(inbound),
                 media_key=media_key,
             )  # fmt: skip
-            await hold_through_outage(lambda: self._tracker.record(record))
+            await self._hold(lambda: self._tracker.record(record))
             # The row's error goes once a replay delivers it; the event keeps what happened (`wabridge trace`).
             self._tracker.event(self._event(tenant_id, route.wamid, origin, MessageEventKind.FAILED,
                                             f"after {exc.attempts} attempt(s): {exc.error}"))  # fmt: skip
@@ -121,17 +127,17 @@ class Relay:
         # A new customer's conversation is named by Genesys's answer; only without one do we make an id.
         conversation_id = delivered.conversation_id or known
         if conversation_id is None:
-            conversation_id = await hold_through_outage(
+            conversation_id = await self._hold(
                 lambda: self._state.conversation_for(tenant_id, route.sender_id)
             )
         elif conversation_id != known:
-            await hold_through_outage(lambda: self._state.adopt(tenant_id, route.sender_id, conversation_id))
+            await self._hold(lambda: self._state.adopt(tenant_id, route.sender_id, conversation_id))
         record = self._record(
             tenant_id, inbound, TrackingStatus.DELIVERED, origin, received_at,
             conversation_id=conversation_id, attempts=1, error=media_error,
             genesys_message_id=delivered.genesys_message_id, media_key=media_key,
         )  # fmt: skip
-        await hold_through_outage(lambda: self._tracker.record(record))
+        await self._hold(lambda: self._tracker.record(record))
         await self._tracker.touch(tenant_id, route.sender_id, time.time())
         _delivered.inc()
         _by_tenant.labels(tenant_id, TrackingStatus.DELIVERED).inc()

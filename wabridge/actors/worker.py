@@ -123,8 +123,9 @@ class Worker:
         self.media = MediaFetcher(backends.objects, settings)
         self.tracker = TrackingWriter(backends.store)
         self.relay = Relay(
-            backends.store, ConversationState(backends.cache, backends.store), self.media, self.delivery, self.tracker
-        )
+            backends.store, ConversationState(backends.cache, backends.store), self.media, self.delivery, self.tracker,
+            outage_hold=settings.outage_hold,
+        )  # fmt: skip
         self.identity = CustomerIdentity(backends.cache, backends.store)
         # One router mailbox per shard this worker consumes (module docstring): the consumer delivers from those only.
         shard_numbers = shards if shards is not None else range(backends.queue.shards)
