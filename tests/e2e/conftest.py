@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import WHATSAPP_TOKEN, Bridge, Genesys, put_tenant
+from tests.e2e.harness import WHATSAPP_TOKEN, Bridge, Genesys, put_tenant, running_genesys
 from wabridge.engine.settings import Settings
 from wabridge.sim.meta import MetaSim
 
@@ -22,11 +22,8 @@ def backend_settings(request: pytest.FixtureRequest) -> Settings:
 
 @pytest.fixture
 async def genesys() -> AsyncIterator[Genesys]:
-    sim = Genesys()
-    try:
+    async with running_genesys() as sim:
         yield sim
-    finally:
-        await sim.aclose()
 
 
 @pytest.fixture

@@ -113,6 +113,16 @@ class Genesys:
         self.process.stop()
 
 
+@contextlib.asynccontextmanager
+async def running_genesys() -> AsyncIterator[Genesys]:
+    """A Genesys simulator subprocess, stopped on exit (a test with two tenants starts a second one)."""
+    sim = Genesys()
+    try:
+        yield sim
+    finally:
+        await sim.aclose()
+
+
 def _descendants(pid: int) -> list[int]:
     """Every process below `pid` (Linux /proc): `serve` runs the ingress in a session of its own."""
     found, todo = [], [pid]

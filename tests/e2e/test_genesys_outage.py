@@ -12,7 +12,7 @@ import httpx
 import msgspec
 import pytest
 
-from tests.e2e.harness import PHONE_NUMBER_ID, TENANT, Bridge, Genesys, tenant_config
+from tests.e2e.harness import PHONE_NUMBER_ID, TENANT, Bridge, Genesys, running_genesys, tenant_config
 from wabridge.engine.backends import open_backends
 from wabridge.engine.settings import Settings
 from wabridge.sim import webhooks
@@ -27,11 +27,8 @@ CUSTOMERS = 6
 
 @pytest.fixture
 async def calm_genesys() -> AsyncIterator[Genesys]:
-    sim = Genesys()
-    try:
+    async with running_genesys() as sim:
         yield sim
-    finally:
-        await sim.aclose()
 
 
 @pytest.fixture
