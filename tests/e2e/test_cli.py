@@ -148,6 +148,8 @@ async def test_killing_only_the_bridge_main_process_stops_its_ingress_too(bridge
 WRONG_KEY_COMMANDS = {
     "tenants-list": ["tenants", "list"],
     "tenants-add": add_args(TENANT, PHONE_NUMBER_ID, **SECRETS),  # an update: it reads the tenant first
+    # a new tenant: sealed with a key that cannot read the others, the bridge would then refuse to start
+    "tenants-add-new": add_args("newcomer", "5555", **SECRETS),
     "tenants-remove": ["tenants", "remove", TENANT],
     "migrate-reencrypt": ["migrate", "--reencrypt-secrets"],
     "replay": ["replay"],

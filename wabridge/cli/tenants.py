@@ -136,6 +136,9 @@ def run_add(args: argparse.Namespace) -> int:
         return 2
 
     async def work(store, directory) -> int:
+        # Every tenant opened first: a WABRIDGE_SECRET_KEY that cannot read the others must not seal a new one (the
+        # bridge would then refuse to start); it stops here with the CLI's one-line error instead.
+        await store.list_tenants()
         previous = await store.get_tenant(tenant.tenant_id)
         try:
             await store.put_tenant(tenant)
