@@ -25,7 +25,7 @@ SCHEMA_VERSION = "1.30.0"  # the oldest Kubernetes release still maintained by t
 # bench/README.md: the most RSS one process reached (MB; the bridge's 170–191 MB peak over two processes, most of
 # it the ingress under load, the worker more with a backlog in hand) and its CPU per message (µs, at 1,000/s).
 BENCH = {"ingress": {"rss_mb": 110, "cpu_us": 362}, "worker": {"rss_mb": 120, "cpu_us": 544}}
-OTHER_KNOBS = {"WABRIDGE_CONFIG", "WABRIDGE_GENESYS_TIMEOUT"}  # read outside Settings
+OTHER_KNOBS = {"WABRIDGE_CONFIG"}  # read outside Settings
 
 
 @pytest.fixture(scope="module")

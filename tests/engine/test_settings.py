@@ -29,6 +29,9 @@ def test_environment_overrides_toml_file(tmp_path):
         ({"WABRIDGE_S3_ENDPOINT": "http://x"}, "WABRIDGE_S3_ACCESS_KEY"),
         ({"WABRIDGE_SECRET_KEY": "not base64!"}, "WABRIDGE_SECRET_KEY"),
         ({"WABRIDGE_SECRET_KEY": "c2hvcnQ="}, "WABRIDGE_SECRET_KEY"),
+        ({"WABRIDGE_GENESYS_TIMEOUT": "soon"}, "WABRIDGE_GENESYS_TIMEOUT"),
+        ({"WABRIDGE_GENESYS_TIMEOUT": "0"}, "WABRIDGE_GENESYS_TIMEOUT"),
+        ({"WABRIDGE_GENESYS_TIMEOUT": "301"}, "WABRIDGE_GENESYS_TIMEOUT"),
     ],
 )
 def test_bad_value_is_one_line_naming_the_variable(env, names):
@@ -86,3 +89,8 @@ def test_a_password_inside_a_plain_url_is_masked_in_the_repr():
     s = load_settings({"WABRIDGE_REDIS_URL": "redis://:hunter2@cache.internal:6379/0"})
     assert "hunter2" not in repr(s) and "redis://:****@cache.internal:6379/0" in repr(s)
     assert s.redis_url == "redis://:hunter2@cache.internal:6379/0"  # the value itself is intact for the client
+
+
+def test_the_genesys_timeout_is_a_setting_in_seconds_fractions_allowed():
+    assert load_settings({}).genesys_timeout == 10.0
+    assert load_settings({"WABRIDGE_GENESYS_TIMEOUT": "2.5"}).genesys_timeout == 2.5

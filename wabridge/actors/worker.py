@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
@@ -46,17 +45,12 @@ from wabridge.engine.metrics import REGISTRY, TopGauge
 from wabridge.engine.ports import Delivery
 from wabridge.engine.registry import Registry
 from wabridge.engine.status_server import serve_status
-from wabridge.engine.settings import SettingsError
 from wabridge.engine.supervisor import Supervisor
 
 log = get_logger("worker")
 
 MAX_TENANT_ACTORS = 1000
 TENANT_IDLE_TIMEOUT = 300.0  # s
-# Seconds one Genesys request may take (delivery.py's default when unset). Not a Settings field yet: an operator knob
-# read here only, so the end-to-end tests can make a hanging Genesys cost seconds instead of 3 × 10 s.
-GENESYS_TIMEOUT_ENV = "WABRIDGE_GENESYS_TIMEOUT"
-
 # What the worker's parts count, read at scrape time from their statistics (deploy/grafana's dashboard). The deepest
 # tenant mailboxes by tenant, a few only: a backed-up tenant shows by name however many tenants the worker holds.
 REGISTRY.register(TopGauge(
@@ -96,19 +90,6 @@ def _export_statistics(worker: Worker) -> None:
         child.set_function(read)
 
 
-def genesys_timeout() -> dict[str, float]:
-    raw = os.environ.get(GENESYS_TIMEOUT_ENV)
-    if not raw:
-        return {}
-    try:
-        seconds = float(raw)
-    except ValueError:
-        raise SettingsError(f"{GENESYS_TIMEOUT_ENV} must be a number of seconds, got {raw!r}") from None
-    if not 0 < seconds <= 300:
-        raise SettingsError(f"{GENESYS_TIMEOUT_ENV} must be between 0 and 300 seconds, got {raw!r}")
-    return {"timeout": seconds}
-
-
 class Worker:
     def __init__(self, backends: Backends, *, shards: Sequence[int] | None = None, prefetch: int | None = None) -> None:
         settings = backends.settings
@@ -119,7 +100,7 @@ class Worker:
         self.tokens = TokenProvider(backends.cache, box=settings.secret_box())
         self.budget = RateBudget(backends.cache)
         genesys = FarEnd("genesys", hold_for=settings.far_end_hold, retry_max=settings.far_end_retry_max)
-        self.delivery = GenesysDelivery(self.tokens, self.budget, far_end=genesys, **genesys_timeout())
+        self.delivery = GenesysDelivery(self.tokens, self.budget, far_end=genesys, timeout=settings.genesys_timeout)
         self.media = MediaFetcher(backends.objects, settings)
         self.tracker = TrackingWriter(backends.store)
         self.relay = Relay(

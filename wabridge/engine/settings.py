@@ -50,6 +50,8 @@ class Settings:
     far_end_hold: int = 3600
     # Most seconds between two probes of a far end that is down (doubling from 1 s, with jitter).
     far_end_retry_max: int = 10
+    # Seconds one Genesys request may take (login or message); the tests make a hanging Genesys cost seconds.
+    genesys_timeout: float = 10.0
     # Redis keys are `{key_prefix}{seed key}`, e.g. `wabridge:mapping:wa:…`; empty keeps the seed's names exactly.
     key_prefix: str = ""
     # HTTP edge
@@ -148,6 +150,14 @@ def _convert(name: str, kind: Any, raw: Any) -> Any:
         if value < (0 if name in ("port", "metrics_port", "far_end_hold") else 1):
             raise SettingsError(f"{var} must be at least 1, got {value}")
         return value
+    if kind in ("float", float):
+        try:
+            number = float(raw)
+        except (TypeError, ValueError):
+            raise SettingsError(f"{var} must be a number of seconds, got {raw!r}") from None
+        if not 0 < number <= 300:
+            raise SettingsError(f"{var} must be more than 0 and at most 300 seconds, got {raw!r}")
+        return number
     if kind in ("Path", Path):
         return Path(str(raw))
     if raw == "" and name in {"redis_url", "s3_endpoint", "public_url"}:
