@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.codecs.test_totality import HOSTILE, Token, deleted, encode, node_at, paths, replaced
+from tests.codecs.test_totality import HOSTILE, Token, deleted, encode, mutations, node_at, paths, replaced
 from wabridge.codecs.outbound import (
     CALLBACK_MAX,
     CAPTIONED,
@@ -436,17 +436,6 @@ def test_callback_data_rejects_what_the_bridge_did_not_write():
 
 
 # --- the fuzz: any value at any path ------------------------------------------------------------------------------
-
-
-def mutations(doc: object):
-    for path in paths(doc):
-        for value in HOSTILE:
-            yield replaced(doc, path, value)
-        if path:
-            yield deleted(doc, path)
-        target = node_at(doc, path)
-        if isinstance(target, dict):
-            yield replaced(doc, path, {**target, "zz_unknown": {"nested": [1, "x"]}})
 
 
 @pytest.mark.parametrize(("label", "doc"), DOCUMENTS, ids=[label for label, _ in DOCUMENTS])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import WHATSAPP_TOKEN, Bridge, Genesys, put_tenant, running_genesys
+from tests.e2e.harness import WHATSAPP_TOKEN, Bridge, Genesys, put_tenant, running_bridge, running_genesys
 from wabridge.engine.settings import Settings
 from wabridge.sim.meta import MetaSim
 
@@ -40,9 +40,5 @@ async def bridge(
     if (hold := request.node.get_closest_marker("far_end_hold")) is not None:
         settings = settings.replace(far_end_hold=hold.args[0], far_end_retry_max=1)
     await put_tenant(settings, genesys.url)
-    running = Bridge(settings, tmp_path / "bridge")
-    try:
-        await running.start()
+    async with running_bridge(settings, tmp_path / "bridge") as running:
         yield running
-    finally:
-        await running.aclose()

@@ -114,6 +114,17 @@ class Genesys:
 
 
 @contextlib.asynccontextmanager
+async def running_bridge(settings: Settings, workdir: Path) -> AsyncIterator[Bridge]:
+    """`wabridge serve` started with `settings`, killed on exit if it still runs."""
+    bridge = Bridge(settings, workdir)
+    try:
+        await bridge.start()
+        yield bridge
+    finally:
+        await bridge.aclose()
+
+
+@contextlib.asynccontextmanager
 async def running_genesys() -> AsyncIterator[Genesys]:
     """A Genesys simulator subprocess, stopped on exit (a test with two tenants starts a second one)."""
     sim = Genesys()

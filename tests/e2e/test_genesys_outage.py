@@ -12,7 +12,7 @@ import httpx
 import msgspec
 import pytest
 
-from tests.e2e.harness import PHONE_NUMBER_ID, TENANT, Bridge, Genesys, running_genesys, tenant_config
+from tests.e2e.harness import PHONE_NUMBER_ID, TENANT, Bridge, Genesys, running_bridge, running_genesys, tenant_config
 from wabridge.engine.backends import open_backends
 from wabridge.engine.settings import Settings
 from wabridge.sim import webhooks
@@ -41,12 +41,8 @@ async def two_tenants(
         await backends.store.put_tenant(tenant_config(genesys.url))
         calm = msgspec.structs.replace(tenant_config(calm_genesys.url), tenant_id=CALM, phone_number_ids=(CALM_NUMBER,))
         await backends.store.put_tenant(calm)
-    running = Bridge(settings, tmp_path / "bridge")
-    try:
-        await running.start()
+    async with running_bridge(settings, tmp_path / "bridge") as running:
         yield running
-    finally:
-        await running.aclose()
 
 
 async def test_a_genesys_outage_holds_its_tenants_messages_in_order_and_slows_no_other_tenant(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import TENANT, Bridge, Genesys, put_tenant
+from tests.e2e.harness import TENANT, Bridge, Genesys, put_tenant, running_bridge
 from wabridge.engine.settings import Settings
 from wabridge.sim import webhooks
 from wabridge.sim.meta import MetaSim
@@ -110,12 +110,8 @@ async def one_attempt_bridge(
     """A bridge whose queue gives a webhook one attempt: a drain while its Genesys is down dead-letters what waits."""
     settings = backend_settings.replace(graph_api_url=meta.graph_url, delivery_limit=1, far_end_retry_max=1)
     await put_tenant(settings, genesys.url)
-    running = Bridge(settings, tmp_path / "bridge")
-    try:
-        await running.start()
+    async with running_bridge(settings, tmp_path / "bridge") as running:
         yield running
-    finally:
-        await running.aclose()
 
 
 async def test_a_dead_lettered_message_is_traced_with_its_hold_and_the_grep_finds_it(
