@@ -175,12 +175,15 @@ class TenantActor(Actor):
         if tenant is None:
             await self._unrouted(delivery, results)
             return
-        known: list[Any] | None = results
-        if self._identity is not None and not isinstance(tenant, BackendUnavailable):
-            known = self._identity.known(self.tenant_id, results)  # the usual message: known here, no await
-        if known is not None and (self._admitted is None or self._admitted.done()):
-            await self._admit(delivery, queued, known, tenant)
-            return
+        if self._admitted is None or self._admitted.done():  # nothing before it still being admitted
+            known: list[Any] | None = results
+            if self._identity is not None and not isinstance(tenant, BackendUnavailable):
+                known = self._identity.known(self.tenant_id, results)  # the usual message: known here, no await
+            if known is not None:
+                await self._admit(delivery, queued, known, tenant)
+                return
+        # Behind deliveries still being admitted, or naming a customer the store must name: `_resolve_and_admit`
+        # looks its customers up (again: what it waits for may teach this process the answer) once its turn comes.
         await self._admitting.acquire()  # bounded: past it the actor takes no more (backpressure, as the lanes)
         ids = customer_ids(results)
         related = {self._resolving[i] for i in ids if i in self._resolving}
@@ -318,7 +321,7 @@ class TenantActor(Actor):
                                  first[0], message_id, attempt)  # fmt: skip
         try:
             if isinstance(tenant, BackendUnavailable):
-                raise BackendUnavailable(tenant.port, "the tenant's lookup outlasted the outage hold") from tenant
+                raise BackendUnavailable(tenant.port, "a drain cut the tenant's lookup short") from tenant
             return await hold_through_outage(
                 lambda: self._relay.relay(tenant, inbound, received_at), hold_for=math.inf,
                 report_after=self._outage_hold,
