@@ -20,7 +20,7 @@ import functools
 import time
 
 from wabridge.actors.delivery import DeliveryFailed, GenesysDelivery
-from wabridge.actors.history import Origin, Trail, current
+from wabridge.actors.history import Origin, Trail, current, note
 from wabridge.actors.media import MediaFetcher
 from wabridge.actors.state import ConversationState
 from wabridge.actors.tracking import TrackingLookups, TrackingWriter
@@ -30,7 +30,7 @@ from wabridge.engine.logs import get_logger
 from wabridge.engine.metrics import REGISTRY, Capped
 from wabridge.engine.outage import hold_through_outage
 from wabridge.engine.ports import (
-    BackendUnavailable, MessageEvent, MessageEventKind, Store, TenantConfig, TrackingRecord, TrackingStatus,
+    BackendUnavailable, MessageEventKind, Store, TenantConfig, TrackingRecord, TrackingStatus,
 )  # fmt: skip
 
 log = get_logger("relay")
@@ -119,8 +119,7 @@ class Relay:
             )  # fmt: skip
             await self._hold(lambda: self._tracker.record(record))
             # The row's error goes once a replay delivers it; the event keeps what happened (`wabridge trace`).
-            self._tracker.event(self._event(tenant_id, route.wamid, origin, MessageEventKind.FAILED,
-                                            f"after {exc.attempts} attempt(s): {exc.error}"))  # fmt: skip
+            note(MessageEventKind.FAILED, f"after {exc.attempts} attempt(s): {exc.error}")
             return TrackingStatus.FAILED
 
         # From here Genesys has the message: hold through an outage rather than let the caller send it again.
@@ -157,8 +156,3 @@ class Relay:
             wamid=inbound.route.wamid, tenant_id=tenant_id, status=status, type=inbound.route.type,
             created_at=now, updated_at=now, customer_id=inbound.route.sender_id, **fields,
         )  # fmt: skip
-
-    @staticmethod
-    def _event(tenant_id: str, wamid: str, origin: Origin | None, event: str, detail: str) -> MessageEvent:
-        return MessageEvent(tenant_id=tenant_id, wamid=wamid, webhook_id=origin.webhook_id if origin else "",
-                            at=time.time(), event=event, detail=detail[:500])  # fmt: skip
