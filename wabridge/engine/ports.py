@@ -53,6 +53,10 @@ class TenantConfig(msgspec.Struct, frozen=True, kw_only=True):
     genesys_integration_id: str
     credentials: tuple[GenesysCredential, ...]
     rate_limit_per_minute: int = 300  # per credential: Genesys's default client-credentials budget
+    # The outbound half (issue 17); defaults, so a tenant stored before it reads fine.
+    genesys_webhook_secret: Secret | None = None  # the integration's outbound secret token (HMAC key)
+    send_rate_per_second: int = 80  # Meta send budget per phone number, across processes; 0 = no budget
+    read_marks: bool = True  # mark the customer's latest inbound message read when an agent answers
 
 
 class TrackingStatus:
@@ -90,6 +94,18 @@ class TrackingRecord(msgspec.Struct, kw_only=True):
     received_at: float | None = None  # when the ingress read the webhook
     customer_id: str | None = None  # the customer's ordering-lane key (Route.sender_id)
     media_key: str | None = None  # our copy of the customer's media in `media-inbound`
+    # Outbound rows only (migration 6), kept by a later write with None like `webhook_id`.
+    meta_ids: str | None = None  # the wamids Meta gave each part, space-separated, in part order
+    meta_status: str | None = None  # JSON text written by the status handler (actors/statuses.py)
+
+
+class Contact(msgspec.Struct, frozen=True):
+    """A customer's latest inbound message: the number they wrote to and its wamid, what an agent's answer is sent
+    from and marks read. `at` is when it was received (Unix seconds); an older one never replaces a newer."""
+
+    phone_number_id: str
+    wamid: str
+    at: float
 
 
 class MessageEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -272,6 +288,15 @@ class Store(Protocol):
     async def put_alias(self, tenant_id: str, alias_id: str, canonical_id: str) -> str:
         """Insert if absent and return the stored canonical id (the existing one when another writer won)."""
 
+    # customer contacts: each customer's latest inbound message, for the agent's answers (the outbound half)
+    async def set_contacts(self, rows: Sequence[tuple[str, str, str, str, float]]) -> None:
+        """(tenant_id, customer_id, phone_number_id, wamid, at) upserted in one round trip; a row older (`at`) than
+        the stored one changes nothing."""
+
+    async def get_contacts(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Contact]:
+        """(tenant_id, customer_id) → Contact for those that have one, in one round trip."""
+        ...
+
     # message tracking
     async def write_tracking(self, records: Sequence[TrackingRecord]) -> None:
         """Upsert many rows in one round trip; durable when it returns."""
@@ -353,6 +378,9 @@ class Store(Protocol):
 
 WEBHOOKS_BUCKET = "webhooks-inbound"
 MEDIA_BUCKET = "media-inbound"
+# The outbound direction (issue 17): Genesys's raw webhooks, and our copies of the agents' attachments.
+WEBHOOKS_OUTBOUND_BUCKET = "webhooks-outbound"
+MEDIA_OUTBOUND_BUCKET = "media-outbound"
 
 
 @runtime_checkable

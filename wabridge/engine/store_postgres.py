@@ -8,6 +8,8 @@ Schema (migrate() creates or upgrades it, under an advisory lock, recording each
   customer_aliases        (tenant_id, alias_id) → canonical_id: a customer's other id (phone or BSUID), insert-only
   message_tracking        (tenant_id, wamid) → status, attempts, error, …, payload; index for replay queries; where
                           it came from (webhook, shard, archive key, customer), indexed by Genesys id and webhook id
+  customer_contacts       (tenant_id, customer_id) → the customer's latest inbound message (phone_number_id, wamid,
+                          at): where an agent's answer is sent from; an older write never replaces a newer one
   message_events          the unusual steps of a message (retries, holds, hand-backs, parking, dead letters, replays)
   parked_messages         seq → a held-back tenant's queue message (shard, tenant, message id, body, attempt), kept
                           aside so its shard's other tenants go on; seq orders them and is never reused
@@ -34,6 +36,7 @@ import msgspec
 
 from wabridge.engine.ports import (
     BackendUnavailable,
+    Contact,
     GenesysCredential,
     MessageEvent,
     ParkedMessage,
@@ -67,6 +70,7 @@ MIGRATION_LOCK = 0x77616272  # "wabr": one migrator at a time across processes
 # --- tenants: the sealed form both stores keep --------------------------------------------------------------------
 
 SECRET_FIELDS = ("app_secret", "verify_token", "whatsapp_token")
+OPTIONAL_SECRET_FIELDS = ("genesys_webhook_secret",)  # NULL when the tenant has none
 
 
 class _SealedCredential(msgspec.Struct, frozen=True):
@@ -87,10 +91,15 @@ def seal_tenant(box: SecretBox, tenant: TenantConfig) -> dict[str, Any]:
         "genesys_login_url": tenant.genesys_login_url,
         "genesys_integration_id": tenant.genesys_integration_id,
         "rate_limit_per_minute": tenant.rate_limit_per_minute,
+        "send_rate_per_second": tenant.send_rate_per_second,
+        "read_marks": tenant.read_marks,
         "key_id": box.primary_key_id,
     }
     for field in SECRET_FIELDS:
         row[field] = box.encrypt(getattr(tenant, field).reveal(), context=f"{t}:{field}")
+    for field in OPTIONAL_SECRET_FIELDS:
+        secret = getattr(tenant, field)
+        row[field] = None if secret is None else box.encrypt(secret.reveal(), context=f"{t}:{field}")
     sealed = [
         _SealedCredential(c.client_id, box.encrypt(c.client_secret.reveal(), context=f"{t}:client_secret:{c.client_id}"))
         for c in tenant.credentials
@@ -106,6 +115,7 @@ def open_tenant(box: SecretBox, row: Any) -> TenantConfig:
         for c in _credentials_codec[1].decode(row["credentials"])
     )
     phones = row["phone_number_ids"]
+    webhook_secret = row["genesys_webhook_secret"]
     return TenantConfig(
         tenant_id=t,
         phone_number_ids=tuple(phones if isinstance(phones, list) else msgspec.json.decode(phones)),
@@ -117,13 +127,31 @@ def open_tenant(box: SecretBox, row: Any) -> TenantConfig:
         genesys_integration_id=row["genesys_integration_id"],
         credentials=credentials,
         rate_limit_per_minute=row["rate_limit_per_minute"],
+        genesys_webhook_secret=None
+        if webhook_secret is None
+        else Secret(box.decrypt(webhook_secret, context=f"{t}:genesys_webhook_secret")),
+        send_rate_per_second=row["send_rate_per_second"],
+        read_marks=bool(row["read_marks"]),  # SQLite keeps it as 0/1
     )
 
 
 def needs_rotation(box: SecretBox, row: Any) -> bool:
     if any(box.needs_rotation(row[f]) for f in SECRET_FIELDS):
         return True
+    if any(row[f] is not None and box.needs_rotation(row[f]) for f in OPTIONAL_SECRET_FIELDS):
+        return True
     return any(box.needs_rotation(c.client_secret) for c in _credentials_codec[1].decode(row["credentials"]))
+
+
+def newest_contacts(rows: Sequence[tuple[str, str, str, str, float]]) -> dict[tuple[str, str], Contact]:
+    """One Contact per (tenant, customer), the newest of the batch (the later of equals), for a one-statement
+    upsert."""
+    latest: dict[tuple[str, str], Contact] = {}
+    for tenant_id, customer_id, phone_number_id, wamid, at in rows:
+        key = (tenant_id, customer_id)
+        if key not in latest or latest[key].at <= at:
+            latest[key] = Contact(phone_number_id, wamid, at)
+    return latest
 
 
 def duplicate_counts(records: Sequence[TrackingRecord]) -> dict[tuple[str, str], int]:
@@ -256,22 +284,42 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX message_events_wamid ON message_events (tenant_id, wamid, at);
     CREATE INDEX message_events_webhook ON message_events (tenant_id, webhook_id, at);
     """,
+    # 6: the outbound half (issue 17): a tenant's Genesys webhook secret (sealed, NULL when none) and send settings;
+    # the wamids Meta gave an agent's message and its delivery state; each customer's latest inbound message.
+    # Nullable columns and constant defaults: added without rewriting the tables.
+    """
+    ALTER TABLE tenant_credentials ADD COLUMN genesys_webhook_secret text,
+        ADD COLUMN send_rate_per_second integer NOT NULL DEFAULT 80,
+        ADD COLUMN read_marks boolean NOT NULL DEFAULT true;
+    ALTER TABLE message_tracking ADD COLUMN meta_ids text, ADD COLUMN meta_status text;
+    CREATE TABLE customer_contacts (
+        tenant_id text NOT NULL,
+        customer_id text NOT NULL,
+        phone_number_id text NOT NULL,
+        wamid text NOT NULL,
+        at timestamptz NOT NULL,
+        PRIMARY KEY (tenant_id, customer_id)
+    );
+    """,
 )
 
 # Arrays in, one statement, one round trip (see bench/test_store_bench.py for the measured alternatives).
 _UPSERT_TRACKING = """
 INSERT INTO message_tracking AS t (tenant_id, wamid, conversation_id, direction, type, status, attempts, error,
                                    genesys_message_id, payload, created_at, updated_at, webhook_id, shard,
-                                   archive_key, received_at, customer_id, media_key)
+                                   archive_key, received_at, customer_id, media_key, meta_ids, meta_status)
 SELECT u.tenant_id, u.wamid, u.conversation_id, u.direction, u.type, u.status, u.attempts, u.error,
        u.genesys_message_id, u.payload, to_timestamp(u.created_at), to_timestamp(u.updated_at), u.webhook_id,
-       u.shard, u.archive_key, to_timestamp(u.received_at), u.customer_id, u.media_key
+       u.shard, u.archive_key, to_timestamp(u.received_at), u.customer_id, u.media_key, u.meta_ids, u.meta_status
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], $8::text[],
             $9::text[], $10::bytea[], $11::float8[], $12::float8[], $13::text[], $14::int[], $15::text[],
-            $16::float8[], $17::text[], $18::text[])
+            $16::float8[], $17::text[], $18::text[], $19::text[], $20::text[])
      AS u(tenant_id, wamid, conversation_id, direction, type, status, attempts, error, genesys_message_id, payload,
-          created_at, updated_at, webhook_id, shard, archive_key, received_at, customer_id, media_key)
+          created_at, updated_at, webhook_id, shard, archive_key, received_at, customer_id, media_key, meta_ids,
+          meta_status)
 ON CONFLICT (tenant_id, wamid) DO UPDATE SET
+    meta_ids = COALESCE(EXCLUDED.meta_ids, t.meta_ids),
+    meta_status = COALESCE(EXCLUDED.meta_status, t.meta_status),
     webhook_id = COALESCE(EXCLUDED.webhook_id, t.webhook_id),
     shard = COALESCE(EXCLUDED.shard, t.shard),
     archive_key = COALESCE(EXCLUDED.archive_key, t.archive_key),
@@ -298,7 +346,8 @@ WHERE t.tenant_id = u.tenant_id AND t.wamid = u.wamid
 
 _TRACKING_COLUMNS = """wamid, tenant_id, status, direction, type, conversation_id, genesys_message_id, attempts, error,
     payload, duplicates, extract(epoch FROM created_at)::float8 AS created_at, extract(epoch FROM updated_at)::float8 AS updated_at,
-    webhook_id, shard, archive_key, extract(epoch FROM received_at)::float8 AS received_at, customer_id, media_key"""
+    webhook_id, shard, archive_key, extract(epoch FROM received_at)::float8 AS received_at, customer_id, media_key,
+    meta_ids, meta_status"""
 _EVENT_COLUMNS = "tenant_id, wamid, webhook_id, direction, extract(epoch FROM at)::float8 AS at, event, detail"
 
 # The rows are numbered by the sequence as the sorted SELECT yields them, so seq follows the caller's order.
@@ -392,18 +441,21 @@ class PostgresStore:
             await conn.execute(
                 """INSERT INTO tenant_credentials (tenant_id, phone_number_ids, app_secret, verify_token,
                        whatsapp_token, genesys_api_url, genesys_login_url, genesys_integration_id, credentials,
-                       rate_limit_per_minute, key_id)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                       rate_limit_per_minute, key_id, genesys_webhook_secret, send_rate_per_second, read_marks)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
                    ON CONFLICT (tenant_id) DO UPDATE SET phone_number_ids = EXCLUDED.phone_number_ids,
                        app_secret = EXCLUDED.app_secret, verify_token = EXCLUDED.verify_token,
                        whatsapp_token = EXCLUDED.whatsapp_token, genesys_api_url = EXCLUDED.genesys_api_url,
                        genesys_login_url = EXCLUDED.genesys_login_url,
                        genesys_integration_id = EXCLUDED.genesys_integration_id,
                        credentials = EXCLUDED.credentials, rate_limit_per_minute = EXCLUDED.rate_limit_per_minute,
-                       key_id = EXCLUDED.key_id, updated_at = now()""",
+                       key_id = EXCLUDED.key_id, genesys_webhook_secret = EXCLUDED.genesys_webhook_secret,
+                       send_rate_per_second = EXCLUDED.send_rate_per_second, read_marks = EXCLUDED.read_marks,
+                       updated_at = now()""",
                 row["tenant_id"], row["phone_number_ids"], row["app_secret"], row["verify_token"],
                 row["whatsapp_token"], row["genesys_api_url"], row["genesys_login_url"],
                 row["genesys_integration_id"], row["credentials"], row["rate_limit_per_minute"], row["key_id"],
+                row["genesys_webhook_secret"], row["send_rate_per_second"], row["read_marks"],
             )  # fmt: skip
             phones = list(tenant.phone_number_ids)
             await conn.execute(
@@ -460,9 +512,10 @@ class PostgresStore:
                 sealed = seal_tenant(self._box, open_tenant(self._box, r))
                 await conn.execute(
                     "UPDATE tenant_credentials SET app_secret = $2, verify_token = $3, whatsapp_token = $4,"
-                    " credentials = $5, key_id = $6, updated_at = now() WHERE tenant_id = $1",
+                    " credentials = $5, key_id = $6, genesys_webhook_secret = $7, updated_at = now()"
+                    " WHERE tenant_id = $1",
                     sealed["tenant_id"], sealed["app_secret"], sealed["verify_token"], sealed["whatsapp_token"],
-                    sealed["credentials"], sealed["key_id"],
+                    sealed["credentials"], sealed["key_id"], sealed["genesys_webhook_secret"],
                 )  # fmt: skip
         return len(stale)
 
@@ -564,6 +617,38 @@ class PostgresStore:
                 "SELECT canonical_id FROM customer_aliases WHERE tenant_id = $1 AND alias_id = $2", tenant_id, alias_id
             )
 
+    # --- customer contacts ---
+
+    async def set_contacts(self, rows: Sequence[tuple[str, str, str, str, float]]) -> None:
+        latest = newest_contacts(rows)
+        if not latest:
+            return
+        keys = list(latest)
+        async with self._conn() as conn:
+            # `<=`: of two writes at the same instant the later wins (one customer's messages are written in order).
+            await conn.execute(
+                "INSERT INTO customer_contacts AS c (tenant_id, customer_id, phone_number_id, wamid, at)"
+                " SELECT u.tenant_id, u.customer_id, u.phone_number_id, u.wamid, to_timestamp(u.at)"
+                " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[])"
+                " AS u(tenant_id, customer_id, phone_number_id, wamid, at)"
+                " ON CONFLICT (tenant_id, customer_id) DO UPDATE SET phone_number_id = EXCLUDED.phone_number_id,"
+                " wamid = EXCLUDED.wamid, at = EXCLUDED.at WHERE c.at <= EXCLUDED.at",
+                [k[0] for k in keys], [k[1] for k in keys], [latest[k].phone_number_id for k in keys],
+                [latest[k].wamid for k in keys], [latest[k].at for k in keys],
+            )  # fmt: skip
+
+    async def get_contacts(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Contact]:
+        if not keys:
+            return {}
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                "SELECT c.* FROM unnest($1::text[], $2::text[]) AS k(tenant, id), LATERAL"
+                " (SELECT tenant_id, customer_id, phone_number_id, wamid, extract(epoch FROM at)::float8 AS at"
+                " FROM customer_contacts WHERE tenant_id = k.tenant AND customer_id = k.id) c",
+                [k[0] for k in keys], [k[1] for k in keys],
+            )  # fmt: skip
+        return {(r["tenant_id"], r["customer_id"]): Contact(r["phone_number_id"], r["wamid"], r["at"]) for r in rows}
+
     # --- message tracking ---
 
     async def write_tracking(self, records: Sequence[TrackingRecord]) -> None:
@@ -595,6 +680,8 @@ class PostgresStore:
                 [r.received_at for r in rows],
                 [r.customer_id for r in rows],
                 [r.media_key for r in rows],
+                [r.meta_ids for r in rows],
+                [r.meta_status for r in rows],
             )
             if duplicates:
                 await conn.execute(

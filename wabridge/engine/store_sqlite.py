@@ -25,6 +25,7 @@ import msgspec
 
 from wabridge.engine.ports import (
     BackendUnavailable,
+    Contact,
     MessageEvent,
     ParkedMessage,
     PhoneNumberTaken,
@@ -37,6 +38,7 @@ from wabridge.engine.store_postgres import (
     duplicate_counts,
     latest_per_key,
     needs_rotation,
+    newest_contacts,
     open_tenant,
     seal_tenant,
 )
@@ -154,14 +156,32 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX message_events_wamid ON message_events (tenant_id, wamid, at);
     CREATE INDEX message_events_webhook ON message_events (tenant_id, webhook_id, at);
     """,
+    # 6: the outbound half (issue 17), as store_postgres's migration 6. read_marks is 0/1.
+    """
+    ALTER TABLE tenant_credentials ADD COLUMN genesys_webhook_secret TEXT;
+    ALTER TABLE tenant_credentials ADD COLUMN send_rate_per_second INTEGER NOT NULL DEFAULT 80;
+    ALTER TABLE tenant_credentials ADD COLUMN read_marks INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE message_tracking ADD COLUMN meta_ids TEXT;
+    ALTER TABLE message_tracking ADD COLUMN meta_status TEXT;
+    CREATE TABLE customer_contacts (
+        tenant_id TEXT NOT NULL,
+        customer_id TEXT NOT NULL,
+        phone_number_id TEXT NOT NULL,
+        wamid TEXT NOT NULL,
+        at REAL NOT NULL,
+        PRIMARY KEY (tenant_id, customer_id)
+    );
+    """,
 )
 
 _UPSERT_TRACKING = """
 INSERT INTO message_tracking AS t (tenant_id, wamid, conversation_id, direction, type, status, attempts, error,
                                    genesys_message_id, payload, created_at, updated_at, webhook_id, shard,
-                                   archive_key, received_at, customer_id, media_key)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                   archive_key, received_at, customer_id, media_key, meta_ids, meta_status)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (tenant_id, wamid) DO UPDATE SET
+    meta_ids = COALESCE(excluded.meta_ids, t.meta_ids),
+    meta_status = COALESCE(excluded.meta_status, t.meta_status),
     webhook_id = COALESCE(excluded.webhook_id, t.webhook_id),
     shard = COALESCE(excluded.shard, t.shard),
     archive_key = COALESCE(excluded.archive_key, t.archive_key),
@@ -182,12 +202,14 @@ WHERE excluded.status <> 'duplicate'
 
 _TRACKING_COLUMNS = (
     "wamid, tenant_id, status, direction, type, conversation_id, genesys_message_id, attempts, error, payload,"
-    " duplicates, created_at, updated_at, webhook_id, shard, archive_key, received_at, customer_id, media_key"
+    " duplicates, created_at, updated_at, webhook_id, shard, archive_key, received_at, customer_id, media_key,"
+    " meta_ids, meta_status"
 )
 _EVENT_COLUMNS = "tenant_id, wamid, webhook_id, direction, at, event, detail"
 _TENANT_COLUMNS = (
     "tenant_id", "phone_number_ids", "app_secret", "verify_token", "whatsapp_token", "genesys_api_url",
     "genesys_login_url", "genesys_integration_id", "credentials", "rate_limit_per_minute", "key_id",
+    "genesys_webhook_secret", "send_rate_per_second", "read_marks",
 )  # fmt: skip
 
 
@@ -288,9 +310,10 @@ class SqliteStore:
                     f"phone_number_id {taken['phone_number_id']} belongs to tenant {taken['tenant_id']}"
                 )
             columns = ", ".join(_TENANT_COLUMNS)
+            marks_row = ", ".join("?" * (len(_TENANT_COLUMNS) + 1))
             updates = ", ".join(f"{c} = excluded.{c}" for c in _TENANT_COLUMNS[1:])
             db.execute(
-                f"INSERT INTO tenant_credentials ({columns}, updated_at) VALUES ({', '.join('?' * 12)})"
+                f"INSERT INTO tenant_credentials ({columns}, updated_at) VALUES ({marks_row})"
                 f" ON CONFLICT (tenant_id) DO UPDATE SET {updates}, updated_at = excluded.updated_at",
                 (*(row[c] for c in _TENANT_COLUMNS), time.time()),
             )
@@ -341,9 +364,9 @@ class SqliteStore:
                 sealed = seal_tenant(self._box, open_tenant(self._box, r))
                 db.execute(
                     "UPDATE tenant_credentials SET app_secret = ?, verify_token = ?, whatsapp_token = ?,"
-                    " credentials = ?, key_id = ?, updated_at = ? WHERE tenant_id = ?",
+                    " credentials = ?, key_id = ?, genesys_webhook_secret = ?, updated_at = ? WHERE tenant_id = ?",
                     (sealed["app_secret"], sealed["verify_token"], sealed["whatsapp_token"], sealed["credentials"],
-                     sealed["key_id"], time.time(), sealed["tenant_id"]),
+                     sealed["key_id"], sealed["genesys_webhook_secret"], time.time(), sealed["tenant_id"]),
                 )  # fmt: skip
             db.execute("COMMIT")
             return len(stale)
@@ -445,6 +468,42 @@ class SqliteStore:
 
         return await self._run(work)
 
+    # --- customer contacts ---
+
+    async def set_contacts(self, rows: Sequence[tuple[str, str, str, str, float]]) -> None:
+        latest = [(t, c, contact.phone_number_id, contact.wamid, contact.at)
+                  for (t, c), contact in newest_contacts(rows).items()]  # fmt: skip
+        if not latest:
+            return
+
+        def work(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")  # one commit (one fsync) for the lot
+            # `<=`: of two writes at the same instant the later wins (one customer's messages are written in order).
+            db.executemany(
+                "INSERT INTO customer_contacts AS c (tenant_id, customer_id, phone_number_id, wamid, at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant_id, customer_id) DO UPDATE SET"
+                " phone_number_id = excluded.phone_number_id, wamid = excluded.wamid, at = excluded.at"
+                " WHERE c.at <= excluded.at",
+                latest,
+            )
+            db.execute("COMMIT")
+
+        await self._run(work)
+
+    async def get_contacts(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Contact]:
+        def work(db: sqlite3.Connection) -> dict[tuple[str, str], Contact]:
+            found = {}
+            for tenant_id, customer_id in keys:
+                row = db.execute(
+                    "SELECT phone_number_id, wamid, at FROM customer_contacts WHERE tenant_id = ? AND customer_id = ?",
+                    (tenant_id, customer_id),
+                ).fetchone()
+                if row is not None:
+                    found[(tenant_id, customer_id)] = Contact(row[0], row[1], row[2])
+            return found
+
+        return await self._run(work) if keys else {}
+
     # --- message tracking ---
 
     async def write_tracking(self, records: Sequence[TrackingRecord]) -> None:
@@ -454,7 +513,7 @@ class SqliteStore:
         rows = [
             (r.tenant_id, r.wamid, r.conversation_id, r.direction, r.type, r.status, r.attempts, r.error,
              r.genesys_message_id, r.payload, r.created_at or now, r.updated_at or now, r.webhook_id, r.shard,
-             r.archive_key, r.received_at, r.customer_id, r.media_key)
+             r.archive_key, r.received_at, r.customer_id, r.media_key, r.meta_ids, r.meta_status)
             for r in latest_per_key(records)
         ]  # fmt: skip
 
