@@ -3,6 +3,9 @@
 A secret flag given as `-` is read from a prompt without echo, so it never lands in shell history; when stdin is
 not a terminal (a pipe, a secrets manager), one line of stdin per `-` flag, in the order the flags are listed in
 `--help`, with no prompt and no warning.
+
+`add` on an existing id replaces the tenant whole: what is not given takes its default, so an update without
+`--genesys-webhook-secret` leaves the tenant with none (the command says so on stderr).
 """
 
 from __future__ import annotations
@@ -53,9 +56,18 @@ def register(sub) -> None:
     add.add_argument("--genesys-client-secret", action="append", required=True, dest="client_secrets",
                      help="OAuth client secret ('-' to prompt; repeatable)")
     add.add_argument("--genesys-integration-id", required=True, help="Open Messaging integration id")
+    add.add_argument("--genesys-webhook-secret",
+                     help="the integration's outbound webhook secret token, the key of the signature on the "
+                          "agents' messages Genesys sends the bridge ('-' to prompt)")
     add.add_argument("--genesys-rate-limit", type=int, default=300, metavar="PER_MIN",
                      help="delivery budget per credential per minute (default 300, Genesys's default; 0: no "
                           "budget, for an org whose limit was raised: its 429s are then honoured as they come)")
+    add.add_argument("--send-rate", type=int, default=80, metavar="PER_SEC",
+                     help="messages sent to Meta per second per phone number, across every bridge process "
+                          "(default 80, Meta's default throughput; 0: no budget, Meta's 429s are honoured as they "
+                          "come)")
+    add.add_argument("--read-marks", action=argparse.BooleanOptionalAction, default=True,
+                     help="mark the customer's latest message read when an agent answers (default: on)")
     add.set_defaults(func=run_add)
 
     ls = tsub.add_parser("list", help="list tenants (no secrets shown)")
@@ -94,6 +106,8 @@ def tenant_from_args(args: argparse.Namespace) -> TenantConfig:
         raise _UsageError("--genesys-client-id and --genesys-client-secret must be given in pairs")
     if args.genesys_rate_limit < 0:
         raise _UsageError("--genesys-rate-limit must be 0 (no budget) or more")
+    if args.send_rate < 0:
+        raise _UsageError("--send-rate must be 0 (no budget) or more")
     # Read in `--help` order: piped secrets are one line each, in this order.
     app_secret = _secret(args.app_secret, "Meta app secret")
     verify_token = _secret(args.verify_token, "verify token")
@@ -102,6 +116,10 @@ def tenant_from_args(args: argparse.Namespace) -> TenantConfig:
         GenesysCredential(client_id=cid, client_secret=_secret(sec, f"Genesys client secret for {cid}"))
         for cid, sec in zip(args.client_ids, args.client_secrets)
     )
+    webhook_secret = (
+        None if args.genesys_webhook_secret is None
+        else _secret(args.genesys_webhook_secret, "Genesys webhook secret")
+    )  # fmt: skip
     return TenantConfig(
         tenant_id=args.tenant_id,
         phone_number_ids=tuple(dict.fromkeys(args.phone_number_ids)),
@@ -113,6 +131,9 @@ def tenant_from_args(args: argparse.Namespace) -> TenantConfig:
         genesys_integration_id=args.genesys_integration_id,
         credentials=credentials,
         rate_limit_per_minute=args.genesys_rate_limit,
+        genesys_webhook_secret=webhook_secret,
+        send_rate_per_second=args.send_rate,
+        read_marks=args.read_marks,
     )
 
 
@@ -147,6 +168,10 @@ def run_add(args: argparse.Namespace) -> int:
             return 1
         await directory.invalidate(tenant, previous=previous)
         existed = previous is not None
+        if existed and previous.genesys_webhook_secret is not None and tenant.genesys_webhook_secret is None:
+            # The update replaced the tenant whole; an operator who meant only to change a number should know.
+            print(f"wabridge tenants add: note: tenant {tenant.tenant_id} no longer has a Genesys webhook secret "
+                  "(none was given)", file=sys.stderr)
         print(f"{'updated' if existed else 'added'} tenant {tenant.tenant_id} "
               f"({', '.join(tenant.phone_number_ids)})")
         return 0
@@ -162,7 +187,10 @@ def run_list(args: argparse.Namespace) -> int:
         for t in tenants:
             print(f"{t.tenant_id}\tphone_number_ids={','.join(t.phone_number_ids)}\tapi={t.genesys_api_url}\t"
                   f"integration={t.genesys_integration_id}\tcredentials={len(t.credentials)}\t"
-                  f"rate_limit={f'{t.rate_limit_per_minute}/min' if t.rate_limit_per_minute else 'none'}")
+                  f"rate_limit={f'{t.rate_limit_per_minute}/min' if t.rate_limit_per_minute else 'none'}\t"
+                  f"webhook_secret={'set' if t.genesys_webhook_secret is not None else 'none'}\t"
+                  f"send_rate={f'{t.send_rate_per_second}/s' if t.send_rate_per_second else 'none'}\t"
+                  f"read_marks={'on' if t.read_marks else 'off'}")
         return 0
 
     return anyio.run(_with_store, work)
