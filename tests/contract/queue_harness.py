@@ -23,16 +23,18 @@ class QueueKit:
     kind: str
     settings: Settings
     made: list[Queue] = field(default_factory=list)
+    names: set[str | None] = field(default_factory=lambda: {None})  # the queues' names (None: the main queue)
 
-    async def open(self, *, amqp_url: str | None = None, **changes: object) -> Queue:
+    async def open(self, *, amqp_url: str | None = None, name: str | None = None, **changes: object) -> Queue:
         settings = self.settings.replace(**changes)
         if self.kind == "amqp":
             if amqp_url is not None:
                 settings = settings.replace(amqp_url=Secret(amqp_url))
-            queue: Queue = AmqpQueue(settings)
+            queue: Queue = AmqpQueue(settings, name=name)
         else:
-            queue = SqliteQueue(settings)
+            queue = SqliteQueue(settings, name=name)
         self.made.append(queue)
+        self.names.add(name)
         await queue.open()
         return queue
 
@@ -40,10 +42,11 @@ class QueueKit:
         for queue in reversed(self.made):
             await queue.close()
         if self.kind == "amqp":
-            queue = AmqpQueue(self.settings)
-            await queue.open()
-            await queue.delete_topology()
-            await queue.close()
+            for name in self.names:
+                queue = AmqpQueue(self.settings, name=name)
+                await queue.open()
+                await queue.delete_topology()
+                await queue.close()
 
 
 class Collector:

@@ -18,7 +18,14 @@ import pytest
 
 from wabridge.engine.object_keys import MAX_PART, extension_for, key_part, media_key, utc_day, webhook_key
 from wabridge.engine.objects_dir import KEY_FILE, DirectoryObjects
-from wabridge.engine.ports import MEDIA_BUCKET, WEBHOOKS_BUCKET, BackendUnavailable, Objects
+from wabridge.engine.ports import (
+    MEDIA_BUCKET,
+    MEDIA_OUTBOUND_BUCKET,
+    WEBHOOKS_BUCKET,
+    WEBHOOKS_OUTBOUND_BUCKET,
+    BackendUnavailable,
+    Objects,
+)
 from wabridge.engine.secrets import Secret
 from wabridge.engine.settings import Settings
 
@@ -145,6 +152,17 @@ async def test_the_two_buckets_are_separate(objects: Objects) -> None:
         await objects.get(MEDIA_BUCKET, "same/key")
 
 
+async def test_the_outbound_buckets_take_objects_and_are_apart_from_the_inbound_ones(objects: Objects) -> None:
+    """Issue 17: Genesys's webhooks and the agents' media have buckets of their own, made by open()."""
+    buckets = (WEBHOOKS_BUCKET, MEDIA_BUCKET, WEBHOOKS_OUTBOUND_BUCKET, MEDIA_OUTBOUND_BUCKET)
+    for bucket in buckets:
+        await objects.put(bucket, "acme/same-key", bucket.encode(), content_type="application/octet-stream")
+    assert [await objects.get(bucket, "acme/same-key") for bucket in buckets] == [b.encode() for b in buckets]
+    key = media_key("acme", "image", 1780000000, "genesys-id-1", extension_for("image/jpeg"))
+    await objects.put(MEDIA_OUTBOUND_BUCKET, key, JPEG, content_type="image/jpeg")
+    assert (await download(objects, await objects.presigned_get(MEDIA_OUTBOUND_BUCKET, key)))[:2] == (200, JPEG)
+
+
 async def test_a_presigned_url_downloads_the_bytes_with_their_content_type(objects: Objects) -> None:
     key = media_key("acme", "image", 1780000000, WAMID, extension_for("image/jpeg"))
     await objects.put(MEDIA_BUCKET, key, JPEG, content_type="image/jpeg", metadata={"sha256": "abc"})
@@ -198,10 +216,11 @@ async def test_many_concurrent_puts_all_land(objects: Objects) -> None:
 
 
 @pytest.mark.servers
-async def test_s3_buckets_are_private_to_anonymous_readers(s3_objects, tmp_path: Path) -> None:
-    await s3_objects.put(MEDIA_BUCKET, "acme/secret.png", b"\x89PNG", content_type="image/png")
+@pytest.mark.parametrize("plain", [MEDIA_BUCKET, WEBHOOKS_OUTBOUND_BUCKET, MEDIA_OUTBOUND_BUCKET])
+async def test_s3_buckets_are_private_to_anonymous_readers(s3_objects, plain: str) -> None:
+    await s3_objects.put(plain, "acme/secret.png", b"\x89PNG", content_type="image/png")
     endpoint = os.environ["WABRIDGE_S3_ENDPOINT"]
-    bucket = s3_objects.bucket_name(MEDIA_BUCKET)
+    bucket = s3_objects.bucket_name(plain)
     async with httpx.AsyncClient() as client:
         object_status = (await client.get(f"{endpoint}/{bucket}/acme/secret.png")).status_code
         listing_status = (await client.get(f"{endpoint}/{bucket}")).status_code

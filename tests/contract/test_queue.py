@@ -240,6 +240,35 @@ async def test_a_buried_message_is_a_dead_letter_with_its_reason_and_replays_int
     await consumer.stop()
 
 
+async def test_a_named_queue_is_a_second_queue_its_messages_and_dead_letters_apart_from_the_main_one(
+    kit: QueueKit,
+) -> None:
+    """Issue 17: the outbound queue is the same adapter under another name. Nothing published to one reaches the
+    other's consumers or dead letters; its consumer holds its own shards (single active per queue, not per broker);
+    a tenant goes to the same shard number in both."""
+    main, outbound = await kit.open(), await kit.open(name="outbound")
+    assert outbound.shards == main.shards
+    await main.publish("tenant-a", b"customer", message_id="in-1")
+    await outbound.publish("tenant-a", b"agent", message_id="out-1")
+    await outbound.bury("tenant-b", b"agent, failed", message_id="out-2", reason="meta 400")
+    inbound_got, outbound_got = Collector(), Collector()
+    consumers = [await main.consume(inbound_got), await outbound.consume(outbound_got)]
+    (customer,) = await inbound_got.wait_for(1)
+    (agent,) = await outbound_got.wait_for(1)
+    await anyio.sleep(0.3)
+    assert [(d.message_id, d.body) for d in inbound_got.deliveries] == [("in-1", b"customer")]
+    assert [(d.message_id, d.body) for d in outbound_got.deliveries] == [("out-1", b"agent")]
+    assert customer.shard == agent.shard
+    assert await main.dead_letters() == []
+    (dead,) = await take_dead_letters(outbound, 1)
+    assert (dead.message_id, dead.reason) == ("out-2", "meta 400")  # type: ignore[attr-defined]
+    await dead.ack()
+    for consumer in consumers:
+        await consumer.stop()
+    if isinstance(outbound, SqliteQueue):
+        assert outbound.path != main.path and outbound.path.parent == main.path.parent
+
+
 async def test_declaring_the_topology_twice_and_from_two_processes_is_fine(kit: QueueKit) -> None:
     first = await kit.open()
     await first.open()

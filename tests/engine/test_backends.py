@@ -73,7 +73,8 @@ async def test_embedded_backends_open_work_and_report_ready(embedded_settings: S
                                                  (backends.store, Store), (backends.objects, Objects)])
         assert backends.settings is embedded_settings
         await exercise(backends)
-        assert await readiness(backends) == {"store": True, "cache": True, "queue": True, "objects": True}
+        everything = {"store": True, "cache": True, "queue": True, "outbound": True, "objects": True}
+        assert await readiness(backends) == everything
 
 
 async def test_leaving_the_block_closes_every_backend_even_on_error(embedded_settings: Settings) -> None:
@@ -81,7 +82,8 @@ async def test_leaving_the_block_closes_every_backend_even_on_error(embedded_set
         async with open_backends(embedded_settings) as backends:
             await exercise(backends)
             raise LookupError("the body failed")
-    assert await readiness(backends) == {"store": False, "cache": True, "queue": False, "objects": False}
+    closed = {"store": False, "cache": True, "queue": False, "outbound": False, "objects": False}
+    assert await readiness(backends) == closed
 
 
 async def test_embedded_data_survives_reopening_the_backends(embedded_settings: Settings) -> None:
@@ -103,8 +105,10 @@ async def test_configured_servers_select_every_real_adapter(server_settings: Set
             assert isinstance(backends.store, PostgresStore) and isinstance(backends.queue, AmqpQueue)
             assert isinstance(backends.objects, S3Objects) and isinstance(backends.cache.remote, RedisCache)
             await exercise(backends)
-            assert await readiness(backends) == {"store": True, "cache": True, "queue": True, "objects": True}
+            everything = {"store": True, "cache": True, "queue": True, "outbound": True, "objects": True}
+            assert await readiness(backends) == everything
             await backends.queue.delete_topology()
+            await backends.outbound.delete_topology()
     finally:
         await forget_s3(server_settings)
 
@@ -197,7 +201,7 @@ async def test_readiness_names_the_backend_that_went_down_and_answers_quickly(
             started = time.monotonic()
             report = await readiness(backends, timeout=1.0)
             assert time.monotonic() - started < 2.0
-            assert report == {"store": True, "cache": True, "queue": True, "objects": False}
+            assert report == {"store": True, "cache": True, "queue": True, "outbound": True, "objects": False}
             proxy.restore()
             assert (await readiness(backends))["objects"] is True
     finally:
@@ -209,5 +213,5 @@ async def test_readiness_bounds_each_ping_by_the_timeout(embedded_settings: Sett
         with anyio.fail_after(2):
             report = await readiness(backends, timeout=0.000001)
     # With a microsecond budget a ping that has to wait (threads, I/O) is cut short and reported as not ready.
-    assert set(report) == {"store", "cache", "queue", "objects"}
+    assert set(report) == {"store", "cache", "queue", "outbound", "objects"}
     assert report["store"] is False

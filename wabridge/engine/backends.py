@@ -32,8 +32,11 @@ ADAPTERS: dict[str, tuple[str, str, str]] = {
     "queue": ("amqp_url", f"{_E}.queue_amqp:AmqpQueue", f"{_E}.queue_sqlite:SqliteQueue"),
     "objects": ("s3_endpoint", f"{_E}.objects_s3:S3Objects", f"{_E}.objects_dir:DirectoryObjects"),
 }
+# A second queue on the queue port's adapter, under its own name: the agents' messages to customers (issue 17) wait
+# in their own shards, never behind the customers' webhooks nor in front of them. Port → the queue's name (None: main).
+QUEUE_NAMES: dict[str, str | None] = {"queue": None, "outbound": "outbound"}
 # Opened in this order, closed in the reverse: consumers on the queue stop before the store they write to closes.
-OPEN_ORDER = ("store", "cache", "queue", "objects")
+OPEN_ORDER = ("store", "cache", "queue", "outbound", "objects")
 
 # The local LRU in front of the cache (see lru.py for what the staleness bound means).
 LOCAL_CACHE_ENTRIES = 10_000
@@ -47,6 +50,7 @@ MAX_RETRY = 10.0
 @dataclass
 class Backends:
     queue: Queue
+    outbound: Queue  # Genesys → customer webhooks (see QUEUE_NAMES)
     cache: Cache
     store: Store
     objects: Objects
@@ -54,19 +58,21 @@ class Backends:
 
 
 def adapter_path(settings: Settings, port: str) -> str:
-    """`module:Class` of the adapter `settings` selects for `port`."""
-    setting, real, embedded = ADAPTERS[port]
+    """`module:Class` of the adapter `settings` selects for `port` (the outbound queue: the queue's adapter)."""
+    setting, real, embedded = ADAPTERS["queue" if port in QUEUE_NAMES else port]
     return real if getattr(settings, setting) else embedded
 
 
 def adapter_kinds(settings: Settings) -> dict[str, str]:
-    """Which adapter each port gets, e.g. {"queue": "AmqpQueue", …}: for the start-up log line."""
-    return {port: adapter_path(settings, port).rpartition(":")[2] for port in OPEN_ORDER}
+    """Which adapter each port gets, e.g. {"queue": "AmqpQueue", …}: for the start-up log line (the outbound queue
+    is the queue port's adapter, not listed twice)."""
+    return {port: adapter_path(settings, port).rpartition(":")[2] for port in ADAPTERS}
 
 
 def make_adapter(settings: Settings, port: str) -> Any:
     module, _, name = adapter_path(settings, port).partition(":")
-    adapter = getattr(importlib.import_module(module), name)(settings)
+    cls = getattr(importlib.import_module(module), name)
+    adapter = cls(settings, name=QUEUE_NAMES[port]) if port in QUEUE_NAMES else cls(settings)
     if port == "cache":
         from wabridge.engine.lru import LocalCache
 

@@ -27,10 +27,10 @@ from urllib.parse import quote, unquote
 import anyio.to_thread
 import msgspec
 
-from wabridge.engine.ports import MEDIA_BUCKET, WEBHOOKS_BUCKET
+from wabridge.engine.ports import MEDIA_BUCKET, MEDIA_OUTBOUND_BUCKET, WEBHOOKS_BUCKET, WEBHOOKS_OUTBOUND_BUCKET
 from wabridge.engine.settings import Settings
 
-BUCKETS = (WEBHOOKS_BUCKET, MEDIA_BUCKET)
+BUCKETS = (WEBHOOKS_BUCKET, MEDIA_BUCKET, WEBHOOKS_OUTBOUND_BUCKET, MEDIA_OUTBOUND_BUCKET)
 KEY_FILE = "objects.key"
 KEY_BYTES = 32
 MAX_KEY_LENGTH = 1024  # S3's limit, kept here so a key that works embedded also works on S3

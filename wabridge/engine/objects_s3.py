@@ -5,9 +5,10 @@ signer and sent over engine/http1.py, path-style (`/{bucket}/{key}`, as MinIO an
 miniopy's client it cost the worker ~0.4 ms more CPU per put (aiohttp, and a thread hop for the SHA-256 of even a
 2 KB body), measured at the bench's media rate (150 puts/s: 581–766 against 296–308 µs).
 
-Two private buckets, `{prefix}webhooks-inbound` and `{prefix}media-inbound`, made at `open()` if absent; callers
-name the plain bucket (ports.WEBHOOKS_BUCKET / MEDIA_BUCKET) and this adapter applies the prefix. No bucket policy
-is ever set, so the only way to read an object without the keys is a presigned URL (Genesys downloads media with one).
+Four private buckets, `{prefix}webhooks-inbound`, `{prefix}media-inbound` and their outbound pair (issue 17), made
+at `open()` if absent; callers name the plain bucket (ports.WEBHOOKS_BUCKET, …) and this adapter applies the prefix.
+No bucket policy is ever set, so the only way to read an object without the keys is a presigned URL (Genesys downloads
+media with one).
 
 Failing fast matters more than retrying here: the ingress answers 503 and a worker leaves its message unacked, and
 both retry on their own schedule. So the HTTP session has short connect timeouts and no retry layer (miniopy's
@@ -35,13 +36,19 @@ from miniopy_async.signer import sign_v4_s3
 
 from wabridge.engine.http1 import Http1Pool, HttpError
 from wabridge.engine.object_keys import extension_for, key_part, media_key, utc_day, webhook_key
-from wabridge.engine.ports import MEDIA_BUCKET, WEBHOOKS_BUCKET, BackendUnavailable
+from wabridge.engine.ports import (
+    MEDIA_BUCKET,
+    MEDIA_OUTBOUND_BUCKET,
+    WEBHOOKS_BUCKET,
+    WEBHOOKS_OUTBOUND_BUCKET,
+    BackendUnavailable,
+)
 from wabridge.engine.settings import Settings
 
 __all__ = ["S3Objects", "extension_for", "key_part", "media_key", "utc_day", "webhook_key"]
 
 PORT = "objects"
-BUCKETS = (WEBHOOKS_BUCKET, MEDIA_BUCKET)
+BUCKETS = (WEBHOOKS_BUCKET, MEDIA_BUCKET, WEBHOOKS_OUTBOUND_BUCKET, MEDIA_OUTBOUND_BUCKET)
 # S3 refuses presigned URLs valid longer than 7 days.
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600
 _ABSENT_CODES = {"NoSuchKey", "NoSuchBucket", "NoSuchObject"}

@@ -325,11 +325,14 @@ class AmqpConsumer:
 
 
 class AmqpQueue:
-    def __init__(self, settings: Settings) -> None:
+    """`name` makes a second, independent queue on the same broker (the outbound one: `{queue_name}.outbound`, its
+    exchange, shards `.outbound.0..N-1` and `.outbound.dead`), with its own connection; None is the main queue."""
+
+    def __init__(self, settings: Settings, *, name: str | None = None) -> None:
         if settings.amqp_url is None:
             raise ValueError("AmqpQueue needs settings.amqp_url")
         self._url = settings.amqp_url  # a Secret: the URL may hold a password
-        self.queue_name = settings.queue_name
+        self.queue_name = settings.queue_name if name is None else f"{settings.queue_name}.{name}"
         self.shards = settings.shards
         self.delivery_limit = settings.delivery_limit
         self._connection: AbstractConnection | None = None

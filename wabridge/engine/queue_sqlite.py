@@ -249,8 +249,11 @@ class SqliteConsumer:
 
 
 class SqliteQueue:
-    def __init__(self, settings: Settings) -> None:
-        self.path = settings.data_dir / FILE_NAME
+    """`name` makes a second, independent queue in a file of its own (the outbound one: `queue-outbound.sqlite3`):
+    its own writer, shards and leases, so neither direction's writes wait on the other's. None is the main queue."""
+
+    def __init__(self, settings: Settings, *, name: str | None = None) -> None:
+        self.path = settings.data_dir / (FILE_NAME if name is None else f"queue-{name}.sqlite3")
         self.shards = settings.shards
         self.delivery_limit = settings.delivery_limit
         self._db: sqlite3.Connection | None = None
