@@ -79,12 +79,12 @@ def decode_record(line: bytes) -> tuple[ArchiveRecord, bytes]:
     return record, body
 
 
-async def read_archived(objects: Any, archive_key: str) -> bytes:
+async def read_archived(objects: Any, archive_key: str, *, bucket: str = WEBHOOKS_BUCKET) -> bytes:
     """The raw body archived under `archive_key` (`{segment key}#{index}`). KeyError when it is not there."""
     segment, _, index = archive_key.rpartition(KEY_SEPARATOR)
     if not segment or not index.isdigit():
         raise KeyError(archive_key)
-    lines = (await objects.get(WEBHOOKS_BUCKET, segment)).splitlines()
+    lines = (await objects.get(bucket, segment)).splitlines()
     if int(index) >= len(lines):
         raise KeyError(archive_key)
     return decode_record(lines[int(index)])[1]
@@ -124,8 +124,10 @@ class ArchiveWriter:
         flush_interval: float = FLUSH_INTERVAL,
         max_bytes: int = MAX_BYTES,
         max_puts: int = MAX_PUTS,
+        bucket: str = WEBHOOKS_BUCKET,  # the outbound ingress archives Genesys's webhooks in webhooks-outbound
     ) -> None:
         self._objects = objects
+        self._bucket = bucket
         self._on_failure = on_failure  # (reason, webhooks): the ingress's counter, without importing it here
         self._max_segment_bytes = max_segment_bytes
         self._flush_interval = flush_interval
@@ -216,7 +218,7 @@ class ArchiveWriter:
                 try:
                     async with asyncio.timeout(PUT_TIMEOUT):
                         await self._objects.put(
-                            WEBHOOKS_BUCKET, segment.key, data, content_type="application/x-ndjson",
+                            self._bucket, segment.key, data, content_type="application/x-ndjson",
                             metadata={"tenant-id": segment.tenant_id},
                         )
                 except TimeoutError as exc:  # slow is down, for an archive: tried again like any outage

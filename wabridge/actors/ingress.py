@@ -13,6 +13,11 @@ One request, in order (nothing in the payload is trusted before step 3):
 A body no tenant owns is answered 200 (Meta would retry it for 7 days otherwise), archived and tracked `unrouted`,
 when one of the tenants' Meta apps signed it; 401 otherwise.
 
+Genesys's outbound webhook (an agent's message to a customer, issue 17) comes to `POST /webhook/genesys/{tenantId}`:
+the tenant by id (404), its integration's outbound secret (401 when it has none), the X-Hub-Signature-256 HMAC over
+the raw bytes in base64 or hex (401), then the body must be a JSON object (400; what it asks for is the worker's to
+decide); archived in `webhooks-outbound`, published to the outbound queue, 200 once confirmed (503 if not).
+
 400 or 401: a 400 says "signed, but malformed", so only a signed body earns one. A body the view cannot read names no
 key, so it is checked as one nobody owns: 400 when one of the tenants' Meta apps (or the tenant in the path) signed
 it, else 401. An unsigned sender thus learns nothing of its JSON; an unreadable body costs the same bounded HMACs as
@@ -31,6 +36,7 @@ partial failures): the workers de-duplicate by wamid.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hmac
 import logging
@@ -56,6 +62,7 @@ from wabridge.actors.http import (
     text,
 )
 from wabridge.actors.tenants import TenantDirectory
+from wabridge.codecs.outbound import OutboundDecodeError, decode_outbound
 from wabridge.codecs.routing import (
     MalformedWebhook,
     QueuedWebhook,
@@ -66,12 +73,20 @@ from wabridge.codecs.routing import (
     without_lone_surrogates,
 )
 from wabridge.engine import heap, metrics, process_metrics
-from wabridge.engine.ports import BackendUnavailable, TenantConfig, TrackingRecord, TrackingStatus
+from wabridge.engine.ports import (
+    WEBHOOKS_OUTBOUND_BUCKET,
+    BackendUnavailable,
+    TenantConfig,
+    TrackingRecord,
+    TrackingStatus,
+)
 from wabridge.engine.settings import Settings, load_settings
 
 log = logging.getLogger("wabridge.ingress")
 
 WEBHOOK_PATH = "/webhook/meta"
+GENESYS_WEBHOOK_PATH = "/webhook/genesys"  # + /{tenantId}: the integration's outboundNotificationWebhookUrl
+MAX_QUEUE_MESSAGE_ID = 255  # bytes: an AMQP short string (message_id)
 UNROUTED_ARCHIVE_TENANT = "_unrouted"  # archive prefix of bodies no tenant owns (tracked with tenant_id "")
 # Archive prefix of bodies that hold more than one tenant's part (tenants of one Meta app, or numbers nobody owns):
 # kept once there, never copied under each tenant, whose prefix holds its own customers' messages only.
@@ -113,6 +128,9 @@ TENANT_LOOKUPS = metrics.REGISTRY.counter(
 TENANT_HIT_RATIO = metrics.REGISTRY.gauge(
     "wabridge_tenant_cache_hit_ratio", "Share of tenant lookups answered by the in-process cache"
 )
+OUTBOUND_WEBHOOKS = metrics.REGISTRY.counter(
+    "wabridge_outbound_webhooks_total", "Genesys outbound webhooks (agent messages) answered, by outcome", ("outcome",)
+)
 
 
 def _signature_ok(secret: str, body: bytes, header: str) -> bool:
@@ -120,6 +138,23 @@ def _signature_ok(secret: str, body: bytes, header: str) -> bool:
         return False  # compare_digest takes ASCII text only; no HMAC of ours is anything else
     expected = "sha256=" + hmac.new(secret.encode(), body, sha256).hexdigest()
     return hmac.compare_digest(expected, header.lower())  # Meta sends lowercase hex; case is not part of the proof
+
+
+def _genesys_signature_ok(secret: str, body: bytes, header: str) -> bool:
+    """`sha256=<digest>`: Genesys's own sample encodes the HMAC in base64, one peer in hex (reference.md §3). Both are
+    the same proof, so either is taken; both are compared, in constant time, whichever matches."""
+    scheme, _, digest = header.partition("=")  # the first `=`: base64's padding stays in the digest
+    digest = digest.strip()
+    if scheme.strip().lower() != "sha256" or not digest or not digest.isascii():
+        return False  # compare_digest takes ASCII text only
+    mac = hmac.new(secret.encode(), body, sha256).digest()
+    as_base64 = hmac.compare_digest(base64.b64encode(mac).decode(), digest)
+    as_hex = hmac.compare_digest(mac.hex(), digest.lower())
+    return as_base64 | as_hex
+
+
+def _json(code: int, **fields: str) -> Response:
+    return Response(code, JSON, msgspec.json.encode(fields))
 
 
 def _readable_text(body: bytes) -> bool:
@@ -166,9 +201,10 @@ class IngressApp:
         self.body_timeout = BODY_TIMEOUT
         self.directory: TenantDirectory | None = None
         self.archive: ArchiveWriter | None = None
+        self.outbound_archive: ArchiveWriter | None = None
         self._max_archive_bytes = max_archive_bytes
         self._exit = contextlib.AsyncExitStack()
-        self._ok = {route: REQUESTS.labels(route, "200") for route in ("webhook", "handshake", "healthz")}
+        self._ok = {route: REQUESTS.labels(route, "200") for route in ("webhook", "genesys", "handshake", "healthz")}
         if backends is not None:
             self._bind(backends)
 
@@ -185,8 +221,15 @@ class IngressApp:
             backends.objects, on_failure=lambda reason, n: ARCHIVE_FAILURES.labels(reason).inc(n),
             max_bytes=self._max_archive_bytes,
         )
-        ARCHIVES_RUNNING.set_function(lambda: archive.puts_running)
-        ARCHIVE_BYTES.set_function(lambda: archive.pending_bytes)
+        # A writer of its own: a segment is one bucket's object, and the agents' messages are kept apart from the
+        # customers' (another bucket, its own retention). Its bound is its own too: a flood of either direction
+        # while S3 is down cannot drop the other's archive.
+        self.outbound_archive = outbound = ArchiveWriter(
+            backends.objects, on_failure=lambda reason, n: ARCHIVE_FAILURES.labels(reason).inc(n),
+            max_bytes=self._max_archive_bytes, bucket=WEBHOOKS_OUTBOUND_BUCKET,
+        )
+        ARCHIVES_RUNNING.set_function(lambda: archive.puts_running + outbound.puts_running)
+        ARCHIVE_BYTES.set_function(lambda: archive.pending_bytes + outbound.pending_bytes)
 
     async def start(self, stopping: asyncio.Event | None = None) -> bool:
         """Open the backends, waiting for servers that are down; False when `stopping` was set first."""
@@ -204,8 +247,8 @@ class IngressApp:
 
     async def aclose(self) -> None:
         """Put the archive's last segments (bounded by CLOSE_DEADLINE), then close what we opened."""
-        if self.archive is not None:
-            await self.archive.aclose(CLOSE_DEADLINE)
+        archives = [a.aclose(CLOSE_DEADLINE) for a in (self.archive, self.outbound_archive) if a is not None]
+        await asyncio.gather(*archives)  # side by side: the two together take one CLOSE_DEADLINE at most
         await self._exit.aclose()
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -225,21 +268,24 @@ class IngressApp:
         headers = scope.headers
         body = b""
         if scope.method == "POST":
+            route = "genesys" if scope.path.startswith(GENESYS_WEBHOOK_PATH + "/") else "webhook"
             try:
                 async with asyncio.timeout(self.body_timeout):
                     body = await read_body(proto, headers, self.settings.max_body_bytes)
             except TimeoutError:
                 # A body promised by Content-Length that never comes (or trickles): a slow client holds no
                 # connection and no memory past this.
-                REQUESTS.labels("webhook", "408").inc()
+                REQUESTS.labels(route, "408").inc()
                 proto.response_bytes(408, [("connection", "close")], b"request body timed out")
                 return
             except BodyTooLarge:
-                REQUESTS.labels("webhook", "413").inc()
+                REQUESTS.labels(route, "413").inc()
+                if route == "genesys":
+                    OUTBOUND_WEBHOOKS.labels("too_large").inc()
                 proto.response_bytes(413, [("connection", "close")], b"payload too large")
                 return
             except BadContentLength:
-                REQUESTS.labels("webhook", "400").inc()
+                REQUESTS.labels(route, "400").inc()
                 proto.response_bytes(400, [], b"bad content-length")
                 return
             except ClientGone:
@@ -270,6 +316,13 @@ class IngressApp:
     async def _route(
         self, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes
     ) -> tuple[str, Response]:
+        if path.startswith(GENESYS_WEBHOOK_PATH + "/"):
+            tenant_id = path[len(GENESYS_WEBHOOK_PATH) + 1 :]
+            if not tenant_id or "/" in tenant_id:
+                return "other", text(404, "not found")
+            if method != "POST":
+                return "other", text(405, "method not allowed")
+            return "genesys", await self.receive_genesys(tenant_id, headers, body)
         if path == WEBHOOK_PATH or path.startswith(WEBHOOK_PATH + "/"):
             tenant_id = path[len(WEBHOOK_PATH) + 1 :] or None
             if tenant_id is not None and "/" in tenant_id:
@@ -446,6 +499,43 @@ class IngressApp:
         await self.backends.store.write_tracking(records)
         log.warning("unrouted webhook %s: %s", webhook_id, reason)
         return text(200, "ok")
+
+    # --- Genesys: an agent's message (issue 17) --------------------------------------------------------------
+
+    async def receive_genesys(self, tenant_id: str, headers: Mapping[str, str], body: bytes) -> Response:
+        outcome, response = await self._genesys_webhook(tenant_id, headers, body)
+        OUTBOUND_WEBHOOKS.labels(outcome).inc()
+        return response
+
+    async def _genesys_webhook(self, tenant_id: str, headers: Mapping[str, str], body: bytes) -> tuple[str, Response]:
+        received_at = time.time()
+        assert self.directory is not None and self.outbound_archive is not None
+        try:
+            tenant = await self.directory.by_id(tenant_id) if _could_be_stored(tenant_id) else None
+            if tenant is None:
+                return "unknown_tenant", _json(404, error="unknown tenant")
+            if tenant.genesys_webhook_secret is None:
+                return "no_secret", _json(401, error="no Genesys webhook secret is configured for this tenant")
+            signature = headers.get("x-hub-signature-256") or ""
+            if not _genesys_signature_ok(tenant.genesys_webhook_secret.reveal(), body, signature):
+                return "bad_signature", _json(401, error="missing or bad signature")
+            try:
+                decoded = decode_outbound(body)  # signed: only now is the body read, and only to refuse non-JSON
+            except OutboundDecodeError as exc:
+                return "malformed", _json(400, error=f"malformed webhook: {exc}"[:200])
+            webhook_id = _new_webhook_id(received_at)
+            # The Genesys id names the queue message when it can (Genesys retries one message up to 5 times);
+            # one too long for AMQP's short string, or none, gets this POST's id, as inbound webhooks do.
+            message_id = f"{decoded.id}:{tenant.tenant_id}" if decoded.id is not None else ""
+            if not message_id or len(message_id.encode()) > MAX_QUEUE_MESSAGE_ID:
+                message_id = f"{webhook_id}:{tenant.tenant_id}"
+            key = self.outbound_archive.append(tenant.tenant_id, webhook_id, received_at, body)
+            message = encode_queued(QueuedWebhook(tenant.tenant_id, received_at, key, body))
+            await self.backends.outbound.publish(tenant.tenant_id, message, message_id=message_id)
+        except BackendUnavailable as exc:
+            log.warning("answering Genesys 503: %s", exc)
+            return "unavailable", _json(503, error="backend unavailable, retry later")
+        return "queued", _json(200, status="ok")
 
     # --- operations -------------------------------------------------------------------------------------------
 
