@@ -1,9 +1,14 @@
-"""Deliver one encoded Genesys Open Messaging message: `await delivery.deliver(tenant, body) -> Delivered`.
+"""Deliver one encoded Genesys Open Messaging message: `await delivery.deliver(tenant, body) -> Delivered`; and one
+receipt for a message an agent sent (issue 17): `await delivery.receipt(tenant, body)`.
 
 POST {api}/api/v2/conversations/messages/{integrationId}/inbound/open/message?prefetchConversationId=true with the
-body as given (the codecs encode it; this module never decodes or logs it: it holds customer text).
+body as given (the codecs encode it; this module never decodes or logs it: it holds customer text). A receipt goes to
+…/inbound/open/receipt (codecs/receipts.py builds it) through the same request path: token, budget, retries, far end.
 What each answer does (a table, `OUTCOMES`, not a chain of ifs):
-  2xx              → Delivered(genesys_message_id, conversation_id or None)
+  2xx              → Delivered(genesys_message_id, conversation_id or None); for a receipt, nothing, unless the
+                     answer says `"status":"Failed"` for a receipt that was not itself Failed (reference.md §3: a 2xx
+                     may carry a failure; Genesys echoes the receipt, so a Failed receipt's echo says Failed too):
+                     DeliveryFailed(permanent=True)
   401              → drop the token, log in again, retry once (not counted as an attempt); a second 401 with the
                      fresh token is permanent: the OAuth client lacks the permission, no retry will fix it.
   429              → sleep Retry-After (capped; backoff when absent), retry; not counted as an attempt, since the
@@ -44,6 +49,7 @@ from wabridge.engine.ports import TenantConfig
 log = logging.getLogger(__name__)
 
 MESSAGE_PATH = "/api/v2/conversations/messages/{integration_id}/inbound/open/message?prefetchConversationId=true"
+RECEIPT_PATH = "/api/v2/conversations/messages/{integration_id}/inbound/open/receipt"
 KEPT_BODY_BYTES = 4096
 
 DELIVERED, RELOGIN, RATE_LIMITED, RETRY, REJECTED = "delivered", "relogin", "rate-limited", "retry", "rejected"
@@ -85,6 +91,8 @@ class DeliveryStatistics(msgspec.Struct, frozen=True):
     rate_limited: int  # 429s waited out
     relogins: int  # 401s answered by a new token
     open_pools: int  # per-tenant HTTP pools currently kept
+    receipts: int = 0  # receipts Genesys took
+    receipts_failed: int = 0
 
 
 class _Reply(msgspec.Struct):
@@ -93,6 +101,15 @@ class _Reply(msgspec.Struct):
 
 
 _decode_reply = msgspec.json.Decoder(_Reply).decode
+
+
+class _ReceiptStatus(msgspec.Struct):
+    """The one field read of a receipt and of Genesys's answer to it; anything else in either is ignored."""
+
+    status: object = None
+
+
+_decode_receipt_status = msgspec.json.Decoder(_ReceiptStatus).decode
 
 
 class GenesysDelivery:
@@ -122,24 +139,42 @@ class GenesysDelivery:
         self._rate_limited_max = rate_limited_max
         self._sleep = sleep
         self._pools = Http1Pools(max_pools=max_clients, limit=connections_per_tenant, timeout=timeout)
-        self._counts = {"delivered": 0, "failed": 0, "retries": 0, "rate_limited": 0, "relogins": 0}
+        self._counts = {"delivered": 0, "failed": 0, "retries": 0, "rate_limited": 0, "relogins": 0, "receipts": 0,
+                        "receipts_failed": 0}
 
     def statistics(self) -> DeliveryStatistics:
         return DeliveryStatistics(**self._counts, open_pools=len(self._pools))
 
     async def deliver(self, tenant: TenantConfig, body: bytes) -> Delivered:
         try:
-            delivered = await self.far_end.through(
-                tenant.tenant_id, lambda: self._deliver(tenant, body), past_hold=lambda why: DeliveryFailed(why, 0)
-            )
+            _, content = await self._through_far_end(tenant, MESSAGE_PATH, body)
         except DeliveryFailed:
             self._counts["failed"] += 1
             raise
         self._counts["delivered"] += 1
-        return delivered
+        return _delivered(content, tenant.tenant_id)
 
-    async def _deliver(self, tenant: TenantConfig, body: bytes) -> Delivered:
-        origin, target = message_endpoint(tenant.genesys_api_url, tenant.genesys_integration_id)
+    async def receipt(self, tenant: TenantConfig, body: bytes) -> None:
+        """POST one receipt (codecs/receipts.py's `receipt_body`); returns once Genesys took it. Raises DeliveryFailed
+        as `deliver` does, and also for a 2xx whose answer says Failed when the receipt did not."""
+        try:
+            status, content = await self._through_far_end(tenant, RECEIPT_PATH, body)
+            if _status(content) == "Failed" and _status(body) != "Failed":
+                raise DeliveryFailed(f"genesys answered the receipt HTTP {status} with status Failed", 1, True,
+                                     status=status, body=content)  # fmt: skip
+        except DeliveryFailed:
+            self._counts["receipts_failed"] += 1
+            raise
+        self._counts["receipts"] += 1
+
+    async def _through_far_end(self, tenant: TenantConfig, path: str, body: bytes) -> tuple[int, bytes]:
+        return await self.far_end.through(
+            tenant.tenant_id, lambda: self._post(tenant, path, body), past_hold=lambda why: DeliveryFailed(why, 0)
+        )
+
+    async def _post(self, tenant: TenantConfig, path: str, body: bytes) -> tuple[int, bytes]:
+        """POST `body` to the tenant's endpoint at `path` (a *_PATH template) until a 2xx: its status and body."""
+        origin, target = genesys_endpoint(tenant.genesys_api_url, tenant.genesys_integration_id, path)
         attempts = rate_limited = 0
         relogged = False
         while True:
@@ -166,7 +201,8 @@ class GenesysDelivery:
                     outcome, error = outcome_of(status), f"genesys answered HTTP {status}"
             match outcome:
                 case "delivered":
-                    return _delivered(content, tenant.tenant_id)
+                    assert status is not None
+                    return status, content
                 case "relogin":
                     await self._tokens.invalidate(tenant, credential, token)
                     if relogged:
@@ -210,13 +246,21 @@ class GenesysDelivery:
 
 
 @functools.lru_cache(maxsize=1024)
-def message_endpoint(api_url: str, integration_id: str) -> tuple[str, str]:
-    """(origin, request target) of a tenant's inbound-message endpoint. Cached: it is the same for every message of
-    a tenant, and URL parsing per message is work the hot path need not do."""
+def genesys_endpoint(api_url: str, integration_id: str, path: str = MESSAGE_PATH) -> tuple[str, str]:
+    """(origin, request target) of a tenant's endpoint at `path` (MESSAGE_PATH, RECEIPT_PATH). Cached: it is the same
+    for every message of a tenant, and URL parsing per message is work the hot path need not do."""
     api = urlsplit(api_url)
     # Quoted: the integration id comes from tenant configuration, and must stay one path segment.
     integration = quote(integration_id, safe="")
-    return f"{api.scheme}://{api.netloc}", api.path.rstrip("/") + MESSAGE_PATH.format(integration_id=integration)
+    return f"{api.scheme}://{api.netloc}", api.path.rstrip("/") + path.format(integration_id=integration)
+
+
+def _status(content: bytes) -> object:
+    """The top-level `status` of a JSON object, or None (not JSON, not an object, none there)."""
+    try:
+        return _decode_receipt_status(content).status
+    except msgspec.DecodeError:  # ValidationError included: a JSON array, a string
+        return None
 
 
 def _delivered(content: bytes, tenant_id: str) -> Delivered:
