@@ -40,10 +40,14 @@ def webhook_of(message_id: str) -> str:
 
 
 class Trail:
-    __slots__ = ("tenant_id", "wamid", "origin", "webhook_id", "_sink", "_notes", "_token")
+    __slots__ = ("tenant_id", "wamid", "origin", "webhook_id", "direction", "_sink", "_notes", "_token")
 
-    def __init__(self, tenant_id: str, wamid: str, origin: Origin | None, sink: EventSink | None = None) -> None:
+    def __init__(
+        self, tenant_id: str, wamid: str, origin: Origin | None, sink: EventSink | None = None, *,
+        direction: str = "inbound",
+    ) -> None:  # fmt: skip
         self.tenant_id = tenant_id
+        self.direction = direction  # "outbound": an agent's message, `wamid` its Genesys id (actors/outbound.py)
         self.wamid = wamid
         self.origin = origin  # where the message came from: the relay puts it on its tracking row
         self.webhook_id = origin.webhook_id if origin is not None else ""
@@ -60,8 +64,8 @@ class Trail:
         elif (self._notes[-1].event, self._notes[-1].detail) == (event, detail[:500]):
             return  # the same step again (a hold met by each try of the relay): once is the story
         self._notes.append(MessageEvent(
-            tenant_id=self.tenant_id, wamid=self.wamid, webhook_id=self.webhook_id, at=time.time(), event=event,
-            detail=detail[:500],
+            tenant_id=self.tenant_id, wamid=self.wamid, webhook_id=self.webhook_id, direction=self.direction,
+            at=time.time(), event=event, detail=detail[:500],
         ))  # fmt: skip
 
     def __enter__(self) -> Trail:

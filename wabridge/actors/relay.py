@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import time
 
+from wabridge.actors.contacts import Contacts
 from wabridge.actors.delivery import DeliveryFailed, GenesysDelivery
 from wabridge.actors.history import Origin, Trail, current, note
 from wabridge.actors.media import MediaFetcher
@@ -56,7 +57,9 @@ class Relay:
         tracker: TrackingWriter,
         *,
         outage_hold: float | None = None,
+        contacts: Contacts | None = None,
     ) -> None:
+        self._contacts = contacts
         # Holds here come after Genesys took the message: running the relay again would send it twice, so they last
         # as long as the outage; past `outage_hold` one is reported (engine/outage.py), as the tenant actor's are.
         self._hold = functools.partial(hold_through_outage, report_after=outage_hold)
@@ -138,6 +141,8 @@ class Relay:
         )  # fmt: skip
         await self._hold(lambda: self._tracker.record(record))
         await self._tracker.touch(tenant_id, route.sender_id, time.time())
+        if self._contacts is not None:  # where an agent's answer goes from (contacts.py)
+            self._contacts.saw(tenant_id, route.sender_id, route.phone_number_id, route.wamid, route.timestamp)
         _delivered.inc()
         _by_tenant.labels(tenant_id, TrackingStatus.DELIVERED).inc()
         _latency.observe(max(0.0, time.time() - received_at))

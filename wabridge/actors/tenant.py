@@ -21,7 +21,7 @@ import asyncio
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wabridge.actors.history import Origin, Trail, webhook_of
 from wabridge.actors.identity import CustomerIdentity, customer_ids
@@ -40,14 +40,18 @@ from wabridge.engine.ports import (
     BackendUnavailable, Delivery, MessageEvent, MessageEventKind, TenantConfig, TrackingRecord, TrackingStatus,
 )  # fmt: skip
 
+if TYPE_CHECKING:
+    from wabridge.actors.statuses import StatusReceipts
+
 _items = REGISTRY.counter("wabridge_webhook_items_total", "Webhook items seen by the workers, by kind.", ["kind"])
 _inbound, _skipped, _statuses = (_items.labels(k) for k in ("message", "skipped", "status"))
 _handed_back = REGISTRY.counter("wabridge_queue_retries_total", "Queue messages handed back for redelivery.", [])
 DEAD_LETTERS = REGISTRY.counter("wabridge_dead_letters_total", "Queue messages moved to the dead-letter queue.", [])
 
-# (the tenant, or the outage that kept its lookup from answering; the message; received at; the delivery's message id
-# and attempt; where its webhook came from, for the tracking row and the trail: actors/history.py)
-Job = tuple["TenantConfig | BackendUnavailable", Inbound, float, str, int, Origin]
+# (the tenant, or the outage that kept its lookup from answering; the message, or a status of an agent's message;
+# received at; the delivery's message id and attempt; where its webhook came from, for the tracking row and the
+# trail: actors/history.py)
+Job = tuple["TenantConfig | BackendUnavailable", "Inbound | StatusUpdate", float, str, int, Origin]
 
 ADMITTING = 256  # deliveries of one tenant whose customers are being named by the store at once
 
@@ -101,8 +105,10 @@ class TenantActor(Actor):
         outage_hold: float,
         take_back: Callable[[Delivery], bool] | None = None,
         identity: CustomerIdentity | None = None,
+        statuses: StatusReceipts | None = None,
     ) -> None:
         self.tenant_id = tenant_id
+        self._statuses = statuses  # statuses.py: Meta's statuses of the agents' messages become Genesys receipts
         self._identity = identity  # identity.py: a customer's messages under one id, phone or BSUID
         self._take_back = take_back  # parking.py: a delivery handed back while its tenant is parked
         self._delivery_limit = delivery_limit
@@ -280,14 +286,21 @@ class TenantActor(Actor):
                 case Skipped():
                     _skipped.inc()
                 case StatusUpdate():
-                    _statuses.inc()  # receipts for the business's own messages: not forwarded inbound
+                    _statuses.inc()
+                    if self._statuses is not None:  # the agents' messages: a receipt to Genesys (statuses.py)
+                        job = (tenant, result, queued.received_at, delivery.message_id, delivery.attempt, origin)
+                        future = await self._lanes.submit(self._statuses.lane_of(result), job)
+                        pending.append((future, None))
         task = asyncio.create_task(self._settle(delivery, pending, origin, queued.received_at))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
     async def _traced_job(self, sender_id: str, job: Job) -> str:
         """`_relay_job` in the message's trail: every line logged about it meanwhile names it, and its unusual
-        steps are kept for `wabridge trace` (history.py)."""
+        steps are kept for `wabridge trace` (history.py). A status runs in its customer's lane too, so its receipt
+        never passes the customer's earlier messages."""
+        if type(job[1]) is StatusUpdate:
+            return await self._status_job(job)
         with Trail(self.tenant_id, job[1].route.wamid, job[5], self._tracker):
             return await self._relay_job(sender_id, job)
 
@@ -332,6 +345,16 @@ class TenantActor(Actor):
             blocked.order = {key: attempt, **blocked.order}  # it runs again before the ones still on their way back
             blocked.until = time.monotonic() + BLOCK_FOR
             raise
+
+    async def _status_job(self, job: Job) -> str:
+        tenant, status = job[0], job[1]
+        if isinstance(tenant, BackendUnavailable):
+            raise BackendUnavailable(tenant.port, "a drain cut the tenant's lookup short") from tenant
+        assert self._statuses is not None and type(status) is StatusUpdate
+        return await hold_through_outage(
+            lambda: self._statuses.apply(tenant, status), hold_for=math.inf,  # type: ignore[union-attr]
+            report_after=self._outage_hold, give_up=self._giving_up,
+        )  # fmt: skip
 
     def _giving_up(self) -> bool:
         return self._stopping

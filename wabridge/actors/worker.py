@@ -23,18 +23,24 @@ import contextlib
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
+from wabridge.actors.agent import AgentActor
+from wabridge.actors.agent_media import AgentMedia
 from wabridge.actors.auth import TokenProvider
+from wabridge.actors.contacts import Contacts
 from wabridge.actors.delivery import GenesysDelivery
 from wabridge.actors.far_end import FarEnd
+from wabridge.actors.graph import MetaGraph
 from wabridge.actors.identity import CustomerIdentity
 from wabridge.actors.media import MediaFetcher
+from wabridge.actors.outbound import OutboundSender
 from wabridge.actors.parking import PARK_AFTER, POKE_EVERY, ShardParking, is_poke
 from wabridge.actors.ratelimit import RateBudget
 from wabridge.actors.relay import Relay
 from wabridge.actors.state import ConversationState
+from wabridge.actors.statuses import StatusReceipts
 from wabridge.actors.tenant import DEAD_LETTERS, TenantActor
 from wabridge.actors.tenants import TenantDirectory
-from wabridge.actors.tracking import TrackingWriter
+from wabridge.actors.tracking import TrackingLookups, TrackingWriter
 from wabridge.engine import heap, process_metrics
 from wabridge.engine.actor import mailbox_depths
 from wabridge.engine.backends import Backends
@@ -103,14 +109,26 @@ class Worker:
         self.delivery = GenesysDelivery(self.tokens, self.budget, far_end=genesys, timeout=settings.genesys_timeout)
         self.media = MediaFetcher(backends.objects, settings)
         self.tracker = TrackingWriter(backends.store)
+        self.contacts = Contacts(backends.store)  # where each customer last wrote: where the agents' answers go from
         self.relay = Relay(
             backends.store, ConversationState(backends.cache, backends.store), self.media, self.delivery, self.tracker,
-            outage_hold=settings.outage_hold,
+            outage_hold=settings.outage_hold, contacts=self.contacts,
         )  # fmt: skip
+        # The outbound direction: agents' answers to WhatsApp (agent.py, outbound.py), Meta's statuses of them back to
+        # Genesys as receipts (statuses.py, run by the tenant actors, which take Meta's webhooks).
+        self.meta_far_end = FarEnd("meta", hold_for=settings.far_end_hold, retry_max=settings.far_end_retry_max)
+        self.graph = MetaGraph(backends.cache, base_url=settings.graph_api_url, far_end=self.meta_far_end)
+        self.agent_media = AgentMedia(backends.objects, self.graph, self.tokens)
+        self.sender = OutboundSender(
+            graph=self.graph, media=self.agent_media, contacts=self.contacts, genesys=self.delivery,
+            tracker=self.tracker, seen=TrackingLookups(backends.store), outage_hold=settings.outage_hold,
+        )  # fmt: skip
+        self.statuses = StatusReceipts(backends.store, self.tracker, self.sender)
         self.identity = CustomerIdentity(backends.cache, backends.store)
         # One router mailbox per shard this worker consumes (module docstring): the consumer delivers from those only.
         shard_numbers = shards if shards is not None else range(backends.queue.shards)
         self._routers: dict[int, Mailbox[Delivery]] = {shard: Mailbox(self.prefetch) for shard in shard_numbers}
+        self._agent_routers: dict[int, Mailbox[Delivery]] = {shard: Mailbox(self.prefetch) for shard in shard_numbers}
         self._router_died: asyncio.Future[None] | None = None
         self._parking: dict[int, ShardParking] = {}
         self._settings = settings
@@ -128,7 +146,15 @@ class Worker:
             outage_hold=self._settings.outage_hold,
             take_back=self._take_back,
             identity=self.identity,
+            statuses=self.statuses,
         )
+
+    def _agent_actor(self, tenant_id: str) -> AgentActor:
+        return AgentActor(
+            tenant_id, directory=self.directory, sender=self.sender, tracker=self.tracker,
+            concurrency=self._settings.tenant_concurrency, max_pending=max(self.prefetch // 2, 1),
+            delivery_limit=self._settings.delivery_limit, outage_hold=self._settings.outage_hold,
+        )  # fmt: skip
 
     def _take_back(self, delivery: Delivery) -> bool:
         """A delivery its actor hands back: kept in front of its tenant's parked rows if it is parked (parking.py)."""
@@ -138,6 +164,12 @@ class Worker:
     async def _accept(self, delivery: Delivery) -> None:
         try:
             await self._routers[delivery.shard].send(delivery)
+        except MailboxClosed:
+            pass  # draining: left unsettled, it returns to the queue when the consumer stops
+
+    async def _accept_outbound(self, delivery: Delivery) -> None:
+        try:
+            await self._agent_routers[delivery.shard].send(delivery)
         except MailboxClosed:
             pass  # draining: left unsettled, it returns to the queue when the consumer stops
 
@@ -163,6 +195,9 @@ class Worker:
         """The relay's writers and HTTP clients running; closed (tracking flushed) on exit."""
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self.tracker)
+            await stack.enter_async_context(self.contacts)
+            stack.push_async_callback(self.graph.aclose)
+            stack.push_async_callback(self.agent_media.aclose)
             stack.push_async_callback(self.tokens.aclose)
             stack.push_async_callback(self.delivery.aclose)
             stack.push_async_callback(self.media.aclose)
@@ -175,6 +210,10 @@ class Worker:
             await stack.enter_async_context(serve_status(self._settings.host, self._settings.worker_metrics_port))
             consumer = await self.backends.queue.consume(self._accept, shards=self.shards, prefetch=self.prefetch)
             stack.push_async_callback(consumer.stop)
+            answers = await self.backends.outbound.consume(
+                self._accept_outbound, shards=self.shards, prefetch=self.prefetch
+            )
+            stack.push_async_callback(answers.stop)
             # Per child: a tenant whose data crashes its actor is paused and restarted alone, never the worker.
             supervisor = await stack.enter_async_context(
                 Supervisor("worker", max_restarts=5, period=10.0, per_child=True)
@@ -182,6 +221,13 @@ class Worker:
             tenants: Registry[str] = await stack.enter_async_context(
                 Registry(
                     supervisor, self._tenant_actor, kind="tenant", max_live=MAX_TENANT_ACTORS,
+                    idle_timeout=TENANT_IDLE_TIMEOUT, capacity=self._settings.mailbox_size, retries=1,
+                    on_failed=self._on_failed,
+                )
+            )  # fmt: skip
+            agents: Registry[str] = await stack.enter_async_context(
+                Registry(
+                    supervisor, self._agent_actor, kind="agent", max_live=MAX_TENANT_ACTORS,
                     idle_timeout=TENANT_IDLE_TIMEOUT, capacity=self._settings.mailbox_size, retries=1,
                     on_failed=self._on_failed,
                 )
@@ -198,6 +244,7 @@ class Worker:
             self._router_died = asyncio.get_running_loop().create_future()
             routing = [self._start_router(shard, mailbox, parking[shard]) for shard, mailbox in self._routers.items()]
             routing.append(asyncio.create_task(self._find_orphans(parking.values()), name="worker-parking-orphans"))
+            routing += [self._start_agent_router(shard, mailbox, agents) for shard, mailbox in self._agent_routers.items()]
             stopping = asyncio.ensure_future(shutdown.wait())
             try:
                 await asyncio.wait({self._router_died, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -207,9 +254,10 @@ class Worker:
                 stopping.cancel()
                 log.info("worker draining")
                 self.delivery.far_end.stop_holding()  # held messages go back to the queue, for the next worker
+                self.meta_far_end.stop_holding()
                 if not self._router_died.done():
                     self._router_died.cancel()  # routers cancelled from here on are not deaths
-                for mailbox in self._routers.values():
+                for mailbox in [*self._routers.values(), *self._agent_routers.values()]:
                     mailbox.close()
                     mailbox.take_all()  # never routed: returned unacked when the consumer stops
                 for task in routing:
@@ -223,6 +271,18 @@ class Worker:
         task = asyncio.create_task(self._route(mailbox, parking), name=f"worker-router-{shard}")
         task.add_done_callback(self._router_done)
         return task
+
+    def _start_agent_router(self, shard: int, mailbox: Mailbox[Delivery], agents: Registry[str]) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._route_agents(mailbox, agents), name=f"worker-agent-router-{shard}")
+        task.add_done_callback(self._router_done)
+        return task
+
+    async def _route_agents(self, router: Mailbox[Delivery], agents: Registry[str]) -> None:
+        """The outbound queue's shard to its tenants' agent actors, in shard order. No parking: agents write at a
+        human pace, and a tenant whose mailbox is full holds up its shard's router (backpressure to the broker)."""
+        while True:
+            delivery = await router.receive()
+            await self._hand_over(delivery, agents, None)
 
     def _router_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or self._router_died is None or self._router_died.done():

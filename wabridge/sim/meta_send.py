@@ -24,6 +24,7 @@
 Control, under /sim (MetaSim routes them here):
   GET  /sim/sent                 every accepted send in order: wamid, phone_number_id, to, type, body, failure
   GET  /sim/statuses             every status POST: wamid, status, attempt, answer (HTTP status or error name), body
+  GET  /sim/reads                every read mark and typing indicator in order: phone_number_id, message_id, typing
   GET  /sim/uploads              every accepted media upload: id, mime, size, sha256
   POST /sim/window               {"phone_number_id", "wa_id", "at"?: unix seconds | "ago"?: seconds}; default: now
   POST /sim/faults               {"target":"messages"|"media", "status"?, "code"?, "latency_ms"?, "count"?
@@ -353,6 +354,7 @@ class Outbound:
         self.sent: deque[Sent] = deque(maxlen=MAX_RECORDS)
         self.statuses: deque[StatusPost] = deque(maxlen=MAX_RECORDS)
         self.uploads: dict[str, dict[str, Any]] = {}
+        self.reads: deque[dict[str, Any]] = deque(maxlen=MAX_RECORDS)  # read marks and typing indicators, in order
         self.windows: dict[tuple[str, str], float] = {}
         self.faults: list[FaultSpec] = []
         self._buckets: dict[str, _Bucket] = {}
@@ -371,6 +373,7 @@ class Outbound:
         self.sent.clear()
         self.statuses.clear()
         self.uploads.clear()
+        self.reads.clear()
         self.windows.clear()
         self.faults.clear()
         self._buckets.clear()
@@ -394,6 +397,8 @@ class Outbound:
             return 200, JSON, msgspec.json.encode(list(self.sent))
         if method == "GET" and parts == ["statuses"]:
             return 200, JSON, msgspec.json.encode(list(self.statuses))
+        if method == "GET" and parts == ["reads"]:
+            return 200, JSON, msgspec.json.encode(list(self.reads))
         if method == "GET" and parts == ["uploads"]:
             return 200, JSON, msgspec.json.encode([{"id": k, **v} for k, v in self.uploads.items()])
         if method == "POST" and parts == ["window"]:
@@ -456,6 +461,8 @@ class Outbound:
             raise Invalid("Param messaging_product is required and must be 'whatsapp'")
         if "status" in doc:  # a read mark, or a typing indicator (which also marks read)
             validate_read(doc)
+            self.reads.append({"phone_number_id": phone_number_id, "message_id": doc["message_id"],
+                               "typing": "typing_indicator" in doc, "at": self.now()})
             return 200, JSON, b'{"success":true}'
         kind = validate_send(doc)
         if not self._take_token(phone_number_id):

@@ -1,0 +1,151 @@
+"""The agent actor: one per tenant, supervised, found by tenant id in the worker's second registry (worker.py).
+
+It takes the deliveries of the tenant's outbound queue (the agents' webhooks, queued by the ingress) in shard order,
+decodes each (codecs/outbound.py) and puts it into its customer's ordering lane (engine.lanes): one customer's
+answers reach WhatsApp in the order the agents wrote them, different customers in parallel up to
+`tenant_concurrency`. A delivery is acked once its message is tracked (outbound.py).
+
+A backend outage before anything was sent holds the message in place (engine/outage.py), its customer's lane
+waiting behind it; Meta or Genesys being down is held inside the send (far_end.py). A drain hands unfinished
+deliveries back to the queue. A body the codec cannot read, or a bug it triggers, is dead-lettered at once with the
+reason (and tracked `dead-lettered` when its id is known): it would fail again on every redelivery. On the queue's
+last attempt an unfinished delivery is dead-lettered too, so `wabridge replay` and the dead-letter queue both see it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+
+from wabridge.actors.history import Origin, Trail, webhook_of
+from wabridge.actors.outbound import OUTBOUND, OutboundSender
+from wabridge.actors.tenants import TenantDirectory
+from wabridge.actors.tracking import TrackingWriter
+from wabridge.codecs.outbound import OutboundResult, decode_outbound
+from wabridge.codecs.routing import decode_queued
+from wabridge.engine.actor import Actor
+from wabridge.engine.lanes import Lanes
+from wabridge.engine.logs import get_logger
+from wabridge.engine.metrics import REGISTRY
+from wabridge.engine.outage import hold_through_outage
+from wabridge.engine.ports import BackendUnavailable, Delivery, TenantConfig, TrackingRecord, TrackingStatus
+
+_dead_letters = REGISTRY.counter(
+    "wabridge_outbound_dead_letters_total", "Agent webhooks moved to the outbound dead-letter queue.", []
+)
+_handed_back = REGISTRY.counter("wabridge_outbound_retries_total", "Agent webhooks handed back for redelivery.", [])
+
+# (the tenant, the decoded webhook, its raw body, received at, where it came from)
+Job = tuple[TenantConfig, OutboundResult, bytes, float, Origin]
+
+
+class AgentActor(Actor):
+    def __init__(
+        self, tenant_id: str, *, directory: TenantDirectory, sender: OutboundSender, tracker: TrackingWriter,
+        concurrency: int, max_pending: int, delivery_limit: int, outage_hold: float,
+    ) -> None:  # fmt: skip
+        self.tenant_id = tenant_id
+        self._directory = directory
+        self._sender = sender
+        self._tracker = tracker
+        self._delivery_limit = delivery_limit
+        self._outage_hold = outage_hold
+        self._lanes: Lanes[str, Job, str] = Lanes(self._job, concurrency=concurrency, max_pending=max_pending)
+        self._settling: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self.log = get_logger("agent", tenant_id=tenant_id, actor=f"agent:{tenant_id}")
+
+    async def on_start(self) -> None:
+        await self._lanes.__aenter__()
+
+    async def on_stop(self) -> None:
+        self._stopping = True
+        await self._lanes.__aexit__(None, None, None)
+        if self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
+
+    async def on_receive(self, delivery: Delivery) -> None:
+        try:
+            queued = decode_queued(delivery.body)
+            result = decode_outbound(queued.body)
+        except Exception as exc:
+            # The ingress checked this body is a JSON object; one we cannot read now never will be.
+            await self._dead_letter(delivery, f"unreadable: {type(exc).__name__}: {exc}")
+            return
+        try:
+            tenant = await hold_through_outage(
+                lambda: self._directory.by_id(self.tenant_id), hold_for=math.inf, give_up=self._giving_up,
+                report_after=self._outage_hold,
+            )  # fmt: skip
+        except BackendUnavailable:
+            await delivery.retry()  # a drain while the store is down: it comes back to whoever consumes next
+            return
+        if tenant is None:
+            self.log.warning("tenant %s no longer exists: agent message %s dropped", self.tenant_id,
+                             delivery.message_id)  # fmt: skip
+            await delivery.ack()
+            return
+        origin = Origin(webhook_of(delivery.message_id), delivery.shard, queued.archive_key or None)
+        customer = getattr(result, "to_id", None) or getattr(result, "id", None) or delivery.message_id
+        future = await self._lanes.submit(customer, (tenant, result, queued.body, queued.received_at, origin))
+        task = asyncio.create_task(self._settle(delivery, future, result))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _job(self, customer: str, job: Job) -> str:
+        tenant, result, raw, received_at, origin = job
+        genesys_id = getattr(result, "id", None) or ""
+        with Trail(self.tenant_id, genesys_id, origin, self._tracker, direction=OUTBOUND):
+            return await hold_through_outage(
+                lambda: self._sender.handle(tenant, result, raw, received_at, origin=origin), hold_for=math.inf,
+                give_up=self._giving_up, report_after=self._outage_hold,
+            )  # fmt: skip
+
+    def _giving_up(self) -> bool:
+        return self._stopping
+
+    async def _settle(self, delivery: Delivery, future: asyncio.Future[str], result: OutboundResult) -> None:
+        try:
+            await future
+        except BackendUnavailable as exc:
+            if delivery.attempt < self._delivery_limit:
+                _handed_back.inc()
+                self.log.warning("agent message %s handed back (attempt %d): %s", delivery.message_id,
+                                 delivery.attempt, exc)  # fmt: skip
+                await delivery.retry()
+            else:
+                await self._dead_letter(delivery, f"attempt {delivery.attempt} of {self._delivery_limit}: {exc}",
+                                        result)  # fmt: skip
+            return
+        except Exception as exc:
+            self.log.exception("agent message %s failed", delivery.message_id)
+            await self._dead_letter(delivery, f"{type(exc).__name__}: {exc}", result)
+            return
+        await delivery.ack()
+
+    async def _dead_letter(self, delivery: Delivery, reason: str, result: OutboundResult | None = None) -> None:
+        reason = reason[:300]
+        _dead_letters.inc()
+        self.log.error("agent message %s dead-lettered: %s", delivery.message_id, reason)
+        genesys_id = getattr(result, "id", None)
+        if genesys_id:  # best effort: the dead-letter queue holds the webhook whatever happens here
+            now = time.time()
+            record = TrackingRecord(
+                wamid=genesys_id, tenant_id=self.tenant_id, status=TrackingStatus.DEAD_LETTERED,
+                direction=OUTBOUND, genesys_message_id=genesys_id, attempts=delivery.attempt, error=reason,
+                customer_id=getattr(result, "to_id", None), created_at=now, updated_at=now,
+                payload=_payload(delivery),
+            )  # fmt: skip
+            try:
+                await self._tracker.record(record)
+            except Exception as exc:
+                self.log.warning("tracking dead-lettered agent message %s failed: %r", genesys_id, exc)
+        await delivery.dead_letter(reason)
+
+
+def _payload(delivery: Delivery) -> bytes | None:
+    try:
+        return decode_queued(delivery.body).body
+    except Exception:
+        return None
