@@ -1,10 +1,12 @@
 """`wabridge replay`: deliver again the messages that failed, once the cause is fixed.
 
 Takes the tracked messages in `failed` (Genesys refused them or stayed down for 3 attempts) and `dead-lettered`
-state, optionally for one tenant and a time window, and relays each once more, in the order they were received.
-Idempotent: a message that is `delivered` by now (an earlier replay, or Meta sent it again) is not sent again.
-`--status dead-lettered` also moves the whole webhooks waiting in the queue's dead-letter queue back into their
-shard, for a running worker to take.
+state, optionally for one tenant, one direction and a time window, and relays each once more, in the order they were
+received. Idempotent: a message that is `delivered` by now (an earlier replay, or Meta sent it again) is not sent
+again. `--direction out` replays the agents' messages to WhatsApp (refused by Meta, or dead-lettered): each is sent
+again from the Genesys webhook kept on its row, and a new receipt tells the agent how it went. `--status
+dead-lettered` also moves the whole webhooks waiting in the dead-letter queues (of the chosen directions) back into
+their shards, for a running worker to take.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ def register(sub) -> None:
     p = sub.add_parser("replay", help="re-deliver failed or dead-lettered messages", description=__doc__)
     p.add_argument("--tenant", help="only this tenant")
     p.add_argument("--status", choices=REPLAYABLE, help="only messages in this state (default: both)")
+    p.add_argument("--direction", choices=("in", "out"),
+                   help="in: customers' messages to Genesys; out: agents' messages to WhatsApp (default: both)")
     p.add_argument("--since", type=_instant, help="received at or after this ISO-8601 time")
     p.add_argument("--until", type=_instant, help="received before this ISO-8601 time")
     p.add_argument("--dry-run", action="store_true", help="list what would be replayed, send nothing")
@@ -77,28 +81,37 @@ async def _replay(settings, args) -> int:
     from wabridge.engine.backends import open_backends
 
     statuses = (args.status,) if args.status else REPLAYABLE
+    directions = {"in": ("inbound",), "out": ("outbound",)}.get(args.direction, ("inbound", "outbound"))
     async with open_backends(settings) as backends:
         rows = []
-        while True:
-            page = await backends.store.list_tracking(
-                tenant_id=args.tenant, statuses=statuses, since=args.since, until=args.until, limit=BATCH
-            )
-            rows.extend(page)
-            if len(page) < BATCH or args.since is None:
-                break  # without a moving window the store's limit is the page; more is a second run
-            args.since = page[-1].created_at + 1e-6
+        since = args.since
+        for direction in directions:
+            args.since = since
+            while True:
+                page = await backends.store.list_tracking(
+                    tenant_id=args.tenant, statuses=statuses, since=args.since, until=args.until, limit=BATCH,
+                    direction=direction,
+                )  # fmt: skip
+                rows.extend(page)
+                if len(page) < BATCH or args.since is None:
+                    break  # without a moving window the store's limit is the page; more is a second run
+                args.since = page[-1].created_at + 1e-6
         rows.sort(key=lambda r: r.created_at)
         moved = 0
         if TrackingStatus.DEAD_LETTERED in statuses and not args.dry_run:
-            moved = await _requeue_dead_letters(backends, args.tenant)
+            queues = {"inbound": backends.queue, "outbound": backends.outbound}
+            for direction in directions:
+                moved += await _requeue_dead_letters(queues[direction], args.tenant)
         if args.dry_run:
             for row in rows:
-                print(f"{row.tenant_id}\t{row.wamid}\t{row.status}\t{_iso(row.created_at)}\t{row.error or ''}")
+                print(f"{row.tenant_id}\t{row.direction}\t{row.wamid}\t{row.status}\t{_iso(row.created_at)}\t"
+                      f"{row.error or ''}")
             print(f"{len(rows)} message(s) would be replayed")
             return 0
         counts = {"delivered": 0, "failed": 0, "duplicate": 0, "skipped": 0}
         worker = Worker(backends)
         worker.delivery.far_end.hold_for = 0  # an operator's replay while Genesys is still down fails fast, not in 1 h
+        worker.meta_far_end.hold_for = 0  # and while Meta is
         tenants: dict[str, object] = {}
         progress = Progress(len(rows))
         async with worker.started():
@@ -116,21 +129,41 @@ async def _replay(settings, args) -> int:
 async def _replay_one(worker, store, tenants: dict, row) -> str:
     if row.payload is None:
         return "skipped"  # nothing kept to send again (a message that could not be read in the first place)
-    result = unpack_result(row.payload)
-    if not isinstance(result, Inbound):
-        return "skipped"
     if row.tenant_id not in tenants:
         tenants[row.tenant_id] = await store.get_tenant(row.tenant_id)
     tenant = tenants[row.tenant_id]
     if tenant is None:
         return "skipped"
+    if row.direction == "outbound":
+        return await _replay_outbound(worker, tenant, row)
+    result = unpack_result(row.payload)
+    if not isinstance(result, Inbound):
+        return "skipped"
     return await worker.relay.relay(tenant, result, row.created_at or time.time(), replay=True)
 
 
-async def _requeue_dead_letters(backends, tenant_id: str | None) -> int:
+async def _replay_outbound(worker, tenant, row) -> str:
+    """An agent's message, from the Genesys webhook body its row keeps, through the worker's sender."""
+    from wabridge.actors.history import Trail
+    from wabridge.codecs.outbound import Send, decode_outbound
+    from wabridge.engine.ports import MessageEventKind
+
+    try:
+        result = decode_outbound(row.payload)
+    except ValueError:
+        return "skipped"
+    if not isinstance(result, Send):
+        return "skipped"  # a skip is refused again the same way: nothing a replay changes
+    with Trail(row.tenant_id, row.wamid, None, worker.tracker, direction="outbound") as trail:
+        trail.note(MessageEventKind.REPLAYED)
+        outcome = await worker.sender.handle(tenant, result, row.payload, row.created_at or time.time(), replay=True)
+    return outcome
+
+
+async def _requeue_dead_letters(queue, tenant_id: str | None) -> int:
     moved = 0
     while True:
-        letters = await backends.queue.dead_letters(100)
+        letters = await queue.dead_letters(100)
         if not letters:
             return moved
         for letter in letters:
