@@ -4,6 +4,11 @@ Starts a simulated Genesys Cloud and a simulated Meta Graph API, runs `wabridge 
 a fresh data directory, adds one tenant, sends a signed webhook of every WhatsApp message type through the real
 HTTP path (plus a Meta retry of one of them and a forged one), waits until every message is tracked, and prints
 what the agent received per conversation and a summary.
+
+Then the agent answers (the other direction, through Genesys's signed outbound webhook): a text and an image to one
+customer, typing and a text to another, and to a customer whose 24-hour window has closed first a text (WhatsApp
+refuses it: the agent sees ✗ with Meta's reason) and then a template (✓). Meta's status webhooks come back to the
+bridge and become Genesys receipts; the demo prints both directions of each conversation with each answer's receipt.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import httpx
 PHONE_NUMBER_ID = "106540352242922"
 APP_SECRET = "demo-app-secret"
 TENANT = "demo-shop"
+OUTBOUND_SECRET = "demo-outbound-secret"  # the Genesys integration's outbound webhook signature secret
 
 
 def register(sub) -> None:
@@ -55,10 +61,13 @@ async def _demo(data_dir: Path, customers: int) -> int:
     from wabridge.sim.meta import MetaSim
 
     port = _free_port()
+    base = f"http://127.0.0.1:{port}"
     genesys = start_genesys_sim(0, fetch_media=True, clients={"demo-client": "demo-secret"},
-                                integrations=["demo-integration"])  # fmt: skip
+                                integrations=["demo-integration"], bridge_url=base, tenant=TENANT,
+                                outbound_secret=OUTBOUND_SECRET, retry_interval=1)  # fmt: skip
     try:
-        async with MetaSim(port=0, tokens=["demo-whatsapp-token"]) as meta:
+        async with MetaSim(port=0, tokens=["demo-whatsapp-token"], numbers={PHONE_NUMBER_ID: APP_SECRET},
+                           bridge_url=f"{base}/webhook/meta") as meta:  # fmt: skip
             env = {k: v for k, v in os.environ.items() if not k.startswith("WABRIDGE_")}
             env.update(WABRIDGE_DATA_DIR=str(data_dir), WABRIDGE_PORT=str(port), WABRIDGE_LOG_LEVEL="WARNING",
                        WABRIDGE_GRAPH_API_URL=meta.graph_url)  # fmt: skip
@@ -67,12 +76,13 @@ async def _demo(data_dir: Path, customers: int) -> int:
             bridge = subprocess.Popen([sys.executable, "-m", "wabridge", "serve"], env=env,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
             try:
-                base = f"http://127.0.0.1:{port}"
                 await _wait_ready(base, bridge)
-                sent = await _send(base, customers)
+                sent = await _send(base, customers, meta.base_url)
                 await _wait_tracked(env, sent)
                 _print_conversations(genesys)
-                return await _print_summary(env, sent, genesys)
+                inbound_ok = await _print_summary(env, sent, genesys)
+                answers_ok = await _agent_answers(base, genesys, meta, customers)
+                return inbound_ok or answers_ok
             finally:
                 bridge.send_signal(signal.SIGTERM)
                 try:
@@ -97,7 +107,7 @@ def _add_tenant(env: dict[str, str], genesys_url: str) -> None:
          "--app-secret", APP_SECRET, "--verify-token", "demo-verify", "--whatsapp-token", "demo-whatsapp-token",
          "--genesys-api-url", genesys_url, "--genesys-login-url", genesys_url,
          "--genesys-client-id", "demo-client", "--genesys-client-secret", "demo-secret",
-         "--genesys-integration-id", "demo-integration"],
+         "--genesys-integration-id", "demo-integration", "--genesys-webhook-secret", OUTBOUND_SECRET],
         env=env, check=True, stdout=subprocess.DEVNULL,
     )  # fmt: skip
 
@@ -117,13 +127,14 @@ async def _wait_ready(base: str, bridge: subprocess.Popen, timeout: float = 30.0
     raise SystemExit("the bridge did not become ready in 30 s")
 
 
-async def _send(base: str, customers: int) -> dict[str, int]:
+async def _send(base: str, customers: int, meta_url: str) -> dict[str, int]:
     from wabridge.sim import webhooks
     from wabridge.sim.meta import SEND_KINDS, build_body, send_kinds
 
     url = f"{base}/webhook/meta"
     step(f"Meta sends one signed webhook per message type ({len(SEND_KINDS)} kinds) from {customers} customers")
-    summary = await send_kinds(url, APP_SECRET, PHONE_NUMBER_ID, kinds=SEND_KINDS, customers=customers)
+    summary = await send_kinds(url, APP_SECRET, PHONE_NUMBER_ID, kinds=SEND_KINDS, customers=customers,
+                               sim_url=meta_url)  # fmt: skip
     async with httpx.AsyncClient() as client:
         body = build_body(PHONE_NUMBER_ID, ["text"], 0)
         headers = {"Content-Type": "application/json", "X-Hub-Signature-256": webhooks.sign(body, APP_SECRET)}
@@ -209,3 +220,98 @@ async def _print_summary(env: dict[str, str], sent: dict[str, int], genesys) -> 
     ok = by_status.get("delivered", 0) == sent["messages"] == received and not by_status.get("failed")
     print("  result                  " + ("every message delivered once, in order" if ok else "SOMETHING WENT WRONG"))
     return 0 if ok else 1
+
+
+# --- the other direction: the agent answers -------------------------------------------------------------------------
+
+
+async def _agent_answers(base: str, genesys, meta, customers: int) -> int:
+    """The agent answers through Genesys's outbound webhook; Meta's statuses come back as receipts. 0 when every
+    answer got the receipt it should."""
+    from wabridge.sim import webhooks
+    from wabridge.sim.meta import customer_wa_id
+
+    late = customer_wa_id(customers)  # a customer who wrote more than 24 hours ago
+    async with httpx.AsyncClient(timeout=60) as client:
+        body = webhooks.webhook(PHONE_NUMBER_ID, [webhooks.message("text", wa_id=late, text="Is my order on its way?")])
+        headers = {"Content-Type": "application/json", "X-Hub-Signature-256": webhooks.sign(body, APP_SECRET)}
+        await client.post(f"{base}/webhook/meta", content=body, headers=headers)
+        await client.post(f"{meta.base_url}/sim/window", json={"phone_number_id": PHONE_NUMBER_ID, "wa_id": late,
+                                                          "ago": 25 * 3600})  # fmt: skip
+        conversations = await _conversations_of(client, genesys.url, [customer_wa_id(0), customer_wa_id(1), late])
+
+        async def agent(conversation: str, **spec) -> dict:
+            answer = await client.post(f"{genesys.url}/sim/agent/send", params={"wait": "true"},
+                                       json={"conversationId": conversation, **spec})  # fmt: skip
+            answer.raise_for_status()
+            return answer.json()
+
+        first, second = conversations[customer_wa_id(0)], conversations[customer_wa_id(1)]
+        step("the agent answers: a text and an image, typing then a text, and to a customer whose 24-hour window "
+             "closed a text (WhatsApp refuses it) and then a template")
+        expected = {}
+        expected[(await agent(first, type="text", text="Thanks for writing! Here is where to find us."))["id"]] = "Delivered"
+        expected[(await agent(first, type="attachment", mediaType="Image", mime="image/png", filename="map.png",
+                              text="our shop"))["id"]] = "Delivered"  # fmt: skip
+        await agent(second, type="typing")
+        expected[(await agent(second, type="text", text="Let me check that for you."))["id"]] = "Delivered"
+        expected[(await agent(conversations[late], type="text", text="Your order shipped yesterday."))["id"]] = "Failed"
+        expected[(await agent(conversations[late], type="template", template={
+            "id": "demo@order_update", "language": "en-US", "parameters": {"1": "A-1042"},
+            "text": "Your order {{1}} is on its way."}))["id"]] = "Delivered"  # fmt: skip
+        got = await _wait_receipts(client, genesys.url, list(expected))
+    _print_two_way(genesys)
+    ok = got == expected
+    print("Answers")
+    print(f"  sent by the agent       {len(expected)} (+1 typing indicator)")
+    print(f"  delivered (receipt ✓)   {sum(1 for v in got.values() if v == 'Delivered')}")
+    print(f"  failed (receipt ✗)      {sum(1 for v in got.values() if v == 'Failed')} (outside the 24-hour window)")
+    print(f"  sent to WhatsApp        {len(meta.outbound.sent)}")
+    print("  result                  " + ("every answer sent once, and the agent saw how it went" if ok
+                                         else f"SOMETHING WENT WRONG: {got}"))  # fmt: skip
+    return 0 if ok else 1
+
+
+async def _conversations_of(client: httpx.AsyncClient, genesys_url: str, customers: list[str],
+                            timeout: float = 30.0) -> dict[str, str]:  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while True:
+        found = {m["body"]["channel"]["from"]["id"]: m["conversationId"]
+                 for m in (await client.get(f"{genesys_url}/sim/messages")).json()}  # fmt: skip
+        if all(c in found for c in customers) or time.monotonic() > deadline:
+            return {c: found[c] for c in customers if c in found}
+        await asyncio.sleep(0.2)
+
+
+async def _wait_receipts(client: httpx.AsyncClient, genesys_url: str, ids: list[str],
+                         timeout: float = 60.0) -> dict[str, str | None]:  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while True:
+        records = {r["id"]: r for r in (await client.get(f"{genesys_url}/sim/agent/outbound")).json()}
+        got = {i: (records[i]["receipts"][-1]["status"] if records.get(i, {}).get("receipts") else None) for i in ids}
+        if all(got.values()) or time.monotonic() > deadline:
+            return got
+        await asyncio.sleep(0.3)
+
+
+def _print_two_way(genesys) -> None:
+    print()
+    print("Both directions, as the agent sees them:")
+    for conversation_id, conversation in genesys.conversations().items():
+        answers = [e for e in conversation.get("timeline", []) if e["direction"] == "Outbound"]
+        if not answers:
+            continue
+        print(f"\n  conversation {conversation_id} — {conversation['fromId']}")
+        for entry in conversation["timeline"]:
+            if entry["direction"] == "Inbound":
+                what = "(typing)" if entry["kind"] == "typing" else entry.get("text") or "[media]"
+                print(f"    customer  {what.replace(chr(10), ' / ')[:90]}")
+            elif entry["kind"] == "typing":
+                print("    agent     (typing…)")
+            else:
+                mark = {"Delivered": "✓ delivered", "Failed": "✗ failed"}.get(entry.get("receipt"), "… no receipt")
+                reason = entry.get("reason")
+                why = f" — {reason['code']}: {reason['message'][:70]}" if reason else ""
+                text = entry.get("text") or ("[image]" if entry.get("content") else f"[{entry['type']}]")
+                print(f"    agent     {text[:60]:<60} {mark}{why}")
+    print()
