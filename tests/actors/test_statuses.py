@@ -148,3 +148,15 @@ async def test_a_status_of_a_message_the_bridge_did_not_send_changes_nothing(rig
                           recipient_id=CUSTOMER, callback_data="campaign-7")  # fmt: skip
     assert await rig.statuses.apply(rig.tenant, update) == "unmatched"
     assert rig.receipts() == []
+
+
+async def test_a_status_of_an_attempt_a_replay_replaced_changes_nothing(rig: Rig) -> None:
+    send = await rig.sent("g-5")  # its row names wamid.0: the replayed attempt's
+    stale = StatusUpdate(
+        phone_number_id=PHONE, wamid="wamid.earlier", status="failed", timestamp=time.time(), recipient_id=CUSTOMER,
+        callback_data=callback_data(send, 0), errors=(StatusError(code=131047),),
+    )  # fmt: skip
+    rig.statuses._wait_for_send = 0.2  # it waits for its wamid to be named, then gives up on it
+    assert await rig.statuses.apply(rig.tenant, stale) == "stale"
+    assert rig.receipts() == []
+    assert await rig.status(send, "delivered") == "delivered"

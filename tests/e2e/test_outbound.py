@@ -247,3 +247,36 @@ async def test_a_bridge_killed_mid_run_loses_no_answer_and_keeps_their_order(wor
         deduped = list(dict.fromkeys(texts))
         assert deduped == expected, "in the order the agent wrote them"
         assert len(texts) - len(deduped) <= 2, "a resend only of what was in flight at the kill"
+
+
+async def test_typing_shows_once_per_few_seconds_on_the_customers_latest_message(world: World) -> None:
+    customer = "15550007001"
+    conversations = await customers_write(world, [customer])
+    tracked = await world.bridge.tracking()
+    latest = next(w for w, r in tracked.items() if r.direction == "inbound" and r.customer_id == customer)
+    await world.agent.send(conversationId=conversations[customer], type="typing")
+    await world.agent.send(conversationId=conversations[customer], type="typing")  # within 5 s: not again
+    answer = (await world.agent.send(conversationId=conversations[customer], type="text", text="here"))["id"]
+    await world.agent.wait_receipts([answer])
+    typing = [r for r in world.meta.outbound.reads if r["typing"]]
+    assert [(r["message_id"], r["phone_number_id"]) for r in typing] == [(latest, PHONE_NUMBER_ID)]
+    # The indicator marked the message read already: the answer does not mark it again.
+    assert [r for r in world.meta.outbound.reads if not r["typing"] and r["message_id"] == latest] == []
+
+
+async def test_replay_sends_a_refused_answer_again_once_the_cause_is_gone(world: World) -> None:
+    customer = "15550008001"
+    conversations = await customers_write(world, [customer], in_window=False)
+    refused = (await world.agent.send(conversationId=conversations[customer], type="text", text="late"))["id"]
+    await world.agent.wait_receipts([refused])
+    await world.bridge.wait_tracked([refused], statuses=("failed",))
+    world.meta.outbound.customer_wrote(PHONE_NUMBER_ID, customer)  # the customer writes again: the window opens
+
+    code, out, err = await world.bridge.cli("replay", "--direction", "out")
+    assert code == 0, out + err
+    assert "1 delivered" in out
+    records = await world.agent.wait_receipts([refused], statuses=("Delivered",))
+    assert [r["status"] for r in records[refused]["receipts"]] == ["Failed", "Delivered"]
+    assert [s["body"]["text"]["body"] for s in sent_to(world.meta, customer)] == ["late", "late"]  # refused, then sent
+    code, out, err = await world.bridge.cli("replay", "--direction", "out")
+    assert code == 0 and "nothing to do" in out, out + err  # idempotent: delivered now, not sent a third time

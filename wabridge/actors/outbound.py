@@ -173,9 +173,10 @@ class OutboundSender:
             return await self._refuse(tenant, send, raw, received_at, origin, exc.reason, wamids=wamids)
 
         # From here Meta has the message: hold through a store outage rather than let the caller send it again.
+        # A fresh `meta_status`: this attempt's statuses start from nothing (a replay's row held the last one's).
         record = self._record(
             tenant_id, send, TrackingStatus.DELIVERED, origin, received_at, attempts=1, payload=raw,
-            meta_ids=" ".join(wamids),
+            meta_ids=" ".join(wamids), meta_status=write_state(OutboundState()),
         )  # fmt: skip
         await self._hold(lambda: self._tracker.record(record))
         _sent.inc()

@@ -6,8 +6,10 @@ so a receipt never passes the customer's messages that came before it. Each one:
     whose?       biz_opaque_callback_data, which the bridge set on every send (codecs/outbound.callback_data): the
                  Genesys id, the part, the recipient. Without it the status is not for a message the bridge sent
                  (another app on the number, a message sent before the bridge): counted, nothing else.
-    sent yet?    the Genesys id's tracking row, written once Meta answered the send. A status can outrun that
-                 answer (reference.md §4): it waits for the row, up to `wait_for_send`, and then goes on without.
+    sent yet?    the Genesys id's tracking row, once it names this status's wamid among the ones Meta gave the send
+                 (`meta_ids`, written once Meta answered). A status can outrun that answer (reference.md §4): it
+                 waits for it, up to `wait_for_send`, and then goes on without. A row naming other wamids only is a
+                 later attempt (`wabridge replay`): a status of the attempt it replaced changes nothing.
     forward-only each part's status moves only forward (codecs/receipts.advances: sent < delivered < read; failed
                  only after sent); the message's status is the parts' combined (`combined`), and a change of it may
                  owe Genesys one receipt (`status_receipt`): Delivered once, or Failed with the reason from Meta's
@@ -65,7 +67,10 @@ class StatusReceipts:
             _statuses.labels("unmatched").inc()
             return "unmatched"
         tenant_id = tenant.tenant_id
-        row = await self._sent_row(tenant_id, facts.id)
+        row = await self._sent_row(tenant_id, facts.id, status.wamid)
+        if row is not None and row.meta_ids and status.wamid not in row.meta_ids.split():
+            _statuses.labels("superseded").inc()
+            return "stale"
         state = read_state(row.meta_status if row is not None else None)
         if len(state.parts) != facts.parts:
             state.parts = (state.parts + [None] * facts.parts)[: facts.parts]
@@ -104,13 +109,14 @@ class StatusReceipts:
         _statuses.labels(result).inc()
         return result
 
-    async def _sent_row(self, tenant_id: str, genesys_id: str) -> TrackingRecord | None:
-        """The send's tracking row, waiting a while for it (a status may outrun the send's answer)."""
+    async def _sent_row(self, tenant_id: str, genesys_id: str, wamid: str) -> TrackingRecord | None:
+        """The send's tracking row once it names `wamid`, waiting a while for that (a status may outrun the send's
+        answer); after the wait, the row as it is (or None)."""
         deadline = time.monotonic() + self._wait_for_send
         pause = 0.05
         while True:
             row = await self._store.get_tracking(tenant_id, genesys_id)
-            if row is not None and row.status != TrackingStatus.DUPLICATE:
+            if row is not None and wamid in (row.meta_ids or "").split():
                 return row
             if time.monotonic() + pause > deadline:
                 _statuses.labels("before_send").inc()
