@@ -24,6 +24,7 @@ from wabridge.engine.settings import Settings
 from wabridge.sim import webhooks
 from wabridge.sim.genesys_agent import sign
 from wabridge.sim.meta import MetaSim
+from wabridge.sim.meta_send import Quirks
 
 pytestmark = [pytest.mark.anyio]
 
@@ -76,7 +77,7 @@ class World(msgspec.Struct, kw_only=True, dict=True):
 
 
 @pytest.fixture
-async def world(backend_settings: Settings, tmp_path: Path) -> AsyncIterator[World]:
+async def world(backend_settings: Settings, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[World]:
     port = free_port()
     bridge_url = f"http://127.0.0.1:{port}"
     # Both simulators retry as patiently as the real services (Genesys 5 times 5 s apart, Meta for days), within a
@@ -85,7 +86,9 @@ async def world(backend_settings: Settings, tmp_path: Path) -> AsyncIterator[Wor
     agent = Agent(genesys)
     try:
         async with MetaSim(tokens=[WHATSAPP_TOKEN], numbers={PHONE_NUMBER_ID: APP_SECRET},
-                           bridge_url=f"{bridge_url}/webhook/meta", status_retries=8, retry_backoff=0.5) as meta:  # fmt: skip
+                           bridge_url=f"{bridge_url}/webhook/meta", status_retries=8, retry_backoff=0.5,
+                           quirks=quirks.args[0] if (quirks := request.node.get_closest_marker("quirks")) else None,
+                           ) as meta:  # fmt: skip
             settings = backend_settings.replace(graph_api_url=meta.graph_url, port=port, far_end_retry_max=1)
             tenant = msgspec.structs.replace(
                 tenant_config(genesys.url), genesys_webhook_secret=Secret(OUTBOUND_SECRET), send_rate_per_second=0
@@ -280,3 +283,21 @@ async def test_replay_sends_a_refused_answer_again_once_the_cause_is_gone(world:
     assert [s["body"]["text"]["body"] for s in sent_to(world.meta, customer)] == ["late", "late"]  # refused, then sent
     code, out, err = await world.bridge.cli("replay", "--direction", "out")
     assert code == 0 and "nothing to do" in out, out + err  # idempotent: delivered now, not sent a third time
+
+
+@pytest.mark.quirks(Quirks(out_of_order=0.5, duplicate=0.5, early=0.5, seed=7))
+async def test_statuses_out_of_order_twice_or_before_the_send_answer_make_one_receipt_each(world: World) -> None:
+    customer = "15550009001"
+    conversations = await customers_write(world, [customer])
+    ids = [(await world.agent.send(conversationId=conversations[customer], type="text", text=f"n{n}"))["id"]
+           for n in range(8)]  # fmt: skip
+    long_text = "word " * 1000  # 5,000 characters: two WhatsApp messages, one Genesys receipt
+    ids.append((await world.agent.send(conversationId=conversations[customer], type="text", text=long_text))["id"])
+    records = await world.agent.wait_receipts(ids)
+    await world.meta.outbound.wait_statuses()
+    await asyncio.sleep(1)  # a late duplicate still on its way through the bridge would show by now
+    records = {r["id"]: r for r in await world.agent.outbound()}
+    assert {i: [r["status"] for r in records[i]["receipts"]] for i in ids} == {i: ["Delivered"] for i in ids}
+    posted = list(world.meta.outbound.statuses)
+    assert len(posted) > 3 * len(ids), "the simulator did send duplicates"
+    assert len(sent_to(world.meta, customer)) == len(ids) + 1
