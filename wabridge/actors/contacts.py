@@ -21,7 +21,7 @@ import logging
 from collections import OrderedDict
 
 from wabridge.engine.grouping import Grouped
-from wabridge.engine.ports import Contact, Store
+from wabridge.engine.ports import Contact, CustomerStore
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ MAX_PENDING = 50_000  # contacts waiting for a flush; beyond it the oldest write
 
 
 class Contacts:
-    def __init__(self, store: Store, *, entries: int = ENTRIES, flush_every: float = FLUSH_EVERY) -> None:
+    def __init__(self, store: CustomerStore, *, entries: int = ENTRIES, flush_every: float = FLUSH_EVERY) -> None:
         self._store = store
         self._entries = entries
         self._flush_every = flush_every

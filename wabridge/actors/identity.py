@@ -37,7 +37,7 @@ from wabridge.engine import keys
 from wabridge.engine.grouping import Grouped
 from wabridge.engine.logs import get_logger
 from wabridge.engine.metrics import REGISTRY
-from wabridge.engine.ports import BackendUnavailable, Cache, Store
+from wabridge.engine.ports import BackendUnavailable, Cache, CustomerStore
 
 log = get_logger("identity")
 
@@ -50,7 +50,7 @@ _MISSING = object()  # no fresh local entry
 
 
 class CustomerIdentity:
-    def __init__(self, cache: Cache, store: Store, *, entries: int = ENTRIES) -> None:
+    def __init__(self, cache: Cache, store: CustomerStore, *, entries: int = ENTRIES) -> None:
         self._cache = cache
         self._store = store
         self._entries = entries

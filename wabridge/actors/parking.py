@@ -66,7 +66,7 @@ from wabridge.engine.logs import get_logger
 from wabridge.engine.mailbox import MailboxClosed
 from wabridge.engine.metrics import REGISTRY
 from wabridge.engine.outage import hold_through_outage
-from wabridge.engine.ports import BackendUnavailable, Delivery, MessageEvent, ParkedMessage, Queue, Store
+from wabridge.engine.ports import BackendUnavailable, Delivery, MessageEvent, ParkedMessage, ParkingStore, Queue
 from wabridge.engine.registry import Registry
 
 log = get_logger("parking")
@@ -176,7 +176,7 @@ class ShardParking:
     """The parked tenants of one shard, in one worker: written by the shard's router, fed by one task per tenant."""
 
     def __init__(
-        self, shard: int, store: Store, queue: Queue, tenants: Registry[str], *, delivery_limit: int,
+        self, shard: int, store: ParkingStore, queue: Queue, tenants: Registry[str], *, delivery_limit: int,
         hold_back_limit: int = 1024, events: Callable[[MessageEvent], None] | None = None,
     ) -> None:
         self.shard = shard

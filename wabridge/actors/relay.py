@@ -31,7 +31,7 @@ from wabridge.engine.logs import get_logger
 from wabridge.engine.metrics import REGISTRY, Capped
 from wabridge.engine.outage import hold_through_outage
 from wabridge.engine.ports import (
-    BackendUnavailable, MessageEventKind, Store, TenantConfig, TrackingRecord, TrackingStatus,
+    BackendUnavailable, MessageEventKind, TenantConfig, TrackingRecord, TrackingStatus, TrackingStore,
 )  # fmt: skip
 
 log = get_logger("relay")
@@ -50,7 +50,7 @@ _by_tenant = Capped(REGISTRY.counter(
 class Relay:
     def __init__(
         self,
-        store: Store,
+        store: TrackingStore,
         state: ConversationState,
         media: MediaFetcher,
         delivery: GenesysDelivery,
@@ -63,7 +63,6 @@ class Relay:
         # Holds here come after Genesys took the message: running the relay again would send it twice, so they last
         # as long as the outage; past `outage_hold` one is reported (engine/outage.py), as the tenant actor's are.
         self._hold = functools.partial(hold_through_outage, report_after=outage_hold)
-        self._store = store
         self._seen = TrackingLookups(store)  # the de-duplication reads, grouped across concurrent messages
         self._state = state
         self._media = media

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from wabridge.engine import keys
 from wabridge.engine.grouping import Grouped
 from wabridge.engine.logs import get_logger
-from wabridge.engine.ports import BackendUnavailable, Cache, Store
+from wabridge.engine.ports import BackendUnavailable, Cache, CustomerStore
 
 log = get_logger("state")
 
@@ -37,7 +37,7 @@ MEMO_ENTRIES = 100_000  # ~200 bytes each
 
 
 class ConversationState:
-    def __init__(self, cache: Cache, store: Store) -> None:
+    def __init__(self, cache: Cache, store: CustomerStore) -> None:
         self._cache = cache
         self._store = store
         self._memo: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()  # → (conversation id, until)

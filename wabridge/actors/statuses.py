@@ -34,7 +34,7 @@ from wabridge.codecs.outbound import parse_callback_data
 from wabridge.codecs.receipts import advances, combined, status_receipt
 from wabridge.codecs.results import StatusUpdate
 from wabridge.engine.metrics import REGISTRY
-from wabridge.engine.ports import Store, TenantConfig, TrackingRecord, TrackingStatus
+from wabridge.engine.ports import TenantConfig, TrackingRecord, TrackingStatus, TrackingStore
 
 WAIT_FOR_SEND = 30.0  # s: how long a status waits for its send's answer to be recorded
 
@@ -44,7 +44,7 @@ _statuses = REGISTRY.counter("wabridge_meta_statuses_total", "Meta status webhoo
 
 class StatusReceipts:
     def __init__(
-        self, store: Store, tracker: TrackingWriter, sender: OutboundSender, *, wait_for_send: float = WAIT_FOR_SEND
+        self, store: TrackingStore, tracker: TrackingWriter, sender: OutboundSender, *, wait_for_send: float = WAIT_FOR_SEND
     ) -> None:
         self._store = store
         self._tracker = tracker

@@ -31,7 +31,7 @@ import msgspec
 from cryptography.exceptions import InvalidTag
 
 from wabridge.engine import keys
-from wabridge.engine.ports import BackendUnavailable, Cache, Store, TenantConfig
+from wabridge.engine.ports import BackendUnavailable, Cache, TenantConfig, TenantStore
 from wabridge.engine.secrets import Secret, SecretBox, SecretKeyError
 
 log = logging.getLogger("wabridge.tenants")
@@ -105,7 +105,7 @@ class TenantDirectory:
 
     def __init__(
         self,
-        store: Store,
+        store: TenantStore,
         cache: Cache,
         box: SecretBox,
         *,

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import msgspec
 
 from wabridge.engine.grouping import Grouped
-from wabridge.engine.ports import BackendUnavailable, MessageEvent, Store, TrackingRecord
+from wabridge.engine.ports import BackendUnavailable, MessageEvent, TrackingRecord, TrackingStore
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class TrackingWriterStatistics(msgspec.Struct, frozen=True):
 
 class TrackingWriter:
     def __init__(
-        self, store: Store, *, max_batch: int = 500, max_delay: float = 0.005, max_pending: int = 10_000,
+        self, store: TrackingStore, *, max_batch: int = 500, max_delay: float = 0.005, max_pending: int = 10_000,
         touch_interval: float = 1.0,
     ) -> None:  # fmt: skip
         if max_batch < 1 or max_pending < max_batch:
@@ -236,7 +236,7 @@ class TrackingLookups:
     the end-to-end p99 was lower with it than without (166–244 vs 337–554 ms, two runs each, same hour).
     """
 
-    def __init__(self, store: Store, *, max_batch: int = 1000, max_delay: float = 0.002) -> None:
+    def __init__(self, store: TrackingStore, *, max_batch: int = 1000, max_delay: float = 0.002) -> None:
         self._grouped: Grouped[tuple[str, str], TrackingRecord] = Grouped(
             store.get_tracking_many, name="tracking-lookups", max_batch=max_batch, max_delay=max_delay
         )

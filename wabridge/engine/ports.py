@@ -243,13 +243,13 @@ class PhoneNumberTaken(ValueError):
     """A phone_number_id is already owned by another tenant."""
 
 
+# The Store port is split by what its callers need: each role depends on the narrow port it uses (the tenant
+# directory on TenantStore, conversation state and identity on CustomerStore, the tracking writer on TrackingStore,
+# parking on ParkingStore); `Store` is all of them, what an adapter implements and what the wiring opens.
+
+
 @runtime_checkable
-class Store(Protocol):
-    async def open(self) -> None: ...
-
-    async def migrate(self) -> None:
-        """Create or upgrade the schema; safe to run any number of times."""
-
+class TenantStore(Protocol):
     # tenants (secrets encrypted at rest with the SecretBox)
     async def put_tenant(self, tenant: TenantConfig) -> None:
         """Insert or update; raises PhoneNumberTaken if another tenant owns one of its phone numbers."""
@@ -261,6 +261,11 @@ class Store(Protocol):
     async def list_tenants(self) -> list[TenantConfig]: ...
 
     async def remove_tenant(self, tenant_id: str) -> bool: ...
+
+
+@runtime_checkable
+class CustomerStore(Protocol):
+    """Who the customers are: their conversations, their other ids, where they last wrote."""
 
     # conversation mappings
     async def get_conversation(self, tenant_id: str, wa_id: str) -> str | None: ...
@@ -296,6 +301,11 @@ class Store(Protocol):
     async def get_contacts(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Contact]:
         """(tenant_id, customer_id) → Contact for those that have one, in one round trip."""
         ...
+
+
+@runtime_checkable
+class TrackingStore(Protocol):
+    """What became of each message, and the unusual steps of its life."""
 
     # message tracking
     async def write_tracking(self, records: Sequence[TrackingRecord]) -> None:
@@ -338,6 +348,9 @@ class Store(Protocol):
         """The tenant's events of those messages or of those webhooks, in time order."""
         ...
 
+
+@runtime_checkable
+class ParkingStore(Protocol):
     # parked messages: a worker takes the queue messages of a tenant that is held back (its Genesys rate budget
     # spent, its mailbox full) off its shard and keeps them here, in order, so the shard's other tenants are not held
     # up behind it; it feeds them back to the tenant in order and deletes each once settled.
@@ -368,6 +381,14 @@ class Store(Protocol):
     async def set_parked_attempt(self, seq: int, attempt: int) -> None:
         """The message is being handed to its tenant again: record its attempt count (ignored when gone, or when
         lower than the one recorded: two hand-backs of one message may be written out of order)."""
+
+
+@runtime_checkable
+class Store(TenantStore, CustomerStore, TrackingStore, ParkingStore, Protocol):
+    async def open(self) -> None: ...
+
+    async def migrate(self) -> None:
+        """Create or upgrade the schema; safe to run any number of times."""
 
     async def ping(self) -> bool: ...
 
