@@ -47,6 +47,7 @@ from pamqp import commands as spec
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
+from wabridge.engine import amqp_wire
 from wabridge.engine.ports import BackendUnavailable, Delivery
 from wabridge.engine.settings import Settings
 
@@ -166,8 +167,7 @@ class Settlements:
                 if drained.done():
                     continue  # aiormq rejected it: the channel closed, the broker takes the messages back
                 try:
-                    await self.channel.write_queue.put(
-                        ChannelFrame(payload=b"".join(frames), should_close=False, drain_future=drained))
+                    await amqp_wire.write(self.channel, b"".join(frames), drained)
                 except BaseException as exc:
                     if not drained.done():
                         drained.set_exception(aiormq.exceptions.ChannelInvalidStateError("settlement not written"))
@@ -354,6 +354,7 @@ class AmqpQueue:
     # --- connection -------------------------------------------------------------------------------------------
 
     async def open(self) -> None:
+        amqp_wire.check()  # the aiormq internals the batching uses are the ones proven (refuses with one line)
         self._closed = False
         await self._connected()
 
@@ -491,14 +492,13 @@ class AmqpQueue:
             except ValueError as exc:  # a caller's bad input (e.g. a routing key over 255 bytes): that caller only
                 confirm.set_exception(exc)
                 continue
-            channel.delivery_tag += 1
-            channel.confirmations[channel.delivery_tag] = confirm
+            amqp_wire.next_tag(channel, confirm)
             parts.append(frames)
             numbered.append(confirm)
         if not parts:
             return
         try:
-            await channel.write_queue.put(ChannelFrame(payload=b"".join(parts), should_close=False))
+            await amqp_wire.write(channel, b"".join(parts))
         except BaseException as exc:
             # Tags were taken but the frames never left: this channel's numbering is broken, so it must go.
             for confirm in numbered:
