@@ -301,3 +301,47 @@ async def test_statuses_out_of_order_twice_or_before_the_send_answer_make_one_re
     posted = list(world.meta.outbound.statuses)
     assert len(posted) > 3 * len(ids), "the simulator did send duplicates"
     assert len(sent_to(world.meta, customer)) == len(ids) + 1
+
+
+SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples" / "genesys-open-messaging"
+
+
+async def test_every_captured_genesys_outbound_body_is_taken_and_answered_with_at_most_one_receipt(
+    world: World,
+) -> None:
+    """Genesys's own captured outbound bodies (../shared/samples), addressed to a customer who wrote: each is taken
+    (200), none crashes anything, each message ends with exactly one receipt; typing and menus send nothing."""
+    customer = "15550010001"
+    await customers_write(world, [customer])
+    paths = sorted(SAMPLES.glob("openmessaging-outbound-*.json"))
+    paths = [p for p in paths if "schema" not in p.name]
+    assert len(paths) >= 8
+    ids = {}
+    async with httpx.AsyncClient() as http:
+        for path in paths:
+            body = msgspec.json.decode(path.read_bytes())
+            body["id"] = f"{path.stem}-{time.monotonic_ns()}"
+            body["channel"]["to"] = {"id": customer, "idType": "Phone"}
+            raw = msgspec.json.encode(body)
+            headers = {"Content-Type": "application/json", "X-Hub-Signature-256": sign(raw, OUTBOUND_SECRET)}
+            answer = await http.post(f"{world.bridge.url}/webhook/genesys/{TENANT}", content=raw, headers=headers)
+            assert answer.status_code == 200, (path.name, answer.text)
+            ids[path.stem] = body["id"]
+    expect_receipt = {stem: i for stem, i in ids.items() if "typing" not in stem}
+    deadline = time.monotonic() + 90
+    async with httpx.AsyncClient(base_url=world.genesys.url) as http:
+        while True:
+            receipts = (await http.get("/sim/agent/unmatched-receipts")).json()
+            by_id: dict[str, list[str]] = {}
+            for r in receipts:
+                by_id.setdefault(r["body"]["id"], []).append(r["status"])
+            if all(i in by_id for i in expect_receipt.values()) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.3)
+    assert {stem: by_id.get(i) for stem, i in expect_receipt.items()} == {
+        stem: by_id.get(i) for stem, i in expect_receipt.items() if by_id.get(i) and len(by_id[i]) == 1
+    }, by_id
+    assert set(expect_receipt) == {stem for stem, i in expect_receipt.items() if i in by_id}, "a receipt for each"
+    texts = [s for s in sent_to(world.meta, customer) if s["type"] == "text"]
+    assert texts, "the plain text sample reached the customer"
+    assert await world.bridge.post(b"{}") in (200, 400)  # the bridge still serves
