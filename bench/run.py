@@ -22,7 +22,7 @@ from bench import report, scenarios
 from bench.scenarios.rig import Rig
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ORDER = ("ceilings", "ingress", "e2e", "overload", "soak", "rate_budget", "scale_out")
+ORDER = ("ceilings", "ingress", "e2e", "overload", "soak", "rate_budget", "scale_out", "outbound")
 
 
 def _machine() -> str:
@@ -112,6 +112,20 @@ def targets(s: dict[str, Any]) -> list[dict[str, Any]]:
         add("failover takeover", f"{so['takeover_s']:.2f} s", "within seconds", so["takeover_s"] < 10)
         one, two = so["one_worker"]["delivered_per_s"], so["two_workers"]["delivered_per_s"]
         add("two workers / one worker", f"{two / max(one, 1):.2f}×", "(info: 2 cores shared)", True)
+    for name, o in ((k, s.get("outbound", {}).get(k)) for k in ("servers", "embedded")):
+        if o:  # 7. outbound: against the inbound direction of the same run, medians over rounds
+            r, m = o["ratios"], o["medians"]
+            add(f"outbound ({name}), saturation: sent/s at Meta ÷ inbound delivered/s at Genesys",
+                f"{r['saturation_far_end_per_s']['median']:.2f}× ({m['saturation']['outbound_sent_per_s']:.0f} vs "
+                f"{m['saturation']['inbound_delivered_per_s']:.0f}/s)", "(info)", True)  # fmt: skip
+            p = m["paced"]
+            add(f"outbound ({name}), paced: webhook → Meta p50/p99 (inbound webhook → Genesys)",
+                f"{p['outbound_send_latency_ms']['p50']}/{p['outbound_send_latency_ms']['p99']} ms "
+                f"({p['inbound_latency_ms']['p50']}/{p['inbound_latency_ms']['p99']}); → receipt "
+                f"{p['outbound_receipt_latency_ms']['p50']}/{p['outbound_receipt_latency_ms']['p99']} ms", "(info)", True)  # fmt: skip
+            t = o["audit_total"]
+            bad = t["receipt_missing"] + t["receipt_extra"] + t["receipt_not_delivered"] + t["reordered"]
+            add(f"outbound ({name}): receipts missing / extra / not Delivered, reordered", bad, "0", bad == 0)
     lost = sum(a.get("lost", 0) for _, a in _audits(s))
     # A worker SIGKILLed between Genesys's answer and its tracking write leaves messages that were sent but not
     # recorded; the survivor sends them again (at-least-once: Genesys does not de-duplicate). So failover's

@@ -9,6 +9,7 @@
   rate_budget  5. simulator at 300 requests/min per client, one tenant bursts above it, past what the worker holds
                for it: the held-back tenant is parked, and the tenants that share its shard are not slowed
   scale_out    6. one worker vs two (shards split), then one of two SIGKILLed under load (single-active-consumer)
+  outbound     7. agents answer: Genesys webhooks → Meta simulator → statuses → receipts, against inbound, both backends
 Throughput scenarios run the Genesys simulator without its rate limit (and say so in their result).
 """
 
@@ -341,3 +342,7 @@ def _takeover(times: list[float], killed_at: float) -> float:
     (at 1,000 msgs/s the normal gap is ~1 ms, so this is the takeover time)."""
     after = [t for t in times if t >= killed_at - 0.2]
     return round(max((b - a for a, b in zip(after, after[1:])), default=0.0), 3)
+
+
+# 7. outbound (issue 17): its own module; imported last, as it builds on Bridge and _say above.
+from bench.scenarios.outbound_flow import outbound  # noqa: E402

@@ -283,7 +283,8 @@ class Rig:
         from wabridge.actors.ingress import settings_environment
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("WABRIDGE_")}
-        env.update(settings_environment(self.settings.replace(graph_api_url=self.graph_url)))
+        env.update(settings_environment(self.settings.replace(graph_api_url=self.graph_url,
+                                                              allow_private_media_urls=True)))  # simulators' urls
         return env
 
     def start(self, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -386,12 +387,13 @@ class Rig:
 
         from wabridge.engine.queue_amqp import AmqpQueue
 
-        queue = AmqpQueue(self.settings)
-        try:
-            await queue.open()
-            await queue.delete_topology()
-        finally:
-            await queue.close()
+        for name in (None, "outbound"):  # every bridge process declares the outbound queue too
+            queue = AmqpQueue(self.settings, name=name)
+            try:
+                await queue.open()
+                await queue.delete_topology()
+            finally:
+                await queue.close()
         connection = await aiormq.connect(self.settings.amqp_url.reveal())
         try:
             for name in self.extra_queues:
