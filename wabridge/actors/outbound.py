@@ -116,6 +116,22 @@ class OutboundSender:
         # (tenant, customer) → the wamid last marked read / when the last typing indicator went: at most once each
         self._marked: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._typed: OrderedDict[tuple[str, str], float] = OrderedDict()
+        # (tenant, Genesys id) → woken once this process has recorded that message's send (`recorded`)
+        self._recording: dict[tuple[str, str], asyncio.Event] = {}
+
+    async def recorded(self, tenant_id: str, genesys_id: str, timeout: float) -> None:
+        """Return once this process records the send of `genesys_id` (its row durable), or after `timeout`. A status
+        that outran its send's answer waits here (statuses.py) instead of only polling the store: the send is usually
+        recorded by this very worker milliseconds later."""
+        key = (tenant_id, genesys_id)
+        event = self._recording.setdefault(key, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            pass
+        finally:
+            if self._recording.get(key) is event:
+                del self._recording[key]
 
     async def handle(
         self, tenant: TenantConfig, result: OutboundResult, raw: bytes, received_at: float, *,
@@ -179,6 +195,8 @@ class OutboundSender:
             meta_ids=" ".join(wamids), meta_status=write_state(OutboundState()),
         )  # fmt: skip
         await self._hold(lambda: self._tracker.record(record))
+        if (waiting := self._recording.pop((tenant_id, send.id), None)) is not None:
+            waiting.set()  # a status of this message that outran the answer (statuses.py)
         _sent.inc()
         _by_tenant.labels(tenant_id, "sent").inc()
         _latency.observe(max(0.0, time.time() - received_at))

@@ -25,7 +25,6 @@ this read-modify-write of the row has a single writer.
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from wabridge.actors.outbound import OUTBOUND, OutboundSender, guessed_id_type, read_state, write_state
@@ -121,6 +120,8 @@ class StatusReceipts:
             if time.monotonic() + pause > deadline:
                 _statuses.labels("before_send").inc()
                 return row
-            await asyncio.sleep(pause)
+            # Woken at once when this process records the send (the usual case: it sent it); else the store is
+            # asked again after `pause` (another worker sent it, or a replay from the command line).
+            await self._sender.recorded(tenant_id, genesys_id, pause)
             pause = min(pause * 2, 1.0)
 
