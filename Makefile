@@ -50,11 +50,14 @@ bench-quick: venv
 	@set -a; eval "$$($(SERVICES) env)"; set +a; \
 	.venv/bin/python -m bench.run --quick $(BENCH_ARGS); rc=$$?; $(SERVICES) stop; exit $$rc
 
-# The ingress fuzzed over real HTTP, long (tests/fuzz/ingress.py; the suite runs it short): on both backends.
+# The ingress fuzzed over real HTTP, long (tests/fuzz/ingress.py: Meta's route; test_outbound_ingress_fuzz.py: Genesys's;
+# the suite runs them short): on both backends.
 fuzz: venv
 	@$(SERVICES) start || { $(SERVICES) stop; exit 1; }
 	@set -a; eval "$$($(SERVICES) env)"; set +a; \
-	.venv/bin/python -m tests.fuzz.ingress --requests 100000 $(FUZZ_ARGS); rc=$$?; $(SERVICES) stop; exit $$rc
+	.venv/bin/python -m tests.fuzz.ingress --requests 100000 $(FUZZ_ARGS); rc=$$?; \
+	.venv/bin/python -m tests.fuzz.test_outbound_ingress_fuzz --requests 100000 $(FUZZ_ARGS) || rc=1; \
+	$(SERVICES) stop; exit $$rc
 
 clean:
 	rm -rf .venv .tools .wabridge bench/results/*.json bench/results/*.html .pytest_cache
