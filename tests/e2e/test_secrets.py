@@ -3,9 +3,11 @@ in anything the bridge writes (the embedded data directory; PostgreSQL, dumped; 
 
 One run per backend with distinctive secrets (long random markers), driven through success and failure paths: the
 CLI (tenants add/list, replay), the Meta handshake, good, mis-signed, malformed and unrouted webhooks, media (the
-WhatsApp token goes to Meta's Graph API), Genesys answering 401 and 500 and refusing the login. Everything captured
-is then searched for each secret in the forms it could leak in (raw, URL-, hex-, base64-encoded at any alignment,
-JSON-escaped), for the OAuth Basic header, and for every bearer token the Genesys simulator issued.
+WhatsApp token goes to Meta's Graph API), Genesys answering 401 and 500 and refusing the login, an agent's
+answer through Genesys's outbound webhook (signed with the tenant's Genesys webhook secret) and a mis-signed one.
+Everything captured (and the stored tenant's repr) is then searched for each secret in the forms it could leak in
+(raw, URL-, hex-, base64-encoded at any alignment, JSON-escaped), for the OAuth Basic header, and for every bearer
+token the Genesys simulator issued.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ import pytest
 
 from tests.e2e.harness import CLIENT_ID, INTEGRATION, PHONE_NUMBER_ID, TENANT, Bridge, run_cli
 from wabridge.actors.ingress import settings_environment
+from wabridge.engine.backends import open_backends
 from wabridge.engine.settings import Settings
 from wabridge.sim import webhooks
 from wabridge.sim.genesys import GenesysSim
+from wabridge.sim.genesys_agent import sign as genesys_sign
 from wabridge.sim.meta import MetaSim
 
 pytestmark = pytest.mark.anyio
@@ -123,7 +127,8 @@ def files_under(root: Path) -> dict[str, bytes]:
 @pytest.fixture
 async def sims() -> AsyncIterator[tuple[RecordingGenesys, MetaSim, dict[str, str]]]:
     chosen = {"app secret": marker("appsecret"), "verify token": marker("verifytoken"),
-              "whatsapp token": marker("whatsapptoken"), "genesys client secret": marker("clientsecret")}  # fmt: skip
+              "whatsapp token": marker("whatsapptoken"), "genesys client secret": marker("clientsecret"),
+              "genesys webhook secret": marker("webhooksecret")}  # fmt: skip
     genesys = RecordingGenesys(clients={CLIENT_ID: chosen["genesys client secret"]}, integrations=[INTEGRATION],
                                rate_limit=0, fetch_media=True)  # fmt: skip
     await genesys.start()
@@ -149,13 +154,14 @@ async def test_no_secret_shows_in_logs_cli_answers_metrics_or_stored_data(
         captured[f"`wabridge {' '.join(args[:2])}` (run {len(captured)})"] = (out + err).encode()
         return status, out, err
 
-    # Two secrets as flags, two read from stdin (the way the README recommends).
+    # Two secrets as flags, three read from stdin (the way the README recommends), in `--help` order.
     status, _, err = await cli(
         "tenants", "add", TENANT, "--phone-number-id", PHONE_NUMBER_ID, "--app-secret", chosen["app secret"],
         "--verify-token", "-", "--whatsapp-token", chosen["whatsapp token"], "--genesys-api-url", genesys.url,
         "--genesys-login-url", genesys.url, "--genesys-client-id", CLIENT_ID, "--genesys-client-secret", "-",
-        "--genesys-integration-id", INTEGRATION, "--genesys-rate-limit", "100000",
-        stdin=f"{chosen['verify token']}\n{chosen['genesys client secret']}\n".encode(),
+        "--genesys-integration-id", INTEGRATION, "--genesys-rate-limit", "100000", "--genesys-webhook-secret", "-",
+        stdin="".join(f"{chosen[name]}\n" for name in ("verify token", "genesys client secret",
+                                                         "genesys webhook secret")).encode(),
     )  # fmt: skip
     assert status == 0, err
     assert (await cli("tenants", "list"))[0] == 0
@@ -211,6 +217,21 @@ async def test_no_secret_shows_in_logs_cli_answers_metrics_or_stored_data(
         await deliver(webhooks.message("text", wa_id="15550001007"), "failed")
         genesys.clear_faults()
 
+        # An agent answers the first customer through Genesys's outbound webhook: the tenant's webhook secret keys
+        # the signature the ingress checks; then a body signed with another key, refused.
+        answer_id = secrets.token_hex(16)
+        answer = json.dumps({
+            "id": answer_id, "conversationId": secrets.token_hex(8), "direction": "Outbound", "type": "Text",
+            "text": "how can I help?", "originatingEntity": "Human",
+            "channel": {"id": INTEGRATION, "platform": "Open", "type": "Private", "messageId": answer_id,
+                        "to": {"id": "15550001002", "idType": "Phone"}, "time": "2026-01-01T00:00:00.000Z"},
+        }).encode()  # fmt: skip
+        for key, expected in ((chosen["genesys webhook secret"], 200), ("not-the-webhook-secret", 401)):
+            headers = {"Content-Type": "application/json", "X-Hub-Signature-256": genesys_sign(answer, key)}
+            reply = await request("POST", f"/webhook/genesys/{TENANT}", content=answer, headers=headers)
+            assert reply.status_code == expected, reply.text
+        await bridge.wait_tracked([answer_id])  # the worker took it (sent or refused: either way, it went through)
+
         for path in ("/healthz", "/readyz", "/metrics", "/webhook/meta/no-such-tenant?hub.mode=subscribe"):
             await request("GET", path)
         worker_metrics = await request("GET", f"http://127.0.0.1:{bridge.settings.worker_metrics_port}/metrics")
@@ -226,6 +247,12 @@ async def test_no_secret_shows_in_logs_cli_answers_metrics_or_stored_data(
 
     assert len(genesys.issued) >= 3, "the first login, the one after the 401, replay's own"
     places = dict(captured)
+    async with open_backends(settings, ports=("store",)) as backends:  # the tenant as the bridge reads it back
+        tenant = await backends.store.get_tenant(TENANT)
+    assert tenant is not None and tenant.genesys_webhook_secret is not None
+    assert tenant.genesys_webhook_secret.reveal() == chosen["genesys webhook secret"]
+    places["repr of the stored tenant"] = repr(tenant).encode()
+    places["str of the stored tenant"] = str(tenant).encode()
     places["bridge stderr"] = bridge.stderr().encode()
     # Few lines are DEBUG ones; the info lines show the harness's WARNING level was overridden.
     assert bridge.env["WABRIDGE_LOG_LEVEL"] == "DEBUG" and '"level":"info"' in bridge.stderr()

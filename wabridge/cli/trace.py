@@ -8,9 +8,13 @@ while the tenant's Genesys was down, a hand-back to the queue, parking, the dead
 state now (delivered: the Genesys conversation and message id; failed or dead-lettered: the error). Steps of the whole
 webhook (parking) are shown with each of its messages.
 
-Only the inbound direction (customer → Genesys) exists today; the records carry a `direction` for the outbound one
-(a Genesys webhook, the send to Meta, its statuses and receipts), with nothing to trace yet. Not shown: a webhook
-still parked or in the dead-letter queue whose messages the worker never reached (their bodies are not searched).
+An agent's message (outbound: Genesys → the customer) is found by its Genesys message id or its webhook id: its
+story is the Genesys webhook, the hand-off to Meta (the wamid Meta gave each part), WhatsApp's statuses as they first
+reached each (sent, delivered, read, failed) and the receipt the agent got. Not by one of Meta's wamids for it: they
+sit space-separated in one column that no index covers, and a scan of every row per lookup is not worth it.
+`--raw` prints the archived raw body too, read from its direction's bucket (webhooks-inbound, webhooks-outbound).
+Not shown: a webhook still parked or in the dead-letter queue whose messages the worker never reached (their bodies
+are not searched).
 """
 
 from __future__ import annotations
@@ -23,7 +27,13 @@ from typing import Any
 import anyio
 import msgspec
 
-from wabridge.engine.ports import MessageEvent, TrackingRecord
+from wabridge.engine.ports import (
+    WEBHOOKS_BUCKET,
+    WEBHOOKS_OUTBOUND_BUCKET,
+    BackendUnavailable,
+    MessageEvent,
+    TrackingRecord,
+)
 from wabridge.engine.settings import load_settings
 
 FINAL_TEXT = {
@@ -34,6 +44,36 @@ FINAL_TEXT = {
     "unrouted": "unrouted: no tenant owns it",
     "duplicate": "seen only as a repeat",
 }
+# An agent's message: `delivered` means Meta accepted the send (the bridge's part done); WhatsApp's own statuses follow.
+FINAL_TEXT_OUTBOUND = FINAL_TEXT | {
+    "delivered": "handed to WhatsApp (Meta accepted the send)",
+    "failed": "failed (the agent got a Failed receipt; wabridge replay sends it again)",
+}
+OUTBOUND = "outbound"
+
+
+class MetaState(msgspec.Struct):
+    """The part of an outbound row's `meta_status` JSON (actors/outbound.OutboundState) a trace shows. Read here, not
+    imported: the CLI must not pull in the worker's actors; an unreadable one shows as nothing."""
+
+    parts: list[str | None] = []
+    at: dict[str, float] = {}
+    receipt: str | None = None
+    reason: str | None = None
+    receipt_error: str | None = None
+
+
+def meta_state(row: TrackingRecord) -> MetaState | None:
+    if not row.meta_status:
+        return None
+    try:
+        return msgspec.json.decode(row.meta_status, type=MetaState)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def archive_bucket(row: TrackingRecord) -> str:
+    return WEBHOOKS_OUTBOUND_BUCKET if row.direction == OUTBOUND else WEBHOOKS_BUCKET
 
 
 def register(sub) -> None:
@@ -43,6 +83,7 @@ def register(sub) -> None:
     )  # fmt: skip
     p.add_argument("id", help="a wamid, a Genesys message id, or a webhook id")
     p.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    p.add_argument("--raw", action="store_true", help="also the raw webhook body, from the archive (it holds the text)")
     p.set_defaults(func=run)
 
 
@@ -54,7 +95,8 @@ async def _trace(settings, args) -> int:
     from wabridge.engine.backends import open_backends
 
     wanted = args.id.strip()
-    async with open_backends(settings, ports=("store",)) as backends:
+    raw = getattr(args, "raw", False)
+    async with open_backends(settings, ports=("store", "objects") if raw else ("store",)) as backends:
         store = backends.store
         rows = await store.find_tracking(wanted)
         if not rows and ":" in wanted:  # a queue message id: `{webhook id}:{tenant}`
@@ -66,16 +108,39 @@ async def _trace(settings, args) -> int:
                 tenant_id=row.tenant_id, wamids=[row.wamid], webhook_ids=[row.webhook_id] if row.webhook_id else []
             )
             stories.append((row, steps(row, [e for e in events if e.wamid in ("", row.wamid)])))
+        bodies = [await _archived(backends.objects, row) for row, _ in stories] if raw else [None] * len(stories)
     if not stories:
         print(f"wabridge: no message known by {wanted!r} (a wamid, a Genesys message id or a webhook id)",
               file=sys.stderr)  # fmt: skip
         return 1
     if args.json:
-        document = {"id": wanted, "messages": [_as_json(row, story) for row, story in stories]}
-        print(msgspec.json.encode(document).decode())
+        messages = [_as_json(row, story) for row, story in stories]
+        if raw:
+            for message, body in zip(messages, bodies):
+                message["raw"] = body.decode(errors="replace") if isinstance(body, bytes) else None
+                message["raw_error"] = body if isinstance(body, str) else None
+        print(msgspec.json.encode({"id": wanted, "messages": messages}).decode())
     else:
-        print("\n\n".join(_as_text(row, story) for row, story in stories))
+        texts = [_as_text(row, story) for row, story in stories]
+        if raw:
+            texts = [t + "\n  raw body: " + (b.decode(errors="replace") if isinstance(b, bytes) else f"({b})")
+                     for t, b in zip(texts, bodies)]  # fmt: skip
+        print("\n\n".join(texts))
     return 0
+
+
+async def _archived(objects, row: TrackingRecord) -> bytes | str:
+    """The raw body the row's archive key names, in its direction's bucket; else why not (text)."""
+    from wabridge.actors.archive import read_archived
+
+    if not row.archive_key:
+        return "not archived: the row has no archive key"
+    try:
+        return await read_archived(objects, row.archive_key, bucket=archive_bucket(row))
+    except KeyError:
+        return f"not found at {archive_bucket(row)}/{row.archive_key}"
+    except BackendUnavailable as exc:
+        return f"the object store is down: {exc}"
 
 
 def steps(row: TrackingRecord, events: list[MessageEvent]) -> list[dict[str, Any]]:
@@ -88,9 +153,29 @@ def steps(row: TrackingRecord, events: list[MessageEvent]) -> list[dict[str, Any
             continue  # the same fact as the final state below
         detail = event.detail if event.wamid else f"{event.detail} (its whole webhook)".lstrip()
         story.append({"at": event.at, "step": event.event, "detail": detail})
+    state = meta_state(row) if row.direction == OUTBOUND else None
+    if state is not None:  # WhatsApp's statuses, each when the message (all its parts) first reached it
+        for status, at in state.at.items():
+            story.append({"at": at, "step": f"whatsapp {status}", "detail": _parts_detail(state)})
     story.sort(key=lambda s: s["at"])
     story.append({"at": max(final_at, story[-1]["at"]), "step": row.status, "detail": _final_detail(row)})
+    if state is not None and (state.receipt or state.receipt_error):
+        story.append({"at": story[-1]["at"], "step": "receipt", "detail": _receipt_detail(state)})
     return story
+
+
+def _parts_detail(state: MetaState) -> str:
+    statuses = [s or "no status yet" for s in state.parts]
+    if len(statuses) == 1:
+        return f"now {statuses[0]}"
+    return "parts now: " + ", ".join(f"{i + 1}: {s}" for i, s in enumerate(statuses))
+
+
+def _receipt_detail(state: MetaState) -> str:
+    if state.receipt is None:
+        return f"none: Genesys refused it: {state.receipt_error[:300] if state.receipt_error else '?'}"
+    text = f"{state.receipt} sent to the agent (Genesys accepted it)"
+    return text + (f": {state.reason[:300]}" if state.receipt == "Failed" and state.reason else "")
 
 
 def _received_detail(row: TrackingRecord) -> str:
@@ -99,15 +184,22 @@ def _received_detail(row: TrackingRecord) -> str:
         parts.append(f"webhook {row.webhook_id}")
     if row.shard is not None:
         parts.append(f"shard {row.shard}")
+    if row.direction == OUTBOUND:
+        parts.insert(0, "the agent's message, from Genesys's outbound webhook")
     if row.archive_key:
-        parts.append(f"archived at webhooks-inbound/{row.archive_key}")
+        parts.append(f"archived at {archive_bucket(row)}/{row.archive_key}")
     if row.customer_id:
         parts.append(f"customer {row.customer_id}")
     return ", ".join(parts) or "(where from was not recorded: a row older than this command)"
 
 
 def _final_detail(row: TrackingRecord) -> str:
-    parts = [FINAL_TEXT.get(row.status, row.status)]
+    outbound = row.direction == OUTBOUND
+    parts = [(FINAL_TEXT_OUTBOUND if outbound else FINAL_TEXT).get(row.status, row.status)]
+    if outbound and row.meta_ids:
+        parts.append(f"Meta wamid {row.meta_ids}" if " " not in row.meta_ids else f"Meta wamids {row.meta_ids}")
+    if outbound and (state := meta_state(row)) is not None and state.parts:
+        parts.append(f"WhatsApp: {_parts_detail(state)}")
     if row.conversation_id:
         parts.append(f"Genesys conversation {row.conversation_id}")
     if row.genesys_message_id:
@@ -136,4 +228,8 @@ def _as_text(row: TrackingRecord, story: list[dict[str, Any]]) -> str:
 
 def _as_json(row: TrackingRecord, story: list[dict[str, Any]]) -> dict[str, Any]:
     fields = {k: v for k, v in msgspec.structs.asdict(row).items() if k != "payload"}  # it holds the message text
+    if row.direction == OUTBOUND:
+        fields["meta_wamids"] = (row.meta_ids or "").split()
+        state = meta_state(row)
+        fields["meta"] = msgspec.structs.asdict(state) if state is not None else None
     return {**fields, "steps": [{**s, "at": iso(s["at"]), "ts": s["at"]} for s in story]}
