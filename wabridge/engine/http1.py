@@ -13,25 +13,40 @@ rnet 48–54 µs. In the worker, aiohttp was the largest single cost of a text m
 What it is: a connection pool per origin (at most `limit` connections, idle ones reused, LIFO, for up to
 `idle_timeout`), requests framed by hand (a fixed head, Content-Length), responses parsed by httptools (llhttp, the
 parser uvicorn uses: Content-Length, chunked, keep-alive rules). Nothing else: no redirects, cookies, proxies or
-compression — Genesys's inbound API needs none of them. TLS through the standard `ssl` module.
+compression — Genesys's inbound API needs none of them. TLS through the standard `ssl` module, one verifying context
+for the process (`default_ssl_context`).
+
+Hardening, for a client that also fetches URLs it did not choose (media):
+  - no proxies: `unused_proxy(os.environ)` names a proxy variable this client would bypass, and `wabridge serve`
+    refuses to start on it (one line, exit 2) unless NO_PROXY=* says direct connections are meant;
+  - a request whose reused keep-alive connection turns out closed by the peer before one byte of the answer came is
+    sent once more on a fresh connection (`Http1Pool.request`), as other keep-alive clients do;
+  - an answer's head is bounded (MAX_HEADERS headers, MAX_HEAD_BYTES bytes), 1xx interim answers are skipped, HEAD
+    answers carry no body, an origin with user-info (user:password@) is refused, never put into Host;
+  - `public_only` pools connect only to public addresses (`refused_address`), checked on what the host name
+    resolved to, and connect to exactly the addresses checked, so a second DNS answer cannot slip in between.
 
 Used for every request the worker makes per message: the Genesys POST (delivery.py), the OAuth login (auth.py), the
 media lookup and download from Meta (media.py, which follows redirects itself) and the media put to S3
 (objects_s3.py, signed by miniopy's SigV4 signer). Through aiohttp and miniopy's own transport an image message
 cost the worker ~0.35 ms more CPU (1,030-1,080 against 690-707 µs).
 
-Errors: `HttpError` when no complete answer came (refused, reset, closed early, malformed); `TimeoutError` when
-`timeout` passed (connecting, waiting for a slot, or for the answer). A connection is reused only after a complete
-answer that allows keep-alive; any error or cancellation closes it, since its state is unknown.
+Errors: `HttpError` when no complete answer came (refused, reset, closed early, malformed, over a limit;
+`AddressRefused`: a non-public address in a `public_only` pool); `TimeoutError` when `timeout` passed (connecting,
+waiting for a slot, or for the answer). A connection is reused only after a complete answer that allows keep-alive;
+any error or cancellation closes it, since its state is unknown.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import ipaddress
+import socket
 import ssl as ssl_module
 import time
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -39,6 +54,10 @@ import httptools
 
 USER_AGENT = b"wabridge"
 MAX_BODY = 1 << 20  # bytes of a response body kept; Genesys answers are a few hundred bytes
+MAX_HEADERS = 100  # header lines of an answer (interim answers' included): Genesys and Meta send ~20
+MAX_HEAD_BYTES = 64 * 1024  # bytes of an answer's head: what a server may make the client hold before any body
+PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # IPv6 addresses that carry an IPv4 address in their last 32 bits
 
 
 class HttpError(Exception):
@@ -47,6 +66,47 @@ class HttpError(Exception):
 
 class BodyTooLarge(HttpError):
     """The answer's body passed the request's `max_body`: reading stopped there and the connection was closed."""
+
+
+class AddressRefused(HttpError):
+    """A `public_only` pool's host resolved to an address it may not reach (private, loopback, link-local, …)."""
+
+
+@functools.cache
+def default_ssl_context() -> ssl_module.SSLContext:
+    """The TLS context of every pool not given its own: the system's CAs, certificates and host names verified.
+    One per process: a context holds the parsed CA store (~1 MB) and its session cache, worth sharing."""
+    return ssl_module.create_default_context()
+
+
+def unused_proxy(env: Mapping[str, str]) -> str | None:
+    """The proxy variable set in `env` that this client would not honour (it never tunnels), or None. NO_PROXY=*
+    says every connection is meant to be direct; anything narrower cannot be checked against the hosts (tenants'
+    Genesys regions, Meta's CDNs) the bridge will reach, so it does not count."""
+    if any(env.get(name, "").strip() == "*" for name in ("NO_PROXY", "no_proxy")):
+        return None
+    for name in PROXY_VARIABLES:
+        for variant in (name, name.lower()):
+            if env.get(variant, "").strip():
+                return variant
+    return None
+
+
+def refused_address(address: str) -> str | None:
+    """Why a URL from outside may not be fetched from `address` ("loopback", "private", "link-local", …), or None
+    for a public address. An IPv4 address carried in IPv6 (mapped, 6to4, NAT64) is judged as itself."""
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        elif ip.sixtofour is not None:
+            ip = ip.sixtofour
+        elif ip in _NAT64:
+            ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    for kind in ("loopback", "link_local", "unspecified", "multicast", "private", "reserved"):
+        if getattr(ip, "is_" + kind):
+            return kind.replace("_", "-")
+    return None if ip.is_global else "non-public"
 
 
 class Reply:
@@ -73,6 +133,11 @@ class _Connection(asyncio.Protocol):
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
         self._size = 0
+        self._no_body = False  # the answer to a HEAD: its Content-Length describes a body that does not come
+        self._head_done = False
+        self._head_count = 0  # header lines so far, interim answers' included
+        self._head_bytes = 0  # bytes of the heads so far
+        self.answering = False  # a byte of the answer to the current request arrived
 
     # --- asyncio.Protocol ---
 
@@ -80,6 +145,7 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        self.answering = True
         if self._parser is None:
             self._fail(HttpError("data from the server while no request was waiting"))
             return
@@ -89,7 +155,12 @@ class _Connection(asyncio.Protocol):
             self._fail(HttpError("the server asked to upgrade the protocol"))
         except httptools.HttpParserError as exc:
             cause = exc.__context__
-            self._fail(cause if isinstance(cause, BodyTooLarge) else HttpError(f"malformed response: {exc}"))
+            self._fail(cause if isinstance(cause, HttpError) else HttpError(f"malformed response: {exc}"))
+        else:
+            if not self._head_done:  # all of `data` was head: httptools holds an unfinished header line itself
+                self._head_bytes += len(data)
+                if self._head_bytes > MAX_HEAD_BYTES:
+                    self._fail(HttpError(f"answer head over {MAX_HEAD_BYTES} bytes"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -105,7 +176,17 @@ class _Connection(asyncio.Protocol):
     # --- httptools callbacks ---
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_count += 1
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_count > MAX_HEADERS or self._head_bytes > MAX_HEAD_BYTES:
+            # httptools wraps what a callback raises in HttpParserCallbackError; data_received unwraps HttpErrors.
+            raise HttpError(f"answer head over {MAX_HEADERS} headers or {MAX_HEAD_BYTES} bytes")
         self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        self._head_done = True
+        if self._no_body and self._parser is not None and self._parser.get_status_code() >= 200:
+            self.on_message_complete()  # the rest of this connection's bytes go to the next request's parser
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
@@ -116,6 +197,13 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         waiter, parser = self._waiter, self._parser
+        if parser is not None and parser.get_status_code() < 200:
+            if parser.get_status_code() == 101:
+                self._fail(HttpError("the server switched protocols"))
+                return
+            # 100 Continue, 103 Early Hints: interim answers; llhttp goes on with the final one on the same parser.
+            self._headers, self._head_done = {}, False
+            return
         self._waiter = self._parser = None
         if parser is not None and not parser.should_keep_alive():
             self.close()
@@ -125,9 +213,11 @@ class _Connection(asyncio.Protocol):
 
     # --- the pool's side ---
 
-    async def exchange(self, request: bytes, max_body: int) -> Reply:
+    async def exchange(self, request: bytes, max_body: int, no_body: bool = False) -> Reply:
         assert self.transport is not None
         self._headers, self._body, self._size, self._max_body = {}, [], 0, max_body
+        self._no_body, self._head_done, self._head_count, self._head_bytes = no_body, False, 0, 0
+        self.answering = False
         self._parser = httptools.HttpResponseParser(self)
         self._waiter = waiter = asyncio.get_running_loop().create_future()
         self.transport.write(request)
@@ -145,9 +235,8 @@ class _Connection(asyncio.Protocol):
             waiter.set_exception(error)
 
     def _close_delimited(self) -> bool:
-        return "content-length" not in self._headers and "transfer-encoding" not in self._headers and bool(
-            self._parser and self._parser.get_status_code()
-        )
+        """Whether the answer so far is a whole head whose body ends where the connection does (not a cut head)."""
+        return self._head_done and "content-length" not in self._headers and "transfer-encoding" not in self._headers
 
 
 class Http1Pool:
@@ -163,14 +252,18 @@ class Http1Pool:
         idle_timeout: float = 30.0,
         ssl: ssl_module.SSLContext | None = None,
         max_body: int = MAX_BODY,
+        public_only: bool = False,
     ) -> None:
         parts = urlsplit(origin)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) origin: {origin!r}")
+        if "@" in parts.netloc:  # refused, not stripped: a URL's credentials are never sent, nor silently dropped
+            raise ValueError(f"an origin with user-info (user:password@) is not fetched: …@{parts.hostname}")
         self.origin = f"{parts.scheme}://{parts.netloc}"
         self._host = parts.hostname
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
-        self._ssl = (ssl or ssl_module.create_default_context()) if parts.scheme == "https" else None
+        self._ssl = (ssl or default_ssl_context()) if parts.scheme == "https" else None
+        self._public_only = public_only
         self._host_header = parts.netloc.encode("idna")
         self._timeout = timeout
         self._connect_timeout = connect_timeout or timeout  # a dead host fails this fast, a slow answer may take longer
@@ -204,21 +297,35 @@ class Http1Pool:
         head.append(b"\r\n")
         head.append(body)
         request = b"".join(head)
+        limit, no_body = max_body or self._max_body, method == "HEAD"
         async with asyncio.timeout(self._timeout), self._slots:
-            connection = self._take_idle() or await self._connect()
-            try:
-                reply = await connection.exchange(request, max_body or self._max_body)
-            except BaseException:
-                connection.close()  # state unknown (cancelled mid-answer, or broken): never reused
-                self._open.discard(connection)
-                raise
-            if connection.closed or self._closed:
-                self._open.discard(connection)
-                connection.close()
-            else:
-                connection.idle_since = time.monotonic()
-                self._idle.append(connection)
-            return reply
+            connection = self._take_idle()
+            if connection is not None:
+                try:
+                    return await self._exchange(connection, request, limit, no_body)
+                except HttpError:
+                    if connection.answering:
+                        raise
+                    # The peer closed this idle connection as the request went out (its close crossed the request
+                    # on the wire), and nothing of an answer came: send it once more on a fresh connection, inside
+                    # the same timeout, unseen by the caller. As in every keep-alive client, a POST can so arrive
+                    # twice in the rare case the server did act on it and then closed without a byte of answer.
+            return await self._exchange(await self._connect(), request, limit, no_body)
+
+    async def _exchange(self, connection: _Connection, request: bytes, max_body: int, no_body: bool) -> Reply:
+        try:
+            reply = await connection.exchange(request, max_body, no_body)
+        except BaseException:
+            connection.close()  # state unknown (cancelled mid-answer, or broken): never reused
+            self._open.discard(connection)
+            raise
+        if connection.closed or self._closed:
+            self._open.discard(connection)
+            connection.close()
+        else:
+            connection.idle_since = time.monotonic()
+            self._idle.append(connection)
+        return reply
 
     async def aclose(self) -> None:
         self._closed = True
@@ -241,14 +348,37 @@ class Http1Pool:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._connect_timeout):
-                _, connection = await loop.create_connection(
-                    _Connection, self._host, self._port, ssl=self._ssl,
-                    server_hostname=self._host if self._ssl else None,
-                )  # fmt: skip
+                if self._public_only:
+                    connection = await self._connect_public(loop)
+                else:
+                    _, connection = await loop.create_connection(
+                        _Connection, self._host, self._port, ssl=self._ssl,
+                        server_hostname=self._host if self._ssl else None,
+                    )  # fmt: skip
         except OSError as exc:  # refused, unreachable, DNS, TLS handshake (ssl.SSLError is an OSError)
             raise HttpError(f"cannot connect to {self.origin}: {type(exc).__name__}") from exc
         self._open.add(connection)
         return connection
+
+    async def _connect_public(self, loop: asyncio.AbstractEventLoop) -> _Connection:
+        """Resolve the host, refuse it if any address is not public (a name answering both kinds is not trusted),
+        then connect to those very addresses in turn: TLS still checks the certificate against the host name."""
+        found = await loop.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM)
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in found))
+        for address in addresses:
+            reason = refused_address(address)
+            if reason is not None:
+                raise AddressRefused(f"{self._host} is {address}, a {reason} address, not a public one")
+        error: OSError = OSError(f"{self._host} resolved to no address")
+        for address in addresses:
+            try:
+                _, connection = await loop.create_connection(
+                    _Connection, address, self._port, ssl=self._ssl, server_hostname=self._host if self._ssl else None
+                )
+                return connection
+            except OSError as exc:
+                error = exc
+        raise error
 
 
 class _Kept:
@@ -262,7 +392,7 @@ class Http1Pools:
     """Keep-alive pools by key, at most `max_pools`: a key is an origin, or (say) a tenant and an origin, so that one
     tenant's traffic never shares connections with another's. Past the cap the least recently used pool is retired,
     and closed once no request is using it (closing it at once would cut those requests). `pool_options` go to each
-    Http1Pool (limit, timeout, connect_timeout, idle_timeout, ssl, max_body)."""
+    Http1Pool (limit, timeout, connect_timeout, idle_timeout, ssl, max_body, public_only)."""
 
     def __init__(self, *, max_pools: int = 256, **pool_options: Any) -> None:
         if max_pools < 1:
