@@ -52,7 +52,7 @@ def unique(prefix: str) -> str:
 @pytest.fixture
 def embedded_settings(tmp_path: Path) -> Settings:
     """Settings that select every embedded adapter, with data under a fresh directory."""
-    return Settings(data_dir=tmp_path / "data", secret_key=Secret(generate_key()))
+    return Settings(data_dir=tmp_path / "data", secret_key=Secret(generate_key()), allow_private_media_urls=True)
 
 
 @pytest.fixture
@@ -92,6 +92,7 @@ def server_settings(tmp_path: Path, database_url: str) -> Iterator[Settings]:
         queue_name=f"{tag}_INBOUND_WHATSAPP_MESSAGES",
         secret_key=Secret(generate_key()),
         data_dir=tmp_path / "data",
+        allow_private_media_urls=True,  # the simulators' media urls are on 127.0.0.1
     )
 
 

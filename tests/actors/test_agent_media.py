@@ -85,7 +85,7 @@ async def world(objects: Objects, **options: Any) -> AsyncIterator[World]:
             MetaSim(tokens=[TOKEN], open_windows=True) as meta:  # fmt: skip
         tokens = TokenProvider(MemoryCache())
         graph = MetaGraph(MemoryCache(), base_url=meta.graph_url, timeout=5.0)
-        options = {"timeout": 5.0, "sleep": no_wait, "clock": lambda: NOW, **options}
+        options = {"timeout": 5.0, "sleep": no_wait, "clock": lambda: NOW, "allow_private_urls": True, **options}
         media = AgentMedia(objects, graph, tokens, **options)
         try:
             yield World(genesys, meta, objects, media, graph)

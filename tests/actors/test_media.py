@@ -296,6 +296,7 @@ def s3_settings(tmp_path: Path, graph_url: str, endpoint: str | None = None) -> 
         s3_bucket_prefix=f"t{uuid.uuid4().hex[:10]}-",
         data_dir=tmp_path,
         graph_api_url=graph_url,
+        allow_private_media_urls=True,
     )
 
 

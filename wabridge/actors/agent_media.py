@@ -6,7 +6,9 @@
    goes along as Bearer only when the url's host is a Genesys host: the tenant's API region (`api.mypurecloud.ie` →
    `mypurecloud.ie` and its subdomains, over the API's own scheme), or `*.mypurecloud.*` / `*.pure.cloud` over https.
    Any other host gets no token: a link elsewhere must not learn a credential for the tenant's Genesys org. Redirects
-   are followed (up to 5), the token never sent past the origin it was meant for (media.py's rule).
+   are followed (up to 5), the token never sent past the origin it was meant for (media.py's rule), never from https
+   to http; a host that resolves to a private, loopback or link-local address is refused at once
+   (WABRIDGE_ALLOW_PRIVATE_MEDIA_URLS allows it, for simulators).
    Reading stops past Meta's limit for the type (receipts.MEDIA_LIMITS): a larger file is never held whole.
 2. The real content type is the download's Content-Type; a generic one (application/octet-stream, what object stores
    answer when nobody said) or none falls back to the mime Genesys named, then to a guess from the file name.
@@ -42,7 +44,7 @@ from wabridge.actors.graph import MetaGraph, SendRefused
 from wabridge.actors.media import MAX_REDIRECTS, REDIRECTS
 from wabridge.codecs.outbound import MediaToFetch, Send
 from wabridge.codecs.receipts import MEDIA_LIMITS, Reason, bare_mime, media_problem
-from wabridge.engine.http1 import BodyTooLarge, HttpError, Http1Pools, Reply
+from wabridge.engine.http1 import AddressRefused, BodyTooLarge, HttpError, Http1Pools, Reply
 from wabridge.engine.object_keys import extension_for, media_key
 from wabridge.engine.ports import MEDIA_OUTBOUND_BUCKET, Objects, TenantConfig
 
@@ -110,13 +112,17 @@ class AgentMedia:
         concurrency: int = 8,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         clock: Callable[[], float] = time.time,
+        allow_private_urls: bool = False,
     ) -> None:
         if attempts < 1 or concurrency < 1:
             raise ValueError("attempts and concurrency must be at least 1")
         self._objects, self._graph, self._tokens = objects, graph, tokens
         self._attempts, self._backoff, self._sleep, self._clock = attempts, backoff, sleep, clock
         self._slots = anyio.Semaphore(concurrency)
-        self._http = Http1Pools(max_pools=MAX_ORIGINS, limit=concurrency, timeout=timeout, connect_timeout=5.0)
+        # The url is the agent's (Genesys's message): fetched from public addresses only, unless the settings allow
+        # private ones (WABRIDGE_ALLOW_PRIVATE_MEDIA_URLS, for simulators on 127.0.0.1).
+        self._http = Http1Pools(max_pools=MAX_ORIGINS, limit=concurrency, timeout=timeout, connect_timeout=5.0,
+                                public_only=not allow_private_urls)  # fmt: skip
         self._counts = {"uploaded": 0, "refused": 0, "retries": 0, "bytes_stored": 0}
 
     def statistics(self) -> AgentMediaStatistics:
@@ -191,6 +197,8 @@ class AgentMedia:
                 detail = str(exc)
             except TimeoutError:
                 detail = "timed out"
+            except AddressRefused as exc:  # no retry makes a private address public
+                raise MediaRefused(Reason("GeneralError", f"The agent's file was not downloaded: {exc}")) from None
             except (HttpError, ValueError, _Retry) as exc:  # ValueError: a url that is not http(s)
                 detail = str(exc)[:200] or type(exc).__name__
             else:
@@ -213,9 +221,10 @@ class AgentMedia:
             await self._sleep(self._backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
 
     async def _get(self, url: str, token: str | None, max_bytes: int) -> Reply:
-        """GET `url`, following redirects; the token goes only to the origin of the url it came with."""
+        """GET `url`, following redirects; the token goes only to the origin of the url it came with, and a redirect
+        from https to http is refused (the file would travel in clear)."""
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        origin = None
+        origin, scheme = None, ""
         for _ in range(MAX_REDIRECTS + 1):
             parts = urlsplit(url)
             here = f"{parts.scheme}://{parts.netloc}"
@@ -224,6 +233,10 @@ class AgentMedia:
                 origin = here
             elif here != origin:
                 headers = {}  # and not back: once the url left the token's origin, it is not sent again
+            if scheme == "https" and parts.scheme != "https":
+                raise MediaRefused(Reason("GeneralError", "The agent's file was not downloaded: its link redirected "
+                                                          "from https to http"))  # fmt: skip
+            scheme = parts.scheme
             reply = await self._http.request(here, "GET", target, headers, max_body=max_bytes)
             location = reply.header("location")
             if reply.status not in REDIRECTS or not location:

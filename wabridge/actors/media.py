@@ -9,6 +9,8 @@ What can go wrong, and what happens (a data table: FINAL_LOOKUP / RETRYABLE belo
   - larger than Genesys's 25 MB inbound limit (by the lookup's file_size, or counted while streaming when Meta
     understated it) → a text notice, nothing downloaded or nothing kept;
   - lookup 404 (media deleted or never existed) or 400 → final at once; 401/403 (the tenant's token is wrong) → final;
+  - a download url whose host resolves to a private, loopback or link-local address, or a redirect from https to
+    http → final at once (WABRIDGE_ALLOW_PRIVATE_MEDIA_URLS allows private addresses, for simulators);
   - bytes that do not match Meta's sha256 → final at once: over TLS that is not line noise, and retrying would
     download a possibly large file again for the same answer;
   - 429, 5xx, network errors, and an expired or refused download url (403/404/410 on step 2) → retried, up to
@@ -43,7 +45,7 @@ from wabridge.actors import history
 from wabridge.codecs.genesys import OpenInboundNormalizedMessage
 from wabridge.codecs.results import Inbound, MediaRef, sha256_digest
 from wabridge.codecs.transform import media_as_text, with_media_url
-from wabridge.engine.http1 import BodyTooLarge, HttpError, Http1Pools, Reply
+from wabridge.engine.http1 import AddressRefused, BodyTooLarge, HttpError, Http1Pools, Reply
 from wabridge.engine.object_keys import extension_for, media_key
 from wabridge.engine.ports import MEDIA_BUCKET, Objects, TenantConfig
 from wabridge.engine.settings import Settings
@@ -149,6 +151,9 @@ class MediaFetcher:
         self._slots = anyio.Semaphore(concurrency)
         # `timeout` bounds one request, body included; at most `concurrency` downloads at once, so per origin too
         self._http = Http1Pools(max_pools=MAX_ORIGINS, limit=concurrency, timeout=timeout, connect_timeout=5.0)
+        # The download url comes from Meta's answer, not from our settings: fetched from public addresses only.
+        self._downloads = Http1Pools(max_pools=MAX_ORIGINS, limit=concurrency, timeout=timeout, connect_timeout=5.0,
+                                     public_only=not settings.allow_private_media_urls)  # fmt: skip
         self._counts = {"stored": 0, "notices": 0, "retries": 0, "bytes_stored": 0}
 
     def statistics(self) -> MediaStatistics:
@@ -156,6 +161,7 @@ class MediaFetcher:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        await self._downloads.aclose()
 
     async def resolve(self, tenant: TenantConfig, inbound: Inbound) -> MediaOutcome:
         """Fetch `inbound.media` and store it; raises BackendUnavailable when the Objects port is down."""
@@ -177,6 +183,8 @@ class MediaFetcher:
                 return self._notice(final.reason, kind, final.detail, attempt, final.size)
             except _Retry as exc:
                 detail = str(exc)
+            except AddressRefused as exc:  # no retry makes a private address public
+                return self._notice("download_failed", kind, f"url refused: {exc}", attempt)
             except (HttpError, TimeoutError) as exc:  # refused, reset, cut short, timed out: try again
                 detail = type(exc).__name__
             except ValueError as exc:  # a url from Meta that is not http(s), or not one path: another lookup may fix it
@@ -208,7 +216,7 @@ class MediaFetcher:
         if found.file_size is not None and found.file_size > self._max_bytes:
             raise _Final("too_large", f"file_size {found.file_size}", found.file_size)
         try:
-            response = await self._get(found.url, auth, self._max_bytes)
+            response = await self._get(found.url, auth, self._max_bytes, self._downloads)
         except BodyTooLarge:  # Meta's file_size was wrong or absent: reading stopped at the limit
             raise _Final("too_large", f"more than {self._max_bytes} bytes", self._max_bytes + 1) from None
         status = response.status
@@ -225,10 +233,11 @@ class MediaFetcher:
             raise _Final("sha256_mismatch", f"got {actual.hex()[:16]}…")
         return data, found.mime or media.mime
 
-    async def _get(self, url: str, auth: dict[str, str], max_body: int) -> Reply:
+    async def _get(self, url: str, auth: dict[str, str], max_body: int, http: Http1Pools | None = None) -> Reply:
         """GET `url`, following up to MAX_REDIRECTS redirects. The token goes only to the origin of the url it came
-        with: from a redirect to another origin (a CDN) on, it is not sent."""
-        headers, origin = auth, None
+        with: from a redirect to another origin (a CDN) on, it is not sent. A redirect from https to http is refused:
+        the bytes (and Meta's url) would then travel in clear."""
+        headers, origin, scheme = auth, None, ""
         for _ in range(MAX_REDIRECTS + 1):
             parts = urlsplit(url)
             here = f"{parts.scheme}://{parts.netloc}"
@@ -237,7 +246,11 @@ class MediaFetcher:
                 origin = here  # the token's origin
             elif here != origin:
                 headers = {}  # and not back: once the url left the token's origin, it is not sent again
-            response = await self._http.request(here, "GET", target, headers, max_body=max_body)
+            if scheme == "https" and parts.scheme != "https":
+                raise _Final("download_failed", "redirect from https to http refused")
+            scheme = parts.scheme
+            pools = self._http if http is None else http  # (not `http or`: an Http1Pools with no pool yet is falsy)
+            response = await pools.request(here, "GET", target, headers, max_body=max_body)
             location = response.header("location")
             if response.status not in REDIRECTS or not location:
                 return response

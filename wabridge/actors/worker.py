@@ -118,7 +118,8 @@ class Worker:
         # Genesys as receipts (statuses.py, run by the tenant actors, which take Meta's webhooks).
         self.meta_far_end = FarEnd("meta", hold_for=settings.far_end_hold, retry_max=settings.far_end_retry_max)
         self.graph = MetaGraph(backends.cache, base_url=settings.graph_api_url, far_end=self.meta_far_end)
-        self.agent_media = AgentMedia(backends.objects, self.graph, self.tokens)
+        self.agent_media = AgentMedia(backends.objects, self.graph, self.tokens,
+                                      allow_private_urls=settings.allow_private_media_urls)  # fmt: skip
         self.sender = OutboundSender(
             graph=self.graph, media=self.agent_media, contacts=self.contacts, genesys=self.delivery,
             tracker=self.tracker, seen=TrackingLookups(backends.store), outage_hold=settings.outage_hold,

@@ -69,8 +69,10 @@ async def _demo(data_dir: Path, customers: int) -> int:
         async with MetaSim(port=0, tokens=["demo-whatsapp-token"], numbers={PHONE_NUMBER_ID: APP_SECRET},
                            bridge_url=f"{base}/webhook/meta") as meta:  # fmt: skip
             env = {k: v for k, v in os.environ.items() if not k.startswith("WABRIDGE_")}
+            # The simulators are on loopback: media urls there are fetched, and no proxy is bypassed.
             env.update(WABRIDGE_DATA_DIR=str(data_dir), WABRIDGE_PORT=str(port), WABRIDGE_LOG_LEVEL="WARNING",
-                       WABRIDGE_GRAPH_API_URL=meta.graph_url)  # fmt: skip
+                       WABRIDGE_GRAPH_API_URL=meta.graph_url, WABRIDGE_ALLOW_PRIVATE_MEDIA_URLS="1",
+                       NO_PROXY="*")  # fmt: skip
             _add_tenant(env, genesys.url)
             step("starting the bridge (embedded SQLite queue and store, objects in a directory)")
             bridge = subprocess.Popen([sys.executable, "-m", "wabridge", "serve"], env=env,

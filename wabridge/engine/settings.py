@@ -62,6 +62,9 @@ class Settings:
     public_url: str | None = None  # where Genesys reaches media the bridge serves itself
     max_body_bytes: int = 3 * 1024 * 1024
     graph_api_url: str = DEFAULT_GRAPH_API_URL
+    # Media URLs from outside (Meta's download url, an agent's attachment) may lead to private, loopback or link-local
+    # addresses: refused unless this is set, as the tests, the demo and the bench do for simulators on 127.0.0.1.
+    allow_private_media_urls: bool = False
     # Runtime
     log_level: str = "INFO"
     tenant_concurrency: int = 32  # customers of one tenant handled in parallel
@@ -150,6 +153,11 @@ def _convert(name: str, kind: Any, raw: Any) -> Any:
         if value < (0 if name in ("port", "metrics_port", "far_end_hold") else 1):
             raise SettingsError(f"{var} must be at least 1, got {value}")
         return value
+    if kind in ("bool", bool):
+        text = str(raw).strip().lower()
+        if text not in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
+            raise SettingsError(f"{var} must be true or false, got {raw!r}")
+        return text in ("1", "true", "yes", "on")
     if kind in ("float", float):
         try:
             number = float(raw)
