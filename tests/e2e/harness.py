@@ -169,6 +169,7 @@ class Bridge:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("WABRIDGE_")}
         self.env.update(settings_environment(self.settings))
         self.env["WABRIDGE_GENESYS_TIMEOUT"] = str(GENESYS_TIMEOUT)
+        self.env["NO_PROXY"] = "*"  # the simulators are on loopback: a developer's proxy variables must not stop serve
         self.env.update(extra_env or {})
         self.url = f"http://127.0.0.1:{self.settings.port}"
         self.process: subprocess.Popen[bytes] | None = None

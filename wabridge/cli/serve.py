@@ -34,6 +34,12 @@ def register(sub) -> None:
 
 
 def _settings(args):
+    from wabridge.engine.http1 import unused_proxy
+
+    proxy = unused_proxy(os.environ)
+    if proxy is not None:  # the bridge's clients connect directly: a proxy it would silently bypass is refused
+        raise SettingsError(f"{proxy} is set, but wabridge never connects through a proxy: unset it, or set NO_PROXY=* "
+                            "to confirm that every connection goes direct")  # fmt: skip
     settings = load_settings()
     changes = {k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers)) if v is not None}
     settings = settings.replace(**changes)
