@@ -124,8 +124,15 @@ class S3Objects:
                 await client.make_bucket(name)
             except S3Error as exc:
                 # Another process made it between our check and our make: that is the outcome we wanted.
-                if exc.code not in _OWNED_CODES:
-                    raise
+                if exc.code in _OWNED_CODES:
+                    return
+                # SeaweedFS answers a make racing another process's with other codes (NoSuchBucket, seen with four
+                # processes opening four buckets at once): the bucket is there a moment later, or the error stands.
+                for pause in (0.1, 0.2, 0.4, 0.8):
+                    await asyncio.sleep(pause)
+                    if await client.bucket_exists(name):
+                        return
+                raise
 
     async def put(
         self, bucket: str, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None
