@@ -350,6 +350,12 @@ class ShardParking:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # A feeder cancelled before its first step never ran `_feed`'s `finally`: its tenant is forgotten here.
+        for tenant_id in list(self._feeders):
+            self._feeders.pop(tenant_id)
+            self._backlog.pop(tenant_id, None)
+            self._redo.pop(tenant_id, None)
+            _parked_tenants.dec()
 
     # --- writing ----------------------------------------------------------------------------------------------------
 
