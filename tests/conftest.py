@@ -8,6 +8,8 @@ Tests marked `servers` are skipped when the servers are not announced, unless WA
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -80,7 +82,7 @@ async def database_url() -> AsyncIterator[str]:
 def server_settings(tmp_path: Path, database_url: str) -> Iterator[Settings]:
     """Settings that select every real adapter, isolated from other tests by prefixes and a fresh database."""
     tag = unique("t")
-    yield Settings(
+    settings = Settings(
         redis_url=os.environ["WABRIDGE_REDIS_URL"],
         database_url=Secret(database_url),
         amqp_url=Secret(os.environ["WABRIDGE_AMQP_URL"]),
@@ -94,6 +96,32 @@ def server_settings(tmp_path: Path, database_url: str) -> Iterator[Settings]:
         data_dir=tmp_path / "data",
         allow_private_media_urls=True,  # the simulators' media urls are on 127.0.0.1
     )
+    yield settings
+    asyncio.run(leave_no_trace(settings))
+
+
+async def leave_no_trace(settings: Settings) -> None:
+    """The shared servers as the test found them: its buckets and its queues go. Left behind, they add up over a run
+    (every bucket written is SeaweedFS volumes of its own, every quorum queue a Raft group in RabbitMQ) until the
+    second half of the suite fails for want of volumes or waits on a crowded broker. Best effort: a test that cut a
+    server leaves what it cannot reach."""
+    import aiormq
+
+    from tests.contract.test_objects import remove_buckets
+
+    with contextlib.suppress(Exception):
+        await remove_buckets(settings)
+    assert settings.amqp_url is not None
+    with contextlib.suppress(Exception):
+        connection = await aiormq.connect(settings.amqp_url.reveal())
+        try:
+            channel = await connection.channel()
+            for base in (settings.queue_name, f"{settings.queue_name}.outbound"):
+                for name in [*(f"{base}.{shard}" for shard in range(settings.shards)), f"{base}.dead"]:
+                    await channel.queue_delete(name)
+                await channel.exchange_delete(base)
+        finally:
+            await connection.close()
 
 
 @pytest.fixture
