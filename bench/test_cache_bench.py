@@ -11,8 +11,8 @@ import os
 import pytest
 import uvloop
 
-from wabridge.engine.cache_memory import MemoryCache
-from wabridge.engine.cache_redis import RedisCache
+from wabridge.adapters.cache.memory import MemoryCache
+from wabridge.adapters.cache.redis import RedisCache
 from wabridge.engine.lru import LocalCache
 from wabridge.engine.settings import Settings
 

@@ -1,11 +1,11 @@
-"""The HTTP client of the Genesys delivery path: httpx vs aiohttp vs engine/http1.py, same simulator, same run.
+"""The HTTP client of the Genesys delivery path: httpx vs aiohttp vs http/client.py, same simulator, same run.
 
     .venv/bin/python -m pytest bench/test_delivery_client_bench.py -s
 
 Each round POSTs 2,000 Open Messaging bodies to the Genesys simulator (its own process, rate limit off) with 32 in
 flight over one keep-alive pool, as one tenant's delivery pool does. Two figures per client: requests per second
 (the simulator shares the machine) and the client's own CPU per request (this process's CPU time: the simulator
-runs in another). delivery.py uses engine/http1.py because of the CPU figure: on two cores shared with the broker,
+runs in another). delivery.py uses http/client.py because of the CPU figure: on two cores shared with the broker,
 the databases and the ingress, the worker's CPU per message is what bounds end-to-end throughput.
 """
 
@@ -20,7 +20,7 @@ import httpx
 import msgspec
 import pytest
 
-from wabridge.engine.http1 import Http1Pool
+from wabridge.http.client import Http1Pool
 from wabridge.sim.genesys import start_genesys_sim
 
 N = 2_000

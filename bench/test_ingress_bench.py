@@ -25,12 +25,12 @@ import uvloop
 
 from wabridge.actors.ingress import IngressApp
 from wabridge.codecs.routing import read_routing
-from wabridge.engine.cache_memory import MemoryCache
+from wabridge.adapters.cache.memory import MemoryCache
 from wabridge.engine.lru import LocalCache
-from wabridge.engine.ports import GenesysCredential, TenantConfig
+from wabridge.ports import GenesysCredential, TenantConfig
 from wabridge.engine.secrets import Secret, generate_key
 from wabridge.engine.settings import Settings
-from wabridge.engine.store_sqlite import SqliteStore
+from wabridge.adapters.store.sqlite import SqliteStore
 
 CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus"
 BODY = (CORPUS / "courier" / "hello.json").read_bytes()

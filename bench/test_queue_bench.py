@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from wabridge.engine.queue_amqp import AmqpQueue
-from wabridge.engine.queue_sqlite import SqliteQueue
+from wabridge.adapters.queue.amqp import AmqpQueue
+from wabridge.adapters.queue.sqlite import SqliteQueue
 from wabridge.engine.secrets import Secret
 from wabridge.engine.settings import Settings
 

@@ -1,5 +1,5 @@
 """The rate budget's cost per message against the real Redis: a counter round trip per message (blocks of 1) vs the
-block reservation (`actors/ratelimit.py`), same run, a tenant with a large budget (as an org whose limit was raised).
+block reservation (`genesys/ratelimit.py`), same run, a tenant with a large budget (as an org whose limit was raised).
 
 Each round awaits OPS acquires in one coroutine on a uvloop loop; per-acquire time = round / OPS.
     .venv/bin/python -m pytest bench/test_ratelimit_bench.py --benchmark-min-time=0.05
@@ -16,8 +16,8 @@ import pytest
 import uvloop
 
 from tests.actors.test_ratelimit import tenant
-from wabridge.actors import ratelimit
-from wabridge.engine.cache_redis import RedisCache
+from wabridge.genesys import ratelimit
+from wabridge.adapters.cache.redis import RedisCache
 from wabridge.engine.settings import Settings
 
 OPS = 1000

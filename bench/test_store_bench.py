@@ -20,11 +20,11 @@ import asyncpg
 import pytest
 import uvloop
 
-from wabridge.engine.ports import TrackingRecord
+from wabridge.ports import TrackingRecord
 from wabridge.engine.secrets import Secret, generate_key
 from wabridge.engine.settings import Settings
-from wabridge.engine.store_postgres import PostgresStore
-from wabridge.engine.store_sqlite import SqliteStore
+from wabridge.adapters.store.postgres import PostgresStore
+from wabridge.adapters.store.sqlite import SqliteStore
 
 BATCH = 500
 ADMIN_URL = os.environ.get("WABRIDGE_DATABASE_URL")

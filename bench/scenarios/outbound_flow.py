@@ -35,7 +35,7 @@ from bench.scenarios import Bridge, _say
 from bench.scenarios.audit import Acked, _pct, _reordered, acknowledged, per_second, sim_count, sim_messages, \
     wait_delivered
 from bench.scenarios.rig import CpuSplit, Rig, Sampler, free_port
-from wabridge.engine.ports import GenesysCredential, TenantConfig
+from wabridge.ports import GenesysCredential, TenantConfig
 from wabridge.engine.secrets import Secret, generate_key
 from wabridge.engine.settings import Settings
 
@@ -68,7 +68,7 @@ class Backend:
     async def put_tenants(self) -> None:
         """The rig's tenants, with what the outbound direction needs: the integration's outbound secret, and no send
         budget (the bench measures the bridge, not Meta's 80/s per number)."""
-        from wabridge.engine.backends import open_backends
+        from wabridge.adapters.backends import open_backends
 
         url = f"http://127.0.0.1:{self.rig.genesys_port}"
         async with open_backends(self.settings(), ports=("store",)) as backends:
@@ -117,7 +117,7 @@ class Embedded(Backend):
         return self._settings
 
     async def tracked(self, prefix: str) -> dict[str, str]:
-        from wabridge.engine.store_sqlite import FILENAME
+        from wabridge.adapters.store.sqlite import FILENAME
 
         def read() -> dict[str, str]:
             db = sqlite3.connect(f"file:{self.data_dir / FILENAME}?mode=ro", uri=True, timeout=30)

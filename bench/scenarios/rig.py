@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 
 from bench.loadgen import Spec, Tenant
-from wabridge.engine.ports import GenesysCredential, TenantConfig
+from wabridge.ports import GenesysCredential, TenantConfig
 from wabridge.engine.secrets import Secret, generate_key
 from wabridge.engine.settings import Settings
 
@@ -262,7 +262,7 @@ class Rig:
         self.graph_url = line.split("graph_api_url=", 1)[1].split()[0]
 
     async def put_tenants(self, *, rate_limit_per_minute: int, only: str | None = None) -> None:
-        from wabridge.engine.backends import open_backends
+        from wabridge.adapters.backends import open_backends
 
         url = f"http://127.0.0.1:{self.genesys_port}"
         async with open_backends(self.settings, ports=("store", "cache")) as backends:
@@ -385,7 +385,7 @@ class Rig:
     async def _delete_queues(self) -> None:
         import aiormq
 
-        from wabridge.engine.queue_amqp import AmqpQueue
+        from wabridge.adapters.queue.amqp import AmqpQueue
 
         for name in (None, "outbound"):  # every bridge process declares the outbound queue too
             queue = AmqpQueue(self.settings, name=name)

@@ -19,12 +19,12 @@ import msgspec
 import pytest
 
 from wabridge.actors.agent_media import AgentMedia, MediaRefused, genesys_host, real_mime
-from wabridge.actors.auth import TokenProvider
-from wabridge.actors.graph import MetaGraph
+from wabridge.genesys.auth import TokenProvider
+from wabridge.meta.graph import MetaGraph
 from wabridge.codecs.outbound import MediaToFetch, Send, decode_outbound
-from wabridge.engine.cache_memory import MemoryCache
-from wabridge.engine.objects_dir import DirectoryObjects
-from wabridge.engine.ports import MEDIA_OUTBOUND_BUCKET, GenesysCredential, Objects, TenantConfig
+from wabridge.adapters.cache.memory import MemoryCache
+from wabridge.adapters.objects.directory import DirectoryObjects
+from wabridge.ports import MEDIA_OUTBOUND_BUCKET, GenesysCredential, Objects, TenantConfig
 from wabridge.engine.secrets import Secret
 from wabridge.engine.settings import Settings
 from wabridge.sim.genesys import GenesysSim
@@ -255,7 +255,7 @@ def test_the_real_type_is_the_downloads_then_genesyss_then_the_file_names() -> N
 async def test_on_s3_the_agents_file_is_kept_in_media_outbound(tmp_path: Path) -> None:
     from miniopy_async import Minio
 
-    from wabridge.engine.objects_s3 import S3Objects
+    from wabridge.adapters.objects.s3 import S3Objects
 
     settings = Settings(
         s3_endpoint=os.environ["WABRIDGE_S3_ENDPOINT"],

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from wabridge.actors.archive import ArchiveWriter, encode_record, read_archived
-from wabridge.engine.objects_dir import DirectoryObjects
-from wabridge.engine.ports import WEBHOOKS_BUCKET
+from wabridge.adapters.objects.directory import DirectoryObjects
+from wabridge.ports import WEBHOOKS_BUCKET
 from wabridge.engine.settings import Settings
 
 pytestmark = pytest.mark.anyio
@@ -99,7 +99,7 @@ async def test_a_failed_put_counts_every_webhook_of_its_segment_and_frees_the_me
 async def proxied_s3(tmp_path: Path, proxy_factory) -> AsyncIterator:
     """(S3 objects on the real server through a proxy, the proxy): cut it to take S3 down."""
     from tests.contract.test_objects import remove_buckets, s3_settings
-    from wabridge.engine.objects_s3 import S3Objects
+    from wabridge.adapters.objects.s3 import S3Objects
 
     proxy, url = await proxy_factory(os.environ["WABRIDGE_S3_ENDPOINT"])
     settings = s3_settings(tmp_path, endpoint=url)

@@ -9,10 +9,10 @@ import anyio
 import pytest
 import redis.asyncio as redis
 
-from wabridge.actors.auth import LoginFailed, TokenProvider, token_key
-from wabridge.engine.cache_memory import MemoryCache
-from wabridge.engine.cache_redis import RedisCache
-from wabridge.engine.ports import GenesysCredential, TenantConfig
+from wabridge.genesys.auth import LoginFailed, TokenProvider, token_key
+from wabridge.adapters.cache.memory import MemoryCache
+from wabridge.adapters.cache.redis import RedisCache
+from wabridge.ports import GenesysCredential, TenantConfig
 from wabridge.engine.secrets import Secret
 from wabridge.engine.settings import Settings
 from wabridge.sim.genesys import GenesysSim

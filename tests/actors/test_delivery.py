@@ -10,12 +10,12 @@ import anyio
 import msgspec
 import pytest
 
-from wabridge.actors.auth import TokenProvider
-from wabridge.actors.delivery import Delivered, DeliveryFailed, GenesysDelivery
-from wabridge.actors.far_end import FarEnd
-from wabridge.actors.ratelimit import RateBudget
-from wabridge.engine.cache_memory import MemoryCache
-from wabridge.engine.ports import BackendUnavailable, GenesysCredential, TenantConfig
+from wabridge.genesys.auth import TokenProvider
+from wabridge.genesys.delivery import Delivered, DeliveryFailed, GenesysDelivery
+from wabridge.engine.far_end import FarEnd
+from wabridge.genesys.ratelimit import RateBudget
+from wabridge.adapters.cache.memory import MemoryCache
+from wabridge.ports import BackendUnavailable, GenesysCredential, TenantConfig
 from wabridge.engine.secrets import Secret
 from wabridge.sim.genesys import GenesysSim, conversation_id_for
 

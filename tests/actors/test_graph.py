@@ -19,10 +19,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wabridge.actors.far_end import FarEnd
-from wabridge.actors.graph import MetaGraph, SendRefused, meta_error, multipart
-from wabridge.engine.cache_memory import MemoryCache
-from wabridge.engine.ports import BackendUnavailable, GenesysCredential, TenantConfig
+from wabridge.engine.far_end import FarEnd
+from wabridge.meta.graph import MetaGraph, SendRefused, meta_error, multipart
+from wabridge.adapters.cache.memory import MemoryCache
+from wabridge.ports import BackendUnavailable, GenesysCredential, TenantConfig
 from wabridge.engine.secrets import Secret
 from wabridge.engine.settings import Settings
 from wabridge.sim.meta import MetaSim
@@ -270,7 +270,7 @@ async def test_the_send_budget_spreads_a_numbers_sends_over_seconds_across_graph
 
 @pytest.mark.servers
 async def test_the_send_budget_is_shared_through_redis(clock: FakeClock) -> None:
-    from wabridge.engine.cache_redis import RedisCache
+    from wabridge.adapters.cache.redis import RedisCache
 
     settings = Settings(redis_url=os.environ["WABRIDGE_REDIS_URL"], key_prefix=f"t{uuid.uuid4().hex[:10]}:")
     caches: list[RedisCache] = []

@@ -19,7 +19,7 @@ from wabridge.codecs.routing import QueuedWebhook, encode_queued
 from wabridge.codecs.transform import transform
 from wabridge.engine import keys
 from wabridge.engine.actor import _failures as actor_failures
-from wabridge.engine.ports import BackendUnavailable
+from wabridge.ports import BackendUnavailable
 from wabridge.engine.settings import Settings
 from wabridge.sim import webhooks
 

@@ -28,8 +28,8 @@ from wabridge.actors.archive import encode_record, read_archived
 from wabridge.actors.ingress import WORKERS_KILL_TIMEOUT, IngressApp, settings_environment
 from wabridge.codecs.routing import QueuedWebhook, decode_queued
 from wabridge.codecs.transform import transform
-from wabridge.engine.object_keys import archive_segment_key
-from wabridge.engine.ports import WEBHOOKS_BUCKET, GenesysCredential, TenantConfig, TrackingStatus
+from wabridge.codecs.object_keys import archive_segment_key
+from wabridge.ports import WEBHOOKS_BUCKET, GenesysCredential, TenantConfig, TrackingStatus
 from wabridge.engine.secrets import Secret
 from wabridge.engine.settings import Settings
 
@@ -67,7 +67,7 @@ def sign(body: bytes, secret: str) -> dict[str, str]:
 
 @contextlib.asynccontextmanager
 async def opened_backends(settings: Settings) -> AsyncIterator:
-    from wabridge.engine.backends import open_backends
+    from wabridge.adapters.backends import open_backends
 
     async with open_backends(settings) as backends:  # migrates the store
         yield backends

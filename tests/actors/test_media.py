@@ -17,8 +17,8 @@ import pytest
 from wabridge.actors.media import MediaFetcher, MediaOutcome, sha256_digest
 from wabridge.codecs.results import Inbound
 from wabridge.codecs.transform import MEDIA_PLACEHOLDER, transform
-from wabridge.engine.objects_dir import DirectoryObjects
-from wabridge.engine.ports import MEDIA_BUCKET, BackendUnavailable, GenesysCredential, Objects, TenantConfig
+from wabridge.adapters.objects.directory import DirectoryObjects
+from wabridge.ports import MEDIA_BUCKET, BackendUnavailable, GenesysCredential, Objects, TenantConfig
 from wabridge.engine.secrets import Secret
 from wabridge.engine.settings import Settings
 from wabridge.sim import webhooks
@@ -319,7 +319,7 @@ async def drop_buckets(settings: Settings) -> None:
 
 @pytest.mark.servers
 async def test_on_s3_the_presigned_url_downloads_the_exact_bytes(tmp_path: Path, sim: MetaSim) -> None:
-    from wabridge.engine.objects_s3 import S3Objects
+    from wabridge.adapters.objects.s3 import S3Objects
 
     settings = s3_settings(tmp_path, sim.graph_url)
     objects = S3Objects(settings)
@@ -342,7 +342,7 @@ async def test_on_s3_the_presigned_url_downloads_the_exact_bytes(tmp_path: Path,
 async def test_when_s3_is_down_the_error_surfaces_instead_of_a_notice(
     tmp_path: Path, sim: MetaSim, proxy_factory
 ) -> None:
-    from wabridge.engine.objects_s3 import S3Objects
+    from wabridge.adapters.objects.s3 import S3Objects
 
     proxy, endpoint = await proxy_factory(os.environ["WABRIDGE_S3_ENDPOINT"])
     settings = s3_settings(tmp_path, sim.graph_url, endpoint)

@@ -22,8 +22,8 @@ import pytest
 from wabridge.actors.archive import read_archived
 from wabridge.actors.ingress import OUTBOUND_WEBHOOKS, IngressApp
 from wabridge.codecs.routing import QueuedWebhook, decode_queued
-from wabridge.engine.backends import Backends, open_backends
-from wabridge.engine.ports import WEBHOOKS_OUTBOUND_BUCKET, GenesysCredential, TenantConfig
+from wabridge.adapters.backends import Backends, open_backends
+from wabridge.ports import WEBHOOKS_OUTBOUND_BUCKET, GenesysCredential, TenantConfig
 from wabridge.engine.secrets import Secret
 from wabridge.engine.settings import Settings
 from wabridge.sim.genesys_agent import sign

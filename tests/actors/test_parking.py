@@ -19,10 +19,10 @@ from tests.contract.queue_harness import Collector, QueueKit, hold, take_dead_le
 from wabridge.actors import parking as parking_module
 from wabridge.actors.parking import POKE_PREFIX, HeldBack, ParkedDelivery, ShardParking, is_poke
 from wabridge.actors.tenant import Settled
-from wabridge.engine.ports import Delivery, MessageEvent, ParkedMessage, Store
+from wabridge.ports import Delivery, MessageEvent, ParkedMessage, Store
 from wabridge.engine.settings import Settings
-from wabridge.engine.store_postgres import PostgresStore
-from wabridge.engine.store_sqlite import SqliteStore
+from wabridge.adapters.store.postgres import PostgresStore
+from wabridge.adapters.store.sqlite import SqliteStore
 
 pytestmark = pytest.mark.anyio
 

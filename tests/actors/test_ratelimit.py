@@ -8,10 +8,10 @@ import uuid
 import pytest
 import redis.asyncio as redis
 
-from wabridge.actors.ratelimit import BLOCK_MAX, RateBudget, block_for, budget_key
-from wabridge.engine.cache_memory import MemoryCache
-from wabridge.engine.cache_redis import RedisCache
-from wabridge.engine.ports import GenesysCredential, TenantConfig
+from wabridge.genesys.ratelimit import BLOCK_MAX, RateBudget, block_for, budget_key
+from wabridge.adapters.cache.memory import MemoryCache
+from wabridge.adapters.cache.redis import RedisCache
+from wabridge.ports import GenesysCredential, TenantConfig
 from wabridge.engine.secrets import Secret
 from wabridge.engine.settings import Settings
 

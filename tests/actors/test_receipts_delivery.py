@@ -11,12 +11,12 @@ from collections.abc import AsyncIterator
 import msgspec
 import pytest
 
-from wabridge.actors.auth import TokenProvider
-from wabridge.actors.delivery import DeliveryFailed, GenesysDelivery
-from wabridge.actors.far_end import FarEnd
+from wabridge.genesys.auth import TokenProvider
+from wabridge.genesys.delivery import DeliveryFailed, GenesysDelivery
+from wabridge.engine.far_end import FarEnd
 from wabridge.codecs.receipts import Reason, receipt, receipt_body
-from wabridge.engine.cache_memory import MemoryCache
-from wabridge.engine.ports import GenesysCredential, TenantConfig
+from wabridge.adapters.cache.memory import MemoryCache
+from wabridge.ports import GenesysCredential, TenantConfig
 from wabridge.engine.secrets import Secret
 from wabridge.sim.genesys import GenesysSim
 from wabridge.sim.genesys_agent import Outbound, Party, SendSpec

@@ -11,10 +11,10 @@ import pytest
 
 from wabridge.actors.state import ConversationState
 from wabridge.engine import keys
-from wabridge.engine.cache_memory import MemoryCache
-from wabridge.engine.ports import BackendUnavailable
-from wabridge.engine.store_postgres import PostgresStore
-from wabridge.engine.store_sqlite import SqliteStore
+from wabridge.adapters.cache.memory import MemoryCache
+from wabridge.ports import BackendUnavailable
+from wabridge.adapters.store.postgres import PostgresStore
+from wabridge.adapters.store.sqlite import SqliteStore
 
 pytestmark = pytest.mark.anyio
 

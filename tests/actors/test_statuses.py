@@ -13,18 +13,18 @@ import msgspec
 import pytest
 
 from wabridge.actors.agent_media import AgentMedia
-from wabridge.actors.auth import TokenProvider
+from wabridge.genesys.auth import TokenProvider
 from wabridge.actors.contacts import Contacts
-from wabridge.actors.delivery import GenesysDelivery
-from wabridge.actors.graph import MetaGraph
+from wabridge.genesys.delivery import GenesysDelivery
+from wabridge.meta.graph import MetaGraph
 from wabridge.actors.outbound import OutboundSender, read_state
 from wabridge.actors.statuses import StatusReceipts
 from wabridge.actors.tracking import TrackingLookups, TrackingWriter
 from wabridge.codecs.outbound import Send, callback_data
 from wabridge.codecs.results import StatusError, StatusUpdate
-from wabridge.engine.backends import open_backends
-from wabridge.engine.cache_memory import MemoryCache
-from wabridge.engine.ports import GenesysCredential, Store, TenantConfig, TrackingRecord
+from wabridge.adapters.backends import open_backends
+from wabridge.adapters.cache.memory import MemoryCache
+from wabridge.ports import GenesysCredential, Store, TenantConfig, TrackingRecord
 from wabridge.engine.secrets import Secret, generate_key
 from wabridge.engine.settings import Settings
 from wabridge.sim.genesys import GenesysSim

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.actors.test_ingress import ACME, GLOBEX, opened_backends, tenant
-from wabridge.actors.tenants import TenantDirectory
+from wabridge.actors.directory import TenantDirectory
 from wabridge.engine import keys
-from wabridge.engine.ports import BackendUnavailable
+from wabridge.ports import BackendUnavailable
 from wabridge.engine.secrets import Secret
 from wabridge.engine.settings import Settings
 

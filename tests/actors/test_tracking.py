@@ -9,10 +9,10 @@ import uuid
 import pytest
 
 from wabridge.actors.tracking import TrackingLookups, TrackingWriter
-from wabridge.engine.ports import BackendUnavailable, TrackingRecord
+from wabridge.ports import BackendUnavailable, TrackingRecord
 from wabridge.engine.secrets import Secret
-from wabridge.engine.store_postgres import PostgresStore
-from wabridge.engine.store_sqlite import SqliteStore
+from wabridge.adapters.store.postgres import PostgresStore
+from wabridge.adapters.store.sqlite import SqliteStore
 
 pytestmark = pytest.mark.anyio
 
@@ -227,7 +227,7 @@ async def test_a_store_failure_reaches_every_lookup_of_the_batch_and_the_next_on
 async def test_events_are_written_with_the_next_batch_never_awaited_and_flushed_at_close(store):
     """A message's unusual steps (`wabridge trace`) ride with the writer: `event()` returns at once, the events are
     in the store once the batch they came with is, and what is left is written at close."""
-    from wabridge.engine.ports import MessageEvent
+    from wabridge.ports import MessageEvent
 
     writer = TrackingWriter(store, max_delay=0.001)
     await writer.start()
@@ -246,7 +246,7 @@ async def test_a_trail_names_its_message_on_every_log_line_and_hands_its_notes_t
     import json
     import logging
 
-    from wabridge.actors import history
+    from wabridge.engine import history
     from wabridge.engine.logs import configure, get_logger
 
     stream = io.StringIO()

@@ -16,7 +16,7 @@ from wabridge.actors.tenant import TenantActor
 from wabridge.actors.worker import Worker
 from wabridge.codecs.routing import QueuedWebhook, encode_queued
 from wabridge.engine.drain import Shutdown
-from wabridge.engine.queue_sqlite import shard_of
+from wabridge.adapters.queue.sqlite import shard_of
 from wabridge.engine.settings import Settings
 from wabridge.sim import webhooks
 

@@ -10,10 +10,10 @@ import anyio
 import pytest
 
 from wabridge.cli import main
-from wabridge.engine.ports import TenantConfig
+from wabridge.ports import TenantConfig
 from wabridge.engine.secrets import generate_key
 from wabridge.engine.settings import load_settings
-from wabridge.engine.store_sqlite import SqliteStore
+from wabridge.adapters.store.sqlite import SqliteStore
 
 WEBHOOK_SECRET = "genesys-webhook-secret-4d1e"
 SECRETS = ("app-secret-7f3a", "verify-token-91c2", "wa-token-55e0", "client-secret-0b9d", WEBHOOK_SECRET)

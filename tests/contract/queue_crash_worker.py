@@ -7,8 +7,8 @@ import asyncio
 import sys
 from pathlib import Path
 
-from wabridge.engine.ports import Delivery
-from wabridge.engine.queue_sqlite import SqliteQueue
+from wabridge.ports import Delivery
+from wabridge.adapters.queue.sqlite import SqliteQueue
 from wabridge.engine.settings import Settings
 
 

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from wabridge.engine.ports import Delivery, Queue
-from wabridge.engine.queue_amqp import AmqpQueue
-from wabridge.engine.queue_sqlite import SqliteQueue
+from wabridge.ports import Delivery, Queue
+from wabridge.adapters.queue.amqp import AmqpQueue
+from wabridge.adapters.queue.sqlite import SqliteQueue
 from wabridge.engine.secrets import Secret
 from wabridge.engine.settings import Settings
 

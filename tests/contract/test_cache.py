@@ -11,10 +11,10 @@ import pytest
 import redis.asyncio as redis
 
 from wabridge.engine import keys
-from wabridge.engine.cache_memory import MemoryCache
-from wabridge.engine.cache_redis import RedisCache
+from wabridge.adapters.cache.memory import MemoryCache
+from wabridge.adapters.cache.redis import RedisCache
 from wabridge.engine.lru import LocalCache
-from wabridge.engine.ports import BackendUnavailable, Cache
+from wabridge.ports import BackendUnavailable, Cache
 
 pytestmark = pytest.mark.anyio
 

@@ -16,9 +16,9 @@ import anyio
 import httpx
 import pytest
 
-from wabridge.engine.object_keys import MAX_PART, extension_for, key_part, media_key, utc_day, webhook_key
-from wabridge.engine.objects_dir import KEY_FILE, DirectoryObjects
-from wabridge.engine.ports import (
+from wabridge.codecs.object_keys import MAX_PART, extension_for, key_part, media_key, utc_day, webhook_key
+from wabridge.adapters.objects.directory import KEY_FILE, DirectoryObjects
+from wabridge.ports import (
     MEDIA_BUCKET,
     MEDIA_OUTBOUND_BUCKET,
     WEBHOOKS_BUCKET,
@@ -49,7 +49,7 @@ async def remove_buckets(settings: Settings) -> None:
     """Leave the shared server as we found it: empty and drop this test's buckets."""
     from miniopy_async import Minio
 
-    from wabridge.engine.objects_s3 import BUCKETS
+    from wabridge.adapters.objects.s3 import BUCKETS
 
     assert settings.s3_access_key is not None and settings.s3_secret_key is not None
     client = Minio(
@@ -73,7 +73,7 @@ async def remove_buckets(settings: Settings) -> None:
 
 @pytest.fixture
 async def s3_objects(tmp_path: Path) -> AsyncIterator[Objects]:
-    from wabridge.engine.objects_s3 import S3Objects
+    from wabridge.adapters.objects.s3 import S3Objects
 
     settings = s3_settings(tmp_path)
     objects = S3Objects(settings)
@@ -238,7 +238,7 @@ async def test_s3_keeps_content_type_and_metadata(s3_objects) -> None:
 
 @pytest.mark.servers
 async def test_s3_puts_a_body_hashed_off_the_loop_byte_for_byte(s3_objects) -> None:
-    from wabridge.engine.objects_s3 import HASH_INLINE_BYTES
+    from wabridge.adapters.objects.s3 import HASH_INLINE_BYTES
 
     data = os.urandom(HASH_INLINE_BYTES + 1)  # past the inline limit: its SHA-256 is taken in a thread
     await s3_objects.put(MEDIA_BUCKET, "acme/v.mp4", data, content_type="video/mp4", metadata={"wamid": "w2"})
@@ -249,7 +249,7 @@ async def test_s3_puts_a_body_hashed_off_the_loop_byte_for_byte(s3_objects) -> N
 async def test_s3_refusing_a_put_is_the_servers_error_not_an_outage_and_keeps_the_secret(tmp_path: Path) -> None:
     from miniopy_async.error import S3Error
 
-    from wabridge.engine.objects_s3 import S3Objects
+    from wabridge.adapters.objects.s3 import S3Objects
 
     settings = s3_settings(tmp_path)
     objects = S3Objects(settings)
@@ -281,8 +281,8 @@ async def test_s3_put_answers_are_an_outage_or_the_servers_error(tmp_path: Path,
 
     from miniopy_async.error import S3Error
 
-    from wabridge.engine.http1 import Http1Pool
-    from wabridge.engine.objects_s3 import S3Objects
+    from wabridge.http.client import Http1Pool
+    from wabridge.adapters.objects.s3 import S3Objects
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
@@ -315,7 +315,7 @@ async def test_s3_applies_the_bucket_prefix(s3_objects) -> None:
 
 @pytest.mark.servers
 async def test_s3_processes_starting_together_all_open_the_same_new_buckets(tmp_path: Path) -> None:
-    from wabridge.engine.objects_s3 import S3Objects
+    from wabridge.adapters.objects.s3 import S3Objects
 
     settings = s3_settings(tmp_path)
     starters = [S3Objects(settings) for _ in range(4)]
@@ -333,7 +333,7 @@ async def test_s3_processes_starting_together_all_open_the_same_new_buckets(tmp_
 
 @pytest.mark.servers
 async def test_s3_going_down_surfaces_backend_unavailable_quickly(tmp_path: Path, proxy_factory) -> None:
-    from wabridge.engine.objects_s3 import S3Objects
+    from wabridge.adapters.objects.s3 import S3Objects
 
     proxy, url = await proxy_factory(os.environ["WABRIDGE_S3_ENDPOINT"])
     settings = s3_settings(tmp_path, endpoint=url)
@@ -360,7 +360,7 @@ async def test_s3_going_down_surfaces_backend_unavailable_quickly(tmp_path: Path
 
 @pytest.mark.servers
 async def test_s3_unreachable_at_start_up_fails_open_with_backend_unavailable(tmp_path: Path, proxy_factory) -> None:
-    from wabridge.engine.objects_s3 import S3Objects
+    from wabridge.adapters.objects.s3 import S3Objects
 
     proxy, url = await proxy_factory(os.environ["WABRIDGE_S3_ENDPOINT"])
     proxy.cut()
@@ -375,7 +375,7 @@ async def test_s3_unreachable_at_start_up_fails_open_with_backend_unavailable(tm
 
 @pytest.mark.servers
 async def test_s3_repr_never_shows_the_keys(tmp_path: Path) -> None:
-    from wabridge.engine.objects_s3 import S3Objects
+    from wabridge.adapters.objects.s3 import S3Objects
 
     text = repr(S3Objects(s3_settings(tmp_path)))
     assert os.environ["WABRIDGE_S3_SECRET_KEY"] not in text and os.environ["WABRIDGE_S3_ACCESS_KEY"] not in text
@@ -431,7 +431,7 @@ async def test_a_directory_url_is_honoured_by_another_process_on_the_same_data_d
 def test_the_signing_key_is_made_once_private_and_shared(tmp_path: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from wabridge.engine.objects_dir import load_signing_key
+    from wabridge.adapters.objects.directory import load_signing_key
 
     path = tmp_path / "data" / KEY_FILE
     with ThreadPoolExecutor(max_workers=8) as pool:

@@ -8,10 +8,11 @@ import msgspec
 import pytest
 
 from tests.contract.test_store import make_store, raw_tenant_rows, tenant
-from wabridge.engine import store_postgres, store_sqlite
-from wabridge.engine.ports import Contact, Store, TenantConfig, TrackingRecord
+from wabridge.adapters.store import sqlite as store_sqlite
+from wabridge.adapters.store import postgres as store_postgres
+from wabridge.ports import Contact, Store, TenantConfig, TrackingRecord
 from wabridge.engine.secrets import Secret, generate_key
-from wabridge.engine.store_sqlite import SqliteStore
+from wabridge.adapters.store.sqlite import SqliteStore
 
 pytestmark = pytest.mark.anyio
 

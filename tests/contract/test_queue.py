@@ -17,9 +17,9 @@ import anyio
 import pytest
 
 from tests.contract.queue_harness import Collector, QueueKit, hold, take_dead_letters
-from wabridge.engine.ports import BackendUnavailable, Delivery, Queue
-from wabridge.engine.queue_sqlite import LEASE_TTL as LEASE_TTL_SECONDS
-from wabridge.engine.queue_sqlite import SqliteQueue, shard_of
+from wabridge.ports import BackendUnavailable, Delivery, Queue
+from wabridge.adapters.queue.sqlite import LEASE_TTL as LEASE_TTL_SECONDS
+from wabridge.adapters.queue.sqlite import SqliteQueue, shard_of
 from wabridge.engine.secrets import Secret
 from wabridge.engine.settings import Settings
 
@@ -417,7 +417,7 @@ async def test_a_peer_that_closes_each_connection_at_once_reads_as_unavailable(a
     import socket
     import threading
 
-    from wabridge.engine import queue_amqp
+    from wabridge.adapters.queue import amqp as queue_amqp
 
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -473,7 +473,7 @@ async def test_the_sqlite_shard_of_a_tenant_is_crc32_modulo_shards() -> None:
 
 async def test_a_shard_lease_left_by_a_dead_process_is_taken_over_after_it_expires(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import wabridge.engine.queue_sqlite as queue_sqlite
+    import wabridge.adapters.queue.sqlite as queue_sqlite
 
     monkeypatch.setattr(queue_sqlite, "LEASE_TTL", 0.5)
     settings = Settings(data_dir=tmp_path / "data")
@@ -542,7 +542,7 @@ async def test_messages_held_by_a_killed_worker_process_are_redelivered_at_once(
 def test_direct_publish_frames_are_byte_for_byte_what_pamqp_marshals(exchange, tenant_id, body, max_content) -> None:
     from pamqp import commands as spec
 
-    from wabridge.engine.queue_amqp import PERSISTENT, TENANT_HEADER, generic_publish_frames, publish_frames
+    from wabridge.adapters.queue.amqp import PERSISTENT, TENANT_HEADER, generic_publish_frames, publish_frames
 
     message_id = f"1a2149412ce8f7:{tenant_id}"
     direct = publish_frames(7, exchange, tenant_id, body, message_id=message_id, tenant_id=tenant_id,
@@ -553,7 +553,7 @@ def test_direct_publish_frames_are_byte_for_byte_what_pamqp_marshals(exchange, t
 
 
 def test_a_routing_key_over_255_bytes_is_refused_before_anything_is_written() -> None:
-    from wabridge.engine.queue_amqp import publish_frames
+    from wabridge.adapters.queue.amqp import publish_frames
 
     with pytest.raises(ValueError):
         publish_frames(1, "q", "x" * 256, b"{}", message_id="m", tenant_id="x" * 256, max_content=131064)
@@ -590,7 +590,7 @@ def test_direct_settlement_frames_are_byte_for_byte_what_pamqp_marshals(delivery
     from aiormq.abc import ChannelFrame
     from pamqp import commands as spec
 
-    from wabridge.engine.queue_amqp import settle_frame
+    from wabridge.adapters.queue.amqp import settle_frame
 
     method = spec.Basic.Ack(delivery_tag=delivery_tag, multiple=False) if requeue is None else \
         spec.Basic.Nack(delivery_tag=delivery_tag, multiple=False, requeue=requeue)

@@ -10,9 +10,9 @@ import uuid
 import asyncpg
 import pytest
 
-from wabridge.engine.store_postgres import MIGRATIONS
+from wabridge.adapters.store.postgres import MIGRATIONS
 
-from wabridge.engine.ports import (
+from wabridge.ports import (
     BackendUnavailable,
     GenesysCredential,
     ParkedMessage,
@@ -23,8 +23,8 @@ from wabridge.engine.ports import (
     TrackingStatus,
 )
 from wabridge.engine.secrets import Secret, generate_key
-from wabridge.engine.store_postgres import PostgresStore
-from wabridge.engine.store_sqlite import SqliteStore
+from wabridge.adapters.store.postgres import PostgresStore
+from wabridge.adapters.store.sqlite import SqliteStore
 
 pytestmark = pytest.mark.anyio
 
@@ -608,7 +608,7 @@ async def test_list_tracking_by_customer_and_direction_newest_first(store):
 
 
 async def test_message_events_come_back_in_time_order_by_wamid_or_by_webhook_within_the_tenant(store):
-    from wabridge.engine.ports import MessageEvent
+    from wabridge.ports import MessageEvent
 
     t0 = 1_700_000_000.0
     await store.write_events([

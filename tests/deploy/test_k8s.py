@@ -16,7 +16,8 @@ import yaml
 
 from wabridge.actors import ingress as ingress_module
 from wabridge.cli import build_parser
-from wabridge.engine import drain, queue_amqp
+from wabridge.engine import drain
+from wabridge.adapters.queue import amqp as queue_amqp
 from wabridge.engine.secrets import generate_key
 from wabridge.engine.settings import Settings, load_settings
 

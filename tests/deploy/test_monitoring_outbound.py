@@ -10,7 +10,7 @@ import yaml
 
 from tests.deploy.monitoring import ALERTS, DASHBOARD, dashboard_exprs, metric_names
 
-# Queue names as the AMQP adapter makes them with the default WABRIDGE_QUEUE_NAME (engine/queue_amqp.py).
+# Queue names as the AMQP adapter makes them with the default WABRIDGE_QUEUE_NAME (adapters/queue/amqp.py).
 INBOUND_SHARD, OUTBOUND_SHARD = "INBOUND_WHATSAPP_MESSAGES.2", "INBOUND_WHATSAPP_MESSAGES.outbound.2"
 DEAD_QUEUES = ("INBOUND_WHATSAPP_MESSAGES.dead", "INBOUND_WHATSAPP_MESSAGES.outbound.dead")
 _QUEUE_MATCHER = re.compile(r'queue=~"((?:[^"\\]|\\.)*)"')

@@ -23,8 +23,8 @@ from typing import Any
 import httpx
 
 from wabridge.actors.ingress import settings_environment
-from wabridge.engine.backends import open_backends
-from wabridge.engine.ports import GenesysCredential, Store, TenantConfig, TrackingRecord
+from wabridge.adapters.backends import open_backends
+from wabridge.ports import GenesysCredential, Store, TenantConfig, TrackingRecord
 from wabridge.engine.secrets import Secret
 from wabridge.engine.settings import Settings
 from wabridge.sim import webhooks

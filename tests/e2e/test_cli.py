@@ -17,8 +17,8 @@ from wabridge.actors.ingress import settings_environment
 from wabridge.cli import COMMANDS
 from wabridge.codecs.results import Inbound, pack_result
 from wabridge.codecs.transform import transform
-from wabridge.engine.backends import open_backends
-from wabridge.engine.ports import TrackingRecord
+from wabridge.adapters.backends import open_backends
+from wabridge.ports import TrackingRecord
 from wabridge.engine.secrets import Secret, generate_key
 from wabridge.engine.settings import Settings
 from wabridge.sim import webhooks

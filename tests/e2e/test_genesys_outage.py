@@ -13,7 +13,7 @@ import msgspec
 import pytest
 
 from tests.e2e.harness import PHONE_NUMBER_ID, TENANT, Bridge, Genesys, running_bridge, running_genesys, tenant_config
-from wabridge.engine.backends import open_backends
+from wabridge.adapters.backends import open_backends
 from wabridge.engine.settings import Settings
 from wabridge.sim import webhooks
 from wabridge.sim.meta import MetaSim

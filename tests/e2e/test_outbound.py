@@ -18,7 +18,7 @@ import pytest
 from tests.e2e.harness import (
     APP_SECRET, PHONE_NUMBER_ID, TENANT, WHATSAPP_TOKEN, Bridge, Genesys, free_port, running_bridge, tenant_config,
 )  # fmt: skip
-from wabridge.engine.backends import open_backends
+from wabridge.adapters.backends import open_backends
 from wabridge.engine.secrets import Secret
 from wabridge.engine.settings import Settings
 from wabridge.sim import webhooks

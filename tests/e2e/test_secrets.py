@@ -29,7 +29,7 @@ import pytest
 
 from tests.e2e.harness import CLIENT_ID, INTEGRATION, PHONE_NUMBER_ID, TENANT, Bridge, run_cli
 from wabridge.actors.ingress import settings_environment
-from wabridge.engine.backends import open_backends
+from wabridge.adapters.backends import open_backends
 from wabridge.engine.settings import Settings
 from wabridge.sim import webhooks
 from wabridge.sim.genesys import GenesysSim

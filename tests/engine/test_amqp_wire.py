@@ -1,11 +1,11 @@
-"""The aiormq internals the AMQP adapter writes into are checked at start-up (engine/amqp_wire.py): a release outside
+"""The aiormq internals the AMQP adapter writes into are checked at start-up (adapters/queue/amqp_wire.py): a release outside
 the proven range, or a Channel without those attributes, refuses with one line instead of publishing into them."""
 
 from __future__ import annotations
 
 import pytest
 
-from wabridge.engine import amqp_wire
+from wabridge.adapters.queue import amqp_wire
 
 
 def test_the_installed_aiormq_is_one_the_adapter_was_proven_against() -> None:

@@ -11,8 +11,8 @@ import time
 import anyio
 import pytest
 
-from wabridge.engine.backends import Backends, adapter_kinds, open_backends, open_backends_when_up, readiness
-from wabridge.engine.ports import MEDIA_BUCKET, WEBHOOKS_BUCKET, BackendUnavailable, Cache, Objects, Queue, Store
+from wabridge.adapters.backends import Backends, adapter_kinds, open_backends, open_backends_when_up, readiness
+from wabridge.ports import MEDIA_BUCKET, WEBHOOKS_BUCKET, BackendUnavailable, Cache, Objects, Queue, Store
 from wabridge.engine.secrets import Secret
 from wabridge.engine.settings import Settings
 
@@ -59,11 +59,11 @@ def test_each_port_is_chosen_on_its_own(embedded_settings: Settings) -> None:
 
 
 async def test_embedded_backends_open_work_and_report_ready(embedded_settings: Settings) -> None:
-    from wabridge.engine.cache_memory import MemoryCache
+    from wabridge.adapters.cache.memory import MemoryCache
     from wabridge.engine.lru import LocalCache
-    from wabridge.engine.objects_dir import DirectoryObjects
-    from wabridge.engine.queue_sqlite import SqliteQueue
-    from wabridge.engine.store_sqlite import SqliteStore
+    from wabridge.adapters.objects.directory import DirectoryObjects
+    from wabridge.adapters.queue.sqlite import SqliteQueue
+    from wabridge.adapters.store.sqlite import SqliteStore
 
     async with open_backends(embedded_settings) as backends:
         assert isinstance(backends.store, SqliteStore) and isinstance(backends.queue, SqliteQueue)
@@ -95,10 +95,10 @@ async def test_embedded_data_survives_reopening_the_backends(embedded_settings: 
 
 @pytest.mark.servers
 async def test_configured_servers_select_every_real_adapter(server_settings: Settings) -> None:
-    from wabridge.engine.cache_redis import RedisCache
-    from wabridge.engine.objects_s3 import S3Objects
-    from wabridge.engine.queue_amqp import AmqpQueue
-    from wabridge.engine.store_postgres import PostgresStore
+    from wabridge.adapters.cache.redis import RedisCache
+    from wabridge.adapters.objects.s3 import S3Objects
+    from wabridge.adapters.queue.amqp import AmqpQueue
+    from wabridge.adapters.store.postgres import PostgresStore
 
     try:
         async with open_backends(server_settings) as backends:

@@ -1,4 +1,4 @@
-"""engine/http1.py against real sockets: a tiny asyncio server answers with exactly the bytes each test chooses."""
+"""http/client.py against real sockets: a tiny asyncio server answers with exactly the bytes each test chooses."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from wabridge.engine.http1 import BodyTooLarge, Http1Pool, Http1Pools, HttpError
+from wabridge.http.client import BodyTooLarge, Http1Pool, Http1Pools, HttpError
 
 pytestmark = pytest.mark.anyio
 

@@ -1,4 +1,4 @@
-"""engine/http1.py hardened: one TLS context, proxies refused at start-up, a request resent when its kept-alive
+"""http/client.py hardened: one TLS context, proxies refused at start-up, a request resent when its kept-alive
 connection was already closed, head limits, 1xx and bodiless answers, user-info, the public-address guard — against
 hand-written byte-exact servers and against HTTP servers the project did not write (uvicorn/h11, aiohttp)."""
 
@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from tests.engine.test_http1 import _self_signed, answer, read_request, serving
-from wabridge.engine import http1
-from wabridge.engine.http1 import Http1Pool, Http1Pools, HttpError
+from wabridge.http import client as http1
+from wabridge.http.client import Http1Pool, Http1Pools, HttpError
 
 pytestmark = pytest.mark.anyio
 

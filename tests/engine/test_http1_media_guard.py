@@ -17,8 +17,8 @@ from tests.actors.test_media import TENANT as INBOUND_TENANT
 from tests.engine.test_http1 import _self_signed
 from wabridge.actors.agent_media import MediaRefused
 from wabridge.actors.media import MediaFetcher, _Final
-from wabridge.engine import http1
-from wabridge.engine.objects_dir import DirectoryObjects
+from wabridge.http import client as http1
+from wabridge.adapters.objects.directory import DirectoryObjects
 from wabridge.engine.settings import Settings
 from wabridge.sim.meta import MetaSim
 

@@ -11,7 +11,7 @@ import pytest
 
 from wabridge.engine import outage
 from wabridge.engine.outage import HOLD_BACKOFF, hold_through_outage
-from wabridge.engine.ports import BackendUnavailable
+from wabridge.ports import BackendUnavailable
 
 pytestmark = pytest.mark.anyio
 

@@ -40,7 +40,7 @@ from typing import Any
 
 from wabridge.actors.ingress import settings_environment
 from wabridge.codecs.routing import decode_queued
-from wabridge.engine.ports import GenesysCredential, TenantConfig
+from wabridge.ports import GenesysCredential, TenantConfig
 from wabridge.engine.secrets import Secret, generate_key
 from wabridge.engine.settings import Settings
 from wabridge.sim import webhooks
@@ -635,7 +635,7 @@ async def served_ingress(settings: Settings, log_path: Path) -> AsyncIterator[in
 
 async def canary_queued(port: int, settings: Settings, report: Report) -> None:
     """The ingress still works: a normal signed webhook is answered 200 and reaches the queue."""
-    from wabridge.engine.backends import open_backends
+    from wabridge.adapters.backends import open_backends
 
     body = webhooks.webhook(ACME_NUMBER, [webhooks.message("text", text=f"canary {uuid.uuid4()}")])
     canary = Case("canary", Generator(0).post(body, hub_signature(body, ACME_SECRET)), signed=True)
@@ -680,7 +680,7 @@ def log_problems(log_text: str, requests: int) -> list[str]:
 async def fuzz_ingress(settings: Settings, workdir: Path, *, requests: int, seed: int | None = None,
                        connections: int = 8, batch: int = 64) -> Report:  # fmt: skip
     """Serve the ingress on `settings`' backends (tenants put first), send `requests` cases, check what must hold."""
-    from wabridge.engine.backends import open_backends
+    from wabridge.adapters.backends import open_backends
 
     seed = random.randrange(2**32) if seed is None else seed
     report = Report(seed)

@@ -42,7 +42,7 @@ import pytest
 from tests.fuzz import ingress as fz
 from wabridge.codecs.outbound import OutboundDecodeError, decode_outbound
 from wabridge.codecs.routing import decode_queued
-from wabridge.engine.ports import TenantConfig
+from wabridge.ports import TenantConfig
 from wabridge.engine.secrets import Secret, generate_key
 from wabridge.engine.settings import Settings
 
@@ -348,7 +348,7 @@ async def check_queue(port: int, settings: Settings, report: OutboundReport, gen
     """Every (tenant, body) answered 200 is in the outbound queue once, and nothing else. Each tenant's canary, sent
     after every fuzz case was answered, is published after all of them into its tenant's shard: once every canary
     has been consumed, so has everything queued before (one shard is consumed in order), with no time to wait out."""
-    from wabridge.engine.backends import open_backends
+    from wabridge.adapters.backends import open_backends
 
     canaries = {}
     for tenant in GENESYS_SECRETS:
@@ -392,7 +392,7 @@ async def check_queue(port: int, settings: Settings, report: OutboundReport, gen
 
 async def fuzz_outbound_ingress(settings: Settings, workdir: Path, *, requests: int, seed: int | None = None,
                                 connections: int = 8, batch: int = 64) -> OutboundReport:  # fmt: skip
-    from wabridge.engine.backends import open_backends
+    from wabridge.adapters.backends import open_backends
 
     seed = random.randrange(2**32) if seed is None else seed
     report = OutboundReport(seed)

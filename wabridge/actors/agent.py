@@ -18,9 +18,9 @@ import asyncio
 import math
 import time
 
-from wabridge.actors.history import Origin, Trail, webhook_of
+from wabridge.engine.history import Origin, Trail, webhook_of
 from wabridge.actors.outbound import OUTBOUND, OutboundSender
-from wabridge.actors.tenants import TenantDirectory
+from wabridge.actors.directory import TenantDirectory
 from wabridge.actors.tracking import TrackingWriter
 from wabridge.codecs.outbound import OutboundResult, decode_outbound
 from wabridge.codecs.routing import decode_queued
@@ -29,7 +29,7 @@ from wabridge.engine.lanes import Lanes
 from wabridge.engine.logs import get_logger
 from wabridge.engine.metrics import REGISTRY
 from wabridge.engine.outage import hold_through_outage
-from wabridge.engine.ports import BackendUnavailable, Delivery, TenantConfig, TrackingRecord, TrackingStatus
+from wabridge.ports import BackendUnavailable, Delivery, TenantConfig, TrackingRecord, TrackingStatus
 
 _dead_letters = REGISTRY.counter(
     "wabridge_outbound_dead_letters_total", "Agent webhooks moved to the outbound dead-letter queue.", []

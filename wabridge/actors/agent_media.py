@@ -38,15 +38,15 @@ from urllib.parse import urljoin, urlsplit
 import anyio
 import msgspec
 
-from wabridge.actors import history
-from wabridge.actors.auth import LoginFailed, TokenProvider
-from wabridge.actors.graph import MetaGraph, SendRefused
+from wabridge.engine import history
+from wabridge.genesys.auth import LoginFailed, TokenProvider
+from wabridge.meta.graph import MetaGraph, SendRefused
 from wabridge.actors.media import MAX_REDIRECTS, REDIRECTS
 from wabridge.codecs.outbound import MediaToFetch, Send
 from wabridge.codecs.receipts import MEDIA_LIMITS, Reason, bare_mime, media_problem
-from wabridge.engine.http1 import AddressRefused, BodyTooLarge, HttpError, Http1Pools, Reply
-from wabridge.engine.object_keys import extension_for, media_key
-from wabridge.engine.ports import MEDIA_OUTBOUND_BUCKET, Objects, TenantConfig
+from wabridge.http.client import AddressRefused, BodyTooLarge, HttpError, Http1Pools, Reply
+from wabridge.codecs.object_keys import extension_for, media_key
+from wabridge.ports import MEDIA_OUTBOUND_BUCKET, Objects, TenantConfig
 
 RETRYABLE = frozenset({408, 425, 429})  # and every 5xx
 GENERIC_TYPES = frozenset({"application/octet-stream", "binary/octet-stream", "application/unknown"})

@@ -37,9 +37,9 @@ from typing import Any
 
 import msgspec
 
-from wabridge.engine.object_keys import archive_segment_key
+from wabridge.codecs.object_keys import archive_segment_key
 from wabridge.engine.outage import hold_through_outage
-from wabridge.engine.ports import WEBHOOKS_BUCKET, BackendUnavailable
+from wabridge.ports import WEBHOOKS_BUCKET, BackendUnavailable
 
 log = logging.getLogger("wabridge.ingress")
 

@@ -21,7 +21,7 @@ import logging
 from collections import OrderedDict
 
 from wabridge.engine.grouping import Grouped
-from wabridge.engine.ports import Contact, CustomerStore
+from wabridge.ports import Contact, CustomerStore
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from wabridge.engine import keys
 from wabridge.engine.grouping import Grouped
 from wabridge.engine.logs import get_logger
 from wabridge.engine.metrics import REGISTRY
-from wabridge.engine.ports import BackendUnavailable, Cache, CustomerStore
+from wabridge.ports import BackendUnavailable, Cache, CustomerStore
 
 log = get_logger("identity")
 

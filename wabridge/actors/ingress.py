@@ -51,7 +51,7 @@ import msgspec
 
 from wabridge.actors.archive import MAX_BYTES as ARCHIVE_MAX_BYTES
 from wabridge.actors.archive import ArchiveWriter
-from wabridge.actors.http import (
+from wabridge.http.server import (
     JSON,
     BadContentLength,
     BodyTooLarge,
@@ -61,7 +61,7 @@ from wabridge.actors.http import (
     read_body,
     text,
 )
-from wabridge.actors.tenants import TenantDirectory
+from wabridge.actors.directory import TenantDirectory
 from wabridge.codecs.routing import (
     MalformedWebhook,
     QueuedWebhook,
@@ -72,7 +72,7 @@ from wabridge.codecs.routing import (
     without_lone_surrogates,
 )
 from wabridge.engine import heap, metrics, process_metrics
-from wabridge.engine.ports import (
+from wabridge.ports import (
     WEBHOOKS_OUTBOUND_BUCKET,
     BackendUnavailable,
     TenantConfig,
@@ -237,7 +237,7 @@ class IngressApp:
         """Open the backends, waiting for servers that are down; False when `stopping` was set first."""
         await self._exit.enter_async_context(process_metrics.watching())  # event-loop lag, until aclose
         if self.backends is None:
-            from wabridge.engine.backends import open_backends_when_up
+            from wabridge.adapters.backends import open_backends_when_up
 
             backends = await self._exit.enter_async_context(
                 open_backends_when_up(self.settings, stopping or asyncio.Event())
@@ -549,7 +549,7 @@ class IngressApp:
     # --- operations -------------------------------------------------------------------------------------------
 
     async def readiness(self) -> Response:
-        from wabridge.engine.backends import readiness
+        from wabridge.adapters.backends import readiness
 
         checks = await readiness(self.backends)
         status = 200 if all(checks.values()) else 503

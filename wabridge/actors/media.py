@@ -24,7 +24,7 @@ What can go wrong, and what happens (a data table: FINAL_LOOKUP / RETRYABLE belo
 Idempotent: the key depends only on the message, so a redelivered message overwrites the same object.
 Memory is bounded by `concurrency × max_bytes` (the Objects port takes whole bytes, so a file is buffered).
 
-HTTP client: engine/http1.py, as for the Genesys POST, with the redirects followed here (Meta's download url may
+HTTP client: http/client.py, as for the Genesys POST, with the redirects followed here (Meta's download url may
 send us to a CDN; the token is never sent to another origin than the one it was meant for, aiohttp's rule too) and
 the size limit enforced while the body is read. With both GETs on aiohttp and the S3 put through miniopy's own
 transport, an image message cost the worker 1,030-1,080 µs; with both on http1, 690-707 µs (a worker draining
@@ -41,13 +41,13 @@ from urllib.parse import urljoin, urlsplit
 import anyio
 import msgspec
 
-from wabridge.actors import history
+from wabridge.engine import history
 from wabridge.codecs.genesys import OpenInboundNormalizedMessage
 from wabridge.codecs.results import Inbound, MediaRef, sha256_digest
 from wabridge.codecs.transform import media_as_text, with_media_url
-from wabridge.engine.http1 import AddressRefused, BodyTooLarge, HttpError, Http1Pools, Reply
-from wabridge.engine.object_keys import extension_for, media_key
-from wabridge.engine.ports import MEDIA_BUCKET, Objects, TenantConfig
+from wabridge.http.client import AddressRefused, BodyTooLarge, HttpError, Http1Pools, Reply
+from wabridge.codecs.object_keys import extension_for, media_key
+from wabridge.ports import MEDIA_BUCKET, Objects, TenantConfig
 from wabridge.engine.settings import Settings
 
 GENESYS_MAX_ATTACHMENT = 25 * 1024 * 1024  # Genesys refuses inbound attachments above 25 MB

@@ -33,16 +33,16 @@ import msgspec
 
 from wabridge.actors.agent_media import AgentMedia, MediaRefused
 from wabridge.actors.contacts import Contacts
-from wabridge.actors.delivery import DeliveryFailed, GenesysDelivery
-from wabridge.actors.graph import MetaGraph, SendRefused
-from wabridge.actors.history import Origin, current, note
+from wabridge.genesys.delivery import DeliveryFailed, GenesysDelivery
+from wabridge.meta.graph import MetaGraph, SendRefused
+from wabridge.engine.history import Origin, current, note
 from wabridge.actors.tracking import TrackingLookups, TrackingWriter
 from wabridge.codecs.outbound import OutboundResult, OutboundSkipped, Send, Typing, meta_body, typing_due
 from wabridge.codecs.receipts import IdType, Reason, receipt, receipt_body
 from wabridge.engine.logs import get_logger
 from wabridge.engine.metrics import REGISTRY, Capped
 from wabridge.engine.outage import hold_through_outage
-from wabridge.engine.ports import Contact, MessageEventKind, TenantConfig, TrackingRecord, TrackingStatus
+from wabridge.ports import Contact, MessageEventKind, TenantConfig, TrackingRecord, TrackingStatus
 
 log = get_logger("outbound")
 

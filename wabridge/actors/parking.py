@@ -60,13 +60,13 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from wabridge.actors.history import webhook_of
+from wabridge.engine.history import webhook_of
 from wabridge.actors.tenant import Settled
 from wabridge.engine.logs import get_logger
 from wabridge.engine.mailbox import MailboxClosed
 from wabridge.engine.metrics import REGISTRY
 from wabridge.engine.outage import hold_through_outage
-from wabridge.engine.ports import BackendUnavailable, Delivery, MessageEvent, ParkedMessage, ParkingStore, Queue
+from wabridge.ports import BackendUnavailable, Delivery, MessageEvent, ParkedMessage, ParkingStore, Queue
 from wabridge.engine.registry import Registry
 
 log = get_logger("parking")

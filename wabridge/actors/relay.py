@@ -20,8 +20,8 @@ import functools
 import time
 
 from wabridge.actors.contacts import Contacts
-from wabridge.actors.delivery import DeliveryFailed, GenesysDelivery
-from wabridge.actors.history import Origin, Trail, current, note
+from wabridge.genesys.delivery import DeliveryFailed, GenesysDelivery
+from wabridge.engine.history import Origin, Trail, current, note
 from wabridge.actors.media import MediaFetcher
 from wabridge.actors.state import ConversationState
 from wabridge.actors.tracking import TrackingLookups, TrackingWriter
@@ -30,7 +30,7 @@ from wabridge.codecs.transform import encode_genesys
 from wabridge.engine.logs import get_logger
 from wabridge.engine.metrics import REGISTRY, Capped
 from wabridge.engine.outage import hold_through_outage
-from wabridge.engine.ports import (
+from wabridge.ports import (
     BackendUnavailable, MessageEventKind, TenantConfig, TrackingRecord, TrackingStatus, TrackingStore,
 )  # fmt: skip
 

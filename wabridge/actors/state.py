@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from wabridge.engine import keys
 from wabridge.engine.grouping import Grouped
 from wabridge.engine.logs import get_logger
-from wabridge.engine.ports import BackendUnavailable, Cache, CustomerStore
+from wabridge.ports import BackendUnavailable, Cache, CustomerStore
 
 log = get_logger("state")
 

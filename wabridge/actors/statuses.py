@@ -33,7 +33,7 @@ from wabridge.codecs.outbound import parse_callback_data
 from wabridge.codecs.receipts import advances, combined, status_receipt
 from wabridge.codecs.results import StatusUpdate
 from wabridge.engine.metrics import REGISTRY
-from wabridge.engine.ports import TenantConfig, TrackingRecord, TrackingStatus, TrackingStore
+from wabridge.ports import TenantConfig, TrackingRecord, TrackingStatus, TrackingStore
 
 WAIT_FOR_SEND = 30.0  # s: how long a status waits for its send's answer to be recorded
 

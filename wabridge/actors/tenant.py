@@ -23,10 +23,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from wabridge.actors.history import Origin, Trail, webhook_of
+from wabridge.engine.history import Origin, Trail, webhook_of
 from wabridge.actors.identity import CustomerIdentity, customer_ids
 from wabridge.actors.relay import Relay
-from wabridge.actors.tenants import TenantDirectory
+from wabridge.actors.directory import TenantDirectory
 from wabridge.actors.tracking import TrackingWriter
 from wabridge.codecs.results import Inbound, Skipped, StatusUpdate, pack_result
 from wabridge.codecs.routing import decode_queued
@@ -36,7 +36,7 @@ from wabridge.engine.lanes import Lanes
 from wabridge.engine.logs import get_logger
 from wabridge.engine.metrics import REGISTRY
 from wabridge.engine.outage import hold_through_outage
-from wabridge.engine.ports import (
+from wabridge.ports import (
     BackendUnavailable, Delivery, MessageEvent, MessageEventKind, TenantConfig, TrackingRecord, TrackingStatus,
 )  # fmt: skip
 
@@ -50,7 +50,7 @@ DEAD_LETTERS = REGISTRY.counter("wabridge_dead_letters_total", "Queue messages m
 
 # (the tenant, or the outage that kept its lookup from answering; the message, or a status of an agent's message;
 # received at; the delivery's message id and attempt; where its webhook came from, for the tracking row and the
-# trail: actors/history.py)
+# trail: engine/history.py)
 Job = tuple["TenantConfig | BackendUnavailable", "Inbound | StatusUpdate", float, str, int, Origin]
 
 ADMITTING = 256  # deliveries of one tenant whose customers are being named by the store at once

@@ -12,7 +12,7 @@ latest time wins, at most `max_pending` keys; they are best-effort (a failed flu
 hint) and written at most once per `touch_interval` (and at close). Written with every batch, they were a second
 statement per batch: at 1,000 msgs/s that is ~150 UPDATEs a second to move timestamps that are read by people.
 
-Events (`event()`, actors/history.py): the unusual steps of a message, for `wabridge trace`. Never awaited by the
+Events (`event()`, engine/history.py): the unusual steps of a message, for `wabridge trace`. Never awaited by the
 message: buffered (at most `max_pending`, the newest dropped beyond), written after the batch they came with; a write
 that fails puts them back for the next one once, then they are dropped (diagnostics, not state).
 
@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import msgspec
 
 from wabridge.engine.grouping import Grouped
-from wabridge.engine.ports import BackendUnavailable, MessageEvent, TrackingRecord, TrackingStore
+from wabridge.ports import BackendUnavailable, MessageEvent, TrackingRecord, TrackingStore
 
 log = logging.getLogger(__name__)
 

@@ -25,30 +25,30 @@ from typing import Any
 
 from wabridge.actors.agent import AgentActor
 from wabridge.actors.agent_media import AgentMedia
-from wabridge.actors.auth import TokenProvider
+from wabridge.genesys.auth import TokenProvider
 from wabridge.actors.contacts import Contacts
-from wabridge.actors.delivery import GenesysDelivery
-from wabridge.actors.far_end import FarEnd
-from wabridge.actors.graph import MetaGraph
+from wabridge.genesys.delivery import GenesysDelivery
+from wabridge.engine.far_end import FarEnd
+from wabridge.meta.graph import MetaGraph
 from wabridge.actors.identity import CustomerIdentity
 from wabridge.actors.media import MediaFetcher
 from wabridge.actors.outbound import OutboundSender
 from wabridge.actors.parking import PARK_AFTER, POKE_EVERY, ShardParking, is_poke
-from wabridge.actors.ratelimit import RateBudget
+from wabridge.genesys.ratelimit import RateBudget
 from wabridge.actors.relay import Relay
 from wabridge.actors.state import ConversationState
 from wabridge.actors.statuses import StatusReceipts
 from wabridge.actors.tenant import DEAD_LETTERS, TenantActor
-from wabridge.actors.tenants import TenantDirectory
+from wabridge.actors.directory import TenantDirectory
 from wabridge.actors.tracking import TrackingLookups, TrackingWriter
 from wabridge.engine import heap, process_metrics
 from wabridge.engine.actor import mailbox_depths
-from wabridge.engine.backends import Backends
+from wabridge.adapters.backends import Backends
 from wabridge.engine.drain import Shutdown
 from wabridge.engine.logs import get_logger
 from wabridge.engine.mailbox import Mailbox, MailboxClosed
 from wabridge.engine.metrics import REGISTRY, TopGauge
-from wabridge.engine.ports import Delivery
+from wabridge.ports import Delivery
 from wabridge.engine.registry import Registry
 from wabridge.engine.status_server import serve_status
 from wabridge.engine.supervisor import Supervisor
@@ -343,7 +343,7 @@ class Worker:
 
 
 async def run_worker(settings, shutdown: Shutdown, *, shards: Sequence[int] | None = None) -> None:
-    from wabridge.engine.backends import open_backends_when_up
+    from wabridge.adapters.backends import open_backends_when_up
 
     async with open_backends_when_up(settings, shutdown.stopping) as backends:
         if backends is None:

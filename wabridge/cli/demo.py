@@ -154,7 +154,7 @@ async def _send(base: str, customers: int, meta_url: str) -> dict[str, int]:
 
 async def _wait_tracked(env: dict[str, str], sent: dict[str, int], timeout: float = 60.0) -> None:
     """Until every customer message is tracked in a final state (delivered, failed, ...)."""
-    from wabridge.engine.backends import open_backends
+    from wabridge.adapters.backends import open_backends
     from wabridge.engine.settings import load_settings
 
     settings = load_settings(env)
@@ -200,7 +200,7 @@ def _print_conversations(genesys) -> None:
 
 
 async def _print_summary(env: dict[str, str], sent: dict[str, int], genesys) -> int:
-    from wabridge.engine.backends import open_backends
+    from wabridge.adapters.backends import open_backends
     from wabridge.engine.settings import load_settings
 
     async with open_backends(load_settings(env), ports=("store",)) as backends:

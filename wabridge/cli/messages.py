@@ -16,7 +16,7 @@ import msgspec
 
 from wabridge.cli.replay import _instant
 from wabridge.cli.trace import OUTBOUND, MetaState, iso, meta_state
-from wabridge.engine.ports import TrackingStatus
+from wabridge.ports import TrackingStatus
 from wabridge.engine.settings import SettingsError, load_settings
 
 DIRECTIONS = {"in": "inbound", "out": "outbound"}
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _messages(settings, args) -> int:
-    from wabridge.engine.backends import open_backends
+    from wabridge.adapters.backends import open_backends
 
     async with open_backends(settings, ports=("store",)) as backends:
         rows = await backends.store.list_tracking(

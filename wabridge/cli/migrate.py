@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from wabridge.engine.ports import BackendUnavailable
+from wabridge.ports import BackendUnavailable
 from wabridge.engine.settings import Settings, load_settings
 
 
@@ -27,10 +27,10 @@ def register(sub) -> None:
 def configured_store(settings: Settings):
     """The Store the settings select: PostgreSQL with a database URL, SQLite otherwise."""
     if settings.database_url is not None:
-        from wabridge.engine.store_postgres import PostgresStore
+        from wabridge.adapters.store.postgres import PostgresStore
 
         return PostgresStore(settings)
-    from wabridge.engine.store_sqlite import SqliteStore
+    from wabridge.adapters.store.sqlite import SqliteStore
 
     return SqliteStore(settings)
 

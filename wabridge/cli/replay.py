@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 import anyio
 
 from wabridge.codecs.results import Inbound, unpack_result
-from wabridge.engine.ports import TrackingStatus
+from wabridge.ports import TrackingStatus
 from wabridge.engine.settings import SettingsError, load_settings
 
 REPLAYABLE = (TrackingStatus.FAILED, TrackingStatus.DEAD_LETTERED)
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def _replay(settings, args) -> int:
     from wabridge.actors.worker import Worker
-    from wabridge.engine.backends import open_backends
+    from wabridge.adapters.backends import open_backends
 
     statuses = (args.status,) if args.status else REPLAYABLE
     directions = {"in": ("inbound",), "out": ("outbound",)}.get(args.direction, ("inbound", "outbound"))
@@ -144,9 +144,9 @@ async def _replay_one(worker, store, tenants: dict, row) -> str:
 
 async def _replay_outbound(worker, tenant, row) -> str:
     """An agent's message, from the Genesys webhook body its row keeps, through the worker's sender."""
-    from wabridge.actors.history import Trail
+    from wabridge.engine.history import Trail
     from wabridge.codecs.outbound import Send, decode_outbound
-    from wabridge.engine.ports import MessageEventKind
+    from wabridge.ports import MessageEventKind
 
     try:
         result = decode_outbound(row.payload)

@@ -34,7 +34,7 @@ def register(sub) -> None:
 
 
 def _settings(args):
-    from wabridge.engine.http1 import unused_proxy
+    from wabridge.http.client import unused_proxy
 
     proxy = unused_proxy(os.environ)
     if proxy is not None:  # the bridge's clients connect directly: a proxy it would silently bypass is refused
@@ -69,8 +69,8 @@ def _check_tenant_secrets(settings) -> None:
     is not checked here: the processes wait for it as they always do."""
     import anyio
 
-    from wabridge.engine.backends import open_backends
-    from wabridge.engine.ports import BackendUnavailable
+    from wabridge.adapters.backends import open_backends
+    from wabridge.ports import BackendUnavailable
 
     async def check() -> None:
         async with open_backends(settings, ports=("store",)) as backends:

@@ -16,7 +16,7 @@ import sys
 
 import anyio
 
-from wabridge.engine.ports import GenesysCredential, PhoneNumberTaken, TenantConfig
+from wabridge.ports import GenesysCredential, PhoneNumberTaken, TenantConfig
 from wabridge.engine.secrets import Secret
 from wabridge.engine.settings import load_settings
 
@@ -140,8 +140,8 @@ def tenant_from_args(args: argparse.Namespace) -> TenantConfig:
 async def _with_store(work):
     """Run `work(store, directory)` with only the store and cache open: tenants can be managed while the broker
     is down. The directory forgets a changed tenant in Redis too, so running bridges see the change quickly."""
-    from wabridge.actors.tenants import TenantDirectory
-    from wabridge.engine.backends import open_backends
+    from wabridge.actors.directory import TenantDirectory
+    from wabridge.adapters.backends import open_backends
 
     settings = load_settings()
     async with open_backends(settings, ports=("store", "cache")) as backends:

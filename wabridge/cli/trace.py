@@ -27,7 +27,7 @@ from typing import Any
 import anyio
 import msgspec
 
-from wabridge.engine.ports import (
+from wabridge.ports import (
     WEBHOOKS_BUCKET,
     WEBHOOKS_OUTBOUND_BUCKET,
     BackendUnavailable,
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _trace(settings, args) -> int:
-    from wabridge.engine.backends import open_backends
+    from wabridge.adapters.backends import open_backends
 
     wanted = args.id.strip()
     raw = getattr(args, "raw", False)

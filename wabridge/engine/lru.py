@@ -15,7 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from wabridge.engine.ports import Cache
+from wabridge.ports import Cache
 
 
 class LocalCache:

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from wabridge.engine.logs import get_logger
 from wabridge.engine.metrics import REGISTRY
-from wabridge.engine.ports import BackendUnavailable
+from wabridge.ports import BackendUnavailable
 
 log = get_logger("outage")
 

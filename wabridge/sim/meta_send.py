@@ -49,7 +49,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from wabridge.engine.http1 import Http1Pool, HttpError
+from wabridge.http.client import Http1Pool, HttpError
 from wabridge.sim import webhooks
 
 WINDOW = 24 * 3600.0

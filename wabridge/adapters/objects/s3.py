@@ -1,7 +1,7 @@
 """Objects on S3 (MinIO in production, SeaweedFS in tests), through miniopy-async.
 
 Except the put, the one call made per media message (and per archive segment): it is signed by miniopy's own SigV4
-signer and sent over engine/http1.py, path-style (`/{bucket}/{key}`, as MinIO and SeaweedFS serve it). Through
+signer and sent over http/client.py, path-style (`/{bucket}/{key}`, as MinIO and SeaweedFS serve it). Through
 miniopy's client it cost the worker ~0.4 ms more CPU per put (aiohttp, and a thread hop for the SHA-256 of even a
 2 KB body), measured at the bench's media rate (150 puts/s: 581–766 against 296–308 µs).
 
@@ -34,9 +34,9 @@ from miniopy_async.error import InvalidResponseError, S3Error, ServerError
 from miniopy_async.helpers import normalize_headers, quote
 from miniopy_async.signer import sign_v4_s3
 
-from wabridge.engine.http1 import Http1Pool, HttpError
-from wabridge.engine.object_keys import extension_for, key_part, media_key, utc_day, webhook_key
-from wabridge.engine.ports import (
+from wabridge.http.client import Http1Pool, HttpError
+from wabridge.codecs.object_keys import extension_for, key_part, media_key, utc_day, webhook_key
+from wabridge.ports import (
     MEDIA_BUCKET,
     MEDIA_OUTBOUND_BUCKET,
     WEBHOOKS_BUCKET,

@@ -31,7 +31,7 @@ import msgspec
 from cryptography.exceptions import InvalidTag
 
 from wabridge.engine import keys
-from wabridge.engine.ports import BackendUnavailable, Cache, TenantConfig, TenantStore
+from wabridge.ports import BackendUnavailable, Cache, TenantConfig, TenantStore
 from wabridge.engine.secrets import Secret, SecretBox, SecretKeyError
 
 log = logging.getLogger("wabridge.tenants")

@@ -28,7 +28,7 @@ spent → wait for the next window. 0 = no budget. Cache down: counted in proces
 budget; Meta's 130429 and the throttle path catch the overshoot). Read marks and uploads are not budgeted: Meta counts
 messages.
 
-HTTP client: engine/http1.py, as delivery.py and media.py use: a send is one per agent message, the same hot path as
+HTTP client: http/client.py, as delivery.py and media.py use: a send is one per agent message, the same hot path as
 the Genesys POST, where this client costs a third of aiohttp's CPU (bench/test_delivery_client_bench.py). One
 keep-alive pool per tenant (delivery.py's choice), so one tenant's burst never takes every connection to Meta; uploads
 have their own pools with a longer timeout (up to 100 MB go up in one request).
@@ -47,14 +47,14 @@ from urllib.parse import quote, urlsplit
 import anyio
 import msgspec
 
-from wabridge.actors import history
-from wabridge.actors.far_end import FarEnd, FarEndDown
-from wabridge.actors.ratelimit import MAX_TENANTS, block_for
+from wabridge.engine import history
+from wabridge.engine.far_end import FarEnd, FarEndDown
+from wabridge.engine.budget import Reservations
 from wabridge.codecs import receipts
 from wabridge.codecs.receipts import Reason
-from wabridge.engine.http1 import HttpError, Http1Pools
-from wabridge.engine.object_keys import extension_for
-from wabridge.engine.ports import BackendUnavailable, Cache, TenantConfig
+from wabridge.http.client import HttpError, Http1Pools
+from wabridge.codecs.object_keys import extension_for
+from wabridge.ports import BackendUnavailable, Cache, TenantConfig
 
 log = logging.getLogger(__name__)
 
@@ -150,52 +150,26 @@ class SendBudget:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
-        self._cache, self.window_s, self._clock, self._sleep = cache, window_s, clock, sleep
-        self._blocks: dict[str, tuple[int, int]] = {}  # key → (window, grants left of this process's block)
-        self._local: dict[str, int] = {}  # counts while the cache is down, this window only
-        self._local_window = -1
-        self.waits = self.local_counts = 0
+        self.window_s, self._clock, self._sleep = window_s, clock, sleep
+        # The key names its window, so the TTL only bounds memory: a second more than the window keeps a count alive
+        # for a process whose clock runs a little behind.
+        self._reservations = Reservations(cache, ttl=window_s + 1.0)
+        self.waits = 0
+
+    @property
+    def local_counts(self) -> int:
+        return self._reservations.local_counts
 
     async def acquire(self, phone_number_id: str, rate: int) -> None:
         if rate <= 0:
             return
         while True:
             window = int(self._clock() // self.window_s)
-            if await self._take(budget_key(phone_number_id, window), window, rate):
+            if await self._reservations.take(budget_key(phone_number_id, window), window, rate):
                 return
             self.waits += 1
             # Just past the boundary, so the next count lands in the new window even with a coarse clock.
             await self._sleep(max(0.0, (window + 1) * self.window_s - self._clock()) + 0.001)
-
-    async def _take(self, key: str, window: int, rate: int) -> bool:
-        held = self._blocks.get(key)
-        if held is not None and held[0] == window and held[1] > 0:
-            self._blocks[key] = (window, held[1] - 1)
-            return True
-        block = block_for(rate)
-        count = await self._count(key, window, block)  # the shared count, this block included
-        granted = min(block, rate - (count - block))  # the part of the block within the budget
-        if granted <= 0:
-            return False
-        if len(self._blocks) >= MAX_TENANTS:
-            self._blocks.clear()
-        self._blocks[key] = (window, granted - 1)
-        return True
-
-    async def _count(self, key: str, window: int, amount: int) -> int:
-        if self._cache is not None:
-            try:
-                # The key names its window, so the TTL only bounds memory: a second more than the window keeps a
-                # count alive for a process whose clock runs a little behind.
-                return await self._cache.incr(key, self.window_s + 1.0, amount)
-            except BackendUnavailable:
-                pass
-        if window != self._local_window:
-            self._local.clear()
-            self._local_window = window
-        self.local_counts += 1
-        self._local[key] = count = self._local.get(key, 0) + amount
-        return count
 
 
 # --- the port -------------------------------------------------------------------------------------------------------

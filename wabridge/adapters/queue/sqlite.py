@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from wabridge.engine.ports import BackendUnavailable, Delivery
+from wabridge.ports import BackendUnavailable, Delivery
 from wabridge.engine.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -36,8 +36,8 @@ from urllib.parse import urlsplit
 import msgspec
 
 from wabridge.engine import keys
-from wabridge.engine.http1 import HttpError, Http1Pools
-from wabridge.engine.ports import BackendUnavailable, Cache, GenesysCredential, TenantConfig
+from wabridge.http.client import HttpError, Http1Pools
+from wabridge.ports import BackendUnavailable, Cache, GenesysCredential, TenantConfig
 from wabridge.engine.secrets import SecretBox, SecretKeyError
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class TokenProvider:
     ) -> None:
         self._cache = cache
         self._box = box
-        # The login's HTTP client is engine/http1.py, as the delivery's: one client stack in the worker (httpx
+        # The login's HTTP client is http/client.py, as the delivery's: one client stack in the worker (httpx
         # cost it 2.3 MB of imports for a request made once per token lifetime).
         self._pools = Http1Pools(max_pools=MAX_LOGIN_HOSTS, limit=LOGIN_CONNECTIONS, timeout=timeout)  # by login origin
         self._clock = clock

@@ -34,7 +34,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from wabridge.engine.ports import (
+from wabridge.ports import (
     BackendUnavailable,
     Contact,
     GenesysCredential,

@@ -47,8 +47,8 @@ from pamqp import commands as spec
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
-from wabridge.engine import amqp_wire
-from wabridge.engine.ports import BackendUnavailable, Delivery
+from wabridge.adapters.queue import amqp_wire
+from wabridge.ports import BackendUnavailable, Delivery
 from wabridge.engine.settings import Settings
 
 log = logging.getLogger(__name__)

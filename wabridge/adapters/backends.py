@@ -19,18 +19,18 @@ from typing import Any
 import anyio
 
 from wabridge.engine.logs import get_logger
-from wabridge.engine.ports import BackendUnavailable, Cache, Objects, Queue, Store
+from wabridge.ports import BackendUnavailable, Cache, Objects, Queue, Store
 from wabridge.engine.settings import Settings
 
 log = get_logger("backends")
 
-_E = "wabridge.engine"
+_A = "wabridge.adapters"
 # port → (the setting that selects the real adapter, real adapter, embedded adapter)
 ADAPTERS: dict[str, tuple[str, str, str]] = {
-    "store": ("database_url", f"{_E}.store_postgres:PostgresStore", f"{_E}.store_sqlite:SqliteStore"),
-    "cache": ("redis_url", f"{_E}.cache_redis:RedisCache", f"{_E}.cache_memory:MemoryCache"),
-    "queue": ("amqp_url", f"{_E}.queue_amqp:AmqpQueue", f"{_E}.queue_sqlite:SqliteQueue"),
-    "objects": ("s3_endpoint", f"{_E}.objects_s3:S3Objects", f"{_E}.objects_dir:DirectoryObjects"),
+    "store": ("database_url", f"{_A}.store.postgres:PostgresStore", f"{_A}.store.sqlite:SqliteStore"),
+    "cache": ("redis_url", f"{_A}.cache.redis:RedisCache", f"{_A}.cache.memory:MemoryCache"),
+    "queue": ("amqp_url", f"{_A}.queue.amqp:AmqpQueue", f"{_A}.queue.sqlite:SqliteQueue"),
+    "objects": ("s3_endpoint", f"{_A}.objects.s3:S3Objects", f"{_A}.objects.directory:DirectoryObjects"),
 }
 # A second queue on the queue port's adapter, under its own name: the agents' messages to customers (issue 17) wait
 # in their own shards, never behind the customers' webhooks nor in front of them. Port → the queue's name (None: main).

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import msgspec
 
 from wabridge.engine.logs import MESSAGE_CONTEXT
-from wabridge.engine.ports import MessageEvent
+from wabridge.ports import MessageEvent
 
 
 class EventSink(Protocol):

@@ -16,7 +16,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from wabridge.engine.ports import BackendUnavailable
+from wabridge.ports import BackendUnavailable
 from wabridge.engine.settings import Settings
 
 T = TypeVar("T")

@@ -23,7 +23,7 @@ A login refused (400/401/403 from /oauth/token) is permanent too; a login that t
 Each tenant has its own HTTP/1.1 keep-alive pool; at most `max_clients` pools, the least recently used closed first
 (once its in-flight requests finish).
 
-HTTP client: engine/http1.py, a keep-alive pool with httptools parsing, chosen by measurement against the Genesys
+HTTP client: http/client.py, a keep-alive pool with httptools parsing, chosen by measurement against the Genesys
 simulator (bench/test_delivery_client_bench.py, client CPU per POST, 32 in flight): it costs about a third of aiohttp's
 CPU per request, and httpx's pool was slower still (125–288 req/s against aiohttp's 4,428–4,947 in session 1).
 """
@@ -39,12 +39,12 @@ from urllib.parse import quote, urlsplit
 import anyio
 import msgspec
 
-from wabridge.actors import history
-from wabridge.actors.auth import LoginFailed, TokenProvider
-from wabridge.actors.far_end import FarEnd, FarEndDown
-from wabridge.actors.ratelimit import RateBudget
-from wabridge.engine.http1 import HttpError, Http1Pools
-from wabridge.engine.ports import TenantConfig
+from wabridge.engine import history
+from wabridge.genesys.auth import LoginFailed, TokenProvider
+from wabridge.engine.far_end import FarEnd, FarEndDown
+from wabridge.genesys.ratelimit import RateBudget
+from wabridge.http.client import HttpError, Http1Pools
+from wabridge.ports import TenantConfig
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from wabridge.actors import history
+from wabridge.engine import history
 from wabridge.engine.logs import get_logger
 from wabridge.engine.metrics import REGISTRY
-from wabridge.engine.ports import BackendUnavailable
+from wabridge.ports import BackendUnavailable
 
 log = get_logger("far_end")
 

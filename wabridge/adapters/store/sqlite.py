@@ -1,6 +1,6 @@
 """The Store port on SQLite (stdlib sqlite3, WAL): what `wabridge serve` uses with no configuration.
 
-Same schema, same rules as store_postgres.py (read its docstring: the duplicate rule, payload clearing, secrets sealed
+Same schema, same rules as postgres.py (read its docstring: the duplicate rule, payload clearing, secrets sealed
 per tenant+field). Timestamps are REAL Unix seconds. Several processes may open the same file: WAL lets readers run
 beside the one writer, writes take the lock with BEGIN IMMEDIATE and wait up to BUSY_TIMEOUT for it, and a lock still
 held after that is reported as BackendUnavailable (the caller retries later, as with a PostgreSQL outage).
@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from wabridge.engine.ports import (
+from wabridge.ports import (
     BackendUnavailable,
     Contact,
     MessageEvent,
@@ -34,7 +34,7 @@ from wabridge.engine.ports import (
     TrackingStatus,
 )
 from wabridge.engine.settings import Settings
-from wabridge.engine.store_postgres import (
+from wabridge.adapters.store.postgres import (
     duplicate_counts,
     latest_per_key,
     needs_rotation,
@@ -98,7 +98,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX message_tracking_replay ON message_tracking (tenant_id, status, created_at);
     CREATE INDEX message_tracking_created ON message_tracking (created_at);
     """,
-    # 2: repeats of a settled message are counted on its row (see store_postgres.duplicate_counts)
+    # 2: repeats of a settled message are counted on its row (see postgres.duplicate_counts)
     "ALTER TABLE message_tracking ADD COLUMN duplicates INTEGER NOT NULL DEFAULT 0",
     # 3: the queue messages of held-back tenants, kept aside in order (Store.park). AUTOINCREMENT: without it SQLite
     # hands the highest deleted seq out again, and a reader paging with `after` would skip the new row.
@@ -156,7 +156,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX message_events_wamid ON message_events (tenant_id, wamid, at);
     CREATE INDEX message_events_webhook ON message_events (tenant_id, webhook_id, at);
     """,
-    # 6: the outbound half (issue 17), as store_postgres's migration 6. read_marks is 0/1.
+    # 6: the outbound half (issue 17), as postgres.py's migration 6. read_marks is 0/1.
     """
     ALTER TABLE tenant_credentials ADD COLUMN genesys_webhook_secret TEXT;
     ALTER TABLE tenant_credentials ADD COLUMN send_rate_per_second INTEGER NOT NULL DEFAULT 80;

@@ -30,10 +30,10 @@ import anyio
 import msgspec
 
 from wabridge.engine import keys
-from wabridge.engine.ports import BackendUnavailable, Cache, GenesysCredential, TenantConfig
+from wabridge.engine.budget import BLOCK_MAX, MAX_KEYS, Reservations, block_for  # noqa: F401  (tests name them here)
+from wabridge.ports import Cache, GenesysCredential, TenantConfig
 
-MAX_TENANTS = 100_000  # round-robin positions kept; past it they restart at 0 (harmless)
-BLOCK_MAX = 16  # grants one counter round trip reserves at most
+MAX_TENANTS = MAX_KEYS  # round-robin positions kept; past it they restart at 0 (harmless)
 
 
 class BudgetStatistics(msgspec.Struct, frozen=True):
@@ -41,12 +41,6 @@ class BudgetStatistics(msgspec.Struct, frozen=True):
     waits: int  # times a caller found every credential spent and slept to the next window
     local_counts: int  # increments counted in process because the cache was down
     reservations: int = 0  # counter round trips (each reserving a block of grants)
-
-
-def block_for(limit: int) -> int:
-    """Grants one reservation takes: a twentieth of the budget, between 1 and BLOCK_MAX (a small budget keeps its
-    exact per-message count)."""
-    return max(1, min(BLOCK_MAX, limit // 20))
 
 
 def budget_key(tenant: TenantConfig, credential: GenesysCredential, window: int) -> str:
@@ -73,10 +67,8 @@ class RateBudget:
         self._clock = clock
         self._sleep = sleep
         self._next: dict[str, int] = {}  # tenant → credential index to try first
-        self._local: dict[str, int] = {}  # key → count, this window only (used while the cache is down)
-        self._local_window = -1
-        self._granted = self._waits = self._local_counts = self._reservations = 0
-        self._blocks: dict[str, tuple[int, int]] = {}  # budget key → (window, grants left of its reserved block)
+        self._granted = self._waits = 0
+        self._reservations = Reservations(cache, ttl=window_s)
 
     async def acquire(self, tenant: TenantConfig) -> GenesysCredential:
         credentials = tenant.credentials
@@ -94,7 +86,7 @@ class RateBudget:
             window = int(self._clock() // self.window_s)
             for i in range(len(credentials)):
                 credential = credentials[(start + i) % len(credentials)]
-                if await self._take(budget_key(tenant, credential, window), window, limit):
+                if await self._reservations.take(budget_key(tenant, credential, window), window, limit):
                     self._granted += 1
                     return credential
             self._waits += 1
@@ -102,34 +94,5 @@ class RateBudget:
             await self._sleep(max(0.0, (window + 1) * self.window_s - self._clock()) + 0.001)
 
     def statistics(self) -> BudgetStatistics:
-        return BudgetStatistics(self._granted, self._waits, self._local_counts, self._reservations)
-
-    async def _take(self, key: str, window: int, limit: int) -> bool:
-        """One grant of `key`'s budget in `window`: from this process's block, else from a new reservation."""
-        held = self._blocks.get(key)
-        if held is not None and held[0] == window and held[1] > 0:
-            self._blocks[key] = (window, held[1] - 1)
-            return True
-        block = block_for(limit)
-        count = await self._count(key, window, block)  # the shared count, this block included
-        granted = min(block, limit - (count - block))  # the part of the block within the budget
-        if granted <= 0:
-            return False
-        if len(self._blocks) >= MAX_TENANTS:
-            self._blocks.clear()
-        self._blocks[key] = (window, granted - 1)
-        return True
-
-    async def _count(self, key: str, window: int, amount: int) -> int:
-        self._reservations += 1
-        if self._cache is not None:
-            try:
-                return await self._cache.incr(key, self.window_s, amount)
-            except BackendUnavailable:
-                pass
-        if window != self._local_window:  # a new window: the old counts can never matter again
-            self._local.clear()
-            self._local_window = window
-        self._local_counts += 1
-        self._local[key] = count = self._local.get(key, 0) + amount
-        return count
+        reservations = self._reservations
+        return BudgetStatistics(self._granted, self._waits, reservations.local_counts, reservations.reservations)

@@ -27,7 +27,7 @@ from urllib.parse import quote, unquote
 import anyio.to_thread
 import msgspec
 
-from wabridge.engine.ports import MEDIA_BUCKET, MEDIA_OUTBOUND_BUCKET, WEBHOOKS_BUCKET, WEBHOOKS_OUTBOUND_BUCKET
+from wabridge.ports import MEDIA_BUCKET, MEDIA_OUTBOUND_BUCKET, WEBHOOKS_BUCKET, WEBHOOKS_OUTBOUND_BUCKET
 from wabridge.engine.settings import Settings
 
 BUCKETS = (WEBHOOKS_BUCKET, MEDIA_BUCKET, WEBHOOKS_OUTBOUND_BUCKET, MEDIA_OUTBOUND_BUCKET)

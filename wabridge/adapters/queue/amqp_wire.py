@@ -1,6 +1,6 @@
 """Every line of wabridge that reaches into aiormq's internals, in one place, and the check that they still hold.
 
-queue_amqp.py writes batches of frames straight to a channel (one socket write for many publishes or settlements)
+adapters/queue/amqp.py writes batches of frames straight to a channel (one socket write for many publishes or settlements)
 and numbers its publishes itself. That uses three attributes aiormq does not promise: `Channel.delivery_tag` (the
 last publish's number, which aiormq increments in `basic_publish`), `Channel.confirmations` (tag → the future its
 Basic.Ack / Basic.Nack resolves) and `Channel.write_queue` (where `ChannelFrame`s wait for the connection's writer).
@@ -37,14 +37,14 @@ def check(version: str | None = None) -> None:
     if not low <= _release(version) < high:
         raise UnprovenAiormq(
             f"aiormq {version} is installed; wabridge's AMQP adapter is proven against >= {low[0]}.{low[1]}, "
-            f"< {high[0]}.{high[1]} (wabridge/engine/amqp_wire.py)"
+            f"< {high[0]}.{high[1]} (wabridge/adapters/queue/amqp_wire.py)"
         )
     from aiormq.channel import Channel
 
     missing = [name for name in ("delivery_tag", "confirmations", "write_queue", "number", "max_content_size")
                if name not in _channel_attributes(Channel)]  # fmt: skip
     if missing:
-        raise UnprovenAiormq(f"aiormq {version}'s Channel lacks {', '.join(missing)} (wabridge/engine/amqp_wire.py)")
+        raise UnprovenAiormq(f"aiormq {version}'s Channel lacks {', '.join(missing)} (wabridge/adapters/queue/amqp_wire.py)")
 
 
 def _channel_attributes(channel_class: type) -> set[str]:

@@ -1,0 +1,1 @@
+"""The Queue port's adapters: RabbitMQ quorum queues (amqp.py) and a SQLite table (sqlite.py)."""

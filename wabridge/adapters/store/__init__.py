@@ -1,0 +1,1 @@
+"""The Store port's adapters: PostgreSQL (postgres.py) and SQLite (sqlite.py)."""

@@ -1,0 +1,1 @@
+"""The Genesys Cloud API: OAuth client credentials (auth.py), the rate budget (ratelimit.py), messages and receipts (delivery.py)."""

@@ -1,0 +1,1 @@
+"""The Meta Graph API of the outbound direction: sends, uploads, read marks and their send budget (graph.py)."""
