@@ -34,7 +34,7 @@ from wabridge.ports import (
     TrackingStatus,
 )
 from wabridge.engine.settings import Settings
-from wabridge.adapters.store.postgres import (
+from wabridge.adapters.store.rules import (
     duplicate_counts,
     latest_per_key,
     needs_rotation,
@@ -98,7 +98,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX message_tracking_replay ON message_tracking (tenant_id, status, created_at);
     CREATE INDEX message_tracking_created ON message_tracking (created_at);
     """,
-    # 2: repeats of a settled message are counted on its row (see postgres.duplicate_counts)
+    # 2: repeats of a settled message are counted on its row (see rules.duplicate_counts)
     "ALTER TABLE message_tracking ADD COLUMN duplicates INTEGER NOT NULL DEFAULT 0",
     # 3: the queue messages of held-back tenants, kept aside in order (Store.park). AUTOINCREMENT: without it SQLite
     # hands the highest deleted seq out again, and a reader paging with `after` would skip the new row.
