@@ -345,3 +345,21 @@ async def test_every_captured_genesys_outbound_body_is_taken_and_answered_with_a
     texts = [s for s in sent_to(world.meta, customer) if s["type"] == "text"]
     assert texts, "the plain text sample reached the customer"
     assert await world.bridge.post(b"{}") in (200, 400)  # the bridge still serves
+
+
+@pytest.mark.slow
+async def test_a_drain_while_meta_is_down_hands_the_held_answers_back_and_they_go_once_in_order(world: World) -> None:
+    customer = "15550011001"
+    conversations = await customers_write(world, [customer])
+    world.meta.outbound.inject(target="messages", status=503, count=-1)
+    ids = [(await world.agent.send(conversationId=conversations[customer], type="text", text=f"held {n}"))["id"]
+           for n in range(4)]  # fmt: skip
+    await asyncio.sleep(2)  # held in place: the tenant's Meta is down
+    assert await world.bridge.terminate() == 0, world.bridge.stderr()[-2000:]  # a drain hands them back
+    world.meta.outbound.faults.clear()
+    await world.bridge.start()
+    await world.agent.wait_receipts(ids, timeout=90)
+    texts = [s["body"]["text"]["body"] for s in sent_to(world.meta, customer)]
+    assert texts == [f"held {n}" for n in range(4)], texts
+    rows = await world.bridge.tracking()
+    assert all(rows[i].status == "delivered" for i in ids)
