@@ -38,3 +38,26 @@ def test_stdin_takes_one_webhook_per_line_and_invalid_json_exits_2():
 def test_a_missing_file_is_a_one_line_error_with_exit_2():
     done = wabridge("transform", str(FIXTURES / "no_such_scenario.json"))
     assert done.returncode == 2 and done.stdout == b"" and done.stderr.count(b"\n") == 1
+
+
+GENESYS = FIXTURES.parent / "genesys"
+
+
+def test_outbound_turns_an_agents_message_into_meta_send_bodies():
+    done = wabridge("transform", "--outbound", str(GENESYS / "image-caption.json"))
+    assert done.returncode == 0, done.stderr
+    [send] = [json.loads(line) for line in done.stdout.splitlines()]
+    assert send["messaging_product"] == "whatsapp" and send["type"] == "image"
+    assert send["image"]["link"].startswith("http") and "id" not in send["image"]
+    assert json.loads(send["biz_opaque_callback_data"])["p"] == [0, 1]
+    assert b"image in 1 message(s)" in done.stderr
+
+
+def test_outbound_stdin_reports_typing_skips_and_invalid_input_on_stderr():
+    typing = json.dumps(json.loads((GENESYS / "typing-off.json").read_bytes())).encode()
+    refused = json.dumps(json.loads((GENESYS / "video-too-large.json").read_bytes())).encode()
+    done = wabridge("transform", "--outbound", "-", stdin=typing + b"\n[1]\n" + refused + b"\n")
+    assert done.returncode == 2 and done.stdout == b""
+    err = done.stderr.decode()
+    assert "input 1: skipped" in err and "input 2: invalid" in err
+    assert "input 3: skipped" in err and "media_too_large" in err and "InvalidMediaContentLength" in err
