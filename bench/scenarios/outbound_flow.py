@@ -158,7 +158,7 @@ class _EmbeddedBridge:
         self.processes: list[Any] = []
 
     async def __aenter__(self) -> _EmbeddedBridge:
-        from wabridge.actors.ingress import settings_environment
+        from wabridge.engine.settings import settings_environment
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("WABRIDGE_")}
         env.update(settings_environment(self.settings.replace(graph_api_url=self.graph_url,

@@ -280,7 +280,7 @@ class Rig:
     # --- the bridge's processes ---
 
     def env(self) -> dict[str, str]:
-        from wabridge.actors.ingress import settings_environment
+        from wabridge.engine.settings import settings_environment
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("WABRIDGE_")}
         env.update(settings_environment(self.settings.replace(graph_api_url=self.graph_url,

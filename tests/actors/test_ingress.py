@@ -25,7 +25,9 @@ import pytest
 
 from tests.conftest import CORPUS, REPO
 from wabridge.actors.archive import encode_record, read_archived
-from wabridge.actors.ingress import WORKERS_KILL_TIMEOUT, IngressApp, settings_environment
+from wabridge.actors.ingress import IngressApp
+from wabridge.cli.assembly import WORKERS_KILL_TIMEOUT
+from wabridge.engine.settings import settings_environment
 from wabridge.codecs.routing import QueuedWebhook, decode_queued
 from wabridge.codecs.transform import transform
 from wabridge.codecs.object_keys import archive_segment_key
@@ -514,7 +516,7 @@ def granian_ingress(settings: Settings, workers: int = 2, exits: list[int] | Non
     env = {k: v for k, v in os.environ.items() if not k.startswith("WABRIDGE_")} | settings_environment(settings)
     code = (
         "from wabridge.engine.settings import load_settings\n"
-        "from wabridge.actors.ingress import serve_ingress\n"
+        "from wabridge.cli.assembly import serve_ingress\n"
         f"serve_ingress(load_settings(), workers={workers})\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=REPO)

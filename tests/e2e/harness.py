@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from wabridge.actors.ingress import settings_environment
+from wabridge.engine.settings import settings_environment
 from wabridge.adapters.backends import open_backends
 from wabridge.ports import GenesysCredential, Store, TenantConfig, TrackingRecord
 from wabridge.engine.secrets import Secret

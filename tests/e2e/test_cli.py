@@ -13,7 +13,7 @@ from tests.e2e.harness import (
     APP_SECRET, CLIENT_SECRET, PHONE_NUMBER_ID, TENANT, VERIFY_TOKEN, WHATSAPP_TOKEN, Bridge, Genesys, free_ports,
     run_cli, tenant_config,
 )  # fmt: skip
-from wabridge.actors.ingress import settings_environment
+from wabridge.engine.settings import settings_environment
 from wabridge.cli import COMMANDS
 from wabridge.codecs.results import Inbound, pack_result
 from wabridge.codecs.transform import transform

@@ -28,7 +28,7 @@ import msgspec
 import pytest
 
 from tests.e2e.harness import CLIENT_ID, INTEGRATION, PHONE_NUMBER_ID, TENANT, Bridge, run_cli
-from wabridge.actors.ingress import settings_environment
+from wabridge.engine.settings import settings_environment
 from wabridge.adapters.backends import open_backends
 from wabridge.engine.settings import Settings
 from wabridge.sim import webhooks

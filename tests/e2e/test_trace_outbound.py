@@ -14,7 +14,7 @@ import pytest
 
 from tests.e2e.harness import TENANT, run_cli, tenant_config
 from wabridge.actors.archive import ArchiveWriter
-from wabridge.actors.ingress import settings_environment
+from wabridge.engine.settings import settings_environment
 from wabridge.adapters.backends import open_backends
 from wabridge.ports import WEBHOOKS_BUCKET, WEBHOOKS_OUTBOUND_BUCKET, TrackingRecord
 from wabridge.engine.settings import Settings

@@ -174,7 +174,7 @@ async def test_the_agent_s_token_does_not_follow_a_redirect_to_another_host(dire
 
 
 def test_the_setting_is_read_from_the_environment_and_passed_on_to_child_processes() -> None:
-    from wabridge.actors.ingress import settings_environment
+    from wabridge.engine.settings import settings_environment
     from wabridge.engine.settings import SettingsError, load_settings
 
     assert load_settings({}).allow_private_media_urls is False

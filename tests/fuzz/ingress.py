@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wabridge.actors.ingress import settings_environment
+from wabridge.engine.settings import settings_environment
 from wabridge.codecs.routing import decode_queued
 from wabridge.ports import GenesysCredential, TenantConfig
 from wabridge.engine.secrets import Secret, generate_key
@@ -606,7 +606,7 @@ def free_port() -> int:
 async def served_ingress(settings: Settings, log_path: Path) -> AsyncIterator[int]:
     """`serve_ingress(workers=1)` (Granian embedded, as `serve --role ingress` runs it) in a subprocess; its port."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WABRIDGE_")} | settings_environment(settings)
-    code = "from wabridge.engine.settings import load_settings\nfrom wabridge.actors.ingress import serve_ingress\n" \
+    code = "from wabridge.engine.settings import load_settings\nfrom wabridge.cli.assembly import serve_ingress\n" \
            "serve_ingress(load_settings(), workers=1)\n"  # fmt: skip
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)

@@ -27,9 +27,10 @@ Error contract (as courier's): the caller's bad input gets a 4xx and a log line;
 503, so Meta retries and nothing acknowledged is ever lost. Duplicates are possible (Meta retries, multi-tenant
 partial failures): the workers de-duplicate by wamid.
 
-`IngressApp` is a Granian RSGI application. With one worker (the default) it runs on Granian's embedded server in the
-`wabridge serve` process itself (`serve_embedded`); with more, each Granian worker process builds its own with
-`app_factory()` and opens its own backends in `__rsgi_init__` (`serve_processes`).
+`IngressApp` is a Granian RSGI application; cli/assembly.py runs it. With one worker (the default) it runs on
+Granian's embedded server in the `wabridge serve` process itself (`serve_embedded`); with more, each Granian worker
+process builds its own with `app_factory()` and opens its own backends in `__rsgi_init__` through the opener the
+assembly gave it (`serve_processes`).
 `handle(method, path, query, headers, body)` is the whole request logic without HTTP, for tests and benchmarks.
 """
 
@@ -41,9 +42,9 @@ import contextlib
 import hmac
 import logging
 import os
-import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from hashlib import sha256
 from typing import Any
 
@@ -79,7 +80,7 @@ from wabridge.ports import (
     TrackingRecord,
     TrackingStatus,
 )
-from wabridge.engine.settings import Settings, load_settings
+from wabridge.engine.settings import Settings
 
 log = logging.getLogger("wabridge.ingress")
 
@@ -197,9 +198,13 @@ def _new_webhook_id(received_at: float) -> str:
 class IngressApp:
     """The RSGI application. Give it open `backends` (tests), or let `__rsgi_init__` open them (Granian workers)."""
 
-    def __init__(self, settings: Settings, backends: Any = None, *, max_archive_bytes: int = ARCHIVE_MAX_BYTES) -> None:
+    def __init__(
+        self, settings: Settings, backends: Any = None, *, max_archive_bytes: int = ARCHIVE_MAX_BYTES,
+        opener: Callable[[Settings, asyncio.Event], AbstractAsyncContextManager[Any]] | None = None,
+    ) -> None:  # fmt: skip
         self.settings = settings
         self.backends = backends
+        self._opener = opener  # without `backends`: opens them at start (cli/assembly.py gives open_backends_when_up)
         self.body_timeout = BODY_TIMEOUT
         self.directory: TenantDirectory | None = None
         self.archive: ArchiveWriter | None = None
@@ -237,11 +242,9 @@ class IngressApp:
         """Open the backends, waiting for servers that are down; False when `stopping` was set first."""
         await self._exit.enter_async_context(process_metrics.watching())  # event-loop lag, until aclose
         if self.backends is None:
-            from wabridge.adapters.backends import open_backends_when_up
-
-            backends = await self._exit.enter_async_context(
-                open_backends_when_up(self.settings, stopping or asyncio.Event())
-            )
+            if self._opener is None:
+                raise RuntimeError("IngressApp needs its backends, or an opener for them (cli/assembly.py)")
+            backends = await self._exit.enter_async_context(self._opener(self.settings, stopping or asyncio.Event()))
             if backends is None:
                 return False
             self._bind(backends)
@@ -549,9 +552,7 @@ class IngressApp:
     # --- operations -------------------------------------------------------------------------------------------
 
     async def readiness(self) -> Response:
-        from wabridge.adapters.backends import readiness
-
-        checks = await readiness(self.backends)
+        checks = await self.backends.readiness()
         status = 200 if all(checks.values()) else 503
         return Response(status, JSON, msgspec.json.encode(checks))
 
@@ -571,115 +572,3 @@ class IngressApp:
         except KeyError:
             return text(404, "not found")
         return Response(200, [("content-type", content_type)], content)
-
-
-# --- running under Granian ------------------------------------------------------------------------------------
-
-
-def app_factory() -> IngressApp:
-    """Granian's target (`wabridge.actors.ingress:app_factory`, factory mode): runs in each worker process."""
-    from wabridge.engine import logs
-
-    settings = load_settings()
-    logs.configure(settings.log_level)
-    return IngressApp(settings)
-
-
-def settings_environment(settings: Settings) -> dict[str, str]:
-    """The WABRIDGE_* variables that make `load_settings()` in a worker process rebuild `settings`."""
-    from dataclasses import fields
-
-    from wabridge.engine.secrets import Secret
-
-    env = {}
-    for f in fields(settings):
-        value = getattr(settings, f.name)
-        if value is not None:
-            env["WABRIDGE_" + f.name.upper()] = value.reveal() if isinstance(value, Secret) else str(value)
-    return env
-
-
-# Seconds Granian's parent waits for a worker to stop after SIGTERM before it kills it. A worker's own drain is
-# bounded below this (requests in flight wait at most CONFIRM_TIMEOUT, then the archive gets CLOSE_DEADLINE). Without
-# a bound a SIGTERM that reached a worker still starting (opening its backends) was lost in Granian 2.8: the worker
-# served on, and the parent waited for it forever (tests/actors/test_ingress.py saw it in ~1 of 40 runs).
-WORKERS_KILL_TIMEOUT = 30
-
-
-def granian_argv(settings: Settings, *, workers: int) -> list[str]:
-    """Granian's own command line for the ingress (RSGI, uvloop, HTTP/1.1, factory mode)."""
-    return [
-        sys.executable, "-m", "granian", "--interface", "rsgi", "--loop", "uvloop", "--http", "1", "--no-ws",
-        "--workers", str(workers), "--workers-kill-timeout", str(WORKERS_KILL_TIMEOUT), "--host", settings.host,
-        "--port", str(settings.port), "--factory", "wabridge.actors.ingress:app_factory",
-    ]
-
-
-def serve_ingress(settings: Settings, *, workers: int) -> None:
-    """Run the ingress under Granian until a signal stops it: one worker in this process (`serve_embedded`),
-    several under Granian's own process manager (`serve_processes`)."""
-    if workers == 1:
-        serve_embedded(settings)
-    else:
-        serve_processes(settings, workers=workers)
-
-
-def serve_embedded(settings: Settings) -> None:
-    """One ingress process: Granian's embedded server on this process's event loop.
-
-    Why not Granian's process manager for one worker: its parent process held ~34 MB of RSS to supervise a single
-    child (Python, Granian, and the pages the forked child shares with it), a third of the ingress's memory. In the
-    same runs (ingress only, 8k/s offered) the embedded server answered as many 200s (7,491 and 7,992/s against
-    7,184 and 7,889) at the same CPU per request. SIGTERM/SIGINT stop it (the server finishes the requests it holds,
-    then the archive puts its last segments); a second signal exits at once.
-    """
-    import signal
-
-    import uvloop
-    from granian.constants import HTTPModes, Interfaces
-    from granian.server.embed import Server
-
-    from wabridge.engine import logs
-
-    logs.configure(settings.log_level)
-
-    async def run() -> None:
-        app = IngressApp(settings)
-        server = Server(app, address=settings.host, port=settings.port, interface=Interfaces.RSGI,
-                        http=HTTPModes.http1, websockets=False, log_enabled=False)  # fmt: skip
-        loop = asyncio.get_running_loop()
-        stopping = asyncio.Event()
-
-        def stop() -> None:
-            if stopping.is_set():
-                os._exit(1)  # the second signal: no drain
-            stopping.set()
-            server.stop()
-
-        # Installed before the backends open: a signal while a server is still down at start-up stops the wait.
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop)
-        try:
-            if await app.start(stopping):
-                await server.serve()
-        finally:
-            await app.aclose()
-
-    uvloop.run(run())
-
-
-def serve_processes(settings: Settings, *, workers: int) -> None:
-    """Run the ingress under Granian's process manager until a signal stops it; never returns.
-
-    This process *becomes* Granian's command line (exec): Granian forks its workers from it, and a parent that had
-    imported the CLI, the settings' cryptography and the ingress stack passed all of it (~20 MB of RSS, measured)
-    on to every worker and kept it itself. Exec'd, the parent holds Python and Granian only (~33 MB) and each
-    worker imports what it uses. Signals, the PID and PR_SET_PDEATHSIG (cli/serve.py) carry over the exec.
-    """
-    for name in [n for n in os.environ if n.startswith(("WABRIDGE_", "GRANIAN_"))]:
-        del os.environ[name]  # the workers must see exactly `settings`, nothing left over
-    os.environ.update(settings_environment(settings))
-    argv = granian_argv(settings, workers=workers)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(argv[0], argv)

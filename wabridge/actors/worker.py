@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wabridge.actors.agent import AgentActor
 from wabridge.actors.agent_media import AgentMedia
@@ -43,7 +43,6 @@ from wabridge.actors.directory import TenantDirectory
 from wabridge.actors.tracking import TrackingLookups, TrackingWriter
 from wabridge.engine import heap, process_metrics
 from wabridge.engine.actor import mailbox_depths
-from wabridge.adapters.backends import Backends
 from wabridge.engine.drain import Shutdown
 from wabridge.engine.logs import get_logger
 from wabridge.engine.mailbox import Mailbox, MailboxClosed
@@ -52,6 +51,9 @@ from wabridge.ports import Delivery
 from wabridge.engine.registry import Registry
 from wabridge.engine.status_server import serve_status
 from wabridge.engine.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from wabridge.adapters.backends import Backends  # the assembly's (cli/assembly.py): the ports it opened
 
 log = get_logger("worker")
 
@@ -340,14 +342,3 @@ class Worker:
             for shard_parking in parking:
                 await shard_parking.find_orphans()
             await asyncio.sleep(POKE_EVERY)
-
-
-async def run_worker(settings, shutdown: Shutdown, *, shards: Sequence[int] | None = None) -> None:
-    from wabridge.adapters.backends import open_backends_when_up
-
-    async with open_backends_when_up(settings, shutdown.stopping) as backends:
-        if backends is None:
-            return  # stopped before the servers came up: nothing was consumed
-        worker = Worker(backends, shards=shards)
-        heap.freeze_startup_heap()
-        await worker.run(shutdown)

@@ -56,6 +56,10 @@ class Backends:
     objects: Objects
     settings: Settings
 
+    async def readiness(self) -> dict[str, bool]:
+        """`readiness(self)`: every backend pinged at once."""
+        return await readiness(self)
+
 
 def adapter_path(settings: Settings, port: str) -> str:
     """`module:Class` of the adapter `settings` selects for `port` (the outbound queue: the queue's adapter)."""

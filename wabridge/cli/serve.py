@@ -88,7 +88,7 @@ def run(args) -> int:
     logs.configure(settings.log_level)
     _check_tenant_secrets(settings)
     if args.role == "ingress":
-        from wabridge.actors.ingress import serve_ingress
+        from wabridge.cli.assembly import serve_ingress
 
         serve_ingress(settings, workers=settings.workers)
         return 0
@@ -98,7 +98,7 @@ def run(args) -> int:
 
 
 def _run_worker(settings, shards, deadline: float) -> int:
-    from wabridge.actors.worker import run_worker
+    from wabridge.cli.assembly import run_worker
     from wabridge.engine import drain
 
     return drain.run(lambda shutdown: run_worker(settings, shutdown, shards=shards), deadline=deadline)
@@ -116,7 +116,7 @@ def _stop_with_parent() -> None:
 
 def _run_all(settings, shards, args) -> int:
     """The ingress in a child process (Granian owns its own processes and signals), the worker here."""
-    from wabridge.actors.ingress import settings_environment
+    from wabridge.engine.settings import settings_environment
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("WABRIDGE_")}
     env.update(settings_environment(settings))

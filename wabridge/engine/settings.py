@@ -226,3 +226,12 @@ def _validate(s: Settings) -> None:
     if s.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise SettingsError(f"WABRIDGE_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {s.log_level!r}")
 
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """The WABRIDGE_* variables that make `load_settings()` in a worker process rebuild `settings`."""
+    env = {}
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if value is not None:
+            env["WABRIDGE_" + f.name.upper()] = value.reveal() if isinstance(value, Secret) else str(value)
+    return env

@@ -1,0 +1,129 @@
+"""The program assembled: which adapters the settings pick, and the processes that run the roles.
+
+The roles (wabridge/actors/) depend on the ports only; this is where they get their adapters
+(`adapters/backends.open_backends_when_up`) and where the ingress is handed to Granian: embedded in this process for
+one worker, Granian's own process manager for more (factory target `wabridge.cli.assembly:app_factory`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+from wabridge.actors.ingress import IngressApp
+from wabridge.adapters.backends import open_backends_when_up
+from wabridge.engine import heap
+from wabridge.engine.drain import Shutdown
+from wabridge.engine.settings import Settings, load_settings, settings_environment
+
+
+async def run_worker(settings: Settings, shutdown: Shutdown, *, shards: Sequence[int] | None = None) -> None:
+    from wabridge.actors.worker import Worker  # here: an ingress process never imports the worker's roles
+
+    async with open_backends_when_up(settings, shutdown.stopping) as backends:
+        if backends is None:
+            return  # stopped before the servers came up: nothing was consumed
+        worker = Worker(backends, shards=shards)
+        heap.freeze_startup_heap()
+        await worker.run(shutdown)
+
+
+# --- the ingress under Granian ------------------------------------------------------------------------------------
+
+
+def app_factory() -> IngressApp:
+    """Granian's target (`wabridge.cli.assembly:app_factory`, factory mode): runs in each worker process."""
+    from wabridge.engine import logs
+
+    settings = load_settings()
+    logs.configure(settings.log_level)
+    return IngressApp(settings, opener=open_backends_when_up)
+
+
+
+# Seconds Granian's parent waits for a worker to stop after SIGTERM before it kills it. A worker's own drain is
+# bounded below this (requests in flight wait at most CONFIRM_TIMEOUT, then the archive gets CLOSE_DEADLINE). Without
+# a bound a SIGTERM that reached a worker still starting (opening its backends) was lost in Granian 2.8: the worker
+# served on, and the parent waited for it forever (tests/actors/test_ingress.py saw it in ~1 of 40 runs).
+WORKERS_KILL_TIMEOUT = 30
+
+
+def granian_argv(settings: Settings, *, workers: int) -> list[str]:
+    """Granian's own command line for the ingress (RSGI, uvloop, HTTP/1.1, factory mode)."""
+    return [
+        sys.executable, "-m", "granian", "--interface", "rsgi", "--loop", "uvloop", "--http", "1", "--no-ws",
+        "--workers", str(workers), "--workers-kill-timeout", str(WORKERS_KILL_TIMEOUT), "--host", settings.host,
+        "--port", str(settings.port), "--factory", "wabridge.cli.assembly:app_factory",
+    ]
+
+
+def serve_ingress(settings: Settings, *, workers: int) -> None:
+    """Run the ingress under Granian until a signal stops it: one worker in this process (`serve_embedded`),
+    several under Granian's own process manager (`serve_processes`)."""
+    if workers == 1:
+        serve_embedded(settings)
+    else:
+        serve_processes(settings, workers=workers)
+
+
+def serve_embedded(settings: Settings) -> None:
+    """One ingress process: Granian's embedded server on this process's event loop.
+
+    Why not Granian's process manager for one worker: its parent process held ~34 MB of RSS to supervise a single
+    child (Python, Granian, and the pages the forked child shares with it), a third of the ingress's memory. In the
+    same runs (ingress only, 8k/s offered) the embedded server answered as many 200s (7,491 and 7,992/s against
+    7,184 and 7,889) at the same CPU per request. SIGTERM/SIGINT stop it (the server finishes the requests it holds,
+    then the archive puts its last segments); a second signal exits at once.
+    """
+    import signal
+
+    import uvloop
+    from granian.constants import HTTPModes, Interfaces
+    from granian.server.embed import Server
+
+    from wabridge.engine import logs
+
+    logs.configure(settings.log_level)
+
+    async def run() -> None:
+        app = IngressApp(settings, opener=open_backends_when_up)
+        server = Server(app, address=settings.host, port=settings.port, interface=Interfaces.RSGI,
+                        http=HTTPModes.http1, websockets=False, log_enabled=False)  # fmt: skip
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+
+        def stop() -> None:
+            if stopping.is_set():
+                os._exit(1)  # the second signal: no drain
+            stopping.set()
+            server.stop()
+
+        # Installed before the backends open: a signal while a server is still down at start-up stops the wait.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop)
+        try:
+            if await app.start(stopping):
+                await server.serve()
+        finally:
+            await app.aclose()
+
+    uvloop.run(run())
+
+
+def serve_processes(settings: Settings, *, workers: int) -> None:
+    """Run the ingress under Granian's process manager until a signal stops it; never returns.
+
+    This process *becomes* Granian's command line (exec): Granian forks its workers from it, and a parent that had
+    imported the CLI, the settings' cryptography and the ingress stack passed all of it (~20 MB of RSS, measured)
+    on to every worker and kept it itself. Exec'd, the parent holds Python and Granian only (~33 MB) and each
+    worker imports what it uses. Signals, the PID and PR_SET_PDEATHSIG (cli/serve.py) carry over the exec.
+    """
+    for name in [n for n in os.environ if n.startswith(("WABRIDGE_", "GRANIAN_"))]:
+        del os.environ[name]  # the workers must see exactly `settings`, nothing left over
+    os.environ.update(settings_environment(settings))
+    argv = granian_argv(settings, workers=workers)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(argv[0], argv)
