@@ -419,6 +419,11 @@ class Objects(Protocol):
     async def presigned_get(self, bucket: str, key: str, *, expires: float = 3600) -> str:
         """A URL anyone holding it can GET until it expires (Genesys downloads media with it)."""
 
+    async def open_signed(self, bucket: str, key: str, expires: str, signature: str) -> tuple[bytes, str]:
+        """Serve one of this store's own signed URLs (the ingress's `/objects/…`): (content, content type).
+        PermissionError for a bad or expired signature; KeyError when the object is gone, or when the store's URLs
+        are served by the store itself (S3)."""
+
     async def ping(self) -> bool: ...
 
     async def close(self) -> None: ...

@@ -525,3 +525,14 @@ def test_an_invalid_day_string_never_reaches_a_key() -> None:
 )
 def test_a_mime_type_maps_to_its_extension(mime: str | None, ext: str) -> None:
     assert extension_for(mime) == ext
+
+
+@pytest.mark.servers
+async def test_s3_serves_its_own_presigned_urls_so_the_bridge_serves_none(tmp_path: Path) -> None:
+    """`open_signed` is part of the port: on S3 no signed URL reaches the bridge's `/objects/…` (the ingress says
+    404), whatever its signature."""
+    from wabridge.adapters.objects.s3 import S3Objects
+
+    objects = S3Objects(s3_settings(tmp_path))
+    with pytest.raises(KeyError):
+        await objects.open_signed(MEDIA_BUCKET, "acme/x.jpg", str(int(time.time()) + 60), "0" * 64)

@@ -558,13 +558,12 @@ class IngressApp:
 
     async def serve_object(self, path: str, query: str) -> Response:
         """Signed URLs of the embedded object store (Genesys downloads media here); 404 when objects are on S3."""
-        open_signed = getattr(self.backends.objects, "open_signed", None)
         bucket, _, key = path[len("/objects/") :].partition("/")
-        if open_signed is None or not bucket or not key:
+        if not bucket or not key:
             return text(404, "not found")
         try:
             params = query_params(query)
-            content, content_type = await open_signed(
+            content, content_type = await self.backends.objects.open_signed(
                 bucket, key, params.get("expires", ""), params.get("signature", "")
             )
         except (PermissionError, ValueError):

@@ -186,6 +186,10 @@ class S3Objects:
             finally:
                 response.release()
 
+    async def open_signed(self, bucket: str, key: str, expires: str, signature: str) -> tuple[bytes, str]:
+        """Presigned URLs point at S3 itself, which serves them: none reaches the bridge's `/objects/…`."""
+        raise KeyError("objects on S3 are served by S3")
+
     async def presigned_get(self, bucket: str, key: str, *, expires: float = 3600) -> str:
         """Signing is local (the region is configured): no round trip, so it works while the server is down."""
         client = self._require()
