@@ -17,7 +17,8 @@ from wabridge.genesys.auth import TokenProvider
 from wabridge.actors.contacts import Contacts
 from wabridge.genesys.delivery import GenesysDelivery
 from wabridge.meta.graph import MetaGraph
-from wabridge.actors.outbound import OutboundSender, read_state
+from wabridge.actors.outbound import OutboundSender
+from wabridge.codecs.receipts import read_state
 from wabridge.actors.statuses import StatusReceipts
 from wabridge.actors.tracking import TrackingLookups, TrackingWriter
 from wabridge.codecs.outbound import Send, callback_data

@@ -29,8 +29,6 @@ import functools
 import time
 from collections import OrderedDict
 
-import msgspec
-
 from wabridge.actors.agent_media import AgentMedia, MediaRefused
 from wabridge.actors.contacts import Contacts
 from wabridge.genesys.delivery import DeliveryFailed, GenesysDelivery
@@ -38,7 +36,7 @@ from wabridge.meta.graph import MetaGraph, SendRefused
 from wabridge.engine.history import Origin, current, note
 from wabridge.actors.tracking import TrackingLookups, TrackingWriter
 from wabridge.codecs.outbound import OutboundResult, OutboundSkipped, Send, Typing, meta_body, typing_due
-from wabridge.codecs.receipts import IdType, Reason, receipt, receipt_body
+from wabridge.codecs.receipts import IdType, OutboundState, Reason, receipt, receipt_body, write_state
 from wabridge.engine.logs import get_logger
 from wabridge.engine.metrics import REGISTRY, Capped
 from wabridge.engine.outage import hold_through_outage
@@ -64,35 +62,6 @@ _receipts = REGISTRY.counter("wabridge_receipts_total", "Receipts sent to Genesy
 _latency = REGISTRY.histogram("wabridge_outbound_seconds", "From the agent's webhook to Meta's answer.", [])
 _by_tenant = Capped(REGISTRY.counter(
     "wabridge_tenant_outbound_total", "Agent messages by tenant and outcome.", ["tenant", "outcome"]), 200)
-
-
-class OutboundState(msgspec.Struct, omit_defaults=True, kw_only=True):
-    """What Meta said of an outbound message, kept as JSON in its tracking row's `meta_status` (statuses.py writes
-    it as status webhooks come; the sender writes `receipt` when it refused the message itself)."""
-
-    parts: list[str | None] = []  # each part's latest Meta status, forward-only (codecs/receipts.advances)
-    at: dict[str, float] = {}  # Meta status → when it first reached the combined status (Meta's timestamp)
-    receipt: str | None = None  # the receipt Genesys accepted: Delivered | Failed
-    reason: str | None = None  # a Failed receipt's reason, "Code: message"
-    receipt_error: str | None = None  # Genesys refused the receipt (it stays owed to nobody: logged, counted)
-
-
-_encode_state = msgspec.json.Encoder().encode
-_decode_state = msgspec.json.Decoder(OutboundState).decode
-
-
-def read_state(text: str | None) -> OutboundState:
-    """The row's state; a blank or unreadable one (an older row) is a fresh state."""
-    if not text:
-        return OutboundState()
-    try:
-        return _decode_state(text)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return OutboundState()
-
-
-def write_state(state: OutboundState) -> str:
-    return _encode_state(state).decode()
 
 
 def guessed_id_type(to_id: str) -> IdType:

@@ -16,7 +16,7 @@ so a receipt never passes the customer's messages that came before it. Each one:
                  errors[]. A duplicate or late status changes nothing and owes nothing.
     receipt      POSTed to Genesys before the row is written (on the tenant's Genesys budget, held through its
                  outages); a crash between the two sends it again rather than never.
-    the row      `meta_status` (outbound.OutboundState: parts, first time of each status, the receipt) and, when
+    the row      `meta_status` (codecs/receipts.OutboundState: parts, first time of each status, the receipt) and, when
                  Meta failed it, status `failed` with the reason: visible in `wabridge messages` and replayable.
 
 One tenant's statuses are handled by the one worker consuming its shard, and one message's by its customer's lane:
@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import time
 
-from wabridge.actors.outbound import OUTBOUND, OutboundSender, guessed_id_type, read_state, write_state
+from wabridge.actors.outbound import OUTBOUND, OutboundSender, guessed_id_type
 from wabridge.actors.tracking import TrackingWriter
 from wabridge.codecs.outbound import parse_callback_data
-from wabridge.codecs.receipts import advances, combined, status_receipt
+from wabridge.codecs.receipts import advances, combined, read_state, status_receipt, write_state
 from wabridge.codecs.results import StatusUpdate
 from wabridge.engine.metrics import REGISTRY
 from wabridge.ports import TenantConfig, TrackingRecord, TrackingStatus, TrackingStore

@@ -15,7 +15,8 @@ import anyio
 import msgspec
 
 from wabridge.cli.replay import _instant
-from wabridge.cli.trace import OUTBOUND, MetaState, iso, meta_state
+from wabridge.cli.trace import OUTBOUND, iso, meta_state
+from wabridge.codecs.receipts import OutboundState
 from wabridge.ports import TrackingStatus
 from wabridge.engine.settings import SettingsError, load_settings
 
@@ -83,7 +84,7 @@ async def _messages(settings, args) -> int:
     return 0
 
 
-def _whatsapp(direction: str, state: MetaState | None) -> str:
+def _whatsapp(direction: str, state: OutboundState | None) -> str:
     """An agent's message: WhatsApp's latest status for it (the last the whole message reached) and the receipt."""
     if direction != OUTBOUND:
         return ""

@@ -27,6 +27,7 @@ from typing import Any
 import anyio
 import msgspec
 
+from wabridge.codecs.receipts import OutboundState, decode_state
 from wabridge.ports import (
     WEBHOOKS_BUCKET,
     WEBHOOKS_OUTBOUND_BUCKET,
@@ -52,24 +53,9 @@ FINAL_TEXT_OUTBOUND = FINAL_TEXT | {
 OUTBOUND = "outbound"
 
 
-class MetaState(msgspec.Struct):
-    """The part of an outbound row's `meta_status` JSON (actors/outbound.OutboundState) a trace shows. Read here, not
-    imported: the CLI must not pull in the worker's actors; an unreadable one shows as nothing."""
-
-    parts: list[str | None] = []
-    at: dict[str, float] = {}
-    receipt: str | None = None
-    reason: str | None = None
-    receipt_error: str | None = None
-
-
-def meta_state(row: TrackingRecord) -> MetaState | None:
-    if not row.meta_status:
-        return None
-    try:
-        return msgspec.json.decode(row.meta_status, type=MetaState)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None
+def meta_state(row: TrackingRecord) -> OutboundState | None:
+    """What Meta said of an outbound row (codecs/receipts.OutboundState); None when there is nothing readable."""
+    return decode_state(row.meta_status)
 
 
 def archive_bucket(row: TrackingRecord) -> str:
@@ -164,14 +150,14 @@ def steps(row: TrackingRecord, events: list[MessageEvent]) -> list[dict[str, Any
     return story
 
 
-def _parts_detail(state: MetaState) -> str:
+def _parts_detail(state: OutboundState) -> str:
     statuses = [s or "no status yet" for s in state.parts]
     if len(statuses) == 1:
         return f"now {statuses[0]}"
     return "parts now: " + ", ".join(f"{i + 1}: {s}" for i, s in enumerate(statuses))
 
 
-def _receipt_detail(state: MetaState) -> str:
+def _receipt_detail(state: OutboundState) -> str:
     if state.receipt is None:
         return f"none: Genesys refused it: {state.receipt_error[:300] if state.receipt_error else '?'}"
     text = f"{state.receipt} sent to the agent (Genesys accepted it)"

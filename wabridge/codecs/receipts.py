@@ -235,6 +235,44 @@ def status_receipt(message_id: str, to_id: str, to_id_type: IdType, previous: st
     return receipt(message_id, to_id, to_id_type, owed, seconds, reasons)
 
 
+# --- what Meta said of a message the bridge sent (a tracking row's `meta_status`) -----------------------------
+
+
+class OutboundState(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """What Meta said of an outbound message, kept as JSON in its tracking row's `meta_status` (statuses.py writes
+    it as status webhooks come; the sender writes `receipt` when it refused the message itself)."""
+
+    parts: list[str | None] = []  # each part's latest Meta status, forward-only (codecs/receipts.advances)
+    at: dict[str, float] = {}  # Meta status → when it first reached the combined status (Meta's timestamp)
+    receipt: str | None = None  # the receipt Genesys accepted: Delivered | Failed
+    reason: str | None = None  # a Failed receipt's reason, "Code: message"
+    receipt_error: str | None = None  # Genesys refused the receipt (it stays owed to nobody: logged, counted)
+
+
+_encode_state = msgspec.json.Encoder().encode
+_decode_state = msgspec.json.Decoder(OutboundState).decode
+
+
+def decode_state(text: str | None) -> OutboundState | None:
+    """The row's state, or None for a blank or unreadable one (an older row)."""
+    if not text:
+        return None
+    try:
+        return _decode_state(text)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def read_state(text: str | None) -> OutboundState:
+    """The row's state; a blank or unreadable one is a fresh state."""
+    return decode_state(text) or OutboundState()
+
+
+def write_state(state: OutboundState) -> str:
+    return _encode_state(state).decode()
+
+
+
 # --- Meta's media limits (docs/reference.md section 4, "Media upload") ---------------------------------------------
 
 MetaMediaType = Literal["image", "video", "audio", "document", "sticker"]
