@@ -18,13 +18,13 @@ import asyncio
 import math
 import time
 
-from wabridge.engine.history import Origin, Trail, webhook_of
-from wabridge.actors.outbound import OUTBOUND, OutboundSender
 from wabridge.actors.directory import TenantDirectory
+from wabridge.actors.outbound import OUTBOUND, OutboundSender
 from wabridge.actors.tracking import TrackingWriter
 from wabridge.codecs.outbound import OutboundResult, decode_outbound
 from wabridge.codecs.routing import decode_queued
 from wabridge.engine.actor import Actor
+from wabridge.engine.history import Origin, Trail, webhook_of
 from wabridge.engine.lanes import Lanes
 from wabridge.engine.logs import get_logger
 from wabridge.engine.metrics import REGISTRY
@@ -42,9 +42,17 @@ Job = tuple[TenantConfig, OutboundResult, bytes, float, Origin]
 
 class AgentActor(Actor):
     def __init__(
-        self, tenant_id: str, *, directory: TenantDirectory, sender: OutboundSender, tracker: TrackingWriter,
-        concurrency: int, max_pending: int, delivery_limit: int, outage_hold: float,
-    ) -> None:  # fmt: skip
+        self,
+        tenant_id: str,
+        *,
+        directory: TenantDirectory,
+        sender: OutboundSender,
+        tracker: TrackingWriter,
+        concurrency: int,
+        max_pending: int,
+        delivery_limit: int,
+        outage_hold: float,
+    ) -> None:
         self.tenant_id = tenant_id
         self._directory = directory
         self._sender = sender
@@ -75,15 +83,18 @@ class AgentActor(Actor):
             return
         try:
             tenant = await hold_through_outage(
-                lambda: self._directory.by_id(self.tenant_id), hold_for=math.inf, give_up=self._giving_up,
+                lambda: self._directory.by_id(self.tenant_id),
+                hold_for=math.inf,
+                give_up=self._giving_up,
                 report_after=self._outage_hold,
-            )  # fmt: skip
+            )
         except BackendUnavailable:
             await delivery.retry()  # a drain while the store is down: it comes back to whoever consumes next
             return
         if tenant is None:
-            self.log.warning("tenant %s no longer exists: agent message %s dropped", self.tenant_id,
-                             delivery.message_id)  # fmt: skip
+            self.log.warning(
+                "tenant %s no longer exists: agent message %s dropped", self.tenant_id, delivery.message_id
+            )
             await delivery.ack()
             return
         origin = Origin(webhook_of(delivery.message_id), delivery.shard, queued.archive_key or None)
@@ -98,9 +109,11 @@ class AgentActor(Actor):
         genesys_id = getattr(result, "id", None) or ""
         with Trail(self.tenant_id, genesys_id, origin, self._tracker, direction=OUTBOUND):
             return await hold_through_outage(
-                lambda: self._sender.handle(tenant, result, raw, received_at, origin=origin), hold_for=math.inf,
-                give_up=self._giving_up, report_after=self._outage_hold,
-            )  # fmt: skip
+                lambda: self._sender.handle(tenant, result, raw, received_at, origin=origin),
+                hold_for=math.inf,
+                give_up=self._giving_up,
+                report_after=self._outage_hold,
+            )
 
     def _giving_up(self) -> bool:
         return self._stopping
@@ -111,12 +124,14 @@ class AgentActor(Actor):
         except BackendUnavailable as exc:
             if delivery.attempt < self._delivery_limit:
                 _handed_back.inc()
-                self.log.warning("agent message %s handed back (attempt %d): %s", delivery.message_id,
-                                 delivery.attempt, exc)  # fmt: skip
+                self.log.warning(
+                    "agent message %s handed back (attempt %d): %s", delivery.message_id, delivery.attempt, exc
+                )
                 await delivery.retry()
             else:
-                await self._dead_letter(delivery, f"attempt {delivery.attempt} of {self._delivery_limit}: {exc}",
-                                        result)  # fmt: skip
+                await self._dead_letter(
+                    delivery, f"attempt {delivery.attempt} of {self._delivery_limit}: {exc}", result
+                )
             return
         except Exception as exc:
             self.log.exception("agent message %s failed", delivery.message_id)
@@ -132,11 +147,18 @@ class AgentActor(Actor):
         if genesys_id:  # best effort: the dead-letter queue holds the webhook whatever happens here
             now = time.time()
             record = TrackingRecord(
-                wamid=genesys_id, tenant_id=self.tenant_id, status=TrackingStatus.DEAD_LETTERED,
-                direction=OUTBOUND, genesys_message_id=genesys_id, attempts=delivery.attempt, error=reason,
-                customer_id=getattr(result, "to_id", None), created_at=now, updated_at=now,
+                wamid=genesys_id,
+                tenant_id=self.tenant_id,
+                status=TrackingStatus.DEAD_LETTERED,
+                direction=OUTBOUND,
+                genesys_message_id=genesys_id,
+                attempts=delivery.attempt,
+                error=reason,
+                customer_id=getattr(result, "to_id", None),
+                created_at=now,
+                updated_at=now,
                 payload=_payload(delivery),
-            )  # fmt: skip
+            )
             try:
                 await self._tracker.record(record)
             except Exception as exc:

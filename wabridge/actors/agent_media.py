@@ -38,14 +38,14 @@ from urllib.parse import urljoin, urlsplit
 import anyio
 import msgspec
 
-from wabridge.engine import history
-from wabridge.genesys.auth import LoginFailed, TokenProvider
-from wabridge.meta.graph import MetaGraph, SendRefused
 from wabridge.actors.media import MAX_REDIRECTS, REDIRECTS
+from wabridge.codecs.object_keys import extension_for, media_key
 from wabridge.codecs.outbound import MediaToFetch, Send
 from wabridge.codecs.receipts import MEDIA_LIMITS, Reason, bare_mime, media_problem
-from wabridge.http.client import AddressRefused, BodyTooLarge, HttpError, Http1Pools, Reply
-from wabridge.codecs.object_keys import extension_for, media_key
+from wabridge.engine import history
+from wabridge.genesys.auth import LoginFailed, TokenProvider
+from wabridge.http.client import AddressRefused, BodyTooLarge, Http1Pools, HttpError, Reply
+from wabridge.meta.graph import MetaGraph, SendRefused
 from wabridge.ports import MEDIA_OUTBOUND_BUCKET, Objects, TenantConfig
 
 RETRYABLE = frozenset({408, 425, 429})  # and every 5xx
@@ -121,8 +121,13 @@ class AgentMedia:
         self._slots = anyio.Semaphore(concurrency)
         # The url is the agent's (Genesys's message): fetched from public addresses only, unless the settings allow
         # private ones (WABRIDGE_ALLOW_PRIVATE_MEDIA_URLS, for simulators on 127.0.0.1).
-        self._http = Http1Pools(max_pools=MAX_ORIGINS, limit=concurrency, timeout=timeout, connect_timeout=5.0,
-                                public_only=not allow_private_urls)  # fmt: skip
+        self._http = Http1Pools(
+            max_pools=MAX_ORIGINS,
+            limit=concurrency,
+            timeout=timeout,
+            connect_timeout=5.0,
+            public_only=not allow_private_urls,
+        )
         self._counts = {"uploaded": 0, "refused": 0, "retries": 0, "bytes_stored": 0}
 
     def statistics(self) -> AgentMediaStatistics:
@@ -152,9 +157,12 @@ class AgentMedia:
         try:
             data, header = await self._download(tenant, media.url, limit.max_bytes)
         except BodyTooLarge:
-            raise MediaRefused(Reason("InvalidMediaContentLength",
-                                      f"The {kind} is larger than {limit.max_bytes} bytes, the most WhatsApp accepts "
-                                      f"for a {kind}")) from None  # fmt: skip
+            raise MediaRefused(
+                Reason(
+                    "InvalidMediaContentLength",
+                    f"The {kind} is larger than {limit.max_bytes} bytes, the most WhatsApp accepts for a {kind}",
+                )
+            ) from None
         mime = real_mime(header, media)
         key = media_key(tenant.tenant_id, kind, self._clock(), send.id, extension_for(mime))
         metadata = {"genesys-id": send.id, "tenant": tenant.tenant_id}
@@ -164,9 +172,12 @@ class AgentMedia:
             case None:
                 pass
             case "InvalidMediaContentLength":
-                raise MediaRefused(Reason("InvalidMediaContentLength",
-                                          f"The {kind} is {len(data)} bytes; WhatsApp accepts at most "
-                                          f"{limit.max_bytes} for a {kind}"))  # fmt: skip
+                raise MediaRefused(
+                    Reason(
+                        "InvalidMediaContentLength",
+                        f"The {kind} is {len(data)} bytes; WhatsApp accepts at most {limit.max_bytes} for a {kind}",
+                    )
+                )
             case problem:
                 allowed = ", ".join(sorted(limit.mimes or ()))
                 raise MediaRefused(Reason(problem, f"WhatsApp does not take {mime} as a {kind} (only {allowed})"))
@@ -214,8 +225,9 @@ class AgentMedia:
                 if status < 500 and status not in RETRYABLE:
                     raise MediaRefused(Reason("GeneralError", f"The agent's file could not be downloaded: {detail}"))
             if attempt >= self._attempts:
-                raise MediaRefused(Reason("GeneralError", f"The agent's file could not be downloaded: {detail} "
-                                                          f"({attempt} tries)"))  # fmt: skip
+                raise MediaRefused(
+                    Reason("GeneralError", f"The agent's file could not be downloaded: {detail} ({attempt} tries)")
+                )
             self._counts["retries"] += 1
             history.note("media-retried", f"agent file, attempt {attempt}: {detail}")
             await self._sleep(self._backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
@@ -234,8 +246,11 @@ class AgentMedia:
             elif here != origin:
                 headers = {}  # and not back: once the url left the token's origin, it is not sent again
             if scheme == "https" and parts.scheme != "https":
-                raise MediaRefused(Reason("GeneralError", "The agent's file was not downloaded: its link redirected "
-                                                          "from https to http"))  # fmt: skip
+                raise MediaRefused(
+                    Reason(
+                        "GeneralError", "The agent's file was not downloaded: its link redirected from https to http"
+                    )
+                )
             scheme = parts.scheme
             reply = await self._http.request(here, "GET", target, headers, max_body=max_bytes)
             location = reply.header("location")

@@ -96,7 +96,7 @@ def _new_segment_id(now: float) -> str:
 
 
 class _Segment:
-    __slots__ = ("key", "tenant_id", "day", "lines", "size", "due")
+    __slots__ = ("day", "due", "key", "lines", "size", "tenant_id")
 
     def __init__(self, tenant_id: str, day: int, now: float, flush_interval: float) -> None:
         self.key = archive_segment_key(tenant_id, now, _new_segment_id(now))
@@ -218,7 +218,10 @@ class ArchiveWriter:
                 try:
                     async with asyncio.timeout(PUT_TIMEOUT):
                         await self._objects.put(
-                            self._bucket, segment.key, data, content_type="application/x-ndjson",
+                            self._bucket,
+                            segment.key,
+                            data,
+                            content_type="application/x-ndjson",
                             metadata={"tenant-id": segment.tenant_id},
                         )
                 except TimeoutError as exc:  # slow is down, for an archive: tried again like any outage

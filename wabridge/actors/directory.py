@@ -31,8 +31,8 @@ import msgspec
 from cryptography.exceptions import InvalidTag
 
 from wabridge.engine import keys
-from wabridge.ports import BackendUnavailable, Cache, TenantConfig, TenantStore
 from wabridge.engine.secrets import Secret, SecretBox, SecretKeyError
+from wabridge.ports import BackendUnavailable, Cache, TenantConfig, TenantStore
 
 log = logging.getLogger("wabridge.tenants")
 

@@ -202,7 +202,7 @@ class CustomerIdentity:
 
     # --- the local entries ---
 
-    def _get(self, tenant_id: str, customer_id: str) -> str | None | object:
+    def _get(self, tenant_id: str, customer_id: str) -> str | object | None:
         key = (tenant_id, customer_id)
         entry = self._local.get(key)
         if entry is None:

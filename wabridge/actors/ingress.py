@@ -52,16 +52,6 @@ import msgspec
 
 from wabridge.actors.archive import MAX_BYTES as ARCHIVE_MAX_BYTES
 from wabridge.actors.archive import ArchiveWriter
-from wabridge.http.server import (
-    JSON,
-    BadContentLength,
-    BodyTooLarge,
-    ClientGone,
-    Response,
-    query_params,
-    read_body,
-    text,
-)
 from wabridge.actors.directory import TenantDirectory
 from wabridge.codecs.routing import (
     MalformedWebhook,
@@ -73,6 +63,17 @@ from wabridge.codecs.routing import (
     without_lone_surrogates,
 )
 from wabridge.engine import heap, metrics, process_metrics
+from wabridge.engine.settings import Settings
+from wabridge.http.server import (
+    JSON,
+    BadContentLength,
+    BodyTooLarge,
+    ClientGone,
+    Response,
+    query_params,
+    read_body,
+    text,
+)
 from wabridge.ports import (
     WEBHOOKS_OUTBOUND_BUCKET,
     BackendUnavailable,
@@ -80,7 +81,6 @@ from wabridge.ports import (
     TrackingRecord,
     TrackingStatus,
 )
-from wabridge.engine.settings import Settings
 
 log = logging.getLogger("wabridge.ingress")
 
@@ -109,7 +109,9 @@ PUBLISH_SECONDS = metrics.REGISTRY.histogram(
     "wabridge_ingress_publish_seconds", "Time from publish to the broker's confirm, per queued webhook"
 )
 ARCHIVE_FAILURES = metrics.REGISTRY.counter(
-    "wabridge_ingress_archive_failures_total", "Raw webhooks not archived (failed, or dropped at the bound)", ("reason",)
+    "wabridge_ingress_archive_failures_total",
+    "Raw webhooks not archived (failed, or dropped at the bound)",
+    ("reason",),
 )
 ARCHIVES_RUNNING = metrics.REGISTRY.gauge("wabridge_ingress_archives_running", "Archive segment puts in flight")
 ARCHIVE_BYTES = metrics.REGISTRY.gauge(
@@ -199,9 +201,13 @@ class IngressApp:
     """The RSGI application. Give it open `backends` (tests), or let `__rsgi_init__` open them (Granian workers)."""
 
     def __init__(
-        self, settings: Settings, backends: Any = None, *, max_archive_bytes: int = ARCHIVE_MAX_BYTES,
+        self,
+        settings: Settings,
+        backends: Any = None,
+        *,
+        max_archive_bytes: int = ARCHIVE_MAX_BYTES,
         opener: Callable[[Settings, asyncio.Event], AbstractAsyncContextManager[Any]] | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.settings = settings
         self.backends = backends
         self._opener = opener  # without `backends`: opens them at start (cli/assembly.py gives open_backends_when_up)
@@ -225,15 +231,18 @@ class IngressApp:
             TENANT_LOOKUPS.labels(tier).set_function(lambda f=field: getattr(directory.statistics(), f))
         TENANT_HIT_RATIO.set_function(lambda: directory.statistics().hit_ratio)
         self.archive = archive = ArchiveWriter(
-            backends.objects, on_failure=lambda reason, n: ARCHIVE_FAILURES.labels(reason).inc(n),
+            backends.objects,
+            on_failure=lambda reason, n: ARCHIVE_FAILURES.labels(reason).inc(n),
             max_bytes=self._max_archive_bytes,
         )
         # A writer of its own: a segment is one bucket's object, and the agents' messages are kept apart from the
         # customers' (another bucket, its own retention). Its bound is its own too: a flood of either direction
         # while S3 is down cannot drop the other's archive.
         self.outbound_archive = outbound = ArchiveWriter(
-            backends.objects, on_failure=lambda reason, n: ARCHIVE_FAILURES.labels(reason).inc(n),
-            max_bytes=self._max_archive_bytes, bucket=WEBHOOKS_OUTBOUND_BUCKET,
+            backends.objects,
+            on_failure=lambda reason, n: ARCHIVE_FAILURES.labels(reason).inc(n),
+            max_bytes=self._max_archive_bytes,
+            bucket=WEBHOOKS_OUTBOUND_BUCKET,
         )
         ARCHIVES_RUNNING.set_function(lambda: archive.puts_running + outbound.puts_running)
         ARCHIVE_BYTES.set_function(lambda: archive.pending_bytes + outbound.pending_bytes)
@@ -307,9 +316,7 @@ class IngressApp:
             response = text(500, "internal error")
         proto.response_bytes(*response)
 
-    async def handle(
-        self, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes
-    ) -> Response:
+    async def handle(self, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes) -> Response:
         """Answer one request; the body is already read (and within the limit)."""
         route, response = await self._route(method, path, query, headers, body)
         if response.status == 200 and route in self._ok:
@@ -496,9 +503,16 @@ class IngressApp:
         reason = f"no tenant owns phone_number_id {', '.join(n[:64] for n in numbers[:4]) or '(none in payload)'}"
         reason = _printable(reason)
         records = [
-            TrackingRecord(wamid=wamid, tenant_id="", status=TrackingStatus.UNROUTED, error=reason,
-                           created_at=received_at, updated_at=received_at, webhook_id=webhook_id,
-                           received_at=received_at)  # fmt: skip
+            TrackingRecord(
+                wamid=wamid,
+                tenant_id="",
+                status=TrackingStatus.UNROUTED,
+                error=reason,
+                created_at=received_at,
+                updated_at=received_at,
+                webhook_id=webhook_id,
+                received_at=received_at,
+            )
             for wamid in dict.fromkeys(_printable(w[:256]) for w in wamids[:1000])  # Meta's maximum of updates per POST
         ]
         await self.backends.store.write_tracking(records)

@@ -41,21 +41,26 @@ from urllib.parse import urljoin, urlsplit
 import anyio
 import msgspec
 
-from wabridge.engine import history
 from wabridge.codecs.genesys import OpenInboundNormalizedMessage
+from wabridge.codecs.object_keys import extension_for, media_key
 from wabridge.codecs.results import Inbound, MediaRef, sha256_digest
 from wabridge.codecs.transform import media_as_text, with_media_url
-from wabridge.http.client import AddressRefused, BodyTooLarge, HttpError, Http1Pools, Reply
-from wabridge.codecs.object_keys import extension_for, media_key
-from wabridge.ports import MEDIA_BUCKET, Objects, TenantConfig
+from wabridge.engine import history
 from wabridge.engine.settings import Settings
+from wabridge.http.client import AddressRefused, BodyTooLarge, Http1Pools, HttpError, Reply
+from wabridge.ports import MEDIA_BUCKET, Objects, TenantConfig
 
 GENESYS_MAX_ATTACHMENT = 25 * 1024 * 1024  # Genesys refuses inbound attachments above 25 MB
 PRESIGN_SECONDS = 3600.0  # Genesys fetches the attachment soon after delivery; an hour covers its retries
 
 # Step-1 answers that no retry can change, and the outcome reason each becomes.
-FINAL_LOOKUP: dict[int, str] = {400: "not_found", 404: "not_found", 410: "not_found", 401: "unauthorized",
-                                403: "unauthorized"}  # fmt: skip
+FINAL_LOOKUP: dict[int, str] = {
+    400: "not_found",
+    404: "not_found",
+    410: "not_found",
+    401: "unauthorized",
+    403: "unauthorized",
+}
 # Step-2 answers worth another attempt (which starts with a fresh lookup, so a fresh url).
 RETRYABLE_DOWNLOAD = {403, 404, 408, 410, 425, 429}
 REDIRECTS = {301, 302, 303, 307, 308}
@@ -152,8 +157,13 @@ class MediaFetcher:
         # `timeout` bounds one request, body included; at most `concurrency` downloads at once, so per origin too
         self._http = Http1Pools(max_pools=MAX_ORIGINS, limit=concurrency, timeout=timeout, connect_timeout=5.0)
         # The download url comes from Meta's answer, not from our settings: fetched from public addresses only.
-        self._downloads = Http1Pools(max_pools=MAX_ORIGINS, limit=concurrency, timeout=timeout, connect_timeout=5.0,
-                                     public_only=not settings.allow_private_media_urls)  # fmt: skip
+        self._downloads = Http1Pools(
+            max_pools=MAX_ORIGINS,
+            limit=concurrency,
+            timeout=timeout,
+            connect_timeout=5.0,
+            public_only=not settings.allow_private_media_urls,
+        )
         self._counts = {"stored": 0, "notices": 0, "retries": 0, "bytes_stored": 0}
 
     def statistics(self) -> MediaStatistics:
@@ -190,8 +200,9 @@ class MediaFetcher:
             except ValueError as exc:  # a url from Meta that is not http(s), or not one path: another lookup may fix it
                 detail = str(exc)[:100]
             else:
-                key = media_key(tenant.tenant_id, kind, inbound.route.timestamp, inbound.route.wamid,
-                                extension_for(mime))  # fmt: skip
+                key = media_key(
+                    tenant.tenant_id, kind, inbound.route.timestamp, inbound.route.wamid, extension_for(mime)
+                )
                 mime = mime or "application/octet-stream"
                 metadata = {"wamid": inbound.route.wamid, "media-id": media.media_id}
                 await self._objects.put(MEDIA_BUCKET, key, data, content_type=mime, metadata=metadata)

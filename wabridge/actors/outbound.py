@@ -31,15 +31,15 @@ from collections import OrderedDict
 
 from wabridge.actors.agent_media import AgentMedia, MediaRefused
 from wabridge.actors.contacts import Contacts
-from wabridge.genesys.delivery import DeliveryFailed, GenesysDelivery
-from wabridge.meta.graph import MetaGraph, SendRefused
-from wabridge.engine.history import Origin, current, note
 from wabridge.actors.tracking import TrackingLookups, TrackingWriter
 from wabridge.codecs.outbound import OutboundResult, OutboundSkipped, Send, Typing, meta_body, typing_due
 from wabridge.codecs.receipts import IdType, OutboundState, Reason, receipt, receipt_body, write_state
+from wabridge.engine.history import Origin, current, note
 from wabridge.engine.logs import get_logger
 from wabridge.engine.metrics import REGISTRY, Capped
 from wabridge.engine.outage import hold_through_outage
+from wabridge.genesys.delivery import DeliveryFailed, GenesysDelivery
+from wabridge.meta.graph import MetaGraph, SendRefused
 from wabridge.ports import Contact, MessageEventKind, TenantConfig, TrackingRecord, TrackingStatus
 
 log = get_logger("outbound")
@@ -49,19 +49,25 @@ SETTLED = frozenset({TrackingStatus.DELIVERED, TrackingStatus.FAILED, TrackingSt
 CONTACT_WAIT = 5.0  # s: a contact written by another worker reaches the store within contacts.FLUSH_EVERY
 MEMO_ENTRIES = 100_000  # customers whose last read mark / typing indicator this process remembers
 
-_outcomes = REGISTRY.counter("wabridge_outbound_messages_total", "Agent messages to customers, by outcome.",
-                             ["outcome"])  # fmt: skip
+_outcomes = REGISTRY.counter(
+    "wabridge_outbound_messages_total", "Agent messages to customers, by outcome.", ["outcome"]
+)
 _sent, _failed, _duplicate, _skipped = (_outcomes.labels(o) for o in ("sent", "failed", "duplicate", "skipped"))
-_by_reason = REGISTRY.counter("wabridge_outbound_failures_total", "Agent messages refused, by Genesys reason code.",
-                              ["reason"])  # fmt: skip
-_typing = REGISTRY.counter("wabridge_typing_indicators_total", "Agent typing events, by what became of them.",
-                           ["result"])  # fmt: skip
+_by_reason = REGISTRY.counter(
+    "wabridge_outbound_failures_total", "Agent messages refused, by Genesys reason code.", ["reason"]
+)
+_typing = REGISTRY.counter(
+    "wabridge_typing_indicators_total", "Agent typing events, by what became of them.", ["result"]
+)
 _read_marks = REGISTRY.counter("wabridge_read_marks_total", "Customer messages marked read, by result.", ["result"])
-_receipts = REGISTRY.counter("wabridge_receipts_total", "Receipts sent to Genesys, by status and result.",
-                             ["status", "result"])  # fmt: skip
+_receipts = REGISTRY.counter(
+    "wabridge_receipts_total", "Receipts sent to Genesys, by status and result.", ["status", "result"]
+)
 _latency = REGISTRY.histogram("wabridge_outbound_seconds", "From the agent's webhook to Meta's answer.", [])
-_by_tenant = Capped(REGISTRY.counter(
-    "wabridge_tenant_outbound_total", "Agent messages by tenant and outcome.", ["tenant", "outcome"]), 200)
+_by_tenant = Capped(
+    REGISTRY.counter("wabridge_tenant_outbound_total", "Agent messages by tenant and outcome.", ["tenant", "outcome"]),
+    200,
+)
 
 
 def guessed_id_type(to_id: str) -> IdType:
@@ -70,10 +76,17 @@ def guessed_id_type(to_id: str) -> IdType:
 
 class OutboundSender:
     def __init__(
-        self, *, graph: MetaGraph, media: AgentMedia, contacts: Contacts, genesys: GenesysDelivery,
-        tracker: TrackingWriter, seen: TrackingLookups, outage_hold: float | None = None,
+        self,
+        *,
+        graph: MetaGraph,
+        media: AgentMedia,
+        contacts: Contacts,
+        genesys: GenesysDelivery,
+        tracker: TrackingWriter,
+        seen: TrackingLookups,
+        outage_hold: float | None = None,
         contact_wait: float = CONTACT_WAIT,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self._graph = graph
         self._media = media
         self._contacts = contacts
@@ -103,9 +116,15 @@ class OutboundSender:
                 del self._recording[key]
 
     async def handle(
-        self, tenant: TenantConfig, result: OutboundResult, raw: bytes, received_at: float, *,
-        origin: Origin | None = None, replay: bool = False,
-    ) -> str:  # fmt: skip
+        self,
+        tenant: TenantConfig,
+        result: OutboundResult,
+        raw: bytes,
+        received_at: float,
+        *,
+        origin: Origin | None = None,
+        replay: bool = False,
+    ) -> str:
         """Act on one decoded agent webhook; returns what became of it (a tracking status, or "typing"/"skipped")."""
         if origin is None and (trail := current()) is not None:
             origin = trail.origin
@@ -160,9 +179,16 @@ class OutboundSender:
         # From here Meta has the message: hold through a store outage rather than let the caller send it again.
         # A fresh `meta_status`: this attempt's statuses start from nothing (a replay's row held the last one's).
         record = self._record(
-            tenant_id, send, TrackingStatus.DELIVERED, origin, received_at, attempts=1, payload=raw,
-            meta_ids=" ".join(wamids), meta_status=write_state(OutboundState()),
-        )  # fmt: skip
+            tenant_id,
+            send,
+            TrackingStatus.DELIVERED,
+            origin,
+            received_at,
+            attempts=1,
+            payload=raw,
+            meta_ids=" ".join(wamids),
+            meta_status=write_state(OutboundState()),
+        )
         await self._hold(lambda: self._tracker.record(record))
         if (waiting := self._recording.pop((tenant_id, send.id), None)) is not None:
             waiting.set()  # a status of this message that outran the answer (statuses.py)
@@ -221,11 +247,20 @@ class OutboundSender:
         _skipped.inc()
         if skipped.genesys_reason is None or not skipped.id or not skipped.to_id:
             # Nothing owed (a Receipt, a typing Off), or nothing to address it to: counted, logged, dropped.
-            log.info("agent webhook skipped: %s: %s", skipped.reason, skipped.detail,
-                     extra={"tenant_id": tenant.tenant_id, "genesys_id": skipped.id})  # fmt: skip
+            log.info(
+                "agent webhook skipped: %s: %s",
+                skipped.reason,
+                skipped.detail,
+                extra={"tenant_id": tenant.tenant_id, "genesys_id": skipped.id},
+            )
             return "skipped"
-        send = Send(id=skipped.id, to_id=skipped.to_id, to_id_type=skipped.to_id_type or guessed_id_type(skipped.to_id),
-                    kind=skipped.reason, parts=())  # fmt: skip
+        send = Send(
+            id=skipped.id,
+            to_id=skipped.to_id,
+            to_id_type=skipped.to_id_type or guessed_id_type(skipped.to_id),
+            kind=skipped.reason,
+            parts=(),
+        )
         existing = await self._seen.get(tenant.tenant_id, skipped.id)
         if existing is not None and existing.status in SETTLED:
             _duplicate.inc()
@@ -235,9 +270,16 @@ class OutboundSender:
         return await self._refuse(tenant, send, raw, received_at, origin, reason)
 
     async def _refuse(
-        self, tenant: TenantConfig, send: Send, raw: bytes, received_at: float, origin: Origin | None,
-        reason: Reason, *, wamids: list[str] | None = None,
-    ) -> str:  # fmt: skip
+        self,
+        tenant: TenantConfig,
+        send: Send,
+        raw: bytes,
+        received_at: float,
+        origin: Origin | None,
+        reason: Reason,
+        *,
+        wamids: list[str] | None = None,
+    ) -> str:
         """A Failed receipt to Genesys with `reason` (before the row: a crash between them sends the receipt again
         rather than never), then the row `failed`, payload kept for replay."""
         _failed.inc()
@@ -248,19 +290,34 @@ class OutboundSender:
             tenant, send.id, send.to_id, send.to_id_type, "Failed", time.time(), [reason]
         )
         note(MessageEventKind.FAILED, state.reason or "")
-        log.warning("agent message refused: %s", state.reason,
-                    extra={"tenant_id": tenant.tenant_id, "genesys_id": send.id})  # fmt: skip
+        log.warning(
+            "agent message refused: %s", state.reason, extra={"tenant_id": tenant.tenant_id, "genesys_id": send.id}
+        )
         record = self._record(
-            tenant.tenant_id, send, TrackingStatus.FAILED, origin, received_at, attempts=1, payload=raw,
-            error=state.reason, meta_ids=" ".join(wamids) if wamids else None, meta_status=write_state(state),
-        )  # fmt: skip
+            tenant.tenant_id,
+            send,
+            TrackingStatus.FAILED,
+            origin,
+            received_at,
+            attempts=1,
+            payload=raw,
+            error=state.reason,
+            meta_ids=" ".join(wamids) if wamids else None,
+            meta_status=write_state(state),
+        )
         await self._hold(lambda: self._tracker.record(record))
         return TrackingStatus.FAILED
 
     async def send_receipt(
-        self, tenant: TenantConfig, message_id: str, to_id: str, to_id_type: IdType, status: str, at: float,
+        self,
+        tenant: TenantConfig,
+        message_id: str,
+        to_id: str,
+        to_id_type: IdType,
+        status: str,
+        at: float,
         reasons: list[Reason] | tuple[Reason, ...] = (),
-    ) -> tuple[str | None, str | None]:  # fmt: skip
+    ) -> tuple[str | None, str | None]:
         """POST one receipt to Genesys (its budget, its token, held through its outages like a message). Returns
         (the status Genesys took, or None; why it refused one, or None)."""
         body = receipt_body(receipt(message_id, to_id, to_id_type, status, at, reasons))  # type: ignore[arg-type]
@@ -268,26 +325,47 @@ class OutboundSender:
             await self._genesys.receipt(tenant, body)
         except DeliveryFailed as exc:
             _receipts.labels(status, "refused").inc()
-            log.error("Genesys refused the %s receipt of %s: %s", status, message_id, exc.error,
-                      extra={"tenant_id": tenant.tenant_id})  # fmt: skip
+            log.error(
+                "Genesys refused the %s receipt of %s: %s",
+                status,
+                message_id,
+                exc.error,
+                extra={"tenant_id": tenant.tenant_id},
+            )
             return None, exc.error[:300]
         _receipts.labels(status, "sent").inc()
         return status, None
 
     @staticmethod
     def _record(
-        tenant_id: str, send: Send, status: str, origin: Origin | None = None, received_at: float | None = None,
+        tenant_id: str,
+        send: Send,
+        status: str,
+        origin: Origin | None = None,
+        received_at: float | None = None,
         **fields,
-    ) -> TrackingRecord:  # fmt: skip
+    ) -> TrackingRecord:
         now = time.time()
         if origin is not None:
-            fields.update(webhook_id=origin.webhook_id, shard=origin.shard, archive_key=origin.archive_key,
-                          received_at=received_at)  # fmt: skip
+            fields.update(
+                webhook_id=origin.webhook_id,
+                shard=origin.shard,
+                archive_key=origin.archive_key,
+                received_at=received_at,
+            )
         return TrackingRecord(
-            wamid=send.id, tenant_id=tenant_id, status=status, direction=OUTBOUND, type=send.kind,
-            conversation_id=send.conversation_id, genesys_message_id=send.id, customer_id=send.to_id,
-            created_at=now, updated_at=now, **fields,
-        )  # fmt: skip
+            wamid=send.id,
+            tenant_id=tenant_id,
+            status=status,
+            direction=OUTBOUND,
+            type=send.kind,
+            conversation_id=send.conversation_id,
+            genesys_message_id=send.id,
+            customer_id=send.to_id,
+            created_at=now,
+            updated_at=now,
+            **fields,
+        )
 
 
 def _remember(memo: OrderedDict, key: tuple[str, str], value: object) -> None:

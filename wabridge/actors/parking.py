@@ -60,14 +60,14 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from wabridge.engine.history import webhook_of
 from wabridge.actors.tenant import Settled
+from wabridge.engine.history import webhook_of
 from wabridge.engine.logs import get_logger
 from wabridge.engine.mailbox import MailboxClosed
 from wabridge.engine.metrics import REGISTRY
 from wabridge.engine.outage import hold_through_outage
-from wabridge.ports import BackendUnavailable, Delivery, MessageEvent, ParkedMessage, ParkingStore, Queue
 from wabridge.engine.registry import Registry
+from wabridge.ports import BackendUnavailable, Delivery, MessageEvent, ParkedMessage, ParkingStore, Queue
 
 log = get_logger("parking")
 
@@ -99,7 +99,7 @@ async def _until_up(step: Callable[[], Awaitable[T]]) -> T:
 class ParkedDelivery:
     """A parked message handed to its tenant's actor: a `Delivery` whose settlement is a store row's."""
 
-    __slots__ = ("tenant_id", "message_id", "body", "shard", "attempt", "seq", "_lot", "_settled")
+    __slots__ = ("_lot", "_settled", "attempt", "body", "message_id", "seq", "shard", "tenant_id")
 
     def __init__(self, message: ParkedMessage, lot: ShardParking, attempt: int | None = None) -> None:
         self.tenant_id = message.tenant_id
@@ -132,16 +132,20 @@ class ParkedDelivery:
 
     def message(self) -> ParkedMessage:
         return ParkedMessage(
-            seq=self.seq, shard=self.shard, tenant_id=self.tenant_id, message_id=self.message_id, body=self.body,
+            seq=self.seq,
+            shard=self.shard,
+            tenant_id=self.tenant_id,
+            message_id=self.message_id,
+            body=self.body,
             attempt=self.attempt,
-        )  # fmt: skip
+        )
 
 
 class HeldBack:
     """A queue delivery handed back while its tenant is parked (`ShardParking.take_back`): fed to the actor again at
     its next attempt, settled on the queue like the delivery it wraps."""
 
-    __slots__ = ("tenant_id", "message_id", "body", "shard", "attempt", "_delivery", "_lot")
+    __slots__ = ("_delivery", "_lot", "attempt", "body", "message_id", "shard", "tenant_id")
 
     def __init__(self, delivery: Delivery, lot: ShardParking, attempt: int) -> None:
         self.tenant_id = delivery.tenant_id
@@ -176,8 +180,15 @@ class ShardParking:
     """The parked tenants of one shard, in one worker: written by the shard's router, fed by one task per tenant."""
 
     def __init__(
-        self, shard: int, store: ParkingStore, queue: Queue, tenants: Registry[str], *, delivery_limit: int,
-        hold_back_limit: int = 1024, events: Callable[[MessageEvent], None] | None = None,
+        self,
+        shard: int,
+        store: ParkingStore,
+        queue: Queue,
+        tenants: Registry[str],
+        *,
+        delivery_limit: int,
+        hold_back_limit: int = 1024,
+        events: Callable[[MessageEvent], None] | None = None,
     ) -> None:
         self.shard = shard
         self._events = events  # the tracking writer's: steps of a webhook for `wabridge trace`, never awaited
@@ -285,8 +296,12 @@ class ShardParking:
         for tenant_id, fence in fences.items():
             if tenant_id in self._fences or tenant_id in self._waiting_for or tenant_id in self._backlog:
                 continue  # our own, live
-            log.warning("waiting for the fence of tenant %s (shard %d) before feeding %d parked messages",
-                        tenant_id, self.shard, orphans.get(tenant_id, 0))  # fmt: skip
+            log.warning(
+                "waiting for the fence of tenant %s (shard %d) before feeding %d parked messages",
+                tenant_id,
+                self.shard,
+                orphans.get(tenant_id, 0),
+            )
             self._waiting_for[tenant_id] = (fence, orphans.pop(tenant_id, 0))
             self._spawn(self._give_up_waiting(tenant_id, fence))
         for tenant_id, count in orphans.items():
@@ -297,8 +312,9 @@ class ShardParking:
     async def _give_up_waiting(self, tenant_id: str, fence: str) -> None:
         await asyncio.sleep(FENCE_WAIT)
         if self.fence_awaited(tenant_id) == fence:
-            log.error("the fence of tenant %s never came back (shard %d): feeding its parked messages", tenant_id,
-                      self.shard)  # fmt: skip
+            log.error(
+                "the fence of tenant %s never came back (shard %d): feeding its parked messages", tenant_id, self.shard
+            )
             self._stop_waiting(tenant_id)
 
     def _stop_waiting(self, tenant_id: str) -> None:
@@ -344,7 +360,7 @@ class ShardParking:
         if writer is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(writer), timeout)
-            except (asyncio.TimeoutError, Exception):
+            except (TimeoutError, Exception):
                 writer.cancel()
         tasks = [*self._feeders.values(), *self._tasks]
         for task in tasks:
@@ -457,8 +473,9 @@ class ShardParking:
             await self._store.unpark([delivery.seq])
         except BackendUnavailable as exc:
             # The row stays: after a restart it is fed again and its messages come out `duplicate`.
-            log.warning("parked message %s settled but not deleted: %s", delivery.message_id, exc,
-                        extra=_about(delivery))  # fmt: skip
+            log.warning(
+                "parked message %s settled but not deleted: %s", delivery.message_id, exc, extra=_about(delivery)
+            )
         finally:
             self._unsettled.pop(delivery.seq, None)
 
@@ -467,8 +484,12 @@ class ShardParking:
         try:
             await self._queue.bury(delivery.tenant_id, delivery.body, message_id=delivery.message_id, reason=reason)
         except BackendUnavailable as exc:
-            log.error("parked message %s stays parked, its dead letter not written: %s", delivery.message_id, exc,
-                      extra=_about(delivery))  # fmt: skip
+            log.error(
+                "parked message %s stays parked, its dead letter not written: %s",
+                delivery.message_id,
+                exc,
+                extra=_about(delivery),
+            )
             self._unsettled.pop(delivery.seq, None)  # fed again once found (a poke), at its last attempt
             return
         log.error("parked message %s dead-lettered: %s", delivery.message_id, reason, extra=_about(delivery))
@@ -495,14 +516,22 @@ class ShardParking:
         try:
             await self._store.set_parked_attempt(delivery.seq, attempt)
         except BackendUnavailable as exc:
-            log.warning("attempt of parked message %s not recorded: %s", delivery.message_id, exc,
-                        extra=_about(delivery))  # fmt: skip
+            log.warning(
+                "attempt of parked message %s not recorded: %s", delivery.message_id, exc, extra=_about(delivery)
+            )
 
     def _event(self, delivery: Delivery | ParkedMessage, event: str, detail: str) -> None:
         """A step of the whole webhook (its messages are not read here): `wabridge trace` finds it by webhook id."""
         if self._events is not None:
-            self._events(MessageEvent(tenant_id=delivery.tenant_id, webhook_id=webhook_of(delivery.message_id),
-                                      at=time.time(), event=event, detail=detail[:500]))  # fmt: skip
+            self._events(
+                MessageEvent(
+                    tenant_id=delivery.tenant_id,
+                    webhook_id=webhook_of(delivery.message_id),
+                    at=time.time(),
+                    event=event,
+                    detail=detail[:500],
+                )
+            )
 
 
 def _about(delivery: Delivery) -> dict[str, str]:

@@ -20,19 +20,23 @@ import functools
 import time
 
 from wabridge.actors.contacts import Contacts
-from wabridge.genesys.delivery import DeliveryFailed, GenesysDelivery
-from wabridge.engine.history import Origin, Trail, current, note
 from wabridge.actors.media import MediaFetcher
 from wabridge.actors.state import ConversationState
 from wabridge.actors.tracking import TrackingLookups, TrackingWriter
 from wabridge.codecs.results import Inbound, pack_result
 from wabridge.codecs.transform import encode_genesys
+from wabridge.engine.history import Origin, Trail, current, note
 from wabridge.engine.logs import get_logger
 from wabridge.engine.metrics import REGISTRY, Capped
 from wabridge.engine.outage import hold_through_outage
+from wabridge.genesys.delivery import DeliveryFailed, GenesysDelivery
 from wabridge.ports import (
-    BackendUnavailable, MessageEventKind, TenantConfig, TrackingRecord, TrackingStatus, TrackingStore,
-)  # fmt: skip
+    MessageEventKind,
+    TenantConfig,
+    TrackingRecord,
+    TrackingStatus,
+    TrackingStore,
+)
 
 log = get_logger("relay")
 
@@ -45,8 +49,14 @@ _delivered, _failed, _duplicate = (OUTCOMES.labels(o) for o in ("delivered", "fa
 _media_notices = REGISTRY.counter("wabridge_media_notices_total", "Media replaced by a text notice.", ["reason"])
 _latency = REGISTRY.histogram("wabridge_relay_seconds", "From webhook receipt to tracked delivery.", [])
 # Per tenant too, for the dashboard; the first 200 tenants a worker sees by name, the rest as `_other` (bounded).
-_by_tenant = Capped(REGISTRY.counter(
-    "wabridge_tenant_deliveries_total", "Customer messages by tenant and outcome.", ["tenant", "outcome"]), 200)
+_by_tenant = Capped(
+    REGISTRY.counter(
+        "wabridge_tenant_deliveries_total", "Customer messages by tenant and outcome.", ["tenant", "outcome"]
+    ),
+    200,
+)
+
+
 class Relay:
     def __init__(
         self,
@@ -70,9 +80,14 @@ class Relay:
         self._tracker = tracker
 
     async def relay(
-        self, tenant: TenantConfig, inbound: Inbound, received_at: float, *, replay: bool = False,
+        self,
+        tenant: TenantConfig,
+        inbound: Inbound,
+        received_at: float,
+        *,
+        replay: bool = False,
         origin: Origin | None = None,
-    ) -> str:  # fmt: skip
+    ) -> str:
         """Deliver one message; returns the tracking status it ended in. `origin`: its webhook, for the row; by
         default the one of the trail the tenant actor opened for it (history.py)."""
         if replay and current() is None:  # `wabridge replay`: no tenant actor opened its trail (history.py)
@@ -115,10 +130,17 @@ class Relay:
                 lambda: self._state.conversation_for(tenant_id, route.sender_id)
             )
             record = self._record(
-                tenant_id, inbound, TrackingStatus.FAILED, origin, received_at,
-                conversation_id=conversation_id, attempts=exc.attempts, error=error, payload=pack_result(inbound),
+                tenant_id,
+                inbound,
+                TrackingStatus.FAILED,
+                origin,
+                received_at,
+                conversation_id=conversation_id,
+                attempts=exc.attempts,
+                error=error,
+                payload=pack_result(inbound),
                 media_key=media_key,
-            )  # fmt: skip
+            )
             await self._hold(lambda: self._tracker.record(record))
             # The row's error goes once a replay delivers it; the event keeps what happened (`wabridge trace`).
             note(MessageEventKind.FAILED, f"after {exc.attempts} attempt(s): {exc.error}")
@@ -128,16 +150,21 @@ class Relay:
         # A new customer's conversation is named by Genesys's answer; only without one do we make an id.
         conversation_id = delivered.conversation_id or known
         if conversation_id is None:
-            conversation_id = await self._hold(
-                lambda: self._state.conversation_for(tenant_id, route.sender_id)
-            )
+            conversation_id = await self._hold(lambda: self._state.conversation_for(tenant_id, route.sender_id))
         elif conversation_id != known:
             await self._hold(lambda: self._state.adopt(tenant_id, route.sender_id, conversation_id))
         record = self._record(
-            tenant_id, inbound, TrackingStatus.DELIVERED, origin, received_at,
-            conversation_id=conversation_id, attempts=1, error=media_error,
-            genesys_message_id=delivered.genesys_message_id, media_key=media_key,
-        )  # fmt: skip
+            tenant_id,
+            inbound,
+            TrackingStatus.DELIVERED,
+            origin,
+            received_at,
+            conversation_id=conversation_id,
+            attempts=1,
+            error=media_error,
+            genesys_message_id=delivered.genesys_message_id,
+            media_key=media_key,
+        )
         await self._hold(lambda: self._tracker.record(record))
         await self._tracker.touch(tenant_id, route.sender_id, time.time())
         if self._contacts is not None:  # where an agent's answer goes from (contacts.py)
@@ -149,14 +176,28 @@ class Relay:
 
     @staticmethod
     def _record(
-        tenant_id: str, inbound: Inbound, status: str, origin: Origin | None = None, received_at: float | None = None,
+        tenant_id: str,
+        inbound: Inbound,
+        status: str,
+        origin: Origin | None = None,
+        received_at: float | None = None,
         **fields,
-    ) -> TrackingRecord:  # fmt: skip
+    ) -> TrackingRecord:
         now = time.time()
         if origin is not None:  # where it came from (`wabridge trace`): on the row this write makes anyway
-            fields.update(webhook_id=origin.webhook_id, shard=origin.shard, archive_key=origin.archive_key,
-                          received_at=received_at)  # fmt: skip
+            fields.update(
+                webhook_id=origin.webhook_id,
+                shard=origin.shard,
+                archive_key=origin.archive_key,
+                received_at=received_at,
+            )
         return TrackingRecord(
-            wamid=inbound.route.wamid, tenant_id=tenant_id, status=status, type=inbound.route.type,
-            created_at=now, updated_at=now, customer_id=inbound.route.sender_id, **fields,
-        )  # fmt: skip
+            wamid=inbound.route.wamid,
+            tenant_id=tenant_id,
+            status=status,
+            type=inbound.route.type,
+            created_at=now,
+            updated_at=now,
+            customer_id=inbound.route.sender_id,
+            **fields,
+        )

@@ -105,9 +105,11 @@ class ConversationState:
     async def _remember(self, tenant_id: str, sender_id: str, conversation_id: str) -> None:
         self._note(tenant_id, sender_id, conversation_id)
         try:
-            await self._cache_writes.get((
-                (keys.mapping_wa(tenant_id, sender_id), conversation_id.encode()),
-                (keys.mapping_conv(conversation_id), f"{tenant_id}:{sender_id}".encode()),
-            ))  # fmt: skip
+            await self._cache_writes.get(
+                (
+                    (keys.mapping_wa(tenant_id, sender_id), conversation_id.encode()),
+                    (keys.mapping_conv(conversation_id), f"{tenant_id}:{sender_id}".encode()),
+                )
+            )
         except BackendUnavailable as exc:
             log.warning("mapping not cached: %s", exc)

@@ -37,13 +37,17 @@ from wabridge.ports import TenantConfig, TrackingRecord, TrackingStatus, Trackin
 
 WAIT_FOR_SEND = 30.0  # s: how long a status waits for its send's answer to be recorded
 
-_statuses = REGISTRY.counter("wabridge_meta_statuses_total", "Meta status webhooks, by what they changed.",
-                             ["result"])  # fmt: skip
+_statuses = REGISTRY.counter("wabridge_meta_statuses_total", "Meta status webhooks, by what they changed.", ["result"])
 
 
 class StatusReceipts:
     def __init__(
-        self, store: TrackingStore, tracker: TrackingWriter, sender: OutboundSender, *, wait_for_send: float = WAIT_FOR_SEND
+        self,
+        store: TrackingStore,
+        tracker: TrackingWriter,
+        sender: OutboundSender,
+        *,
+        wait_for_send: float = WAIT_FOR_SEND,
     ) -> None:
         self._store = store
         self._tracker = tracker
@@ -84,8 +88,11 @@ class StatusReceipts:
         to_id = facts.to_id or (row.customer_id if row is not None else None) or status.recipient_id or ""
         to_id_type = facts.to_id_type or guessed_id_type(to_id)
         errors = [(e.code, e.title, e.details) for e in status.errors] if after == "failed" else []
-        owed = None if after is None or after == before else status_receipt(
-            facts.id, to_id, to_id_type, before, after, status.timestamp, errors)  # fmt: skip
+        owed = (
+            None
+            if after is None or after == before
+            else status_receipt(facts.id, to_id, to_id_type, before, after, status.timestamp, errors)
+        )
         result = "updated"
         if owed is not None and state.receipt != owed.status:
             reasons = list(owed.reasons or ())
@@ -97,14 +104,24 @@ class StatusReceipts:
             result = owed.status.lower()
         failed = after == "failed"
         now = time.time()
-        await self._tracker.record(TrackingRecord(
-            wamid=facts.id, tenant_id=tenant_id, direction=OUTBOUND, genesys_message_id=facts.id,
-            status=TrackingStatus.FAILED if failed else (row.status if row is not None else TrackingStatus.DELIVERED),
-            type="" if row is None else row.type, attempts=row.attempts if row is not None else 1,
-            error=state.reason if failed else (row.error if row is not None else None),
-            customer_id=to_id or None, meta_status=write_state(state),
-            created_at=row.created_at if row is not None else now, updated_at=now,
-        ))  # fmt: skip
+        await self._tracker.record(
+            TrackingRecord(
+                wamid=facts.id,
+                tenant_id=tenant_id,
+                direction=OUTBOUND,
+                genesys_message_id=facts.id,
+                status=TrackingStatus.FAILED
+                if failed
+                else (row.status if row is not None else TrackingStatus.DELIVERED),
+                type="" if row is None else row.type,
+                attempts=row.attempts if row is not None else 1,
+                error=state.reason if failed else (row.error if row is not None else None),
+                customer_id=to_id or None,
+                meta_status=write_state(state),
+                created_at=row.created_at if row is not None else now,
+                updated_at=now,
+            )
+        )
         _statuses.labels(result).inc()
         return result
 
@@ -124,4 +141,3 @@ class StatusReceipts:
             # asked again after `pause` (another worker sent it, or a replay from the command line).
             await self._sender.recorded(tenant_id, genesys_id, pause)
             pause = min(pause * 2, 1.0)
-

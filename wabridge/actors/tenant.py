@@ -23,22 +23,28 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from wabridge.engine.history import Origin, Trail, webhook_of
+from wabridge.actors.directory import TenantDirectory
 from wabridge.actors.identity import CustomerIdentity, customer_ids
 from wabridge.actors.relay import Relay
-from wabridge.actors.directory import TenantDirectory
 from wabridge.actors.tracking import TrackingWriter
 from wabridge.codecs.results import Inbound, Skipped, StatusUpdate, pack_result
 from wabridge.codecs.routing import decode_queued
 from wabridge.codecs.transform import transform
 from wabridge.engine.actor import Actor
+from wabridge.engine.history import Origin, Trail, webhook_of
 from wabridge.engine.lanes import Lanes
 from wabridge.engine.logs import get_logger
 from wabridge.engine.metrics import REGISTRY
 from wabridge.engine.outage import hold_through_outage
 from wabridge.ports import (
-    BackendUnavailable, Delivery, MessageEvent, MessageEventKind, TenantConfig, TrackingRecord, TrackingStatus,
-)  # fmt: skip
+    BackendUnavailable,
+    Delivery,
+    MessageEvent,
+    MessageEventKind,
+    TenantConfig,
+    TrackingRecord,
+    TrackingStatus,
+)
 
 if TYPE_CHECKING:
     from wabridge.actors.statuses import StatusReceipts
@@ -163,14 +169,20 @@ class TenantActor(Actor):
             # is a bug that this body triggers, and would again on every redelivery — dead-lettered now, with the
             # reason, rather than crash this actor three times.
             DEAD_LETTERS.inc()
-            self.log.error("unreadable queue message %s dead-lettered: %s: %s", delivery.message_id,
-                           type(exc).__name__, str(exc)[:200])  # fmt: skip
+            self.log.error(
+                "unreadable queue message %s dead-lettered: %s: %s",
+                delivery.message_id,
+                type(exc).__name__,
+                str(exc)[:200],
+            )
             await delivery.dead_letter(f"unreadable: {type(exc).__name__}: {exc}"[:300])
             return
         tenant: TenantConfig | BackendUnavailable | None
         try:
             tenant = await hold_through_outage(
-                lambda: self._directory.by_id(self.tenant_id), hold_for=math.inf, give_up=self._giving_up,
+                lambda: self._directory.by_id(self.tenant_id),
+                hold_for=math.inf,
+                give_up=self._giving_up,
                 report_after=self._outage_hold,
             )
         except BackendUnavailable as exc:
@@ -222,10 +234,17 @@ class TenantActor(Actor):
         mark._pass()
 
     async def _resolve_and_admit(
-        self, delivery: Delivery, queued: Any, results: list[Any], tenant: TenantConfig | BackendUnavailable,
-        related: set[asyncio.Future[None]], ids: set[str], resolved: asyncio.Future[None],
-        before: asyncio.Future[None] | None, this: asyncio.Future[None],
-    ) -> None:  # fmt: skip
+        self,
+        delivery: Delivery,
+        queued: Any,
+        results: list[Any],
+        tenant: TenantConfig | BackendUnavailable,
+        related: set[asyncio.Future[None]],
+        ids: set[str],
+        resolved: asyncio.Future[None],
+        before: asyncio.Future[None] | None,
+        this: asyncio.Future[None],
+    ) -> None:
         """Name each message's customer — after the resolutions under way that name one of its ids, locally if
         they taught this process enough, else by the store, through the hold — then, once the delivery received
         before this one is admitted, admit this one."""
@@ -239,13 +258,16 @@ class TenantActor(Actor):
                     if known is None:
                         known = await hold_through_outage(
                             lambda: self._identity.resolve(self.tenant_id, results),  # type: ignore[union-attr]
-                            hold_for=math.inf, give_up=self._giving_up, report_after=self._outage_hold,
-                        )  # fmt: skip
+                            hold_for=math.inf,
+                            give_up=self._giving_up,
+                            report_after=self._outage_hold,
+                        )
             except BackendUnavailable as exc:
                 known, tenant = results, exc  # a drain, as for the tenant lookup: each message fails in its lane
             except Exception:
-                self.log.exception("naming the customers of %s failed: they go under the ids they came with",
-                                   delivery.message_id)  # fmt: skip
+                self.log.exception(
+                    "naming the customers of %s failed: they go under the ids they came with", delivery.message_id
+                )
                 known = results
             finally:
                 resolved.set_result(None)
@@ -280,8 +302,13 @@ class TenantActor(Actor):
                 case Skipped(wamid=str() as wamid, reason=reason, detail=detail):
                     # A customer message we could not read: visible in tracking, nothing to deliver.
                     _skipped.inc()
-                    tracked = self._track(wamid, TrackingStatus.FAILED, error=f"{reason}: {detail}", origin=origin,
-                                          received_at=queued.received_at)  # fmt: skip
+                    tracked = self._track(
+                        wamid,
+                        TrackingStatus.FAILED,
+                        error=f"{reason}: {detail}",
+                        origin=origin,
+                        received_at=queued.received_at,
+                    )
                     pending.append((asyncio.ensure_future(tracked), None))
                 case Skipped():
                     _skipped.inc()
@@ -330,13 +357,18 @@ class TenantActor(Actor):
                 # The ones sent back will come, but after this one's last attempt: delivered out of order beats
                 # dead-lettered for waiting.
                 del self._blocked[sender_id]
-                self.log.warning("delivery %s did not come back (%s at attempt %d): its customer's lane runs again",
-                                 first[0], message_id, attempt)  # fmt: skip
+                self.log.warning(
+                    "delivery %s did not come back (%s at attempt %d): its customer's lane runs again",
+                    first[0],
+                    message_id,
+                    attempt,
+                )
         try:
             if isinstance(tenant, BackendUnavailable):
                 raise BackendUnavailable(tenant.port, "a drain cut the tenant's lookup short") from tenant
             return await hold_through_outage(
-                lambda: self._relay.relay(tenant, inbound, received_at), hold_for=math.inf,
+                lambda: self._relay.relay(tenant, inbound, received_at),
+                hold_for=math.inf,
                 report_after=self._outage_hold,
                 give_up=self._giving_up,
             )
@@ -352,17 +384,22 @@ class TenantActor(Actor):
             raise BackendUnavailable(tenant.port, "a drain cut the tenant's lookup short") from tenant
         assert self._statuses is not None and type(status) is StatusUpdate
         return await hold_through_outage(
-            lambda: self._statuses.apply(tenant, status), hold_for=math.inf,  # type: ignore[union-attr]
-            report_after=self._outage_hold, give_up=self._giving_up,
-        )  # fmt: skip
+            lambda: self._statuses.apply(tenant, status),
+            hold_for=math.inf,  # type: ignore[union-attr]
+            report_after=self._outage_hold,
+            give_up=self._giving_up,
+        )
 
     def _giving_up(self) -> bool:
         return self._stopping
 
     async def _settle(
-        self, delivery: Delivery, pending: list[tuple[asyncio.Future[Any], Inbound | None]], origin: Origin,
+        self,
+        delivery: Delivery,
+        pending: list[tuple[asyncio.Future[Any], Inbound | None]],
+        origin: Origin,
         received_at: float,
-    ) -> None:  # fmt: skip
+    ) -> None:
         outcomes = await asyncio.gather(*(future for future, _ in pending), return_exceptions=True)
         unfinished = [(o, inbound) for o, (_, inbound) in zip(outcomes, pending) if isinstance(o, BaseException)]
         if not unfinished:
@@ -373,13 +410,22 @@ class TenantActor(Actor):
         context = {"webhook_id": origin.webhook_id, "wamids": [i.route.wamid for _, i in unfinished if i]}
         if delivery.attempt < self._delivery_limit:
             _handed_back.inc()
-            self._events(unfinished, origin, MessageEventKind.HANDED_BACK,
-                         f"attempt {delivery.attempt} of {self._delivery_limit}")  # fmt: skip
+            self._events(
+                unfinished,
+                origin,
+                MessageEventKind.HANDED_BACK,
+                f"attempt {delivery.attempt} of {self._delivery_limit}",
+            )
             self.log.warning(
                 "delivery %s handed back (attempt %d): %d of %d messages unfinished, first: %s: %s",
-                delivery.message_id, delivery.attempt, len(unfinished), len(outcomes), type(first).__name__, first,
+                delivery.message_id,
+                delivery.attempt,
+                len(unfinished),
+                len(outcomes),
+                type(first).__name__,
+                first,
                 extra=context,
-            )  # fmt: skip
+            )
             if self._take_back is None or not self._take_back(delivery):
                 await delivery.retry()
             return
@@ -397,40 +443,64 @@ class TenantActor(Actor):
         DEAD_LETTERS.inc()
         self.log.error(
             "delivery %s dead-lettered: %d of %d messages unfinished (%d tracked dead-lettered), %s",
-            delivery.message_id, len(unfinished), len(outcomes), marked, reason, extra=context,
-        )  # fmt: skip
+            delivery.message_id,
+            len(unfinished),
+            len(outcomes),
+            marked,
+            reason,
+            extra=context,
+        )
         await delivery.dead_letter(reason)
 
-    def _events(self, unfinished: list[tuple[BaseException, Inbound | None]], origin: Origin, event: str,
-                detail: str) -> None:  # fmt: skip
+    def _events(
+        self, unfinished: list[tuple[BaseException, Inbound | None]], origin: Origin, event: str, detail: str
+    ) -> None:
         """One event per unfinished message, with why it did not finish (`wabridge trace`; not awaited)."""
         now = time.time()
         for error, inbound in unfinished:
             if inbound is not None:
-                self._tracker.event(MessageEvent(
-                    tenant_id=self.tenant_id, wamid=inbound.route.wamid, webhook_id=origin.webhook_id, at=now,
-                    event=event, detail=f"{detail}: {type(error).__name__}: {error}"[:500],
-                ))  # fmt: skip
+                self._tracker.event(
+                    MessageEvent(
+                        tenant_id=self.tenant_id,
+                        wamid=inbound.route.wamid,
+                        webhook_id=origin.webhook_id,
+                        at=now,
+                        event=event,
+                        detail=f"{detail}: {type(error).__name__}: {error}"[:500],
+                    )
+                )
 
     async def _mark_dead_lettered(
-        self, inbounds: list[Inbound], delivery: Delivery, reason: str, origin: Origin | None = None,
+        self,
+        inbounds: list[Inbound],
+        delivery: Delivery,
+        reason: str,
+        origin: Origin | None = None,
         received_at: float | None = None,
-    ) -> int:  # fmt: skip
+    ) -> int:
         """Track each message `dead-lettered`, payload kept for replay. Best effort: the store may be the very
         thing that is down, and the webhook in the dead-letter queue still holds every message. Returns the rows
         written."""
         now = time.time()
         records = [
             TrackingRecord(
-                wamid=inbound.route.wamid, tenant_id=self.tenant_id, status=TrackingStatus.DEAD_LETTERED,
-                type=inbound.route.type, attempts=delivery.attempt, error=reason, payload=pack_result(inbound),
-                created_at=now + i * 1e-6, updated_at=now,  # distinct times: replay goes by created_at, in order
-                customer_id=inbound.route.sender_id, received_at=received_at,
-                webhook_id=origin.webhook_id if origin else None, shard=origin.shard if origin else None,
+                wamid=inbound.route.wamid,
+                tenant_id=self.tenant_id,
+                status=TrackingStatus.DEAD_LETTERED,
+                type=inbound.route.type,
+                attempts=delivery.attempt,
+                error=reason,
+                payload=pack_result(inbound),
+                created_at=now + i * 1e-6,
+                updated_at=now,  # distinct times: replay goes by created_at, in order
+                customer_id=inbound.route.sender_id,
+                received_at=received_at,
+                webhook_id=origin.webhook_id if origin else None,
+                shard=origin.shard if origin else None,
                 archive_key=origin.archive_key if origin else None,
             )
             for i, inbound in enumerate(inbounds)
-        ]  # fmt: skip
+        ]
         written = await asyncio.gather(*(self._tracker.record(r) for r in records), return_exceptions=True)
         failed = [w for w in written if isinstance(w, BaseException)]
         if failed and not all(isinstance(w, BackendUnavailable) for w in failed):
@@ -438,11 +508,24 @@ class TenantActor(Actor):
         return len(written) - len(failed)
 
     async def _track(
-        self, wamid: str, status: str, *, error: str | None = None, origin: Origin | None = None,
+        self,
+        wamid: str,
+        status: str,
+        *,
+        error: str | None = None,
+        origin: Origin | None = None,
         received_at: float | None = None,
-    ) -> None:  # fmt: skip
-        where = {} if origin is None else {"webhook_id": origin.webhook_id, "shard": origin.shard,
-                                           "archive_key": origin.archive_key, "received_at": received_at}
+    ) -> None:
+        where = (
+            {}
+            if origin is None
+            else {
+                "webhook_id": origin.webhook_id,
+                "shard": origin.shard,
+                "archive_key": origin.archive_key,
+                "received_at": received_at,
+            }
+        )
         await self._tracker.record(
             TrackingRecord(wamid=wamid, tenant_id=self.tenant_id, status=status, error=error, **where)
         )

@@ -47,9 +47,14 @@ class TrackingWriterStatistics(msgspec.Struct, frozen=True):
 
 class TrackingWriter:
     def __init__(
-        self, store: TrackingStore, *, max_batch: int = 500, max_delay: float = 0.005, max_pending: int = 10_000,
+        self,
+        store: TrackingStore,
+        *,
+        max_batch: int = 500,
+        max_delay: float = 0.005,
+        max_pending: int = 10_000,
         touch_interval: float = 1.0,
-    ) -> None:  # fmt: skip
+    ) -> None:
         if max_batch < 1 or max_pending < max_batch:
             raise ValueError("need 1 <= max_batch <= max_pending")
         self.store = store
@@ -81,7 +86,9 @@ class TrackingWriter:
     async def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(
-                self._run(), name="tracking-writer", context=contextvars.Context()  # it writes for every message
+                self._run(),
+                name="tracking-writer",
+                context=contextvars.Context(),  # it writes for every message
             )
 
     async def aclose(self) -> None:

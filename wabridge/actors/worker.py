@@ -25,32 +25,32 @@ from typing import TYPE_CHECKING, Any
 
 from wabridge.actors.agent import AgentActor
 from wabridge.actors.agent_media import AgentMedia
-from wabridge.genesys.auth import TokenProvider
 from wabridge.actors.contacts import Contacts
-from wabridge.genesys.delivery import GenesysDelivery
-from wabridge.engine.far_end import FarEnd
-from wabridge.meta.graph import MetaGraph
+from wabridge.actors.directory import TenantDirectory
 from wabridge.actors.identity import CustomerIdentity
 from wabridge.actors.media import MediaFetcher
 from wabridge.actors.outbound import OutboundSender
 from wabridge.actors.parking import PARK_AFTER, POKE_EVERY, ShardParking, is_poke
-from wabridge.genesys.ratelimit import RateBudget
 from wabridge.actors.relay import Relay
 from wabridge.actors.state import ConversationState
 from wabridge.actors.statuses import StatusReceipts
 from wabridge.actors.tenant import DEAD_LETTERS, TenantActor
-from wabridge.actors.directory import TenantDirectory
 from wabridge.actors.tracking import TrackingLookups, TrackingWriter
-from wabridge.engine import heap, process_metrics
+from wabridge.engine import process_metrics
 from wabridge.engine.actor import mailbox_depths
 from wabridge.engine.drain import Shutdown
+from wabridge.engine.far_end import FarEnd
 from wabridge.engine.logs import get_logger
 from wabridge.engine.mailbox import Mailbox, MailboxClosed
 from wabridge.engine.metrics import REGISTRY, TopGauge
-from wabridge.ports import Delivery
 from wabridge.engine.registry import Registry
 from wabridge.engine.status_server import serve_status
 from wabridge.engine.supervisor import Supervisor
+from wabridge.genesys.auth import TokenProvider
+from wabridge.genesys.delivery import GenesysDelivery
+from wabridge.genesys.ratelimit import RateBudget
+from wabridge.meta.graph import MetaGraph
+from wabridge.ports import Delivery
 
 if TYPE_CHECKING:
     from wabridge.adapters.backends import Backends  # the assembly's (cli/assembly.py): the ports it opened
@@ -61,10 +61,15 @@ MAX_TENANT_ACTORS = 1000
 TENANT_IDLE_TIMEOUT = 300.0  # s
 # What the worker's parts count, read at scrape time from their statistics (deploy/grafana's dashboard). The deepest
 # tenant mailboxes by tenant, a few only: a backed-up tenant shows by name however many tenants the worker holds.
-REGISTRY.register(TopGauge(
-    "wabridge_tenant_mailbox_depth", "Messages waiting in this worker's deepest tenant mailboxes.", "tenant",
-    lambda: {name.removeprefix("tenant:"): n for name, n in mailbox_depths("tenant").items()}, top=20,
-))  # fmt: skip
+REGISTRY.register(
+    TopGauge(
+        "wabridge_tenant_mailbox_depth",
+        "Messages waiting in this worker's deepest tenant mailboxes.",
+        "tenant",
+        lambda: {name.removeprefix("tenant:"): n for name, n in mailbox_depths("tenant").items()},
+        top=20,
+    )
+)
 _MEDIA = REGISTRY.counter("wabridge_media_downloads_total", "Media files fetched from Meta, by result.", ["result"])
 _MEDIA_RETRIES = REGISTRY.counter("wabridge_media_download_retries_total", "Media downloads from Meta tried again.")
 _MEDIA_BYTES = REGISTRY.counter("wabridge_media_stored_bytes_total", "Bytes of media stored in object storage.")
@@ -74,8 +79,12 @@ _GENESYS_RETRIES = REGISTRY.counter(
 _TENANT_LOOKUPS = REGISTRY.counter(
     "wabridge_tenant_lookups_total", "Tenant directory lookups by the tier that answered", ("tier",)
 )
-_TOKENS = REGISTRY.counter("wabridge_oauth_tokens_total", "Genesys OAuth tokens used, by where they came from.", ["source"])
-_BUDGET_WAITS = REGISTRY.counter("wabridge_rate_budget_waits_total", "Times a tenant waited for its Genesys rate budget.")
+_TOKENS = REGISTRY.counter(
+    "wabridge_oauth_tokens_total", "Genesys OAuth tokens used, by where they came from.", ["source"]
+)
+_BUDGET_WAITS = REGISTRY.counter(
+    "wabridge_rate_budget_waits_total", "Times a tenant waited for its Genesys rate budget."
+)
 
 
 def _export_statistics(worker: Worker) -> None:
@@ -113,19 +122,30 @@ class Worker:
         self.tracker = TrackingWriter(backends.store)
         self.contacts = Contacts(backends.store)  # where each customer last wrote: where the agents' answers go from
         self.relay = Relay(
-            backends.store, ConversationState(backends.cache, backends.store), self.media, self.delivery, self.tracker,
-            outage_hold=settings.outage_hold, contacts=self.contacts,
-        )  # fmt: skip
+            backends.store,
+            ConversationState(backends.cache, backends.store),
+            self.media,
+            self.delivery,
+            self.tracker,
+            outage_hold=settings.outage_hold,
+            contacts=self.contacts,
+        )
         # The outbound direction: agents' answers to WhatsApp (agent.py, outbound.py), Meta's statuses of them back to
         # Genesys as receipts (statuses.py, run by the tenant actors, which take Meta's webhooks).
         self.meta_far_end = FarEnd("meta", hold_for=settings.far_end_hold, retry_max=settings.far_end_retry_max)
         self.graph = MetaGraph(backends.cache, base_url=settings.graph_api_url, far_end=self.meta_far_end)
-        self.agent_media = AgentMedia(backends.objects, self.graph, self.tokens,
-                                      allow_private_urls=settings.allow_private_media_urls)  # fmt: skip
+        self.agent_media = AgentMedia(
+            backends.objects, self.graph, self.tokens, allow_private_urls=settings.allow_private_media_urls
+        )
         self.sender = OutboundSender(
-            graph=self.graph, media=self.agent_media, contacts=self.contacts, genesys=self.delivery,
-            tracker=self.tracker, seen=TrackingLookups(backends.store), outage_hold=settings.outage_hold,
-        )  # fmt: skip
+            graph=self.graph,
+            media=self.agent_media,
+            contacts=self.contacts,
+            genesys=self.delivery,
+            tracker=self.tracker,
+            seen=TrackingLookups(backends.store),
+            outage_hold=settings.outage_hold,
+        )
         self.statuses = StatusReceipts(backends.store, self.tracker, self.sender)
         self.identity = CustomerIdentity(backends.cache, backends.store)
         # One router mailbox per shard this worker consumes (module docstring): the consumer delivers from those only.
@@ -154,10 +174,15 @@ class Worker:
 
     def _agent_actor(self, tenant_id: str) -> AgentActor:
         return AgentActor(
-            tenant_id, directory=self.directory, sender=self.sender, tracker=self.tracker,
-            concurrency=self._settings.tenant_concurrency, max_pending=max(self.prefetch // 2, 1),
-            delivery_limit=self._settings.delivery_limit, outage_hold=self._settings.outage_hold,
-        )  # fmt: skip
+            tenant_id,
+            directory=self.directory,
+            sender=self.sender,
+            tracker=self.tracker,
+            concurrency=self._settings.tenant_concurrency,
+            max_pending=max(self.prefetch // 2, 1),
+            delivery_limit=self._settings.delivery_limit,
+            outage_hold=self._settings.outage_hold,
+        )
 
     def _take_back(self, delivery: Delivery) -> bool:
         """A delivery its actor hands back: kept in front of its tenant's parked rows if it is parked (parking.py)."""
@@ -223,31 +248,47 @@ class Worker:
             )
             tenants: Registry[str] = await stack.enter_async_context(
                 Registry(
-                    supervisor, self._tenant_actor, kind="tenant", max_live=MAX_TENANT_ACTORS,
-                    idle_timeout=TENANT_IDLE_TIMEOUT, capacity=self._settings.mailbox_size, retries=1,
+                    supervisor,
+                    self._tenant_actor,
+                    kind="tenant",
+                    max_live=MAX_TENANT_ACTORS,
+                    idle_timeout=TENANT_IDLE_TIMEOUT,
+                    capacity=self._settings.mailbox_size,
+                    retries=1,
                     on_failed=self._on_failed,
                 )
-            )  # fmt: skip
+            )
             agents: Registry[str] = await stack.enter_async_context(
                 Registry(
-                    supervisor, self._agent_actor, kind="agent", max_live=MAX_TENANT_ACTORS,
-                    idle_timeout=TENANT_IDLE_TIMEOUT, capacity=self._settings.mailbox_size, retries=1,
+                    supervisor,
+                    self._agent_actor,
+                    kind="agent",
+                    max_live=MAX_TENANT_ACTORS,
+                    idle_timeout=TENANT_IDLE_TIMEOUT,
+                    capacity=self._settings.mailbox_size,
+                    retries=1,
                     on_failed=self._on_failed,
                 )
-            )  # fmt: skip
+            )
             log.info("worker consuming", extra={"shards": list(self.shards or range(self.backends.queue.shards))})
             self._parking = parking = {
                 shard: ShardParking(
-                    shard, self.backends.store, self.backends.queue, tenants,
-                    delivery_limit=self._settings.delivery_limit, hold_back_limit=max(self.prefetch // 4, 1),
+                    shard,
+                    self.backends.store,
+                    self.backends.queue,
+                    tenants,
+                    delivery_limit=self._settings.delivery_limit,
+                    hold_back_limit=max(self.prefetch // 4, 1),
                     events=self.tracker.event,
                 )
                 for shard in self._routers
-            }  # fmt: skip
+            }
             self._router_died = asyncio.get_running_loop().create_future()
             routing = [self._start_router(shard, mailbox, parking[shard]) for shard, mailbox in self._routers.items()]
             routing.append(asyncio.create_task(self._find_orphans(parking.values()), name="worker-parking-orphans"))
-            routing += [self._start_agent_router(shard, mailbox, agents) for shard, mailbox in self._agent_routers.items()]
+            routing += [
+                self._start_agent_router(shard, mailbox, agents) for shard, mailbox in self._agent_routers.items()
+            ]
             stopping = asyncio.ensure_future(shutdown.wait())
             try:
                 await asyncio.wait({self._router_died, stopping}, return_when=asyncio.FIRST_COMPLETED)

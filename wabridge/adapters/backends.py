@@ -19,8 +19,8 @@ from typing import Any
 import anyio
 
 from wabridge.engine.logs import get_logger
-from wabridge.ports import BackendUnavailable, Cache, Objects, Queue, Store
 from wabridge.engine.settings import Settings
+from wabridge.ports import BackendUnavailable, Cache, Objects, Queue, Store
 
 log = get_logger("backends")
 

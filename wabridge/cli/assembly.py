@@ -42,7 +42,6 @@ def app_factory() -> IngressApp:
     return IngressApp(settings, opener=open_backends_when_up)
 
 
-
 # Seconds Granian's parent waits for a worker to stop after SIGTERM before it kills it. A worker's own drain is
 # bounded below this (requests in flight wait at most CONFIRM_TIMEOUT, then the archive gets CLOSE_DEADLINE). Without
 # a bound a SIGTERM that reached a worker still starting (opening its backends) was lost in Granian 2.8: the worker
@@ -53,9 +52,26 @@ WORKERS_KILL_TIMEOUT = 30
 def granian_argv(settings: Settings, *, workers: int) -> list[str]:
     """Granian's own command line for the ingress (RSGI, uvloop, HTTP/1.1, factory mode)."""
     return [
-        sys.executable, "-m", "granian", "--interface", "rsgi", "--loop", "uvloop", "--http", "1", "--no-ws",
-        "--workers", str(workers), "--workers-kill-timeout", str(WORKERS_KILL_TIMEOUT), "--host", settings.host,
-        "--port", str(settings.port), "--factory", "wabridge.cli.assembly:app_factory",
+        sys.executable,
+        "-m",
+        "granian",
+        "--interface",
+        "rsgi",
+        "--loop",
+        "uvloop",
+        "--http",
+        "1",
+        "--no-ws",
+        "--workers",
+        str(workers),
+        "--workers-kill-timeout",
+        str(WORKERS_KILL_TIMEOUT),
+        "--host",
+        settings.host,
+        "--port",
+        str(settings.port),
+        "--factory",
+        "wabridge.cli.assembly:app_factory",
     ]
 
 
@@ -89,8 +105,15 @@ def serve_embedded(settings: Settings) -> None:
 
     async def run() -> None:
         app = IngressApp(settings, opener=open_backends_when_up)
-        server = Server(app, address=settings.host, port=settings.port, interface=Interfaces.RSGI,
-                        http=HTTPModes.http1, websockets=False, log_enabled=False)  # fmt: skip
+        server = Server(
+            app,
+            address=settings.host,
+            port=settings.port,
+            interface=Interfaces.RSGI,
+            http=HTTPModes.http1,
+            websockets=False,
+            log_enabled=False,
+        )
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
 

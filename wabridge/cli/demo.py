@@ -62,21 +62,38 @@ async def _demo(data_dir: Path, customers: int) -> int:
 
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    genesys = start_genesys_sim(0, fetch_media=True, clients={"demo-client": "demo-secret"},
-                                integrations=["demo-integration"], bridge_url=base, tenant=TENANT,
-                                outbound_secret=OUTBOUND_SECRET, retry_interval=1)  # fmt: skip
+    genesys = start_genesys_sim(
+        0,
+        fetch_media=True,
+        clients={"demo-client": "demo-secret"},
+        integrations=["demo-integration"],
+        bridge_url=base,
+        tenant=TENANT,
+        outbound_secret=OUTBOUND_SECRET,
+        retry_interval=1,
+    )
     try:
-        async with MetaSim(port=0, tokens=["demo-whatsapp-token"], numbers={PHONE_NUMBER_ID: APP_SECRET},
-                           bridge_url=f"{base}/webhook/meta") as meta:  # fmt: skip
+        async with MetaSim(
+            port=0,
+            tokens=["demo-whatsapp-token"],
+            numbers={PHONE_NUMBER_ID: APP_SECRET},
+            bridge_url=f"{base}/webhook/meta",
+        ) as meta:
             env = {k: v for k, v in os.environ.items() if not k.startswith("WABRIDGE_")}
             # The simulators are on loopback: media urls there are fetched, and no proxy is bypassed.
-            env.update(WABRIDGE_DATA_DIR=str(data_dir), WABRIDGE_PORT=str(port), WABRIDGE_LOG_LEVEL="WARNING",
-                       WABRIDGE_GRAPH_API_URL=meta.graph_url, WABRIDGE_ALLOW_PRIVATE_MEDIA_URLS="1",
-                       NO_PROXY="*")  # fmt: skip
+            env.update(
+                WABRIDGE_DATA_DIR=str(data_dir),
+                WABRIDGE_PORT=str(port),
+                WABRIDGE_LOG_LEVEL="WARNING",
+                WABRIDGE_GRAPH_API_URL=meta.graph_url,
+                WABRIDGE_ALLOW_PRIVATE_MEDIA_URLS="1",
+                NO_PROXY="*",
+            )
             _add_tenant(env, genesys.url)
             step("starting the bridge (embedded SQLite queue and store, objects in a directory)")
-            bridge = subprocess.Popen([sys.executable, "-m", "wabridge", "serve"], env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+            bridge = subprocess.Popen(
+                [sys.executable, "-m", "wabridge", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            )
             try:
                 await _wait_ready(base, bridge)
                 sent = await _send(base, customers, meta.base_url)
@@ -105,13 +122,38 @@ def step(text: str) -> None:
 def _add_tenant(env: dict[str, str], genesys_url: str) -> None:
     step(f"adding tenant {TENANT} (phone_number_id {PHONE_NUMBER_ID}), Genesys at {genesys_url}")
     subprocess.run(
-        [sys.executable, "-m", "wabridge", "tenants", "add", TENANT, "--phone-number-id", PHONE_NUMBER_ID,
-         "--app-secret", APP_SECRET, "--verify-token", "demo-verify", "--whatsapp-token", "demo-whatsapp-token",
-         "--genesys-api-url", genesys_url, "--genesys-login-url", genesys_url,
-         "--genesys-client-id", "demo-client", "--genesys-client-secret", "demo-secret",
-         "--genesys-integration-id", "demo-integration", "--genesys-webhook-secret", OUTBOUND_SECRET],
-        env=env, check=True, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "wabridge",
+            "tenants",
+            "add",
+            TENANT,
+            "--phone-number-id",
+            PHONE_NUMBER_ID,
+            "--app-secret",
+            APP_SECRET,
+            "--verify-token",
+            "demo-verify",
+            "--whatsapp-token",
+            "demo-whatsapp-token",
+            "--genesys-api-url",
+            genesys_url,
+            "--genesys-login-url",
+            genesys_url,
+            "--genesys-client-id",
+            "demo-client",
+            "--genesys-client-secret",
+            "demo-secret",
+            "--genesys-integration-id",
+            "demo-integration",
+            "--genesys-webhook-secret",
+            OUTBOUND_SECRET,
+        ],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 async def _wait_ready(base: str, bridge: subprocess.Popen, timeout: float = 30.0) -> None:
@@ -135,15 +177,18 @@ async def _send(base: str, customers: int, meta_url: str) -> dict[str, int]:
 
     url = f"{base}/webhook/meta"
     step(f"Meta sends one signed webhook per message type ({len(SEND_KINDS)} kinds) from {customers} customers")
-    summary = await send_kinds(url, APP_SECRET, PHONE_NUMBER_ID, kinds=SEND_KINDS, customers=customers,
-                               sim_url=meta_url)  # fmt: skip
+    summary = await send_kinds(
+        url, APP_SECRET, PHONE_NUMBER_ID, kinds=SEND_KINDS, customers=customers, sim_url=meta_url
+    )
     async with httpx.AsyncClient() as client:
         body = build_body(PHONE_NUMBER_ID, ["text"], 0)
         headers = {"Content-Type": "application/json", "X-Hub-Signature-256": webhooks.sign(body, APP_SECRET)}
         first = await client.post(url, content=body, headers=headers)
         retry = await client.post(url, content=body, headers=headers)
-        step(f"Meta retries a webhook it already sent: {first.status_code} then {retry.status_code} "
-             "(the bridge must deliver it once)")
+        step(
+            f"Meta retries a webhook it already sent: {first.status_code} then {retry.status_code} "
+            "(the bridge must deliver it once)"
+        )
         forged = await client.post(url, content=body, headers={**headers, "X-Hub-Signature-256": "sha256=" + "0" * 64})
         step(f"a forged webhook (bad signature) is refused: {forged.status_code}")
     messages = summary.messages + 1  # the retried text is one message
@@ -214,8 +259,10 @@ async def _print_summary(env: dict[str, str], sent: dict[str, int], genesys) -> 
     print("Summary")
     print(f"  webhooks sent           {sent['posts']} ({sent['accepted']} accepted, 1 forged and refused)")
     print(f"  customer messages       {sent['messages']} (one of them sent twice by Meta)")
-    print(f"  delivered               {by_status.get('delivered', 0)}"
-          + (f" ({media_notices} with media replaced by a notice)" if media_notices else ""))
+    print(
+        f"  delivered               {by_status.get('delivered', 0)}"
+        + (f" ({media_notices} with media replaced by a notice)" if media_notices else "")
+    )
     print(f"  failed                  {by_status.get('failed', 0)}")
     print(f"  duplicates dropped      {duplicates}")
     print(f"  received by Genesys     {received}")
@@ -238,29 +285,51 @@ async def _agent_answers(base: str, genesys, meta, customers: int) -> int:
         body = webhooks.webhook(PHONE_NUMBER_ID, [webhooks.message("text", wa_id=late, text="Is my order on its way?")])
         headers = {"Content-Type": "application/json", "X-Hub-Signature-256": webhooks.sign(body, APP_SECRET)}
         await client.post(f"{base}/webhook/meta", content=body, headers=headers)
-        await client.post(f"{meta.base_url}/sim/window", json={"phone_number_id": PHONE_NUMBER_ID, "wa_id": late,
-                                                          "ago": 25 * 3600})  # fmt: skip
+        await client.post(
+            f"{meta.base_url}/sim/window", json={"phone_number_id": PHONE_NUMBER_ID, "wa_id": late, "ago": 25 * 3600}
+        )
         conversations = await _conversations_of(client, genesys.url, [customer_wa_id(0), customer_wa_id(1), late])
 
         async def agent(conversation: str, **spec) -> dict:
-            answer = await client.post(f"{genesys.url}/sim/agent/send", params={"wait": "true"},
-                                       json={"conversationId": conversation, **spec})  # fmt: skip
+            answer = await client.post(
+                f"{genesys.url}/sim/agent/send", params={"wait": "true"}, json={"conversationId": conversation, **spec}
+            )
             answer.raise_for_status()
             return answer.json()
 
         first, second = conversations[customer_wa_id(0)], conversations[customer_wa_id(1)]
-        step("the agent answers: a text and an image, typing then a text, and to a customer whose 24-hour window "
-             "closed a text (WhatsApp refuses it) and then a template")
+        step(
+            "the agent answers: a text and an image, typing then a text, and to a customer whose 24-hour window "
+            "closed a text (WhatsApp refuses it) and then a template"
+        )
         expected = {}
-        expected[(await agent(first, type="text", text="Thanks for writing! Here is where to find us."))["id"]] = "Delivered"
-        expected[(await agent(first, type="attachment", mediaType="Image", mime="image/png", filename="map.png",
-                              text="our shop"))["id"]] = "Delivered"  # fmt: skip
+        expected[(await agent(first, type="text", text="Thanks for writing! Here is where to find us."))["id"]] = (
+            "Delivered"
+        )
+        expected[
+            (
+                await agent(
+                    first, type="attachment", mediaType="Image", mime="image/png", filename="map.png", text="our shop"
+                )
+            )["id"]
+        ] = "Delivered"
         await agent(second, type="typing")
         expected[(await agent(second, type="text", text="Let me check that for you."))["id"]] = "Delivered"
         expected[(await agent(conversations[late], type="text", text="Your order shipped yesterday."))["id"]] = "Failed"
-        expected[(await agent(conversations[late], type="template", template={
-            "id": "demo@order_update", "language": "en-US", "parameters": {"1": "A-1042"},
-            "text": "Your order {{1}} is on its way."}))["id"]] = "Delivered"  # fmt: skip
+        expected[
+            (
+                await agent(
+                    conversations[late],
+                    type="template",
+                    template={
+                        "id": "demo@order_update",
+                        "language": "en-US",
+                        "parameters": {"1": "A-1042"},
+                        "text": "Your order {{1}} is on its way.",
+                    },
+                )
+            )["id"]
+        ] = "Delivered"
         got = await _wait_receipts(client, genesys.url, list(expected))
     _print_two_way(genesys)
     ok = got == expected
@@ -269,24 +338,30 @@ async def _agent_answers(base: str, genesys, meta, customers: int) -> int:
     print(f"  delivered (receipt ✓)   {sum(1 for v in got.values() if v == 'Delivered')}")
     print(f"  failed (receipt ✗)      {sum(1 for v in got.values() if v == 'Failed')} (outside the 24-hour window)")
     print(f"  sent to WhatsApp        {len(meta.outbound.sent)}")
-    print("  result                  " + ("every answer sent once, and the agent saw how it went" if ok
-                                         else f"SOMETHING WENT WRONG: {got}"))  # fmt: skip
+    print(
+        "  result                  "
+        + ("every answer sent once, and the agent saw how it went" if ok else f"SOMETHING WENT WRONG: {got}")
+    )
     return 0 if ok else 1
 
 
-async def _conversations_of(client: httpx.AsyncClient, genesys_url: str, customers: list[str],
-                            timeout: float = 30.0) -> dict[str, str]:  # fmt: skip
+async def _conversations_of(
+    client: httpx.AsyncClient, genesys_url: str, customers: list[str], timeout: float = 30.0
+) -> dict[str, str]:
     deadline = time.monotonic() + timeout
     while True:
-        found = {m["body"]["channel"]["from"]["id"]: m["conversationId"]
-                 for m in (await client.get(f"{genesys_url}/sim/messages")).json()}  # fmt: skip
+        found = {
+            m["body"]["channel"]["from"]["id"]: m["conversationId"]
+            for m in (await client.get(f"{genesys_url}/sim/messages")).json()
+        }
         if all(c in found for c in customers) or time.monotonic() > deadline:
             return {c: found[c] for c in customers if c in found}
         await asyncio.sleep(0.2)
 
 
-async def _wait_receipts(client: httpx.AsyncClient, genesys_url: str, ids: list[str],
-                         timeout: float = 60.0) -> dict[str, str | None]:  # fmt: skip
+async def _wait_receipts(
+    client: httpx.AsyncClient, genesys_url: str, ids: list[str], timeout: float = 60.0
+) -> dict[str, str | None]:
     deadline = time.monotonic() + timeout
     while True:
         records = {r["id"]: r for r in (await client.get(f"{genesys_url}/sim/agent/outbound")).json()}

@@ -17,8 +17,8 @@ import msgspec
 from wabridge.cli.replay import _instant
 from wabridge.cli.trace import OUTBOUND, iso, meta_state
 from wabridge.codecs.receipts import OutboundState
-from wabridge.ports import TrackingStatus
 from wabridge.engine.settings import SettingsError, load_settings
+from wabridge.ports import TrackingStatus
 
 DIRECTIONS = {"in": "inbound", "out": "outbound"}
 _RANK = {"sent": 1, "delivered": 2, "read": 3, "failed": 4}  # codecs/receipts.advances: forward only
@@ -59,9 +59,15 @@ async def _messages(settings, args) -> int:
 
     async with open_backends(settings, ports=("store",)) as backends:
         rows = await backends.store.list_tracking(
-            tenant_id=args.tenant, customer_id=args.customer, statuses=args.status or (), since=args.since,
-            until=args.until, direction=DIRECTIONS.get(args.direction or ""), limit=args.limit, newest_first=True,
-        )  # fmt: skip
+            tenant_id=args.tenant,
+            customer_id=args.customer,
+            statuses=args.status or (),
+            since=args.since,
+            until=args.until,
+            direction=DIRECTIONS.get(args.direction or ""),
+            limit=args.limit,
+            newest_first=True,
+        )
     if args.json:
         keep = [{k: v for k, v in msgspec.structs.asdict(r).items() if k != "payload"} for r in rows]  # no text
         for row, fields in zip(rows, keep):
@@ -74,10 +80,20 @@ async def _messages(settings, args) -> int:
         print("no messages")
         return 0
     table = [COLUMNS] + [
-        (iso(r.received_at or r.created_at), r.tenant_id, r.wamid, r.customer_id or "", r.type, r.direction, r.status,
-         str(r.attempts), _whatsapp(r.direction, meta_state(r)), (r.error or "").replace("\n", " ")[:60])
+        (
+            iso(r.received_at or r.created_at),
+            r.tenant_id,
+            r.wamid,
+            r.customer_id or "",
+            r.type,
+            r.direction,
+            r.status,
+            str(r.attempts),
+            _whatsapp(r.direction, meta_state(r)),
+            (r.error or "").replace("\n", " ")[:60],
+        )
         for r in rows
-    ]  # fmt: skip
+    ]
     widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS) - 1)]
     for line in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) + "  " + line[-1])

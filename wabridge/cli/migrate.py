@@ -12,15 +12,18 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from wabridge.ports import BackendUnavailable
 from wabridge.engine.settings import Settings, load_settings
+from wabridge.ports import BackendUnavailable
 
 
 def register(sub) -> None:
     p = sub.add_parser("migrate", help="create or upgrade the database schema", description=__doc__)
     p.add_argument("--config", help="TOML settings file (default: $WABRIDGE_CONFIG)")
-    p.add_argument("--reencrypt-secrets", action="store_true",
-                   help="after migrating, re-seal tenant secrets with the first WABRIDGE_SECRET_KEY (key rotation)")
+    p.add_argument(
+        "--reencrypt-secrets",
+        action="store_true",
+        help="after migrating, re-seal tenant secrets with the first WABRIDGE_SECRET_KEY (key rotation)",
+    )
     p.set_defaults(func=run)
 
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import anyio
 
 from wabridge.codecs.results import Inbound, unpack_result
-from wabridge.ports import TrackingStatus
 from wabridge.engine.settings import SettingsError, load_settings
+from wabridge.ports import TrackingStatus
 
 REPLAYABLE = (TrackingStatus.FAILED, TrackingStatus.DEAD_LETTERED)
 BATCH = 1000
@@ -30,8 +30,11 @@ def register(sub) -> None:
     p = sub.add_parser("replay", help="re-deliver failed or dead-lettered messages", description=__doc__)
     p.add_argument("--tenant", help="only this tenant")
     p.add_argument("--status", choices=REPLAYABLE, help="only messages in this state (default: both)")
-    p.add_argument("--direction", choices=("in", "out"),
-                   help="in: customers' messages to Genesys; out: agents' messages to WhatsApp (default: both)")
+    p.add_argument(
+        "--direction",
+        choices=("in", "out"),
+        help="in: customers' messages to Genesys; out: agents' messages to WhatsApp (default: both)",
+    )
     p.add_argument("--since", type=_instant, help="received at or after this ISO-8601 time")
     p.add_argument("--until", type=_instant, help="received before this ISO-8601 time")
     p.add_argument("--dry-run", action="store_true", help="list what would be replayed, send nothing")
@@ -44,7 +47,7 @@ def _instant(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {text!r}") from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
 
 
@@ -89,9 +92,13 @@ async def _replay(settings, args) -> int:
             args.since = since
             while True:
                 page = await backends.store.list_tracking(
-                    tenant_id=args.tenant, statuses=statuses, since=args.since, until=args.until, limit=BATCH,
+                    tenant_id=args.tenant,
+                    statuses=statuses,
+                    since=args.since,
+                    until=args.until,
+                    limit=BATCH,
                     direction=direction,
-                )  # fmt: skip
+                )
                 rows.extend(page)
                 if len(page) < BATCH or args.since is None:
                     break  # without a moving window the store's limit is the page; more is a second run
@@ -104,8 +111,10 @@ async def _replay(settings, args) -> int:
                 moved += await _requeue_dead_letters(queues[direction], args.tenant)
         if args.dry_run:
             for row in rows:
-                print(f"{row.tenant_id}\t{row.direction}\t{row.wamid}\t{row.status}\t{_iso(row.created_at)}\t"
-                      f"{row.error or ''}")
+                print(
+                    f"{row.tenant_id}\t{row.direction}\t{row.wamid}\t{row.status}\t{_iso(row.created_at)}\t"
+                    f"{row.error or ''}"
+                )
             print(f"{len(rows)} message(s) would be replayed")
             return 0
         counts = {"delivered": 0, "failed": 0, "duplicate": 0, "skipped": 0}
@@ -121,8 +130,10 @@ async def _replay(settings, args) -> int:
                 progress.step(f"{row.wamid} {outcome}")
         progress.close()
         summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
-        print(f"replayed {len(rows)} message(s): {summary or 'nothing to do'}"
-              + (f"; {moved} dead-lettered webhook(s) moved back to the queue" if moved else ""))
+        print(
+            f"replayed {len(rows)} message(s): {summary or 'nothing to do'}"
+            + (f"; {moved} dead-lettered webhook(s) moved back to the queue" if moved else "")
+        )
         return 1 if counts["failed"] else 0
 
 
@@ -144,8 +155,8 @@ async def _replay_one(worker, store, tenants: dict, row) -> str:
 
 async def _replay_outbound(worker, tenant, row) -> str:
     """An agent's message, from the Genesys webhook body its row keeps, through the worker's sender."""
-    from wabridge.engine.history import Trail
     from wabridge.codecs.outbound import Send, decode_outbound
+    from wabridge.engine.history import Trail
     from wabridge.ports import MessageEventKind
 
     try:

@@ -21,15 +21,24 @@ from wabridge.engine.settings import SettingsError, load_settings
 
 
 def register(sub) -> None:
-    p = sub.add_parser("serve", help="run the bridge (ingress and/or workers)", description=__doc__,
-                       formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "serve",
+        help="run the bridge (ingress and/or workers)",
+        description=__doc__,
+        formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
+    )
     p.add_argument("--host", help="address to listen on (default 127.0.0.1, or WABRIDGE_HOST)")
     p.add_argument("--port", type=int, help="port to listen on (default 8080, or WABRIDGE_PORT)")
     p.add_argument("--workers", type=int, help="ingress processes (default 1, or WABRIDGE_WORKERS)")
     p.add_argument("--role", choices=("all", "ingress", "worker"), default="all")
     p.add_argument("--shards", help="worker: comma-separated shard numbers to consume (default: all)")
-    p.add_argument("--drain-deadline", type=float, default=30.0, metavar="SECONDS",
-                   help="how long a drain may take before unfinished work is handed back (default 30)")
+    p.add_argument(
+        "--drain-deadline",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long a drain may take before unfinished work is handed back (default 30)",
+    )
     p.set_defaults(func=run)
 
 
@@ -38,8 +47,10 @@ def _settings(args):
 
     proxy = unused_proxy(os.environ)
     if proxy is not None:  # the bridge's clients connect directly: a proxy it would silently bypass is refused
-        raise SettingsError(f"{proxy} is set, but wabridge never connects through a proxy: unset it, or set NO_PROXY=* "
-                            "to confirm that every connection goes direct")  # fmt: skip
+        raise SettingsError(
+            f"{proxy} is set, but wabridge never connects through a proxy: unset it, or set NO_PROXY=* "
+            "to confirm that every connection goes direct"
+        )
     settings = load_settings()
     changes = {k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers)) if v is not None}
     settings = settings.replace(**changes)

@@ -1,12 +1,12 @@
 """`wabridge sim genesys|meta`: simulators of the two SaaS ends, for tests, staging and the demo.
 
-  genesys   Genesys Cloud's OAuth login and Open Messaging inbound API: schema checks, tokens, rate limit,
-            injected faults, and what it received per conversation (GET /sim/messages, /sim/conversations);
-            the agent's side: signed outbound webhooks to the bridge with Genesys's retries (POST /sim/agent/send,
-            or `genesys agent send`), the receipt and typing endpoints, both directions per conversation
-  meta      `serve`: the Graph API media endpoints, and the sending side (/messages, /media, the 24-hour window,
-            throttling, signed status webhooks to --bridge-url); `send`: signed webhooks of every message type,
-            or an open-loop load at a constant rate
+genesys   Genesys Cloud's OAuth login and Open Messaging inbound API: schema checks, tokens, rate limit,
+          injected faults, and what it received per conversation (GET /sim/messages, /sim/conversations);
+          the agent's side: signed outbound webhooks to the bridge with Genesys's retries (POST /sim/agent/send,
+          or `genesys agent send`), the receipt and typing endpoints, both directions per conversation
+meta      `serve`: the Graph API media endpoints, and the sending side (/messages, /media, the 24-hour window,
+          throttling, signed status webhooks to --bridge-url); `send`: signed webhooks of every message type,
+          or an open-loop load at a constant rate
 """
 
 from __future__ import annotations
@@ -15,8 +15,12 @@ import argparse
 
 
 def register(sub) -> None:
-    p = sub.add_parser("sim", help="run the Genesys or Meta simulator", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "sim",
+        help="run the Genesys or Meta simulator",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     which = p.add_subparsers(dest="sim", metavar="SIMULATOR", parser_class=type(p))
     which.required = True
 

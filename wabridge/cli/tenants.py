@@ -16,17 +16,29 @@ import sys
 
 import anyio
 
-from wabridge.ports import GenesysCredential, PhoneNumberTaken, TenantConfig
 from wabridge.engine.secrets import Secret
 from wabridge.engine.settings import load_settings
+from wabridge.ports import GenesysCredential, PhoneNumberTaken, TenantConfig
 
 # Genesys Cloud regions (reference.md §2): API at https://api.<region>, login at https://login.<region>.
 REGIONS = (
-    "mypurecloud.com", "mypurecloud.ie", "mypurecloud.de", "mypurecloud.jp", "mypurecloud.com.au",
-    "usw2.pure.cloud", "cac1.pure.cloud", "apne2.pure.cloud", "euw2.pure.cloud", "aps1.pure.cloud",
-    "sae1.pure.cloud", "mec1.pure.cloud", "apne3.pure.cloud", "euc2.pure.cloud", "mxc1.pure.cloud",
+    "mypurecloud.com",
+    "mypurecloud.ie",
+    "mypurecloud.de",
+    "mypurecloud.jp",
+    "mypurecloud.com.au",
+    "usw2.pure.cloud",
+    "cac1.pure.cloud",
+    "apne2.pure.cloud",
+    "euw2.pure.cloud",
+    "aps1.pure.cloud",
+    "sae1.pure.cloud",
+    "mec1.pure.cloud",
+    "apne3.pure.cloud",
+    "euc2.pure.cloud",
+    "mxc1.pure.cloud",
     "apse1.pure.cloud",
-)  # fmt: skip
+)
 
 
 def region_urls(region: str) -> tuple[str, str]:
@@ -41,33 +53,65 @@ def register(sub) -> None:
 
     add = tsub.add_parser("add", help="add a tenant, or update it if the id exists")
     add.add_argument("tenant_id")
-    add.add_argument("--phone-number-id", action="append", required=True, dest="phone_number_ids",
-                     help="Meta phone_number_id routed to this tenant (repeatable)")
+    add.add_argument(
+        "--phone-number-id",
+        action="append",
+        required=True,
+        dest="phone_number_ids",
+        help="Meta phone_number_id routed to this tenant (repeatable)",
+    )
     add.add_argument("--app-secret", required=True, help="Meta app secret ('-' to prompt)")
     add.add_argument("--verify-token", required=True, help="webhook verify token ('-' to prompt)")
     add.add_argument("--whatsapp-token", required=True, help="WhatsApp Cloud API access token ('-' to prompt)")
     where = add.add_mutually_exclusive_group(required=True)
-    where.add_argument("--genesys-region", choices=REGIONS, metavar="REGION",
-                       help="Genesys Cloud region, e.g. mypurecloud.ie")
+    where.add_argument(
+        "--genesys-region", choices=REGIONS, metavar="REGION", help="Genesys Cloud region, e.g. mypurecloud.ie"
+    )
     where.add_argument("--genesys-api-url", help="Genesys API base URL (with --genesys-login-url)")
     add.add_argument("--genesys-login-url", help="Genesys login base URL (with --genesys-api-url)")
-    add.add_argument("--genesys-client-id", action="append", required=True, dest="client_ids",
-                     help="OAuth client id (repeatable, paired with --genesys-client-secret)")
-    add.add_argument("--genesys-client-secret", action="append", required=True, dest="client_secrets",
-                     help="OAuth client secret ('-' to prompt; repeatable)")
+    add.add_argument(
+        "--genesys-client-id",
+        action="append",
+        required=True,
+        dest="client_ids",
+        help="OAuth client id (repeatable, paired with --genesys-client-secret)",
+    )
+    add.add_argument(
+        "--genesys-client-secret",
+        action="append",
+        required=True,
+        dest="client_secrets",
+        help="OAuth client secret ('-' to prompt; repeatable)",
+    )
     add.add_argument("--genesys-integration-id", required=True, help="Open Messaging integration id")
-    add.add_argument("--genesys-webhook-secret",
-                     help="the integration's outbound webhook secret token, the key of the signature on the "
-                          "agents' messages Genesys sends the bridge ('-' to prompt)")
-    add.add_argument("--genesys-rate-limit", type=int, default=300, metavar="PER_MIN",
-                     help="delivery budget per credential per minute (default 300, Genesys's default; 0: no "
-                          "budget, for an org whose limit was raised: its 429s are then honoured as they come)")
-    add.add_argument("--send-rate", type=int, default=80, metavar="PER_SEC",
-                     help="messages sent to Meta per second per phone number, across every bridge process "
-                          "(default 80, Meta's default throughput; 0: no budget, Meta's 429s are honoured as they "
-                          "come)")
-    add.add_argument("--read-marks", action=argparse.BooleanOptionalAction, default=True,
-                     help="mark the customer's latest message read when an agent answers (default: on)")
+    add.add_argument(
+        "--genesys-webhook-secret",
+        help="the integration's outbound webhook secret token, the key of the signature on the "
+        "agents' messages Genesys sends the bridge ('-' to prompt)",
+    )
+    add.add_argument(
+        "--genesys-rate-limit",
+        type=int,
+        default=300,
+        metavar="PER_MIN",
+        help="delivery budget per credential per minute (default 300, Genesys's default; 0: no "
+        "budget, for an org whose limit was raised: its 429s are then honoured as they come)",
+    )
+    add.add_argument(
+        "--send-rate",
+        type=int,
+        default=80,
+        metavar="PER_SEC",
+        help="messages sent to Meta per second per phone number, across every bridge process "
+        "(default 80, Meta's default throughput; 0: no budget, Meta's 429s are honoured as they "
+        "come)",
+    )
+    add.add_argument(
+        "--read-marks",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="mark the customer's latest message read when an agent answers (default: on)",
+    )
     add.set_defaults(func=run_add)
 
     ls = tsub.add_parser("list", help="list tenants (no secrets shown)")
@@ -117,9 +161,8 @@ def tenant_from_args(args: argparse.Namespace) -> TenantConfig:
         for cid, sec in zip(args.client_ids, args.client_secrets)
     )
     webhook_secret = (
-        None if args.genesys_webhook_secret is None
-        else _secret(args.genesys_webhook_secret, "Genesys webhook secret")
-    )  # fmt: skip
+        None if args.genesys_webhook_secret is None else _secret(args.genesys_webhook_secret, "Genesys webhook secret")
+    )
     return TenantConfig(
         tenant_id=args.tenant_id,
         phone_number_ids=tuple(dict.fromkeys(args.phone_number_ids)),
@@ -170,10 +213,12 @@ def run_add(args: argparse.Namespace) -> int:
         existed = previous is not None
         if existed and previous.genesys_webhook_secret is not None and tenant.genesys_webhook_secret is None:
             # The update replaced the tenant whole; an operator who meant only to change a number should know.
-            print(f"wabridge tenants add: note: tenant {tenant.tenant_id} no longer has a Genesys webhook secret "
-                  "(none was given)", file=sys.stderr)
-        print(f"{'updated' if existed else 'added'} tenant {tenant.tenant_id} "
-              f"({', '.join(tenant.phone_number_ids)})")
+            print(
+                f"wabridge tenants add: note: tenant {tenant.tenant_id} no longer has a Genesys webhook secret "
+                "(none was given)",
+                file=sys.stderr,
+            )
+        print(f"{'updated' if existed else 'added'} tenant {tenant.tenant_id} ({', '.join(tenant.phone_number_ids)})")
         return 0
 
     return anyio.run(_with_store, work)
@@ -185,12 +230,14 @@ def run_list(args: argparse.Namespace) -> int:
         if not tenants:
             print("no tenants")
         for t in tenants:
-            print(f"{t.tenant_id}\tphone_number_ids={','.join(t.phone_number_ids)}\tapi={t.genesys_api_url}\t"
-                  f"integration={t.genesys_integration_id}\tcredentials={len(t.credentials)}\t"
-                  f"rate_limit={f'{t.rate_limit_per_minute}/min' if t.rate_limit_per_minute else 'none'}\t"
-                  f"webhook_secret={'set' if t.genesys_webhook_secret is not None else 'none'}\t"
-                  f"send_rate={f'{t.send_rate_per_second}/s' if t.send_rate_per_second else 'none'}\t"
-                  f"read_marks={'on' if t.read_marks else 'off'}")
+            print(
+                f"{t.tenant_id}\tphone_number_ids={','.join(t.phone_number_ids)}\tapi={t.genesys_api_url}\t"
+                f"integration={t.genesys_integration_id}\tcredentials={len(t.credentials)}\t"
+                f"rate_limit={f'{t.rate_limit_per_minute}/min' if t.rate_limit_per_minute else 'none'}\t"
+                f"webhook_secret={'set' if t.genesys_webhook_secret is not None else 'none'}\t"
+                f"send_rate={f'{t.send_rate_per_second}/s' if t.send_rate_per_second else 'none'}\t"
+                f"read_marks={'on' if t.read_marks else 'off'}"
+            )
         return 0
 
     return anyio.run(_with_store, work)

@@ -28,6 +28,7 @@ import anyio
 import msgspec
 
 from wabridge.codecs.receipts import OutboundState, decode_state
+from wabridge.engine.settings import load_settings
 from wabridge.ports import (
     WEBHOOKS_BUCKET,
     WEBHOOKS_OUTBOUND_BUCKET,
@@ -35,7 +36,6 @@ from wabridge.ports import (
     MessageEvent,
     TrackingRecord,
 )
-from wabridge.engine.settings import load_settings
 
 FINAL_TEXT = {
     "received": "in flight (received, not settled yet)",
@@ -64,9 +64,11 @@ def archive_bucket(row: TrackingRecord) -> str:
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "trace", help="everything the bridge knows about one message", description=__doc__,
+        "trace",
+        help="everything the bridge knows about one message",
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+    )
     p.add_argument("id", help="a wamid, a Genesys message id, or a webhook id")
     p.add_argument("--json", action="store_true", help="one JSON document, for scripts")
     p.add_argument("--raw", action="store_true", help="also the raw webhook body, from the archive (it holds the text)")
@@ -96,8 +98,9 @@ async def _trace(settings, args) -> int:
             stories.append((row, steps(row, [e for e in events if e.wamid in ("", row.wamid)])))
         bodies = [await _archived(backends.objects, row) for row, _ in stories] if raw else [None] * len(stories)
     if not stories:
-        print(f"wabridge: no message known by {wanted!r} (a wamid, a Genesys message id or a webhook id)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"wabridge: no message known by {wanted!r} (a wamid, a Genesys message id or a webhook id)", file=sys.stderr
+        )
         return 1
     if args.json:
         messages = [_as_json(row, story) for row, story in stories]
@@ -109,8 +112,10 @@ async def _trace(settings, args) -> int:
     else:
         texts = [_as_text(row, story) for row, story in stories]
         if raw:
-            texts = [t + "\n  raw body: " + (b.decode(errors="replace") if isinstance(b, bytes) else f"({b})")
-                     for t, b in zip(texts, bodies)]  # fmt: skip
+            texts = [
+                t + "\n  raw body: " + (b.decode(errors="replace") if isinstance(b, bytes) else f"({b})")
+                for t, b in zip(texts, bodies)
+            ]
         print("\n\n".join(texts))
     return 0
 

@@ -21,8 +21,9 @@ from wabridge.codecs.transform import WebhookDecodeError, encode_genesys, transf
 def register(sub) -> None:
     p = sub.add_parser("transform", help="transform Meta webhooks to Genesys messages", description=__doc__)
     p.add_argument("file", nargs="?", default="-", help="a webhook JSON file, or - for one webhook per stdin line")
-    p.add_argument("--outbound", action="store_true",
-                   help="Genesys outbound webhooks (agents' messages) to Meta send bodies")
+    p.add_argument(
+        "--outbound", action="store_true", help="Genesys outbound webhooks (agents' messages) to Meta send bodies"
+    )
     p.set_defaults(func=run)
 
 
@@ -83,8 +84,10 @@ def outbound_stream(bodies: Iterator[bytes], out: BinaryIO, err: TextIO) -> int:
             case Send(id=genesys_id, parts=parts, media=media):
                 for part in range(len(parts)):
                     out.write(meta_body(result, part, media_link=media.url if media else None) + b"\n")
-                print(f"input {number}: {genesys_id}: {result.kind} in {len(parts)} message(s) to {result.to_id}",
-                      file=err)  # fmt: skip
+                print(
+                    f"input {number}: {genesys_id}: {result.kind} in {len(parts)} message(s) to {result.to_id}",
+                    file=err,
+                )
             case Typing(id=genesys_id, to_id=to_id):
                 print(f"input {number}: {genesys_id}: typing to {to_id} (on their latest message)", file=err)
             case OutboundSkipped(id=genesys_id, reason=reason, detail=detail, genesys_reason=receipt):

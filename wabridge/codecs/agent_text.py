@@ -160,10 +160,19 @@ def order_text(order: Order, meta: dict[str, str]) -> str:
     put(meta, "order.catalog_id", order.catalog_id)
     put(meta, "order.text", order.text)
     items = order.product_items
-    put(meta, "order.product_items", [
-        {"product_retailer_id": i.product_retailer_id, "quantity": i.quantity, "item_price": i.item_price,
-         "currency": i.currency} for i in items[:_LIST_MAX]
-    ])
+    put(
+        meta,
+        "order.product_items",
+        [
+            {
+                "product_retailer_id": i.product_retailer_id,
+                "quantity": i.quantity,
+                "item_price": i.item_price,
+                "currency": i.currency,
+            }
+            for i in items[:_LIST_MAX]
+        ],
+    )
     lines = [f"Placed an order ({len(items)} item{'s' if len(items) != 1 else ''}):"]
     for item in items[:_LIST_MAX]:
         price = f" at {item.item_price} {item.currency or ''}".rstrip() if item.item_price is not None else ""

@@ -75,7 +75,7 @@ def key_part(value: str) -> str:
     if part.strip(".") == "":  # "", ".", "..": a traversal or an empty segment
         part = "".join(f"~{b:02X}" for b in value.encode()) or "~"
     if len(part) > MAX_PART:
-        part = f"{part[:MAX_PART - 17]}-{hashlib.sha256(value.encode()).hexdigest()[:16]}"
+        part = f"{part[: MAX_PART - 17]}-{hashlib.sha256(value.encode()).hexdigest()[:16]}"
     return part
 
 

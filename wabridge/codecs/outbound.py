@@ -386,14 +386,22 @@ def decode_outbound(body: bytes) -> OutboundResult:
     except _Refused as refused:
         return _skip(refused.reason, refused.detail, message_id, to_id, to_id_type)
     except Exception as exc:  # the second line of totality: a bug costs this message, not the runtime
-        return _skip("malformed_message", f"unexpected {type(exc).__name__}: {str(exc)[:200]!r}", message_id, to_id,
-                     to_id_type)
+        return _skip(
+            "malformed_message", f"unexpected {type(exc).__name__}: {str(exc)[:200]!r}", message_id, to_id, to_id_type
+        )
 
 
-def _skip(reason: str, detail: str, message_id: str | None, to_id: str | None,
-          to_id_type: IdType | None) -> OutboundSkipped:
-    return OutboundSkipped(reason=reason, detail=detail[:_DETAIL_MAX], id=message_id, to_id=to_id,
-                           to_id_type=to_id_type, genesys_reason=_SKIP_RECEIPT[reason])
+def _skip(
+    reason: str, detail: str, message_id: str | None, to_id: str | None, to_id_type: IdType | None
+) -> OutboundSkipped:
+    return OutboundSkipped(
+        reason=reason,
+        detail=detail[:_DETAIL_MAX],
+        id=message_id,
+        to_id=to_id,
+        to_id_type=to_id_type,
+        genesys_reason=_SKIP_RECEIPT[reason],
+    )
 
 
 def _malformed(body: bytes, exc: Exception) -> OutboundSkipped:
@@ -408,10 +416,16 @@ def _malformed(body: bytes, exc: Exception) -> OutboundSkipped:
     envelope = _envelope_decoder.decode(body)
     channel = envelope.channel if isinstance(envelope.channel, dict) else {}
     to = channel.get("to")
-    to_id, to_id_type = _recipient(Recipient(
-        id=to.get("id") if isinstance(to.get("id"), str) else None,
-        id_type=to.get("idType") if isinstance(to.get("idType"), str) else None,
-    )) if isinstance(to, dict) else (None, None)
+    to_id, to_id_type = (
+        _recipient(
+            Recipient(
+                id=to.get("id") if isinstance(to.get("id"), str) else None,
+                id_type=to.get("idType") if isinstance(to.get("idType"), str) else None,
+            )
+        )
+        if isinstance(to, dict)
+        else (None, None)
+    )
     return _skip("malformed_message", str(exc), _usable(envelope.id), to_id, to_id_type)
 
 
@@ -434,8 +448,9 @@ def _recipient(to: Recipient | None) -> tuple[str | None, IdType | None]:
     return value, to.id_type  # type: ignore[return-value]
 
 
-def _outbound(msg: OpenOutboundNormalizedMessage, message_id: str | None, to_id: str | None,
-              to_id_type: IdType | None) -> OutboundResult:
+def _outbound(
+    msg: OpenOutboundNormalizedMessage, message_id: str | None, to_id: str | None, to_id_type: IdType | None
+) -> OutboundResult:
     if message_id is None:
         raise _Refused("malformed_message", "no usable message id")
     if msg.type == "Receipt" or msg.direction not in (None, "Outbound"):
@@ -470,22 +485,27 @@ def _outbound(msg: OpenOutboundNormalizedMessage, message_id: str | None, to_id:
     )
 
 
-def _event(msg: OpenOutboundNormalizedMessage, message_id: str, to_id: str | None,
-           to_id_type: IdType | None) -> OutboundResult:
-    typing_on = any(e.event_type == "Typing" and (e.typing is None or e.typing.type in (None, "On"))
-                    for e in msg.events)
+def _event(
+    msg: OpenOutboundNormalizedMessage, message_id: str, to_id: str | None, to_id_type: IdType | None
+) -> OutboundResult:
+    typing_on = any(
+        e.event_type == "Typing" and (e.typing is None or e.typing.type in (None, "On")) for e in msg.events
+    )
     if not typing_on:
         raise _Refused("unsupported_event", f"events {[str(e.event_type)[:32] for e in msg.events[:5]]}")
     if to_id is None or to_id_type is None:
         raise _Refused("unsupported_event", "typing without a usable channel.to")
-    return Typing(id=message_id, conversation_id=_usable(msg.conversation_id),
-                  integration_id=_usable(msg.channel.id if msg.channel is not None else None),
-                  to_id=to_id, to_id_type=to_id_type)
+    return Typing(
+        id=message_id,
+        conversation_id=_usable(msg.conversation_id),
+        integration_id=_usable(msg.channel.id if msg.channel is not None else None),
+        to_id=to_id,
+        to_id_type=to_id_type,
+    )
 
 
 def _draft(type_: str, **payload: object) -> MetaMessage:
-    return MetaMessage(messaging_product="whatsapp", recipient_type="individual", to="", type=type_,
-                       **payload)  # type: ignore[arg-type]
+    return MetaMessage(messaging_product="whatsapp", recipient_type="individual", to="", type=type_, **payload)  # type: ignore[arg-type]
 
 
 def _texts(text: str, preview_url: bool = False) -> list[MetaMessage]:
@@ -515,12 +535,14 @@ def _attachment(msg: OpenOutboundNormalizedMessage) -> tuple[str, list[MetaMessa
     if meta_type == "image" and mime == "image/webp":
         meta_type = "sticker"
     size = att.content_size_bytes if isinstance(att.content_size_bytes, int) else None
-    media = MediaToFetch(url=url, media_type=att.media_type, meta_type=meta_type, mime=mime, filename=filename,
-                         size=size)
+    media = MediaToFetch(
+        url=url, media_type=att.media_type, meta_type=meta_type, mime=mime, filename=filename, size=size
+    )
     _check(media, att.content_size_bytes)
     fits = meta_type in CAPTIONED and _utf16_len(caption) <= CAPTION_MAX
-    payload = MetaMedia(caption=(caption or None) if fits else None,
-                        filename=filename if meta_type == "document" else None)
+    payload = MetaMedia(
+        caption=(caption or None) if fits else None, filename=filename if meta_type == "document" else None
+    )
     parts = [_draft(meta_type, **{meta_type: payload})]
     if caption and not fits:
         parts += _texts(caption)  # refused past TEXT_PARTS_MAX there: one media part more is within the bound
@@ -538,8 +560,10 @@ def _check(media: MediaToFetch, size: object) -> None:
 def _template(msg: OpenOutboundNormalizedMessage) -> tuple[str, list[MetaMessage], MediaToFetch | None]:
     items = [c for c in msg.content if c.content_type == "Notification"]
     if len(msg.content) > 1 or items[0].template is None:
-        raise _Refused("unsupported_content" if len(msg.content) > 1 else "malformed_template",
-                       "a Notification must be the message's one content item, with a template")
+        raise _Refused(
+            "unsupported_content" if len(msg.content) > 1 else "malformed_template",
+            "a Notification must be the message's one content item, with a template",
+        )
     tpl = items[0].template
     name = (tpl.id or "").rpartition("@")[2].strip()
     language = (tpl.language or "").strip().replace("-", "_")
@@ -550,8 +574,7 @@ def _template(msg: OpenOutboundNormalizedMessage) -> tuple[str, list[MetaMessage
     header = tpl.header
     if header is not None and header.type == "Media":
         media = _header_media(header.media)
-        components.append(MetaComponent("header", [MetaParameter(media.meta_type,
-                                                                 **{media.meta_type: MetaMedia()})]))
+        components.append(MetaComponent("header", [MetaParameter(media.meta_type, **{media.meta_type: MetaMedia()})]))
     elif header is not None and header.parameters:
         components.append(MetaComponent("header", _parameters(header.parameters)))
     if tpl.body is not None and tpl.body.parameters:
@@ -569,8 +592,9 @@ def _header_media(att: Attachment | None) -> MediaToFetch:
     filename = att.filename if att.filename and len(att.filename) <= 255 and "\x00" not in att.filename else None
     mime = bare_mime(att.mime) or (bare_mime(mimetypes.guess_type(filename, strict=False)[0]) if filename else None)
     size = att.content_size_bytes if isinstance(att.content_size_bytes, int) else None
-    media = MediaToFetch(url=att.url or "", media_type=att.media_type or "", meta_type=meta_type, mime=mime,
-                         filename=filename, size=size)
+    media = MediaToFetch(
+        url=att.url or "", media_type=att.media_type or "", meta_type=meta_type, mime=mime, filename=filename, size=size
+    )
     _check(media, att.content_size_bytes)
     return media
 
@@ -611,8 +635,13 @@ _GLUE = {0x200D, 0x20E3}  # zero-width joiner, combining keycap: bind to the cha
 def _binds_backwards(ch: str) -> bool:
     """Whether `ch` belongs to the character before it (a cut before it would split one visible character)."""
     code = ord(ch)
-    return (code in _GLUE or 0xFE00 <= code <= 0xFE0F or 0x1F3FB <= code <= 0x1F3FF or 0xE0020 <= code <= 0xE007F
-            or unicodedata.combining(ch) != 0)
+    return (
+        code in _GLUE
+        or 0xFE00 <= code <= 0xFE0F
+        or 0x1F3FB <= code <= 0x1F3FF
+        or 0xE0020 <= code <= 0xE007F
+        or unicodedata.combining(ch) != 0
+    )
 
 
 def split_text(text: str, limit: int = TEXT_MAX, max_parts: int = 1_000) -> list[str]:
@@ -686,8 +715,9 @@ def parse_callback_data(value: object) -> CallbackFacts | None:
     return CallbackFacts(found.g, part, parts, found.to, found.t)
 
 
-def meta_body(send: Send, part: int = 0, *, to: str | None = None, media_id: str | None = None,
-              media_link: str | None = None) -> bytes:
+def meta_body(
+    send: Send, part: int = 0, *, to: str | None = None, media_id: str | None = None, media_link: str | None = None
+) -> bytes:
     """The JSON body of part `part` of `send`: recipient `to` (default `send.to_id`), the media by the id Meta gave
     its upload (or by `media_link`) where the draft has the media, reply context on the first part, callback data.
     Raises ValueError when the part needs media and neither is given."""
@@ -699,9 +729,15 @@ def meta_body(send: Send, part: int = 0, *, to: str | None = None, media_id: str
         changes[draft.type] = _filled(getattr(draft, draft.type), media_id, media_link)
     elif draft.template is not None and send.media is not None:
         components = [
-            msgspec.structs.replace(c, parameters=[
-                msgspec.structs.replace(p, **{p.type: _filled(getattr(p, p.type), media_id, media_link)})
-                if p.type in ("image", "video", "document") else p for p in c.parameters])
+            msgspec.structs.replace(
+                c,
+                parameters=[
+                    msgspec.structs.replace(p, **{p.type: _filled(getattr(p, p.type), media_id, media_link)})
+                    if p.type in ("image", "video", "document")
+                    else p
+                    for p in c.parameters
+                ],
+            )
             for c in draft.template.components
         ]
         changes["template"] = msgspec.structs.replace(draft.template, components=components)
@@ -718,8 +754,11 @@ def _filled(media: MetaMedia, media_id: str | None, media_link: str | None) -> M
 
 def typing_body(wamid: str) -> bytes:
     """Meta's typing indicator, shown on the customer's latest inbound message `wamid` (it also marks it read)."""
-    return _encoder.encode(MetaTyping(messaging_product="whatsapp", status="read", message_id=wamid,
-                                      typing_indicator=MetaTypingIndicator("text")))
+    return _encoder.encode(
+        MetaTyping(
+            messaging_product="whatsapp", status="read", message_id=wamid, typing_indicator=MetaTypingIndicator("text")
+        )
+    )
 
 
 def typing_due(last_sent: float | None, now: float, interval: float = TYPING_INTERVAL) -> bool:

@@ -41,9 +41,19 @@ from wabridge.codecs.timestamps import iso_time
 IdType = Literal["Phone", "Email", "Opaque"]
 ReceiptStatus = Literal["Delivered", "Failed"]
 ReasonCode = Literal[
-    "MessageExpired", "RateLimited", "MessageNotAllowed", "GeneralError", "UnsupportedMessage", "UnknownMessage",
-    "InvalidMessageStructure", "InvalidDestination", "ServerError", "MediaTypeNotAllowed",
-    "InvalidMediaContentLength", "RecipientOptedOut", "DataFiltered",
+    "MessageExpired",
+    "RateLimited",
+    "MessageNotAllowed",
+    "GeneralError",
+    "UnsupportedMessage",
+    "UnknownMessage",
+    "InvalidMessageStructure",
+    "InvalidDestination",
+    "ServerError",
+    "MediaTypeNotAllowed",
+    "InvalidMediaContentLength",
+    "RecipientOptedOut",
+    "DataFiltered",
 ]
 Disposition = Literal["final", "throttled", "transient"]
 
@@ -54,8 +64,12 @@ REASON_MESSAGE_MAX = 1000  # characters of a reason's message: Meta's details ca
 # Meta's statuses for a message the business sent, in the order they can happen. `failed` ranks above `sent` only.
 RANK: dict[str, int] = {"sent": 1, "failed": 2, "delivered": 3, "read": 4, "played": 5}
 # What Genesys is told for each (it has no Read: read and played imply delivered).
-GENESYS_STATUS: dict[str, ReceiptStatus] = {"delivered": "Delivered", "read": "Delivered", "played": "Delivered",
-                                            "failed": "Failed"}
+GENESYS_STATUS: dict[str, ReceiptStatus] = {
+    "delivered": "Delivered",
+    "read": "Delivered",
+    "played": "Delivered",
+    "failed": "Failed",
+}
 
 
 def advances(old: str | None, new: str) -> bool:
@@ -206,8 +220,14 @@ class Receipt(Struct, rename="camel", omit_defaults=True, frozen=True, gc=False)
 _encoder = msgspec.json.Encoder()
 
 
-def receipt(message_id: str, to_id: str, to_id_type: IdType, status: ReceiptStatus, seconds: float,
-            reasons: Sequence[Reason] = ()) -> Receipt:
+def receipt(
+    message_id: str,
+    to_id: str,
+    to_id_type: IdType,
+    status: ReceiptStatus,
+    seconds: float,
+    reasons: Sequence[Reason] = (),
+) -> Receipt:
     """The receipt for Genesys message `message_id` sent to `to_id`, at Unix time `seconds`. Every receipt the
     bridge sends is final (see the module docstring); reasons are dropped unless the status is Failed."""
     failed = status == "Failed"
@@ -225,8 +245,15 @@ def receipt_body(value: Receipt) -> bytes:
     return _encoder.encode(value)
 
 
-def status_receipt(message_id: str, to_id: str, to_id_type: IdType, previous: str | None, status: str,
-                   seconds: float, errors: Sequence[tuple[object, str | None, str | None]] = ()) -> Receipt | None:
+def status_receipt(
+    message_id: str,
+    to_id: str,
+    to_id_type: IdType,
+    previous: str | None,
+    status: str,
+    seconds: float,
+    errors: Sequence[tuple[object, str | None, str | None]] = (),
+) -> Receipt | None:
     """The receipt a Meta status webhook owes Genesys, or None. `errors` are the status's (code, title, details)."""
     owed = receipt_for(previous, status)
     if owed is None:
@@ -270,7 +297,6 @@ def read_state(text: str | None) -> OutboundState:
 
 def write_state(state: OutboundState) -> str:
     return _encode_state(state).decode()
-
 
 
 # --- Meta's media limits (docs/reference.md section 4, "Media upload") ---------------------------------------------

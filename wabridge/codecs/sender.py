@@ -88,7 +88,10 @@ def identify(msg: Message, contact: Contact | None) -> Sender:
 
 
 def _identify(
-    sent_from: str | None, from_user_id: str | None, contact_wa_id: str | None, contact_user_id: str | None,
+    sent_from: str | None,
+    from_user_id: str | None,
+    contact_wa_id: str | None,
+    contact_user_id: str | None,
     name: str | None,
 ) -> Sender:
     wa_id = sent_from if _is_phone(sent_from) else (contact_wa_id if _is_phone(contact_wa_id) else None)

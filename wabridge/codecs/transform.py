@@ -420,8 +420,11 @@ def _change_in_layers(raw_change: msgspec.Raw, out: list[Result]) -> None:
         except Exception as exc:
             out.append(_unexpected("malformed_status", status.id, phone_number_id, exc))
     for raw in value.errors:
-        out.append(Skipped("webhook_error", bytes(raw)[:_DETAIL_MAX].decode("utf-8", "replace"),
-                           phone_number_id=phone_number_id))
+        out.append(
+            Skipped(
+                "webhook_error", bytes(raw)[:_DETAIL_MAX].decode("utf-8", "replace"), phone_number_id=phone_number_id
+            )
+        )
     if not (value.messages or value.statuses or value.errors):
         out.append(Skipped("empty_change", "no messages, statuses or errors", phone_number_id=phone_number_id))
 
@@ -455,8 +458,9 @@ def _unexpected(reason: str, wamid: object, phone_number_id: str, exc: Exception
     A bug we have not found must cost the one item it hits: an exception out of `transform` crashes the tenant
     actor, and the webhook is dead-lettered with every other message of the same POST. Codecs do no I/O, so
     nothing is logged here: the skip names the exception, and the tenant actor tracks it `failed` with that detail."""
-    return Skipped(reason, f"unexpected {type(exc).__name__}: {str(exc)[:200]!r}"[:_DETAIL_MAX],
-                   _traceable(wamid), phone_number_id)
+    return Skipped(
+        reason, f"unexpected {type(exc).__name__}: {str(exc)[:200]!r}"[:_DETAIL_MAX], _traceable(wamid), phone_number_id
+    )
 
 
 # --- after the transform: the media actor's two ways out ------------------------------------------------------------

@@ -45,7 +45,7 @@ class Actor:
 
 
 class _Ask:
-    __slots__ = ("message", "future")
+    __slots__ = ("future", "message")
 
     def __init__(self, message: Any, future: asyncio.Future) -> None:
         self.message = message

@@ -142,14 +142,24 @@ class FarEnd:
             outage = self._down[tenant_id] = _Outage()
             outage.last_error = str(exc)
             self._outages.inc()
-            log.warning("%s of tenant %s is down (%s): holding its messages in place", self.name, tenant_id, exc,
-                        extra={"tenant_id": tenant_id})  # fmt: skip
+            log.warning(
+                "%s of tenant %s is down (%s): holding its messages in place",
+                self.name,
+                tenant_id,
+                exc,
+                extra={"tenant_id": tenant_id},
+            )
         return outage
 
     def _came_back(self, tenant_id: str, outage: _Outage) -> None:
         if self._down.get(tenant_id) is outage:
             del self._down[tenant_id]
         outage.over.set()
-        log.warning("%s of tenant %s is back after %.1f s (%d probes): delivering", self.name, tenant_id,
-                    time.monotonic() - outage.since, outage.probes, extra={"tenant_id": tenant_id})  # fmt: skip
-
+        log.warning(
+            "%s of tenant %s is back after %.1f s (%d probes): delivering",
+            self.name,
+            tenant_id,
+            time.monotonic() - outage.since,
+            outage.probes,
+            extra={"tenant_id": tenant_id},
+        )

@@ -40,12 +40,17 @@ def webhook_of(message_id: str) -> str:
 
 
 class Trail:
-    __slots__ = ("tenant_id", "wamid", "origin", "webhook_id", "direction", "_sink", "_notes", "_token")
+    __slots__ = ("_notes", "_sink", "_token", "direction", "origin", "tenant_id", "wamid", "webhook_id")
 
     def __init__(
-        self, tenant_id: str, wamid: str, origin: Origin | None, sink: EventSink | None = None, *,
+        self,
+        tenant_id: str,
+        wamid: str,
+        origin: Origin | None,
+        sink: EventSink | None = None,
+        *,
         direction: str = "inbound",
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.tenant_id = tenant_id
         self.direction = direction  # "outbound": an agent's message, `wamid` its Genesys id (actors/outbound.py)
         self.wamid = wamid
@@ -63,10 +68,17 @@ class Trail:
             self._notes = []
         elif (self._notes[-1].event, self._notes[-1].detail) == (event, detail[:500]):
             return  # the same step again (a hold met by each try of the relay): once is the story
-        self._notes.append(MessageEvent(
-            tenant_id=self.tenant_id, wamid=self.wamid, webhook_id=self.webhook_id, direction=self.direction,
-            at=time.time(), event=event, detail=detail[:500],
-        ))  # fmt: skip
+        self._notes.append(
+            MessageEvent(
+                tenant_id=self.tenant_id,
+                wamid=self.wamid,
+                webhook_id=self.webhook_id,
+                direction=self.direction,
+                at=time.time(),
+                event=event,
+                detail=detail[:500],
+            )
+        )
 
     def __enter__(self) -> Trail:
         self._token = MESSAGE_CONTEXT.set(self)

@@ -41,7 +41,7 @@ class MailboxStatistics(NamedTuple):
 
 
 class Mailbox(Generic[T]):
-    __slots__ = ("capacity", "_items", "_receiver", "_senders", "_closed", "_sent", "_received")
+    __slots__ = ("_closed", "_items", "_received", "_receiver", "_senders", "_sent", "capacity")
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:

@@ -97,7 +97,7 @@ class _Metric:
 
 
 class _CounterChild:
-    __slots__ = ("value", "_fn")
+    __slots__ = ("_fn", "value")
 
     def __init__(self) -> None:
         self.value = 0.0
@@ -132,7 +132,7 @@ class Counter(_Metric):
 
 
 class _GaugeChild:
-    __slots__ = ("value", "_fn")
+    __slots__ = ("_fn", "value")
 
     def __init__(self) -> None:
         self.value = 0.0
@@ -169,7 +169,7 @@ class Gauge(_Metric):
 
 
 class _HistogramChild:
-    __slots__ = ("bounds", "counts", "sum", "count")
+    __slots__ = ("bounds", "count", "counts", "sum")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds

@@ -25,10 +25,13 @@ WINDOW = 15.0  # the max gauge covers about one scrape interval
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 _lag = REGISTRY.histogram(
-    "wabridge_event_loop_lag_seconds", "How late a periodic sleep woke up: time the event loop was busy elsewhere.",
+    "wabridge_event_loop_lag_seconds",
+    "How late a periodic sleep woke up: time the event loop was busy elsewhere.",
     buckets=LAG_BUCKETS,
-)  # fmt: skip
-_lag_max = REGISTRY.gauge("wabridge_event_loop_lag_max_seconds", f"The largest event-loop lag of the last {WINDOW:g} s.")
+)
+_lag_max = REGISTRY.gauge(
+    "wabridge_event_loop_lag_max_seconds", f"The largest event-loop lag of the last {WINDOW:g} s."
+)
 _rss = REGISTRY.gauge("wabridge_process_resident_memory_bytes", "Resident memory of this process.")
 _cpu = REGISTRY.counter("wabridge_process_cpu_seconds_total", "CPU time (user + system) used by this process.")
 

@@ -180,8 +180,13 @@ class Supervisor:
                     self.cooled_down += 1
                     self.log.error(
                         "%s crashed more than %d times in %g s, last %s: %s; restarting it in %g s (the others go on)",
-                        name, self.max_restarts, self.period, type(exc).__name__, exc, pause,
-                    )  # fmt: skip
+                        name,
+                        self.max_restarts,
+                        self.period,
+                        type(exc).__name__,
+                        exc,
+                        pause,
+                    )
                     stopping = self._stop_requested
                     if stopping is not None:  # a drain does not wait out the pause
                         with contextlib.suppress(TimeoutError):

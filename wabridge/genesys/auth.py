@@ -36,9 +36,9 @@ from urllib.parse import urlsplit
 import msgspec
 
 from wabridge.engine import keys
-from wabridge.http.client import HttpError, Http1Pools
-from wabridge.ports import BackendUnavailable, Cache, GenesysCredential, TenantConfig
 from wabridge.engine.secrets import SecretBox, SecretKeyError
+from wabridge.http.client import Http1Pools, HttpError
+from wabridge.ports import BackendUnavailable, Cache, GenesysCredential, TenantConfig
 
 log = logging.getLogger(__name__)
 
@@ -222,10 +222,12 @@ class TokenProvider:
         basic = base64.b64encode(f"{credential.client_id}:{credential.client_secret.reveal()}".encode()).decode()
         try:
             response = await self._pools.request(
-                f"{login.scheme}://{login.netloc}", "POST", login.path.rstrip("/") + "/oauth/token",
+                f"{login.scheme}://{login.netloc}",
+                "POST",
+                login.path.rstrip("/") + "/oauth/token",
                 {"Authorization": f"Basic {basic}", "Content-Type": "application/x-www-form-urlencoded"},
                 b"grant_type=client_credentials",
-            )  # fmt: skip
+            )
         except TimeoutError:
             raise fail("timed out") from None
         except (HttpError, ValueError) as exc:  # ValueError: a login url that is not http(s)
@@ -239,6 +241,10 @@ class TokenProvider:
         except msgspec.DecodeError:
             raise fail("unreadable login reply", 200) from None
         self._logins += 1
-        log.info("genesys login ok tenant=%s client=%s expires_in=%s", tenant.tenant_id, credential.client_id,
-                 reply.expires_in)
+        log.info(
+            "genesys login ok tenant=%s client=%s expires_in=%s",
+            tenant.tenant_id,
+            credential.client_id,
+            reply.expires_in,
+        )
         return reply.access_token, reply.expires_in

@@ -40,10 +40,10 @@ import anyio
 import msgspec
 
 from wabridge.engine import history
-from wabridge.genesys.auth import LoginFailed, TokenProvider
 from wabridge.engine.far_end import FarEnd, FarEndDown
+from wabridge.genesys.auth import LoginFailed, TokenProvider
 from wabridge.genesys.ratelimit import RateBudget
-from wabridge.http.client import HttpError, Http1Pools
+from wabridge.http.client import Http1Pools, HttpError
 from wabridge.ports import TenantConfig
 
 log = logging.getLogger(__name__)
@@ -139,8 +139,15 @@ class GenesysDelivery:
         self._rate_limited_max = rate_limited_max
         self._sleep = sleep
         self._pools = Http1Pools(max_pools=max_clients, limit=connections_per_tenant, timeout=timeout)
-        self._counts = {"delivered": 0, "failed": 0, "retries": 0, "rate_limited": 0, "relogins": 0, "receipts": 0,
-                        "receipts_failed": 0}
+        self._counts = {
+            "delivered": 0,
+            "failed": 0,
+            "retries": 0,
+            "rate_limited": 0,
+            "relogins": 0,
+            "receipts": 0,
+            "receipts_failed": 0,
+        }
 
     def statistics(self) -> DeliveryStatistics:
         return DeliveryStatistics(**self._counts, open_pools=len(self._pools))
@@ -160,8 +167,13 @@ class GenesysDelivery:
         try:
             status, content = await self._through_far_end(tenant, RECEIPT_PATH, body)
             if _status(content) == "Failed" and _status(body) != "Failed":
-                raise DeliveryFailed(f"genesys answered the receipt HTTP {status} with status Failed", 1, True,
-                                     status=status, body=content)  # fmt: skip
+                raise DeliveryFailed(
+                    f"genesys answered the receipt HTTP {status} with status Failed",
+                    1,
+                    True,
+                    status=status,
+                    body=content,
+                )
         except DeliveryFailed:
             self._counts["receipts_failed"] += 1
             raise

@@ -110,7 +110,7 @@ def refused_address(address: str) -> str | None:
 
 
 class Reply:
-    __slots__ = ("status", "headers", "body")
+    __slots__ = ("body", "headers", "status")
 
     def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
         self.status, self.headers, self.body = status, headers, body
@@ -286,8 +286,14 @@ class Http1Pool:
             raise HttpError("pool closed")
         if not target.startswith("/") or any(c in target for c in " \t\r\n"):
             raise ValueError(f"not a request target: {target[:80]!r}")  # a space or line break would split the line
-        head = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1"), b"Host: ", self._host_header,
-                b"\r\nUser-Agent: ", USER_AGENT, b"\r\n"]  # fmt: skip
+        head = [
+            f"{method} {target} HTTP/1.1\r\n".encode("latin-1"),
+            b"Host: ",
+            self._host_header,
+            b"\r\nUser-Agent: ",
+            USER_AGENT,
+            b"\r\n",
+        ]
         if body or method not in ("GET", "HEAD"):  # a GET without content carries no length (RFC 9110 §8.6)
             head += [b"Content-Length: ", str(len(body)).encode(), b"\r\n"]
         for name, value in headers.items():
@@ -352,9 +358,12 @@ class Http1Pool:
                     connection = await self._connect_public(loop)
                 else:
                     _, connection = await loop.create_connection(
-                        _Connection, self._host, self._port, ssl=self._ssl,
+                        _Connection,
+                        self._host,
+                        self._port,
+                        ssl=self._ssl,
                         server_hostname=self._host if self._ssl else None,
-                    )  # fmt: skip
+                    )
         except OSError as exc:  # refused, unreachable, DNS, TLS handshake (ssl.SSLError is an OSError)
             raise HttpError(f"cannot connect to {self.origin}: {type(exc).__name__}") from exc
         self._open.add(connection)
@@ -382,7 +391,7 @@ class Http1Pool:
 
 
 class _Kept:
-    __slots__ = ("pool", "users", "retired")
+    __slots__ = ("pool", "retired", "users")
 
     def __init__(self, pool: Http1Pool) -> None:
         self.pool, self.users, self.retired = pool, 0, False
@@ -409,9 +418,16 @@ class Http1Pools:
         return f"Http1Pools(kept={len(self._kept)}, retired={len(self._retired)})"
 
     async def request(
-        self, origin: str, method: str, target: str, headers: dict[str, str], body: bytes = b"", *,
-        key: Hashable = (), max_body: int | None = None,
-    ) -> Reply:  # fmt: skip
+        self,
+        origin: str,
+        method: str,
+        target: str,
+        headers: dict[str, str],
+        body: bytes = b"",
+        *,
+        key: Hashable = (),
+        max_body: int | None = None,
+    ) -> Reply:
         """Http1Pool.request on the pool of (`key`, `origin`)."""
         full_key = (key, origin)
         kept = self._kept.get(full_key)

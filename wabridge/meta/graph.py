@@ -47,14 +47,14 @@ from urllib.parse import quote, urlsplit
 import anyio
 import msgspec
 
-from wabridge.engine import history
-from wabridge.engine.far_end import FarEnd, FarEndDown
-from wabridge.engine.budget import Reservations
 from wabridge.codecs import receipts
-from wabridge.codecs.receipts import Reason
-from wabridge.http.client import HttpError, Http1Pools
 from wabridge.codecs.object_keys import extension_for
-from wabridge.ports import BackendUnavailable, Cache, TenantConfig
+from wabridge.codecs.receipts import Reason
+from wabridge.engine import history
+from wabridge.engine.budget import Reservations
+from wabridge.engine.far_end import FarEnd, FarEndDown
+from wabridge.http.client import Http1Pools, HttpError
+from wabridge.ports import Cache, TenantConfig
 
 log = logging.getLogger(__name__)
 
@@ -204,12 +204,14 @@ class MetaGraph:
         self.budget = SendBudget(cache, clock=clock, sleep=sleep)
         self._pools = Http1Pools(max_pools=max_clients, limit=connections_per_tenant, timeout=timeout)
         self._uploads = Http1Pools(max_pools=max_clients, limit=8, timeout=upload_timeout)
-        self._counts = dict.fromkeys(("sent", "refused", "throttled", "retries", "uploads", "read_marks",
-                                      "read_marks_failed"), 0)  # fmt: skip
+        self._counts = dict.fromkeys(
+            ("sent", "refused", "throttled", "retries", "uploads", "read_marks", "read_marks_failed"), 0
+        )
 
     def statistics(self) -> GraphStatistics:
-        return GraphStatistics(**self._counts, budget_waits=self.budget.waits,
-                               open_pools=len(self._pools) + len(self._uploads))  # fmt: skip
+        return GraphStatistics(
+            **self._counts, budget_waits=self.budget.waits, open_pools=len(self._pools) + len(self._uploads)
+        )
 
     async def aclose(self) -> None:
         await self._pools.aclose()
@@ -219,8 +221,15 @@ class MetaGraph:
         """The wamid Meta gave the message. Raises SendRefused (final), BackendUnavailable (a drain while held)."""
 
         async def step() -> bytes:
-            return await self._call(tenant, phone_number_id, "messages", body, "application/json",
-                                    budget=True, throttle_max_wait=self._throttle_max_wait)  # fmt: skip
+            return await self._call(
+                tenant,
+                phone_number_id,
+                "messages",
+                body,
+                "application/json",
+                budget=True,
+                throttle_max_wait=self._throttle_max_wait,
+            )
 
         content = await self._through(tenant, step)
         self._counts["sent"] += 1
@@ -231,8 +240,9 @@ class MetaGraph:
             wamid = ""
         if not wamid:
             # Meta took it: raising now would make the caller send it again, a duplicate the customer sees.
-            log.warning("meta accepted a send without a readable wamid tenant=%s number=%s", tenant.tenant_id,
-                        phone_number_id)  # fmt: skip
+            log.warning(
+                "meta accepted a send without a readable wamid tenant=%s number=%s", tenant.tenant_id, phone_number_id
+            )
         return wamid
 
     async def upload(
@@ -242,8 +252,15 @@ class MetaGraph:
         body, content_type = multipart(data, mime, filename)
 
         async def step() -> bytes:
-            return await self._call(tenant, phone_number_id, "media", body, content_type,
-                                    budget=False, throttle_max_wait=self._throttle_max_wait)  # fmt: skip
+            return await self._call(
+                tenant,
+                phone_number_id,
+                "media",
+                body,
+                content_type,
+                budget=False,
+                throttle_max_wait=self._throttle_max_wait,
+            )
 
         content = await self._through(tenant, step)
         try:
@@ -266,15 +283,20 @@ class MetaGraph:
         body = msgspec.json.encode(doc)
 
         async def step() -> bytes:
-            return await self._call(tenant, phone_number_id, "messages", body, "application/json",
-                                    budget=False, throttle_max_wait=0.0)  # fmt: skip
+            return await self._call(
+                tenant, phone_number_id, "messages", body, "application/json", budget=False, throttle_max_wait=0.0
+            )
 
         try:
             await self.far_end.through(tenant.tenant_id, step, past_hold=_meta_down)
         except SendRefused as refused:
             self._counts["read_marks_failed"] += 1
-            log.info("read mark not taken tenant=%s number=%s: %s", tenant.tenant_id, phone_number_id,
-                     refused.reason.message[:200])  # fmt: skip
+            log.info(
+                "read mark not taken tenant=%s number=%s: %s",
+                tenant.tenant_id,
+                phone_number_id,
+                refused.reason.message[:200],
+            )
             return False
         self._counts["read_marks"] += 1
         return True
@@ -286,14 +308,26 @@ class MetaGraph:
             return await self.far_end.through(tenant.tenant_id, step, past_hold=_meta_down)
         except SendRefused as refused:
             self._counts["refused"] += 1
-            log.info("meta refused tenant=%s status=%s code=%s reason=%s", tenant.tenant_id, refused.status,
-                     refused.code, refused.reason.code)  # fmt: skip
+            log.info(
+                "meta refused tenant=%s status=%s code=%s reason=%s",
+                tenant.tenant_id,
+                refused.status,
+                refused.code,
+                refused.reason.code,
+            )
             raise
 
     async def _call(
-        self, tenant: TenantConfig, phone_number_id: str, what: str, body: bytes, content_type: str, *,
-        budget: bool, throttle_max_wait: float,
-    ) -> bytes:  # fmt: skip
+        self,
+        tenant: TenantConfig,
+        phone_number_id: str,
+        what: str,
+        body: bytes,
+        content_type: str,
+        *,
+        budget: bool,
+        throttle_max_wait: float,
+    ) -> bytes:
         """One request, tried until Meta takes it (its answer's body), refuses it (SendRefused) or is down
         (FarEndDown, for far_end.py to hold)."""
         # Quoted: the number comes from configuration and must stay one path segment.
@@ -323,15 +357,23 @@ class MetaGraph:
                 case "throttled":
                     if waited >= throttle_max_wait:
                         text = receipts.reason_for(code, words, details).message
-                        raise SendRefused(Reason(receipts.THROTTLED_REASON, f"{text} (throttled for {waited:.0f} s)"),
-                                          status, _int_code(code))  # fmt: skip
+                        raise SendRefused(
+                            Reason(receipts.THROTTLED_REASON, f"{text} (throttled for {waited:.0f} s)"),
+                            status,
+                            _int_code(code),
+                        )
                     throttles += 1
                     delay = min(self._throttle_delay(retry_after, throttles), throttle_max_wait - waited)
                     waited += delay
                     self._counts["throttled"] += 1
                     history.note("throttled", f"meta {error}, waiting {delay:.1f} s")
-                    log.info("meta throttled tenant=%s number=%s (%s): waiting %.1f s", tenant.tenant_id,
-                             phone_number_id, error, delay)  # fmt: skip
+                    log.info(
+                        "meta throttled tenant=%s number=%s (%s): waiting %.1f s",
+                        tenant.tenant_id,
+                        phone_number_id,
+                        error,
+                        delay,
+                    )
                     await self._sleep(delay)
                 case "transient":
                     tries += 1

@@ -283,6 +283,7 @@ class GenesysSim:
         webhook_headers: Mapping[str, str] | None = None,
     ) -> None:
         from wabridge.sim.genesys_agent import Agent, AgentConfig  # it imports this module
+
         self.host, self.port = host, port
         self.clients = dict(clients or {})
         self.integrations = frozenset(integrations)
@@ -300,8 +301,17 @@ class GenesysSim:
         self._media_tasks: set[asyncio.Task] = set()
         self._media_slots = asyncio.Semaphore(MEDIA_FETCH_CONCURRENCY)
         self._http: Any = None
-        config = AgentConfig(bridge_url, webhook_path, tenant, outbound_secret, signature_encoding, answer_timeout,
-                             retry_interval, max_retries, dict(webhook_headers or {}))
+        config = AgentConfig(
+            bridge_url,
+            webhook_path,
+            tenant,
+            outbound_secret,
+            signature_encoding,
+            answer_timeout,
+            retry_interval,
+            max_retries,
+            dict(webhook_headers or {}),
+        )
         self.agent = Agent(self, config, max_messages)
 
     @property
@@ -442,10 +452,18 @@ class GenesysSim:
             client_id = client_secret = ""
         form = parse_qs(body.decode("latin-1"))
         if form.get("grant_type") != ["client_credentials"]:
-            return 400, _encode({"error": "unsupported_grant_type", "description": "grant_type must be client_credentials"}), ()
+            return (
+                400,
+                _encode({"error": "unsupported_grant_type", "description": "grant_type must be client_credentials"}),
+                (),
+            )
         known = self.clients.get(client_id) if self.clients else client_secret
-        if scheme.lower() != "basic" or not client_id or not client_secret or not known or not secrets.compare_digest(
-            known, client_secret
+        if (
+            scheme.lower() != "basic"
+            or not client_id
+            or not client_secret
+            or not known
+            or not secrets.compare_digest(known, client_secret)
         ):
             self.stats.login_rejected += 1
             return 401, _encode({"error": "invalid_client", "description": "client not found or bad secret"}), ()
@@ -492,7 +510,9 @@ class GenesysSim:
             return 404, genesys_error(404, "not.found", f"integration {integration_id} not found"), ()
         return None
 
-    async def _receipt_or_event(self, integration_id: str, kind: str, headers: dict[str, str], body: bytes) -> _Response:
+    async def _receipt_or_event(
+        self, integration_id: str, kind: str, headers: dict[str, str], body: bytes
+    ) -> _Response:
         self.stats.requests += 1
         if (refused := await self._admit(integration_id, headers)) is not None:
             return refused
@@ -510,7 +530,11 @@ class GenesysSim:
             return None
         self.stats.rate_limited += 1
         retry_after = max(1, math.ceil((window + 1) * self.rate_window - now))
-        body = genesys_error(429, "too.many.requests.retry.after", f"Rate limit exceeded the maximum. Retry the request in [{retry_after}] seconds")
+        body = genesys_error(
+            429,
+            "too.many.requests.retry.after",
+            f"Rate limit exceeded the maximum. Retry the request in [{retry_after}] seconds",
+        )
         return 429, body, (("Retry-After", str(retry_after)),)
 
     def _accept(self, integration_id: str, message: InboundMessage, body: bytes, prefetch: bool) -> bytes:
@@ -647,31 +671,65 @@ async def _write(writer: asyncio.StreamWriter, response: _Response, keep_alive: 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8090, help="0 picks a free port (printed on start)")
-    parser.add_argument("--client", action="append", default=[], metavar="ID:SECRET",
-                        help="accepted OAuth client (repeatable); none given: any id:secret is accepted")
-    parser.add_argument("--integration", action="append", default=[], metavar="ID",
-                        help="known integration id (repeatable); none given: any id is accepted")
+    parser.add_argument(
+        "--client",
+        action="append",
+        default=[],
+        metavar="ID:SECRET",
+        help="accepted OAuth client (repeatable); none given: any id:secret is accepted",
+    )
+    parser.add_argument(
+        "--integration",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="known integration id (repeatable); none given: any id is accepted",
+    )
     parser.add_argument("--token-lifetime", type=int, default=86_400, metavar="SECONDS")
-    parser.add_argument("--rate-limit", type=int, default=300, metavar="N", help="requests per window per client; 0 = off")
+    parser.add_argument(
+        "--rate-limit", type=int, default=300, metavar="N", help="requests per window per client; 0 = off"
+    )
     parser.add_argument("--rate-window", type=float, default=60.0, metavar="SECONDS")
-    parser.add_argument("--fetch-media", action="store_true", help="download every attachment url and record the result")
-    parser.add_argument("--fault", action="append", default=[], metavar="STATUS[:COUNT]",
-                        help="answer the next COUNT (default 1, -1 = always) API requests with STATUS")
+    parser.add_argument(
+        "--fetch-media", action="store_true", help="download every attachment url and record the result"
+    )
+    parser.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="STATUS[:COUNT]",
+        help="answer the next COUNT (default 1, -1 = always) API requests with STATUS",
+    )
     parser.add_argument("--latency-ms", type=float, default=0, help="delay every API request this long")
     parser.add_argument("--max-messages", type=int, default=100_000, help="received messages kept (oldest dropped)")
     agent = parser.add_argument_group("the agent's side (POST /sim/agent/send)")
     agent.add_argument("--bridge-url", default="http://127.0.0.1:8080", metavar="URL", help="where the bridge listens")
     agent.add_argument("--webhook-path", default="/webhook/genesys/{tenantId}", metavar="PATH")
-    agent.add_argument("--tenant", default="", metavar="ID", help="tenant id in the webhook path (a send may name another)")
-    agent.add_argument("--outbound-secret", default="", metavar="TOKEN",
-                       help="the integration's outbound signature secret token (HMAC-SHA256 key)")
-    agent.add_argument("--signature-encoding", choices=["base64", "hex"], default="base64",
-                       help="X-Hub-Signature-256 digest encoding: base64 (Genesys's sample) or hex")
+    agent.add_argument(
+        "--tenant", default="", metavar="ID", help="tenant id in the webhook path (a send may name another)"
+    )
+    agent.add_argument(
+        "--outbound-secret",
+        default="",
+        metavar="TOKEN",
+        help="the integration's outbound signature secret token (HMAC-SHA256 key)",
+    )
+    agent.add_argument(
+        "--signature-encoding",
+        choices=["base64", "hex"],
+        default="base64",
+        help="X-Hub-Signature-256 digest encoding: base64 (Genesys's sample) or hex",
+    )
     agent.add_argument("--answer-timeout", type=float, default=10.0, metavar="SECONDS")
     agent.add_argument("--retry-interval", type=float, default=5.0, metavar="SECONDS")
     agent.add_argument("--max-retries", type=int, default=5, help="after a timeout, 429 or 5xx")
-    agent.add_argument("--webhook-header", action="append", default=[], metavar="NAME:VALUE",
-                       help="a static header on every webhook (the integration's webhookHeaders)")
+    agent.add_argument(
+        "--webhook-header",
+        action="append",
+        default=[],
+        metavar="NAME:VALUE",
+        help="a static header on every webhook (the integration's webhookHeaders)",
+    )
     from wabridge.sim.genesys_agent import add_agent_arguments
 
     add_agent_arguments(parser)
@@ -769,8 +827,12 @@ class SimProcess:
         retry schedule)."""
         import httpx
 
-        response = httpx.post(self.url + "/sim/agent/send", params={"wait": "true"} if wait else None, json=spec,
-                              timeout=None if wait else 10)
+        response = httpx.post(
+            self.url + "/sim/agent/send",
+            params={"wait": "true"} if wait else None,
+            json=spec,
+            timeout=None if wait else 10,
+        )
         response.raise_for_status()
         return response.json()
 
@@ -812,7 +874,8 @@ def start_genesys_sim(port: int = 0, *, host: str = "127.0.0.1", **options: Any)
 
 
 if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(prog="wabridge sim genesys", description=__doc__,
-                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    _parser = argparse.ArgumentParser(
+        prog="wabridge sim genesys", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(_parser)
     sys.exit(run(_parser.parse_args()))

@@ -35,7 +35,7 @@ import time
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -54,9 +54,19 @@ _Response = tuple[int, bytes, tuple[tuple[str, str], ...]]
 # every documented field is typed and an explicit null is refused, like the message endpoint.
 
 ReasonCode = Literal[
-    "MessageExpired", "RateLimited", "MessageNotAllowed", "GeneralError", "UnsupportedMessage", "UnknownMessage",
-    "InvalidMessageStructure", "InvalidDestination", "ServerError", "MediaTypeNotAllowed",
-    "InvalidMediaContentLength", "RecipientOptedOut", "DataFiltered",
+    "MessageExpired",
+    "RateLimited",
+    "MessageNotAllowed",
+    "GeneralError",
+    "UnsupportedMessage",
+    "UnknownMessage",
+    "InvalidMessageStructure",
+    "InvalidDestination",
+    "ServerError",
+    "MediaTypeNotAllowed",
+    "InvalidMediaContentLength",
+    "RecipientOptedOut",
+    "DataFiltered",
 ]
 
 
@@ -241,12 +251,16 @@ def sign(body: bytes, secret: str, encoding: str = "base64") -> str:
 
 def _png() -> bytes:
     """A valid 1×1 PNG: a bridge that checks what it uploads to Meta gets a real image by default."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0\xff\x00\x00")) + chunk(
-        b"IEND", b""
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0\xff\x00\x00"))
+        + chunk(b"IEND", b"")
     )
 
 
@@ -256,7 +270,7 @@ def _media_type(mime: str) -> str:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Agent:
@@ -305,7 +319,9 @@ class Agent:
         if spec.to is None:
             raise SchemaError(f"no conversation {spec.conversationId or '(none given)'}: give to.id and integrationId")
         # With one configured integration a proactive message needs no integrationId.
-        integration = spec.integrationId or (next(iter(self.sim.integrations)) if len(self.sim.integrations) == 1 else "")
+        integration = spec.integrationId or (
+            next(iter(self.sim.integrations)) if len(self.sim.integrations) == 1 else ""
+        )
         if not integration:
             raise SchemaError(f"{spec.to.id} never wrote in: give integrationId")
         id_type = spec.to.idType or ("Phone" if spec.to.id.isdigit() else "Opaque")
@@ -330,7 +346,10 @@ class Agent:
             "direction": "Outbound",
         }
         if spec.type == "typing":
-            body |= {"type": "Event", "events": [{"eventType": "Typing", "typing": {"type": "On", "duration": spec.duration}}]}
+            body |= {
+                "type": "Event",
+                "events": [{"eventType": "Typing", "typing": {"type": "On", "duration": spec.duration}}],
+            }
         elif spec.type == "text":
             if not spec.text:
                 raise SchemaError("a text message needs text")
@@ -364,8 +383,12 @@ class Agent:
             filename = spec.filename or f"attachment-{attachment_id[:8]}"
             self.downloads[attachment_id] = Download(data, mime, filename)
             url, size = f"{self.sim.url}/sim/downloads/{attachment_id}", len(data)
-        attachment: dict[str, Any] = {"id": attachment_id, "mediaType": spec.mediaType or _media_type(mime), "url": url,
-                                      "mime": mime}
+        attachment: dict[str, Any] = {
+            "id": attachment_id,
+            "mediaType": spec.mediaType or _media_type(mime),
+            "url": url,
+            "mime": mime,
+        }
         if spec.filename or not spec.url:
             attachment["filename"] = spec.filename or f"attachment-{attachment_id[:8]}"
         if size is not None:
@@ -379,8 +402,11 @@ class Agent:
             header: dict[str, Any] = {"type": spec.header.type}
             if spec.header.type == "Media":
                 mime = spec.header.mime or "image/jpeg"
-                header["media"] = {"mediaType": spec.header.mediaType or _media_type(mime), "url": spec.header.url,
-                                   "mime": mime}
+                header["media"] = {
+                    "mediaType": spec.header.mediaType or _media_type(mime),
+                    "url": spec.header.url,
+                    "mime": mime,
+                }
             elif spec.header.text:
                 header["text"] = spec.header.text
             if spec.header.parameters:
@@ -402,8 +428,15 @@ class Agent:
     async def send(self, spec: SendSpec, *, wait: bool = False) -> Outbound:
         """Build the message, record it, and deliver it in the background (or until done with `wait`)."""
         message_id, integration, conversation, body = self.build(spec)
-        record = Outbound(message_id, integration, conversation, msgspec.json.decode(body)["channel"]["to"]["id"],
-                          self.webhook_url(spec), body, time.time())
+        record = Outbound(
+            message_id,
+            integration,
+            conversation,
+            msgspec.json.decode(body)["channel"]["to"]["id"],
+            self.webhook_url(spec),
+            body,
+            time.time(),
+        )
         record.downloads = [d for d in _download_ids(body) if d in self.downloads]
         self.outbound[message_id] = record
         while len(self.outbound) > self.max_messages:  # oldest dropped past the bound, with its files
@@ -424,8 +457,11 @@ class Agent:
 
         if self._http is None:
             self._http = httpx.AsyncClient()
-        headers = {**self.config.webhook_headers, "Content-Type": "application/json",
-                   "X-Hub-Signature-256": sign(record.body, secret, self.config.signature_encoding)}
+        headers = {
+            **self.config.webhook_headers,
+            "Content-Type": "application/json",
+            "X-Hub-Signature-256": sign(record.body, secret, self.config.signature_encoding),
+        }
         try:
             for attempt in range(1, self.config.max_retries + 2):
                 if attempt > 1:
@@ -433,8 +469,9 @@ class Agent:
                 started = time.monotonic()
                 note: dict[str, Any] = {"attempt": attempt, "at": time.time()}
                 try:
-                    answer = await self._http.post(record.url, content=record.body, headers=headers,
-                                                   timeout=self.config.answer_timeout)
+                    answer = await self._http.post(
+                        record.url, content=record.body, headers=headers, timeout=self.config.answer_timeout
+                    )
                     note |= {"status": answer.status_code, "answer": answer.text[:2000]}
                 except httpx.TimeoutException:
                     note |= {"status": None, "error": "timeout"}
@@ -462,9 +499,14 @@ class Agent:
             self.sim.stats.rejected += 1
             return 400, genesys_error(400, "bad.request", f"The request could not be understood: {exc}"), ()
         self.sim.stats.receipts += 1
-        entry = {"at": time.time(), "integrationId": integration_id, "status": receipt.status,
-                 "isFinalReceipt": receipt.isFinalReceipt,
-                 "reasons": [msgspec.structs.asdict(r) for r in receipt.reasons], "body": msgspec.json.decode(body)}
+        entry = {
+            "at": time.time(),
+            "integrationId": integration_id,
+            "status": receipt.status,
+            "isFinalReceipt": receipt.isFinalReceipt,
+            "reasons": [msgspec.structs.asdict(r) for r in receipt.reasons],
+            "body": msgspec.json.decode(body),
+        }
         record = self.outbound.get(receipt.id)
         if record is None or record.integration_id != integration_id:
             self.unmatched_receipts.append(entry)
@@ -481,9 +523,15 @@ class Agent:
             return 400, genesys_error(400, "bad.request", f"The request could not be understood: {exc}"), ()
         self.sim.stats.events += 1
         from_id = event.channel.from_.id
-        self.events.append({"at": time.time(), "integrationId": integration_id, "fromId": from_id,
-                            "conversationId": conversation_id_for(integration_id, from_id),
-                            "body": msgspec.json.decode(body)})
+        self.events.append(
+            {
+                "at": time.time(),
+                "integrationId": integration_id,
+                "fromId": from_id,
+                "conversationId": conversation_id_for(integration_id, from_id),
+                "body": msgspec.json.decode(body),
+            }
+        )
         del self.events[: -self.max_messages]
         return 202, _encode(event), ()
 
@@ -499,15 +547,22 @@ class Agent:
 
     def add_to_conversations(self, out: dict[str, dict[str, Any]]) -> None:
         """Both directions per conversation, in time order: `timeline` beside the inbound-only `messages`."""
+
         def conversation(cid: str, integration: str, from_id: str) -> dict[str, Any]:
             return out.setdefault(cid, {"integrationId": integration, "fromId": from_id, "messages": []})
 
         for r in self.sim.received:
             message = msgspec.json.decode(r.body)
             conversation(r.conversation_id, r.integration_id, r.from_id).setdefault("timeline", []).append(
-                {"at": r.received_at, "direction": "Inbound", "kind": "message", "id": r.id,
-                 "messageId": r.message_id, "text": message.get("text", ""),
-                 "content": len(message.get("content", []))}
+                {
+                    "at": r.received_at,
+                    "direction": "Inbound",
+                    "kind": "message",
+                    "id": r.id,
+                    "messageId": r.message_id,
+                    "text": message.get("text", ""),
+                    "content": len(message.get("content", [])),
+                }
             )
         for e in self.events:
             conversation(e["conversationId"], e["integrationId"], e["fromId"]).setdefault("timeline", []).append(
@@ -517,11 +572,19 @@ class Agent:
             message = msgspec.json.decode(o.body)
             latest = o.latest_receipt()
             conversation(o.conversation_id, o.integration_id, o.to_id).setdefault("timeline", []).append(
-                {"at": o.created_at, "direction": "Outbound", "kind": "typing" if message["type"] == "Event" else "message",
-                 "id": o.id, "type": message["type"], "text": message.get("text", ""),
-                 "content": len(message.get("content", [])), "delivery": o.state, "attempts": len(o.attempts),
-                 "receipt": latest and latest["status"],
-                 "reason": latest["reasons"][0] if latest and latest["reasons"] else None}
+                {
+                    "at": o.created_at,
+                    "direction": "Outbound",
+                    "kind": "typing" if message["type"] == "Event" else "message",
+                    "id": o.id,
+                    "type": message["type"],
+                    "text": message.get("text", ""),
+                    "content": len(message.get("content", [])),
+                    "delivery": o.state,
+                    "attempts": len(o.attempts),
+                    "receipt": latest and latest["status"],
+                    "reason": latest["reasons"][0] if latest and latest["reasons"] else None,
+                }
             )
         for conv in out.values():
             conv.setdefault("timeline", []).sort(key=lambda entry: entry["at"])
@@ -567,12 +630,19 @@ def add_agent_arguments(parser: Any) -> None:
     a = agent.add_parser("agent", help="act as the agent: send the bridge an outbound webhook")
     what = a.add_subparsers(dest="agent_command", metavar="send", parser_class=type(parser))
     what.required = True
-    s = what.add_parser("send", help="send one text, attachment, template or typing event",
-                        description="Through a running simulator (--sim: it records the attempts and the receipts), "
-                                    "or straight to the bridge (--url, --secret, --tenant, --to, --integration).")
+    s = what.add_parser(
+        "send",
+        help="send one text, attachment, template or typing event",
+        description="Through a running simulator (--sim: it records the attempts and the receipts), "
+        "or straight to the bridge (--url, --secret, --tenant, --to, --integration).",
+    )
     s.add_argument("kind", choices=["text", "attachment", "template", "typing"])
-    s.add_argument("value", nargs="?", default="",
-                   help="text: the text; attachment: an http(s) url, or a local file with --sim; template: namespace@name")
+    s.add_argument(
+        "value",
+        nargs="?",
+        default="",
+        help="text: the text; attachment: an http(s) url, or a local file with --sim; template: namespace@name",
+    )
     s.add_argument("--sim", metavar="URL", help="a running `wabridge sim genesys` to send through")
     s.add_argument("--url", metavar="URL", help="the bridge's base URL (default: the simulator's --bridge-url)")
     s.add_argument("--webhook-path", default=DEFAULT_WEBHOOK_PATH)
@@ -601,8 +671,13 @@ def _spec_from_args(args: Any) -> dict[str, Any]:
         spec["conversationId"] = args.conversation
     if args.to:
         spec["to"] = {"id": args.to} | ({"idType": args.id_type} if args.id_type else {})
-    for key, value in (("integrationId", args.integration), ("secret", args.secret), ("tenantId", args.tenant),
-                       ("mime", args.mime), ("filename", args.filename)):
+    for key, value in (
+        ("integrationId", args.integration),
+        ("secret", args.secret),
+        ("tenantId", args.tenant),
+        ("mime", args.mime),
+        ("filename", args.filename),
+    ):
         if value:
             spec[key] = value
     if args.url:
@@ -629,8 +704,12 @@ def run_agent_send(args: Any) -> int:
 
     spec = _spec_from_args(args)
     if args.sim:
-        answer = httpx.post(args.sim.rstrip("/") + "/sim/agent/send", params={"wait": "true"}, json=spec,
-                            timeout=(args.answer_timeout + args.retry_interval) * (args.max_retries + 1) + 30)
+        answer = httpx.post(
+            args.sim.rstrip("/") + "/sim/agent/send",
+            params={"wait": "true"},
+            json=spec,
+            timeout=(args.answer_timeout + args.retry_interval) * (args.max_retries + 1) + 30,
+        )
         print(answer.text)
         return 0 if answer.status_code == 200 and answer.json().get("state") == "delivered" else 1
     if not (args.url and args.secret and args.to):
@@ -640,9 +719,14 @@ def run_agent_send(args: Any) -> int:
     from wabridge.sim.genesys import GenesysSim
 
     async def main() -> Outbound:
-        sim = GenesysSim(integrations=[args.integration] if args.integration else [], tenant=args.tenant,
-                         signature_encoding=args.signature_encoding, retry_interval=args.retry_interval,
-                         answer_timeout=args.answer_timeout, max_retries=args.max_retries)
+        sim = GenesysSim(
+            integrations=[args.integration] if args.integration else [],
+            tenant=args.tenant,
+            signature_encoding=args.signature_encoding,
+            retry_interval=args.retry_interval,
+            answer_timeout=args.answer_timeout,
+            max_retries=args.max_retries,
+        )
         try:
             return await sim.agent.send(msgspec.convert(spec, SendSpec), wait=True)
         finally:

@@ -53,12 +53,20 @@ from wabridge.sim import meta_send, webhooks
 URL_TTL = 300.0  # Meta: a media url is valid for 5 minutes
 MAX_HEADER_BYTES = 64 * 1024
 MAX_CONTROL_BODY = 64 * 1024
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-            405: "Method Not Allowed", 411: "Length Required", 413: "Payload Too Large", 500: "Internal Server Error",
-            503: "Service Unavailable"}  # fmt: skip
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    411: "Length Required",
+    413: "Payload Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 # A POST /sim/faults naming any of these is a fault of the sending side; the rest are the media side's.
 _SEND_FAULT_KEYS = {"target", "status", "code", "latency_ms", "async"}
-
 
 
 class SimStats(msgspec.Struct, frozen=True):
@@ -131,9 +139,18 @@ class MetaSim:
         self._connections: set[asyncio.StreamWriter] = set()
         self._handlers: set[asyncio.Task[None]] = set()
         self.outbound = meta_send.Outbound(
-            self._authorized, self._now, dict(numbers or {}), app_secret, bridge_url, rate,
-            quirks or meta_send.Quirks(), status_delay, status_retries, retry_backoff, open_windows,
-        )  # fmt: skip
+            self._authorized,
+            self._now,
+            dict(numbers or {}),
+            app_secret,
+            bridge_url,
+            rate,
+            quirks or meta_send.Quirks(),
+            status_delay,
+            status_retries,
+            retry_backoff,
+            open_windows,
+        )
 
     # --- lifecycle ------------------------------------------------------------------------------------------------
 
@@ -248,7 +265,9 @@ class MetaSim:
             self._handlers.discard(handler)  # type: ignore[arg-type]
             writer.close()
 
-    def _route(self, method: str, target: str, headers: dict[str, str], body: bytes) -> tuple[int, str, "bytes | _Sized"]:
+    def _route(
+        self, method: str, target: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, str, bytes | _Sized]:
         url = urlsplit(target)
         parts = [p for p in url.path.split("/") if p]
         json_type = "application/json"
@@ -262,7 +281,7 @@ class MetaSim:
             return self._lookup(parts[1], headers)
         return 404, json_type, _graph_error(404, "Unknown path")
 
-    def _control(self, method: str, parts: list[str], body: bytes) -> tuple[int, str, "bytes | _Sized"]:
+    def _control(self, method: str, parts: list[str], body: bytes) -> tuple[int, str, bytes | _Sized]:
         json_type = "application/json"
         try:
             args = json.loads(body) if body else {}
@@ -298,7 +317,7 @@ class MetaSim:
             return False
         return not self._tokens or token.strip() in self._tokens
 
-    def _lookup(self, media_id: str, headers: dict[str, str]) -> tuple[int, str, "bytes | _Sized"]:
+    def _lookup(self, media_id: str, headers: dict[str, str]) -> tuple[int, str, bytes | _Sized]:
         json_type = "application/json"
         if not self._authorized(headers):
             self._count("unauthorized")
@@ -320,15 +339,27 @@ class MetaSim:
         expires = int(self._now() + self._url_ttl)
         url = f"{self.base_url}/media/{media_id}?expires={expires}&sig={self._url_sig(media_id, expires)}"
         self._count("lookups")
-        return 200, json_type, _json({
-            "messaging_product": "whatsapp", "url": url, "mime_type": mime,
-            "sha256": webhooks.sha256_hex(media_id), "file_size": size, "id": media_id,
-        })  # fmt: skip
+        return (
+            200,
+            json_type,
+            _json(
+                {
+                    "messaging_product": "whatsapp",
+                    "url": url,
+                    "mime_type": mime,
+                    "sha256": webhooks.sha256_hex(media_id),
+                    "file_size": size,
+                    "id": media_id,
+                }
+            ),
+        )
 
     def _url_sig(self, media_id: str, expires: int) -> str:
         return hmac.new(self._url_key, f"{media_id}:{expires}".encode(), hashlib.sha256).hexdigest()[:32]
 
-    def _download(self, media_id: str, query: dict[str, list[str]], headers: dict[str, str]) -> tuple[int, str, "bytes | _Sized"]:
+    def _download(
+        self, media_id: str, query: dict[str, list[str]], headers: dict[str, str]
+    ) -> tuple[int, str, bytes | _Sized]:
         json_type = "application/json"
         if not self._authorized(headers):
             self._count("unauthorized")
@@ -599,8 +630,10 @@ class _Connection:
 
     def __init__(self, host: str, port: int, path: str, timeout: float) -> None:
         self.host, self.port, self.timeout = host, port, timeout
-        self.prefix = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-                       f"User-Agent: wabridge-sim-meta\r\n").encode()  # fmt: skip
+        self.prefix = (
+            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+            f"User-Agent: wabridge-sim-meta\r\n"
+        ).encode()
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -621,8 +654,9 @@ class _Connection:
         await self.writer.drain()
         status_line, _, rest = (await self.reader.readuntil(b"\r\n\r\n")).partition(b"\r\n")
         status = status_line.split(b" ", 2)[1].decode()
-        headers = {k.strip().lower(): v.strip() for k, _, v in
-                   (line.partition(b":") for line in rest.split(b"\r\n") if line)}  # fmt: skip
+        headers = {
+            k.strip().lower(): v.strip() for k, _, v in (line.partition(b":") for line in rest.split(b"\r\n") if line)
+        }
         if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
             while size := int((await self.reader.readuntil(b"\r\n")).strip().split(b";")[0], 16):
                 await self.reader.readexactly(size + 2)
@@ -656,34 +690,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     serve.add_argument("--port", type=int, default=8091)
     serve.add_argument("--token", action="append", default=[], help="accepted bearer token (repeat); none = any")
     serve.add_argument("--version", default="v23.0", help="Graph API version in the path")
-    serve.add_argument("--phone-number", action="append", default=[], metavar="ID[=SECRET]",
-                       help="a phone number id the sending side knows, with its app secret (repeat); none = any")
-    serve.add_argument("--app-secret", default=os.environ.get("WABRIDGE_SIM_APP_SECRET"),
-                       help="app secret of the numbers given without one (or WABRIDGE_SIM_APP_SECRET)")
+    serve.add_argument(
+        "--phone-number",
+        action="append",
+        default=[],
+        metavar="ID[=SECRET]",
+        help="a phone number id the sending side knows, with its app secret (repeat); none = any",
+    )
+    serve.add_argument(
+        "--app-secret",
+        default=os.environ.get("WABRIDGE_SIM_APP_SECRET"),
+        help="app secret of the numbers given without one (or WABRIDGE_SIM_APP_SECRET)",
+    )
     serve.add_argument("--bridge-url", help="where status webhooks go, e.g. http://127.0.0.1:8080/webhook/meta")
     serve.add_argument("--rate", type=float, default=80.0, help="sends per second per number before 130429; 0 = off")
-    serve.add_argument("--open-windows", action="store_true",
-                       help="every customer counts as having written just now (no 131047 without set-up)")
+    serve.add_argument(
+        "--open-windows",
+        action="store_true",
+        help="every customer counts as having written just now (no 131047 without set-up)",
+    )
     serve.add_argument("--status-delay", type=float, default=0.05, help="seconds between a send's statuses")
     serve.add_argument("--out-of-order", type=float, default=0.0, help="probability a send's statuses are swapped")
     serve.add_argument("--duplicate", type=float, default=0.0, help="probability one status is posted twice")
-    serve.add_argument("--early", type=float, default=0.0,
-                       help="probability the first status is posted before the send is answered")
+    serve.add_argument(
+        "--early", type=float, default=0.0, help="probability the first status is posted before the send is answered"
+    )
     serve.add_argument("--seed", type=int, help="seed of the quirks, for a reproducible run")
     send = sub.add_parser("send", help="send signed webhooks of every message type, or a constant-rate load")
     send.add_argument("--url", required=True, help="the bridge's webhook URL")
-    send.add_argument("--app-secret", default=os.environ.get("WABRIDGE_SIM_APP_SECRET"),
-                      help="Meta app secret (or WABRIDGE_SIM_APP_SECRET, which stays out of the process list)")
+    send.add_argument(
+        "--app-secret",
+        default=os.environ.get("WABRIDGE_SIM_APP_SECRET"),
+        help="Meta app secret (or WABRIDGE_SIM_APP_SECRET, which stays out of the process list)",
+    )
     send.add_argument("--phone-number-id", required=True)
-    send.add_argument("--kinds", help=f"'all' or a comma list of: {','.join(SEND_KINDS)} (default: all; text under load)")
+    send.add_argument(
+        "--kinds", help=f"'all' or a comma list of: {','.join(SEND_KINDS)} (default: all; text under load)"
+    )
     send.add_argument("--customers", type=int, default=1)
     send.add_argument("--count", type=int, default=1, help="rounds of every kind")
     send.add_argument("--batch", type=int, default=1, help="messages per POST")
     send.add_argument("--rate", type=float, help="load mode: webhooks per second (open loop)")
     send.add_argument("--duration", type=float, default=10.0, help="load mode: seconds")
     send.add_argument("--concurrency", type=int, default=64, help="load mode: connections")
-    send.add_argument("--sim-url", help="a running `sim meta serve` (its base url) told who wrote, opening their "
-                                        "24-hour window")
+    send.add_argument(
+        "--sim-url", help="a running `sim meta serve` (its base url) told who wrote, opening their 24-hour window"
+    )
 
 
 def _kinds(text: str) -> tuple[str, ...]:
@@ -713,15 +765,33 @@ def run(args: argparse.Namespace) -> int:
         print(f"wabridge sim meta send: {exc}", file=sys.stderr)
         return 2
     if args.rate:
-        report = asyncio.run(run_load(args.url, args.app_secret, args.phone_number_id, rate=args.rate,
-                                      duration=args.duration, kinds=kinds,
-                                      customers=args.customers, concurrency=args.concurrency))  # fmt: skip
+        report = asyncio.run(
+            run_load(
+                args.url,
+                args.app_secret,
+                args.phone_number_id,
+                rate=args.rate,
+                duration=args.duration,
+                kinds=kinds,
+                customers=args.customers,
+                concurrency=args.concurrency,
+            )
+        )
         print(msgspec.json.encode(report).decode())
         ok = report.statuses.get("200", 0)
     else:
-        summary = asyncio.run(send_kinds(args.url, args.app_secret, args.phone_number_id, kinds=kinds,
-                                         customers=args.customers, count=args.count, batch=args.batch,
-                                         sim_url=args.sim_url))  # fmt: skip
+        summary = asyncio.run(
+            send_kinds(
+                args.url,
+                args.app_secret,
+                args.phone_number_id,
+                kinds=kinds,
+                customers=args.customers,
+                count=args.count,
+                batch=args.batch,
+                sim_url=args.sim_url,
+            )
+        )
         print(msgspec.json.encode(summary).decode())
         ok = summary.statuses.get("200", 0)
         report = summary
@@ -769,10 +839,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def _serve_forever(args: argparse.Namespace) -> int:
     numbers = dict((n.split("=", 1) + [""])[:2] for n in args.phone_number)
     quirks = meta_send.Quirks(args.out_of_order, args.duplicate, args.early, args.seed)
-    async with MetaSim(host=args.host, port=args.port, tokens=args.token, version=args.version,
-                       numbers={n: secret or args.app_secret or "" for n, secret in numbers.items()},
-                       app_secret=args.app_secret, bridge_url=args.bridge_url, rate=args.rate, quirks=quirks,
-                       status_delay=args.status_delay, open_windows=args.open_windows) as sim:  # fmt: skip
+    async with MetaSim(
+        host=args.host,
+        port=args.port,
+        tokens=args.token,
+        version=args.version,
+        numbers={n: secret or args.app_secret or "" for n, secret in numbers.items()},
+        app_secret=args.app_secret,
+        bridge_url=args.bridge_url,
+        rate=args.rate,
+        quirks=quirks,
+        status_delay=args.status_delay,
+        open_windows=args.open_windows,
+    ) as sim:
         print(f"meta sim: graph_api_url={sim.graph_url} (Ctrl-C to stop)", flush=True)
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.Event().wait()

@@ -68,40 +68,69 @@ ERRORS: dict[int, tuple[str, str]] = {
     100: ("Invalid parameter", "The request included one or more unsupported or misspelled parameters."),
     190: ("Invalid OAuth access token", "Invalid OAuth access token - Cannot parse access token"),
     80007: ("Rate limit issues", "The WhatsApp Business Account has reached its rate limit."),
-    130429: ("Rate limit hit", "Message failed to send because there were too many messages sent from this phone "
-                               "number in a short period of time"),
+    130429: (
+        "Rate limit hit",
+        "Message failed to send because there were too many messages sent from this phone "
+        "number in a short period of time",
+    ),
     131000: ("Something went wrong", "Message failed to send due to an unknown error."),
-    131026: ("Message undeliverable", "Unable to deliver message. Reasons can include: the recipient phone number "
-                                      "is not a WhatsApp phone number; the recipient has not accepted the new terms."),
-    131047: ("Re-engagement message", "Message failed to send because more than 24 hours have passed since the "
-                                      "customer last replied to this number."),
-    131048: ("Spam rate limit hit", "Message failed to send because there are restrictions on how many messages "
-                                    "can be sent from this phone number."),
-    131050: ("User stopped marketing messages", "Unable to deliver the message. This recipient has chosen to stop "
-                                                "receiving marketing messages on WhatsApp from your business."),
+    131026: (
+        "Message undeliverable",
+        "Unable to deliver message. Reasons can include: the recipient phone number "
+        "is not a WhatsApp phone number; the recipient has not accepted the new terms.",
+    ),
+    131047: (
+        "Re-engagement message",
+        "Message failed to send because more than 24 hours have passed since the customer last replied to this number.",
+    ),
+    131048: (
+        "Spam rate limit hit",
+        "Message failed to send because there are restrictions on how many messages "
+        "can be sent from this phone number.",
+    ),
+    131050: (
+        "User stopped marketing messages",
+        "Unable to deliver the message. This recipient has chosen to stop "
+        "receiving marketing messages on WhatsApp from your business.",
+    ),
     131053: ("Media upload error", "Unable to upload the media used in the message."),
-    131056: ("(Business Account, Consumer Account) pair rate limit hit",
-             "Message failed to send because there were too many messages sent from this phone number to the same "
-             "phone number in a short period of time."),
-    133016: ("Account register deregister rate limit exceeded",
-             "Registration or Deregistration failed because there were too many attempts for this phone number."),
-}  # fmt: skip
+    131056: (
+        "(Business Account, Consumer Account) pair rate limit hit",
+        "Message failed to send because there were too many messages sent from this phone number to the same "
+        "phone number in a short period of time.",
+    ),
+    133016: (
+        "Account register deregister rate limit exceeded",
+        "Registration or Deregistration failed because there were too many attempts for this phone number.",
+    ),
+}
 
 MEDIA_TYPES = ("image", "video", "audio", "document", "sticker")
 FREE_FORM_TYPES = (*MEDIA_TYPES, "text", "interactive", "reaction", "location", "contacts")
 _MB = 1024 * 1024
 _DOCUMENT_MIMES = (
-    "text/plain", "application/pdf", "application/msword", "application/vnd.ms-excel", "application/vnd.ms-powerpoint",
+    "text/plain",
+    "application/pdf",
+    "application/msword",
+    "application/vnd.ms-excel",
+    "application/vnd.ms-powerpoint",
     "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
     "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
     "application/vnd.openxmlformats-officedocument.presentationml.presentation",
-)  # fmt: skip
+)
 UPLOAD_LIMITS: dict[str, int] = {
-    "image/jpeg": 5 * _MB, "image/png": 5 * _MB, "video/mp4": 16 * _MB, "video/3gpp": 16 * _MB,
-    "audio/aac": 16 * _MB, "audio/amr": 16 * _MB, "audio/mpeg": 16 * _MB, "audio/mp4": 16 * _MB,
-    "audio/ogg": 16 * _MB, "image/webp": 500 * 1024,  # a sticker: 100 KB static, 500 KB animated
+    "image/jpeg": 5 * _MB,
+    "image/png": 5 * _MB,
+    "video/mp4": 16 * _MB,
+    "video/3gpp": 16 * _MB,
+    "audio/aac": 16 * _MB,
+    "audio/amr": 16 * _MB,
+    "audio/mpeg": 16 * _MB,
+    "audio/mp4": 16 * _MB,
+    "audio/ogg": 16 * _MB,
+    "image/webp": 500 * 1024,  # a sticker: 100 KB static, 500 KB animated
     **dict.fromkeys(_DOCUMENT_MIMES, 100 * _MB),
-}  # fmt: skip
+}
 
 
 def body_limit(what: str) -> int:
@@ -117,11 +146,17 @@ def graph_error(
     code: int, details: str | None = None, *, title: str | None = None, type_: str = "OAuthException"
 ) -> bytes:
     known_title, known_details = ERRORS.get(code, ("Simulated error", "Injected by the simulator."))
-    return msgspec.json.encode({"error": {
-        "message": f"(#{code}) {title or known_title}", "type": type_, "code": code,
-        "error_data": {"messaging_product": "whatsapp", "details": details or known_details},
-        "fbtrace_id": "Sim" + secrets.token_urlsafe(16),
-    }})  # fmt: skip
+    return msgspec.json.encode(
+        {
+            "error": {
+                "message": f"(#{code}) {title or known_title}",
+                "type": type_,
+                "code": code,
+                "error_data": {"messaging_product": "whatsapp", "details": details or known_details},
+                "fbtrace_id": "Sim" + secrets.token_urlsafe(16),
+            }
+        }
+    )
 
 
 def wamid_for(wa_id: str) -> str:
@@ -164,7 +199,7 @@ def validate_read(doc: dict[str, Any]) -> None:
     _text(doc, "message_id")
     indicator = doc.get("typing_indicator")
     if indicator is not None and (not isinstance(indicator, dict) or indicator.get("type") != "text"):
-        raise Invalid("Param typing_indicator must be {\"type\": \"text\"}")
+        raise Invalid('Param typing_indicator must be {"type": "text"}')
 
 
 def validate_send(doc: dict[str, Any]) -> str:
@@ -278,8 +313,10 @@ def parse_multipart(body: bytes, content_type: str) -> dict[str, tuple[str, byte
         if chunk.startswith(b"--"):
             break
         head, _, data = chunk.partition(b"\r\n\r\n")
-        headers = {k.strip().lower(): v.strip() for k, _, v in
-                   (line.decode("latin-1").partition(":") for line in head.strip().split(b"\r\n"))}  # fmt: skip
+        headers = {
+            k.strip().lower(): v.strip()
+            for k, _, v in (line.decode("latin-1").partition(":") for line in head.strip().split(b"\r\n"))
+        }
         name = re.search(r'\bname="([^"]*)"', headers.get("content-disposition", ""))
         if name:
             parts[name.group(1)] = (headers.get("content-type", ""), data.removesuffix(b"\r\n"))
@@ -392,7 +429,9 @@ class Outbound:
         if self._http is not None:
             await self._http.aclose()
             self._http = None
-            await asyncio.sleep(0)  # the connections' close runs on the next loop turn: the bridge sees EOF before we go
+            await asyncio.sleep(
+                0
+            )  # the connections' close runs on the next loop turn: the bridge sees EOF before we go
 
     def control(self, method: str, parts: list[str], args: dict[str, Any]) -> _Response | None:
         if method == "GET" and parts == ["sent"]:
@@ -426,9 +465,18 @@ class Outbound:
         if not self.authorized(headers):
             return 401, JSON, graph_error(190)
         if self.numbers and phone_number_id not in self.numbers:
-            return 400, JSON, graph_error(100, title=(
-                f"Unsupported post request. Object with ID '{phone_number_id}' does not exist, cannot be loaded due to "
-                "missing permissions, or does not support this operation"), type_="GraphMethodException")  # fmt: skip
+            return (
+                400,
+                JSON,
+                graph_error(
+                    100,
+                    title=(
+                        f"Unsupported post request. Object with ID '{phone_number_id}' does not exist, cannot be loaded due to "
+                        "missing permissions, or does not support this operation"
+                    ),
+                    type_="GraphMethodException",
+                ),
+            )
         fault = await self._take_fault(what)
         if fault is not None and (fault.status is not None or (fault.code is not None and not fault.async_)):
             status = fault.status or (401 if fault.code == 190 else 400)
@@ -463,8 +511,14 @@ class Outbound:
             raise Invalid("Param messaging_product is required and must be 'whatsapp'")
         if "status" in doc:  # a read mark, or a typing indicator (which also marks read)
             validate_read(doc)
-            self.reads.append({"phone_number_id": phone_number_id, "message_id": doc["message_id"],
-                               "typing": "typing_indicator" in doc, "at": self.now()})
+            self.reads.append(
+                {
+                    "phone_number_id": phone_number_id,
+                    "message_id": doc["message_id"],
+                    "typing": "typing_indicator" in doc,
+                    "at": self.now(),
+                }
+            )
             return 200, JSON, b'{"success":true}'
         kind = validate_send(doc)
         if not self._take_token(phone_number_id):
@@ -478,8 +532,11 @@ class Outbound:
             sent.failure = 131053
         self.sent.append(sent)
         await self._plan_statuses(sent)
-        answer = {"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": customer_key(to)}],
-                  "messages": [{"id": sent.wamid}]}  # fmt: skip
+        answer = {
+            "messaging_product": "whatsapp",
+            "contacts": [{"input": to, "wa_id": customer_key(to)}],
+            "messages": [{"id": sent.wamid}],
+        }
         return 200, JSON, msgspec.json.encode(answer)
 
     def _take_token(self, phone_number_id: str) -> bool:
@@ -545,12 +602,28 @@ class Outbound:
         if sent.failure is not None:
             code = sent.failure
             title, details = ERRORS.get(code, ("Simulated error", "Injected by the simulator."))
-            items = [webhooks.send_status(sent.wamid, "failed", recipient_id=recipient, ts=ts,
-                                          biz_opaque_callback_data=callback, error=(code, title, details))]  # fmt: skip
+            items = [
+                webhooks.send_status(
+                    sent.wamid,
+                    "failed",
+                    recipient_id=recipient,
+                    ts=ts,
+                    biz_opaque_callback_data=callback,
+                    error=(code, title, details),
+                )
+            ]
         else:  # the timestamps tell the true order, whatever order the posts arrive in
-            items = [webhooks.send_status(sent.wamid, status, recipient_id=recipient, ts=ts + i,
-                                          biz_opaque_callback_data=callback, category=category)
-                     for i, status in enumerate(("sent", "delivered", "read"))]  # fmt: skip
+            items = [
+                webhooks.send_status(
+                    sent.wamid,
+                    status,
+                    recipient_id=recipient,
+                    ts=ts + i,
+                    biz_opaque_callback_data=callback,
+                    category=category,
+                )
+                for i, status in enumerate(("sent", "delivered", "read"))
+            ]
         quirks, rng = self.quirks, self.rng
         if len(items) > 1 and rng.random() < quirks.out_of_order:
             i = rng.randrange(len(items) - 1)
@@ -589,8 +662,9 @@ class Outbound:
                 answer: int | str = (await self._http.request("POST", _target(self.bridge_url), headers, body)).status
             except (HttpError, TimeoutError, OSError) as exc:
                 answer = type(exc).__name__
-            self.statuses.append(StatusPost(item["id"], item["status"], phone_number_id, attempt, answer,
-                                            time.time(), item))  # fmt: skip
+            self.statuses.append(
+                StatusPost(item["id"], item["status"], phone_number_id, attempt, answer, time.time(), item)
+            )
             if isinstance(answer, int) and 200 <= answer < 300:
                 return
             if attempt <= self.status_retries:

@@ -62,10 +62,29 @@ MEDIA_KINDS: dict[str, tuple[str, str, int]] = {
 }
 
 ALL_KINDS: tuple[str, ...] = (
-    "text", "image", "video", "audio", "voice", "document", "sticker", "location", "contacts",
-    "button_reply", "list_reply", "nfm_reply", "button", "reaction", "unreaction", "order", "system",
-    "referral", "reply", "forwarded", "unsupported", "unknown",
-)  # fmt: skip
+    "text",
+    "image",
+    "video",
+    "audio",
+    "voice",
+    "document",
+    "sticker",
+    "location",
+    "contacts",
+    "button_reply",
+    "list_reply",
+    "nfm_reply",
+    "button",
+    "reaction",
+    "unreaction",
+    "order",
+    "system",
+    "referral",
+    "reply",
+    "forwarded",
+    "unsupported",
+    "unknown",
+)
 
 _serial = itertools.count(1)
 
@@ -200,51 +219,103 @@ def _payload(
         case "location":
             return {
                 "type": "location",
-                "location": {"latitude": 38.7223, "longitude": -9.1393, "name": "Praça do Comércio",
-                             "address": "1100-148 Lisboa", "url": "https://maps.example.com/pc"},
-            }  # fmt: skip
+                "location": {
+                    "latitude": 38.7223,
+                    "longitude": -9.1393,
+                    "name": "Praça do Comércio",
+                    "address": "1100-148 Lisboa",
+                    "url": "https://maps.example.com/pc",
+                },
+            }
         case "contacts":
             return {
                 "type": "contacts",
-                "contacts": [{
-                    "name": {"formatted_name": "Chandler Bing", "first_name": "Chandler", "last_name": "Bing"},
-                    "phones": [{"phone": "+1 555-555-5555", "wa_id": "15555555555", "type": "CELL"}],
-                    "emails": [{"email": "chandler@example.com", "type": "WORK"}],
-                    "org": {"company": "Initech"},
-                }],
-            }  # fmt: skip
+                "contacts": [
+                    {
+                        "name": {"formatted_name": "Chandler Bing", "first_name": "Chandler", "last_name": "Bing"},
+                        "phones": [{"phone": "+1 555-555-5555", "wa_id": "15555555555", "type": "CELL"}],
+                        "emails": [{"email": "chandler@example.com", "type": "WORK"}],
+                        "org": {"company": "Initech"},
+                    }
+                ],
+            }
         case "button_reply":
-            return {"type": "interactive",
-                    "interactive": {"type": "button_reply", "button_reply": {"id": "yes-1", "title": "Yes"}}}
+            return {
+                "type": "interactive",
+                "interactive": {"type": "button_reply", "button_reply": {"id": "yes-1", "title": "Yes"}},
+            }
         case "list_reply":
-            return {"type": "interactive", "interactive": {"type": "list_reply", "list_reply": {
-                "id": "row-2", "title": "Blue", "description": "The blue one"}}}  # fmt: skip
+            return {
+                "type": "interactive",
+                "interactive": {
+                    "type": "list_reply",
+                    "list_reply": {"id": "row-2", "title": "Blue", "description": "The blue one"},
+                },
+            }
         case "nfm_reply":
-            return {"type": "interactive", "interactive": {"type": "nfm_reply", "nfm_reply": {
-                "name": "flow", "body": "Sent",
-                "response_json": json.dumps({"flow_token": "fl0w", "first_name": "Bob", "age": "32"})}}}  # fmt: skip
+            return {
+                "type": "interactive",
+                "interactive": {
+                    "type": "nfm_reply",
+                    "nfm_reply": {
+                        "name": "flow",
+                        "body": "Sent",
+                        "response_json": json.dumps({"flow_token": "fl0w", "first_name": "Bob", "age": "32"}),
+                    },
+                },
+            }
         case "button":
-            return {"type": "button", "button": {"payload": "No-Button-Payload", "text": "No"},
-                    "context": {"from": DISPLAY_PHONE_NUMBER, "id": context_id or new_wamid()}}
+            return {
+                "type": "button",
+                "button": {"payload": "No-Button-Payload", "text": "No"},
+                "context": {"from": DISPLAY_PHONE_NUMBER, "id": context_id or new_wamid()},
+            }
         case "reaction":
             return {"type": "reaction", "reaction": {"message_id": context_id or new_wamid(), "emoji": "\U0001f62e"}}
         case "unreaction":  # emoji empty = the customer removed their reaction
             return {"type": "reaction", "reaction": {"message_id": context_id or new_wamid(), "emoji": ""}}
         case "order":
-            return {"type": "order", "order": {"catalog_id": "354160437058781", "text": "Lunch", "product_items": [
-                {"product_retailer_id": "HAMBURGER", "quantity": 3, "item_price": 30, "currency": "EUR"},
-                {"product_retailer_id": "SODA", "quantity": 2, "item_price": 10, "currency": "EUR"}]}}  # fmt: skip
+            return {
+                "type": "order",
+                "order": {
+                    "catalog_id": "354160437058781",
+                    "text": "Lunch",
+                    "product_items": [
+                        {"product_retailer_id": "HAMBURGER", "quantity": 3, "item_price": 30, "currency": "EUR"},
+                        {"product_retailer_id": "SODA", "quantity": 2, "item_price": 10, "currency": "EUR"},
+                    ],
+                },
+            }
         case "system":
-            return {"type": "system", "system": {"body": "User changed from 16505551234 to 16505559999",
-                                                 "type": "customer_changed_number", "new_wa_id": "16505559999"}}
+            return {
+                "type": "system",
+                "system": {
+                    "body": "User changed from 16505551234 to 16505559999",
+                    "type": "customer_changed_number",
+                    "new_wa_id": "16505559999",
+                },
+            }
         case "referral":
-            return {"type": "text", "text": {"body": text}, "referral": {
-                "source_url": "https://fb.me/ad", "source_id": "ADID", "source_type": "ad", "body": "Spring sale",
-                "headline": "50% off", "media_type": "image", "image_url": "https://example.com/ad.jpg",
-                "ctwa_clid": "CTWA_CLID"}}  # fmt: skip
+            return {
+                "type": "text",
+                "text": {"body": text},
+                "referral": {
+                    "source_url": "https://fb.me/ad",
+                    "source_id": "ADID",
+                    "source_type": "ad",
+                    "body": "Spring sale",
+                    "headline": "50% off",
+                    "media_type": "image",
+                    "image_url": "https://example.com/ad.jpg",
+                    "ctwa_clid": "CTWA_CLID",
+                },
+            }
         case "reply":
-            return {"type": "text", "text": {"body": text},
-                    "context": {"from": DISPLAY_PHONE_NUMBER, "id": context_id or new_wamid()}}
+            return {
+                "type": "text",
+                "text": {"body": text},
+                "context": {"from": DISPLAY_PHONE_NUMBER, "id": context_id or new_wamid()},
+            }
         case "forwarded":
             return {"type": "text", "text": {"body": text}, "context": {"forwarded": True}}
         case "unsupported":
@@ -255,8 +326,12 @@ def _payload(
 
 
 def _unsupported_error() -> dict[str, Any]:
-    return {"code": 131051, "title": "Message type unknown", "message": "Message type unknown",
-            "error_data": {"details": "Message type is currently not supported."}}  # fmt: skip
+    return {
+        "code": 131051,
+        "title": "Message type unknown",
+        "message": "Message type unknown",
+        "error_data": {"details": "Message type is currently not supported."},
+    }
 
 
 def status(wamid: str, status: str = "delivered", *, recipient_id: str = "16505551234", ts: float | None = None):
@@ -367,6 +442,13 @@ def send_status(
         item["pricing"] = {"billable": True, "pricing_model": "PMP", "category": category}
     if error is not None:
         code, title, details = error
-        item["errors"] = [{"code": code, "title": title, "message": title, "error_data": {"details": details},
-                           "href": ERROR_CODES_HREF}]  # fmt: skip
+        item["errors"] = [
+            {
+                "code": code,
+                "title": title,
+                "message": title,
+                "error_data": {"details": details},
+                "href": ERROR_CODES_HREF,
+            }
+        ]
     return item

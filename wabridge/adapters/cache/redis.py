@@ -16,8 +16,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from wabridge.ports import BackendUnavailable
 from wabridge.engine.settings import Settings
+from wabridge.ports import BackendUnavailable
 
 T = TypeVar("T")
 
@@ -93,6 +93,7 @@ class RedisCache:
 
     async def incr(self, key: str, ttl: float, amount: int = 1) -> int:
         full = self._prefix + key
+
         # INCRBY and PEXPIRE NX in one MULTI: one round trip, and the window starts when the key is created.
         async def both() -> list:
             async with self._redis.pipeline(transaction=True) as pipe:

@@ -27,8 +27,8 @@ from urllib.parse import quote, unquote
 import anyio.to_thread
 import msgspec
 
-from wabridge.ports import MEDIA_BUCKET, MEDIA_OUTBOUND_BUCKET, WEBHOOKS_BUCKET, WEBHOOKS_OUTBOUND_BUCKET
 from wabridge.engine.settings import Settings
+from wabridge.ports import MEDIA_BUCKET, MEDIA_OUTBOUND_BUCKET, WEBHOOKS_BUCKET, WEBHOOKS_OUTBOUND_BUCKET
 
 BUCKETS = (WEBHOOKS_BUCKET, MEDIA_BUCKET, WEBHOOKS_OUTBOUND_BUCKET, MEDIA_OUTBOUND_BUCKET)
 KEY_FILE = "objects.key"

@@ -23,7 +23,7 @@ import base64
 import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 from xml.etree import ElementTree
 
@@ -34,8 +34,9 @@ from miniopy_async.error import InvalidResponseError, S3Error, ServerError
 from miniopy_async.helpers import normalize_headers, quote
 from miniopy_async.signer import sign_v4_s3
 
-from wabridge.http.client import Http1Pool, HttpError
 from wabridge.codecs.object_keys import extension_for, key_part, media_key, utc_day, webhook_key
+from wabridge.engine.settings import Settings
+from wabridge.http.client import Http1Pool, HttpError
 from wabridge.ports import (
     MEDIA_BUCKET,
     MEDIA_OUTBOUND_BUCKET,
@@ -43,7 +44,6 @@ from wabridge.ports import (
     WEBHOOKS_OUTBOUND_BUCKET,
     BackendUnavailable,
 )
-from wabridge.engine.settings import Settings
 
 __all__ = ["S3Objects", "extension_for", "key_part", "media_key", "utc_day", "webhook_key"]
 
@@ -89,8 +89,12 @@ class S3Objects:
     async def open(self) -> None:
         if self._client is None:
             self._client = self._make_client()
-            self._puts = Http1Pool(self._settings.s3_endpoint or "", limit=self._max_connections,
-                                   timeout=self._read_timeout, connect_timeout=self._connect_timeout)  # fmt: skip
+            self._puts = Http1Pool(
+                self._settings.s3_endpoint or "",
+                limit=self._max_connections,
+                timeout=self._read_timeout,
+                connect_timeout=self._connect_timeout,
+            )
         for bucket in BUCKETS:
             await self._ensure_bucket(self.bucket_name(bucket))
 
@@ -143,23 +147,31 @@ class S3Objects:
         path = f"/{name}/{quote(key)}"
         endpoint = urlsplit(self._puts.origin + path)
         secure = endpoint.scheme == "https"
-        headers = {"Host": endpoint.netloc, "Content-Type": content_type, "Content-Length": str(len(data)),
-                   **normalize_headers(dict(metadata) if metadata else None)}  # fmt: skip
+        headers = {
+            "Host": endpoint.netloc,
+            "Content-Type": content_type,
+            "Content-Length": str(len(data)),
+            **normalize_headers(dict(metadata) if metadata else None),
+        }
         # What miniopy sends: over TLS an unsigned payload with its MD5, in clear the payload's SHA-256.
         digest = await _hash(_md5_base64 if secure else _sha256_hex, data)
         if secure:
             headers["Content-MD5"], content_sha256 = digest, "UNSIGNED-PAYLOAD"
         else:
             content_sha256 = digest
-        date = datetime.now(timezone.utc).replace(microsecond=0)
+        date = datetime.now(UTC).replace(microsecond=0)
         headers["x-amz-content-sha256"] = content_sha256
         headers["x-amz-date"] = date.strftime("%Y%m%dT%H%M%SZ")
-        signed = sign_v4_s3("PUT", endpoint, self._settings.s3_region, headers, self._credentials(), content_sha256,
-                            date)  # fmt: skip
+        signed = sign_v4_s3(
+            "PUT", endpoint, self._settings.s3_region, headers, self._credentials(), content_sha256, date
+        )
         # The pool writes Host and Content-Length itself; a header with several values (metadata) is sent as one line,
         # joined with commas as the signer joined it.
-        sent = {k: v if isinstance(v, str) else ",".join(v) for k, v in signed.items()
-                if k not in ("Host", "Content-Length")}  # fmt: skip
+        sent = {
+            k: v if isinstance(v, str) else ",".join(v)
+            for k, v in signed.items()
+            if k not in ("Host", "Content-Length")
+        }
         async with _translated(f"put {bucket}/{key}"):  # what miniopy's answers raise, translated as for its calls
             reply = await self._puts.request("PUT", path, sent, data)
             if reply.status >= 500:
@@ -195,9 +207,7 @@ class S3Objects:
         client = self._require()
         seconds = max(1, min(int(expires), MAX_PRESIGN_SECONDS))
         async with _translated(f"presign {bucket}/{key}"):
-            return await client.presigned_get_object(
-                self.bucket_name(bucket), key, expires=timedelta(seconds=seconds)
-            )
+            return await client.presigned_get_object(self.bucket_name(bucket), key, expires=timedelta(seconds=seconds))
 
     async def ping(self) -> bool:
         """True when the server answers and our webhooks bucket is there."""
@@ -205,7 +215,7 @@ class S3Objects:
             return False
         try:
             return await self._client.bucket_exists(self.bucket_name(WEBHOOKS_BUCKET))
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, S3Error, ServerError, InvalidResponseError):
+        except (TimeoutError, aiohttp.ClientError, OSError, S3Error, ServerError, InvalidResponseError):
             return False
 
     async def close(self) -> None:
@@ -227,7 +237,7 @@ async def _translated(operation: str) -> AsyncIterator[None]:
     """Network failures and server-side faults become BackendUnavailable; the caller's own mistakes pass through."""
     try:
         yield
-    except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, HttpError) as exc:
+    except (TimeoutError, aiohttp.ClientError, ConnectionError, HttpError) as exc:
         if isinstance(exc, BackendUnavailable):
             raise
         raise BackendUnavailable(PORT, f"{operation}: {type(exc).__name__}: {exc}") from exc
@@ -261,5 +271,13 @@ def _s3_error(status: int, body: bytes, bucket: str, key: str) -> S3Error:
     try:
         return S3Error.fromxml(None, body.decode(errors="replace"))  # type: ignore[arg-type]  # no aiohttp response
     except ElementTree.ParseError:
-        return S3Error(None, f"HTTP {status}", None, None, None, None,  # type: ignore[arg-type]
-                       bucket_name=bucket, object_name=key)  # fmt: skip
+        return S3Error(
+            None,
+            f"HTTP {status}",
+            None,
+            None,
+            None,
+            None,  # type: ignore[arg-type]
+            bucket_name=bucket,
+            object_name=key,
+        )

@@ -48,8 +48,8 @@ from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
 from wabridge.adapters.queue import amqp_wire
-from wabridge.ports import BackendUnavailable, Delivery
 from wabridge.engine.settings import Settings
+from wabridge.ports import BackendUnavailable, Delivery
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,9 @@ _HEADER_FLAGS = 0x2000 | 0x1000 | 0x0080
 _TENANT_FIELD = bytes([len(TENANT_HEADER)]) + TENANT_HEADER.encode() + b"S"
 
 
-def publish_frames(channel: int, exchange: str, routing_key: str, body: bytes, *, message_id: str,
-                   tenant_id: str, max_content: int) -> bytes:
+def publish_frames(
+    channel: int, exchange: str, routing_key: str, body: bytes, *, message_id: str, tenant_id: str, max_content: int
+) -> bytes:
     """Basic.Publish + content header + body frames of a persistent message with our two properties (message_id,
     headers {tenant_id}), encoded directly: pamqp's generic marshal of the same frames cost more than the rest of
     the publish. Byte-for-byte pamqp's output (tests/contract/test_queue.py); short strings over 255 bytes are
@@ -98,22 +99,38 @@ def publish_frames(channel: int, exchange: str, routing_key: str, body: bytes, *
         raise ValueError("AMQP short string over 255 bytes")
     method = b"".join((_PUBLISH_METHOD, bytes([len(ex)]), ex, bytes([len(rk)]), rk, b"\x00"))
     table = b"".join((_TENANT_FIELD, struct.pack(">I", len(tid)), tid))
-    header = b"".join((_HEADER_HEAD.pack(60, 0, len(body), _HEADER_FLAGS), struct.pack(">I", len(table)), table,
-                       bytes([PERSISTENT, len(mid)]), mid))
-    parts = [_FRAME_HEAD.pack(1, channel, len(method)), method, _FRAME_END,
-             _FRAME_HEAD.pack(2, channel, len(header)), header, _FRAME_END]
+    header = b"".join(
+        (
+            _HEADER_HEAD.pack(60, 0, len(body), _HEADER_FLAGS),
+            struct.pack(">I", len(table)),
+            table,
+            bytes([PERSISTENT, len(mid)]),
+            mid,
+        )
+    )
+    parts = [
+        _FRAME_HEAD.pack(1, channel, len(method)),
+        method,
+        _FRAME_END,
+        _FRAME_HEAD.pack(2, channel, len(header)),
+        header,
+        _FRAME_END,
+    ]
     for start in range(0, len(body), max_content):
-        chunk = body[start:start + max_content]
+        chunk = body[start : start + max_content]
         parts += (_FRAME_HEAD.pack(3, channel, len(chunk)), chunk, _FRAME_END)
     return b"".join(parts)
 
 
-def generic_publish_frames(channel: int, exchange: str, routing_key: str, body: bytes,
-                           properties: spec.Basic.Properties, *, max_content: int) -> bytes:
+def generic_publish_frames(
+    channel: int, exchange: str, routing_key: str, body: bytes, properties: spec.Basic.Properties, *, max_content: int
+) -> bytes:
     """The same through pamqp, for any properties (dead-lettering copies the broker's x-death headers)."""
-    frames: list = [spec.Basic.Publish(exchange=exchange, routing_key=routing_key),
-                    ContentHeader(0, len(body), properties)]
-    frames += [ContentBody(body[i:i + max_content]) for i in range(0, len(body), max_content)]
+    frames: list = [
+        spec.Basic.Publish(exchange=exchange, routing_key=routing_key),
+        ContentHeader(0, len(body), properties),
+    ]
+    frames += [ContentBody(body[i : i + max_content]) for i in range(0, len(body), max_content)]
     return ChannelFrame.marshall(channel, frames).payload
 
 
@@ -134,7 +151,7 @@ class Settlements:
     """The settlement writer of one consume channel. Pending frames are bounded by what the channel holds unacked
     (its prefetch, or the dead letters taken), since each delivery settles once."""
 
-    __slots__ = ("channel", "_frames", "_drained", "_flushing")
+    __slots__ = ("_drained", "_flushing", "_frames", "channel")
 
     def __init__(self, channel: AbstractChannel) -> None:
         self.channel = channel
@@ -182,8 +199,18 @@ class AmqpDelivery:
     """One message from a shard (or the dead queue). Settlement on a channel that died is a no-op: the broker
     has already put the message back and will deliver it again (at-least-once)."""
 
-    __slots__ = ("tenant_id", "message_id", "body", "shard", "attempt", "reason", "_queue", "_message", "_settlements",
-                 "_settled")
+    __slots__ = (
+        "_message",
+        "_queue",
+        "_settled",
+        "_settlements",
+        "attempt",
+        "body",
+        "message_id",
+        "reason",
+        "shard",
+        "tenant_id",
+    )
 
     def __init__(self, queue: AmqpQueue, message: DeliveredMessage, shard: int, settlements: Settlements) -> None:
         props = message.header.properties
@@ -227,8 +254,7 @@ class AmqpDelivery:
             return
         # The frame is queued at once, so a cancelled handler cannot leave a half-sent settlement behind; only the
         # wait for the write is given up (shielded: the batch's future is shared with other callers).
-        drained = settlements.settle(settle_frame(channel.number, self._message.delivery.delivery_tag,
-                                                  requeue=requeue))
+        drained = settlements.settle(settle_frame(channel.number, self._message.delivery.delivery_tag, requeue=requeue))
         try:
             await asyncio.shield(drained)
         except asyncio.CancelledError:
@@ -243,8 +269,9 @@ class AmqpDelivery:
 class AmqpConsumer:
     """Subscriptions to some shards on one channel; re-subscribes after the broker comes back."""
 
-    def __init__(self, queue: AmqpQueue, handler: Callable[[Delivery], Awaitable[None]], shards: Sequence[int],
-                 prefetch: int) -> None:
+    def __init__(
+        self, queue: AmqpQueue, handler: Callable[[Delivery], Awaitable[None]], shards: Sequence[int], prefetch: int
+    ) -> None:
         self._queue = queue
         self._handler = handler
         self._shards = tuple(shards)
@@ -265,8 +292,9 @@ class AmqpConsumer:
         await channel.basic_qos(prefetch_count=self._prefetch)
         settlements = Settlements(channel)
         for shard in self._shards:
-            await channel.basic_consume(shard_queue(self._queue.queue_name, shard),
-                                        self._on_message(shard, settlements))
+            await channel.basic_consume(
+                shard_queue(self._queue.queue_name, shard), self._on_message(shard, settlements)
+            )
         self._channel, self._settlements = channel, settlements
 
     def _on_message(self, shard: int, settlements: Settlements) -> Callable[[DeliveredMessage], Awaitable[None]]:
@@ -303,7 +331,7 @@ class AmqpConsumer:
             try:
                 await self._subscribe()
                 failures = 0
-            except Exception as exc:  # noqa: BLE001 - this task must outlive any failure, or consumption stops
+            except Exception as exc:
                 failures += 1
                 log.warning("queue consumer re-subscription failed: %s", type(exc).__name__)  # no URL in logs
 
@@ -360,12 +388,20 @@ class AmqpQueue:
 
     async def _connected(self) -> AbstractConnection:
         connection = self._connection
-        if connection is not None and not connection.is_closed and self._publisher is not None \
-                and not self._publisher.is_closed:
+        if (
+            connection is not None
+            and not connection.is_closed
+            and self._publisher is not None
+            and not self._publisher.is_closed
+        ):
             return connection
         async with self._connect_lock:
-            if self._connection is not None and not self._connection.is_closed and self._publisher is not None \
-                    and not self._publisher.is_closed:
+            if (
+                self._connection is not None
+                and not self._connection.is_closed
+                and self._publisher is not None
+                and not self._publisher.is_closed
+            ):
                 return self._connection
             if self._closed:
                 raise BackendUnavailable(PORT, "queue closed")
@@ -381,7 +417,7 @@ class AmqpQueue:
                     except BaseException:
                         await connection.close()
                         raise
-            except Exception as exc:  # noqa: BLE001 - whatever the handshake died of, the broker is not usable now
+            except Exception as exc:
                 # Not only AMQPError/OSError: a peer that accepts and at once closes the socket (a broker still
                 # booting, a proxy with no backend) ends aiormq's handshake with a bare StopAsyncIteration.
                 self._failed_at = time.monotonic()
@@ -396,13 +432,17 @@ class AmqpQueue:
         await channel.exchange_declare(self.queue_name, exchange_type="x-consistent-hash", durable=True)
         for shard in range(self.shards):
             name = shard_queue(self.queue_name, shard)
-            await channel.queue_declare(name, durable=True, arguments={
-                "x-queue-type": "quorum",
-                "x-single-active-consumer": True,
-                "x-delivery-limit": max(self.delivery_limit - 1, 0),
-                "x-dead-letter-exchange": "",
-                "x-dead-letter-routing-key": dead,
-            })
+            await channel.queue_declare(
+                name,
+                durable=True,
+                arguments={
+                    "x-queue-type": "quorum",
+                    "x-single-active-consumer": True,
+                    "x-delivery-limit": max(self.delivery_limit - 1, 0),
+                    "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": dead,
+                },
+            )
             await channel.queue_bind(name, self.queue_name, routing_key="1")  # equal weight per shard
 
     async def _drop_connection(self) -> None:
@@ -428,8 +468,15 @@ class AmqpQueue:
         properties = spec.Basic.Properties(delivery_mode=PERSISTENT, message_id=message_id, headers=headers)
         await self._confirmed("", dead_queue(self.queue_name), body, message_id, None, properties)
 
-    async def _confirmed(self, exchange: str, routing_key: str, body: bytes, message_id: str, tenant_id: str | None,
-                         properties: spec.Basic.Properties | None) -> None:
+    async def _confirmed(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        message_id: str,
+        tenant_id: str | None,
+        properties: spec.Basic.Properties | None,
+    ) -> None:
         await self._connected()
         channel = self._publisher
         if channel is None:
@@ -439,8 +486,9 @@ class AmqpQueue:
                 async with self._in_flight:
                     # aiormq's future: rejected by aiormq itself when the channel closes under it
                     confirm = channel.create_future()
-                    self._outbox.append((channel, exchange, routing_key, body, message_id, tenant_id, properties,
-                                         confirm))
+                    self._outbox.append(
+                        (channel, exchange, routing_key, body, message_id, tenant_id, properties, confirm)
+                    )
                     if self._writer is None or self._writer.done():
                         self._writer = asyncio.get_running_loop().create_task(self._write_outbox(), name="amqp-publish")
                     self._outbox_ready.set()
@@ -484,11 +532,19 @@ class AmqpQueue:
                 continue
             try:
                 if properties is None:
-                    frames = publish_frames(channel.number, exchange, routing_key, body, message_id=message_id,
-                                            tenant_id=tenant_id, max_content=channel.max_content_size)
+                    frames = publish_frames(
+                        channel.number,
+                        exchange,
+                        routing_key,
+                        body,
+                        message_id=message_id,
+                        tenant_id=tenant_id,
+                        max_content=channel.max_content_size,
+                    )
                 else:
-                    frames = generic_publish_frames(channel.number, exchange, routing_key, body, properties,
-                                                    max_content=channel.max_content_size)
+                    frames = generic_publish_frames(
+                        channel.number, exchange, routing_key, body, properties, max_content=channel.max_content_size
+                    )
             except ValueError as exc:  # a caller's bad input (e.g. a routing key over 255 bytes): that caller only
                 confirm.set_exception(exc)
                 continue
@@ -512,8 +568,13 @@ class AmqpQueue:
 
     # --- consuming --------------------------------------------------------------------------------------------
 
-    async def consume(self, handler: Callable[[Delivery], Awaitable[None]], *, shards: Sequence[int] | None = None,
-                      prefetch: int = 256) -> AmqpConsumer:
+    async def consume(
+        self,
+        handler: Callable[[Delivery], Awaitable[None]],
+        *,
+        shards: Sequence[int] | None = None,
+        prefetch: int = 256,
+    ) -> AmqpConsumer:
         selected = tuple(range(self.shards)) if shards is None else tuple(shards)
         if any(not 0 <= s < self.shards for s in selected):
             raise ValueError(f"shards must be within 0..{self.shards - 1}, got {selected}")

@@ -41,10 +41,15 @@ def check(version: str | None = None) -> None:
         )
     from aiormq.channel import Channel
 
-    missing = [name for name in ("delivery_tag", "confirmations", "write_queue", "number", "max_content_size")
-               if name not in _channel_attributes(Channel)]  # fmt: skip
+    missing = [
+        name
+        for name in ("delivery_tag", "confirmations", "write_queue", "number", "max_content_size")
+        if name not in _channel_attributes(Channel)
+    ]
     if missing:
-        raise UnprovenAiormq(f"aiormq {version}'s Channel lacks {', '.join(missing)} (wabridge/adapters/queue/amqp_wire.py)")
+        raise UnprovenAiormq(
+            f"aiormq {version}'s Channel lacks {', '.join(missing)} (wabridge/adapters/queue/amqp_wire.py)"
+        )
 
 
 def _channel_attributes(channel_class: type) -> set[str]:

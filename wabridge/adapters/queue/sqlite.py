@@ -29,8 +29,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from wabridge.ports import BackendUnavailable, Delivery
 from wabridge.engine.settings import Settings
+from wabridge.ports import BackendUnavailable, Delivery
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,18 @@ def shard_of(tenant_id: str, shards: int) -> int:
 
 
 class SqliteDelivery:
-    __slots__ = ("tenant_id", "message_id", "body", "shard", "attempt", "reason", "_queue", "_seq", "_owner",
-                 "_settled")
+    __slots__ = (
+        "_owner",
+        "_queue",
+        "_seq",
+        "_settled",
+        "attempt",
+        "body",
+        "message_id",
+        "reason",
+        "shard",
+        "tenant_id",
+    )
 
     def __init__(self, queue: SqliteQueue, row: tuple[Any, ...], owner: str | None) -> None:
         self._seq, self.shard, self.tenant_id, self.message_id, self.body, self.attempt, self.reason = row
@@ -94,8 +104,11 @@ class SqliteDelivery:
 
     async def retry(self) -> None:
         if self._owner is None:  # a dead letter goes back to its shard as a fresh message
-            await self._settle(lambda db: db.execute(
-                "UPDATE queue_messages SET state = ?, attempts = 0, reason = NULL WHERE seq = ?", (READY, self._seq)))
+            await self._settle(
+                lambda db: db.execute(
+                    "UPDATE queue_messages SET state = ?, attempts = 0, reason = NULL WHERE seq = ?", (READY, self._seq)
+                )
+            )
             self._queue._wakeup.set()
             return
         await self._settle(lambda db: _return_rows(db, self._queue.delivery_limit, "seq = ?", (self._seq,)))
@@ -104,8 +117,11 @@ class SqliteDelivery:
     async def dead_letter(self, reason: str) -> None:
         if self._owner is None:
             return await self.ack()
-        await self._settle(lambda db: db.execute(
-            "UPDATE queue_messages SET state = ?, reason = ? WHERE seq = ?", (DEAD, reason, self._seq)))
+        await self._settle(
+            lambda db: db.execute(
+                "UPDATE queue_messages SET state = ?, reason = ? WHERE seq = ?", (DEAD, reason, self._seq)
+            )
+        )
 
     async def _settle(self, write: Callable[[sqlite3.Connection], Any]) -> None:
         if self._settled:
@@ -138,16 +154,19 @@ def _read_error(future: asyncio.Future[Any]) -> None:
 
 def _return_rows(db: sqlite3.Connection, limit: int, where: str, args: tuple[Any, ...]) -> None:
     """Leased rows go back to ready, or to the dead letters once they have had their `limit` deliveries."""
-    db.execute(f"UPDATE queue_messages SET state = ?, reason = 'delivery_limit' "
-               f"WHERE state = ? AND attempts >= ? AND {where}", (DEAD, LEASED, limit, *args))
+    db.execute(
+        f"UPDATE queue_messages SET state = ?, reason = 'delivery_limit' WHERE state = ? AND attempts >= ? AND {where}",
+        (DEAD, LEASED, limit, *args),
+    )
     db.execute(f"UPDATE queue_messages SET state = ? WHERE state = ? AND {where}", (READY, LEASED, *args))
 
 
 class SqliteConsumer:
     """One task that holds shard leases and feeds `handler` one task per row, in `seq` order."""
 
-    def __init__(self, queue: SqliteQueue, handler: Callable[[Delivery], Awaitable[None]], shards: Sequence[int],
-                 prefetch: int) -> None:
+    def __init__(
+        self, queue: SqliteQueue, handler: Callable[[Delivery], Awaitable[None]], shards: Sequence[int], prefetch: int
+    ) -> None:
         self._queue = queue
         self._handler = handler
         self._shards = tuple(shards)
@@ -189,16 +208,19 @@ class SqliteConsumer:
         now = time.time()
         owned = []
         for shard in self._shards:
-            holder = db.execute("SELECT host, pid FROM queue_leases WHERE shard = ? AND owner <> ?",
-                                (shard, self.owner)).fetchone()
+            holder = db.execute(
+                "SELECT host, pid FROM queue_leases WHERE shard = ? AND owner <> ?", (shard, self.owner)
+            ).fetchone()
             if holder is not None and holder[0] == HOST and not _alive(holder[1]):
                 # Its process is gone from this machine: no need to wait for the lease to expire.
                 db.execute("DELETE FROM queue_leases WHERE shard = ?", (shard,))
-            db.execute("INSERT INTO queue_leases (shard, owner, expires, host, pid) VALUES (?, ?, ?, ?, ?) "
-                       "ON CONFLICT (shard) DO UPDATE SET owner = excluded.owner, expires = excluded.expires, "
-                       "host = excluded.host, pid = excluded.pid "
-                       "WHERE queue_leases.owner = excluded.owner OR queue_leases.expires < ?",
-                       (shard, self.owner, now + LEASE_TTL, HOST, os.getpid(), now))
+            db.execute(
+                "INSERT INTO queue_leases (shard, owner, expires, host, pid) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (shard) DO UPDATE SET owner = excluded.owner, expires = excluded.expires, "
+                "host = excluded.host, pid = excluded.pid "
+                "WHERE queue_leases.owner = excluded.owner OR queue_leases.expires < ?",
+                (shard, self.owner, now + LEASE_TTL, HOST, os.getpid(), now),
+            )
             if db.execute("SELECT owner FROM queue_leases WHERE shard = ?", (shard,)).fetchone()[0] == self.owner:
                 owned.append(shard)
                 if shard not in self.owned:  # newly taken: what the previous owner held unacked is ready again
@@ -209,9 +231,13 @@ class SqliteConsumer:
         marks = ",".join("?" * len(self.owned))
         rows = db.execute(
             f"SELECT seq, shard, tenant_id, message_id, body, attempts + 1, reason FROM queue_messages "
-            f"WHERE state = ? AND shard IN ({marks}) ORDER BY seq LIMIT ?", (READY, *self.owned, room)).fetchall()
-        db.executemany("UPDATE queue_messages SET state = ?, attempts = attempts + 1 WHERE seq = ?",
-                       [(LEASED, row[0]) for row in rows])
+            f"WHERE state = ? AND shard IN ({marks}) ORDER BY seq LIMIT ?",
+            (READY, *self.owned, room),
+        ).fetchall()
+        db.executemany(
+            "UPDATE queue_messages SET state = ?, attempts = attempts + 1 WHERE seq = ?",
+            [(LEASED, row[0]) for row in rows],
+        )
         return rows
 
     def _deliver(self, delivery: SqliteDelivery) -> None:
@@ -277,8 +303,9 @@ class SqliteQueue:
         self._pending = asyncio.Queue(MAX_PENDING)
         self._writer = asyncio.create_task(self._write_batches(), name="sqlite-queue-writer")
         # Dead letters taken by a process that ended before settling them are dead letters again.
-        await self._write(lambda db: db.execute("UPDATE queue_messages SET state = ? WHERE state = ?",
-                                                (DEAD, DEAD_TAKEN)))
+        await self._write(
+            lambda db: db.execute("UPDATE queue_messages SET state = ? WHERE state = ?", (DEAD, DEAD_TAKEN))
+        )
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -352,19 +379,30 @@ class SqliteQueue:
 
     async def publish(self, tenant_id: str, body: bytes, *, message_id: str) -> None:
         shard = shard_of(tenant_id, self.shards)
-        await self._write(lambda db: db.execute(
-            "INSERT INTO queue_messages (shard, tenant_id, message_id, body) VALUES (?, ?, ?, ?)",
-            (shard, tenant_id, message_id, body)))
+        await self._write(
+            lambda db: db.execute(
+                "INSERT INTO queue_messages (shard, tenant_id, message_id, body) VALUES (?, ?, ?, ?)",
+                (shard, tenant_id, message_id, body),
+            )
+        )
         self._wakeup.set()
 
     async def bury(self, tenant_id: str, body: bytes, *, message_id: str, reason: str) -> None:
         shard = shard_of(tenant_id, self.shards)
-        await self._write(lambda db: db.execute(
-            "INSERT INTO queue_messages (shard, tenant_id, message_id, body, state, reason) VALUES (?, ?, ?, ?, ?, ?)",
-            (shard, tenant_id, message_id, body, DEAD, reason)))
+        await self._write(
+            lambda db: db.execute(
+                "INSERT INTO queue_messages (shard, tenant_id, message_id, body, state, reason) VALUES (?, ?, ?, ?, ?, ?)",
+                (shard, tenant_id, message_id, body, DEAD, reason),
+            )
+        )
 
-    async def consume(self, handler: Callable[[Delivery], Awaitable[None]], *, shards: Sequence[int] | None = None,
-                      prefetch: int = 256) -> SqliteConsumer:
+    async def consume(
+        self,
+        handler: Callable[[Delivery], Awaitable[None]],
+        *,
+        shards: Sequence[int] | None = None,
+        prefetch: int = 256,
+    ) -> SqliteConsumer:
         selected = tuple(range(self.shards)) if shards is None else tuple(shards)
         if any(not 0 <= s < self.shards for s in selected):
             raise ValueError(f"shards must be within 0..{self.shards - 1}, got {selected}")
@@ -377,8 +415,11 @@ class SqliteQueue:
 
     async def dead_letters(self, limit: int = 100) -> list[SqliteDelivery]:
         def take(db: sqlite3.Connection) -> list[tuple[Any, ...]]:
-            rows = db.execute("SELECT seq, shard, tenant_id, message_id, body, attempts, reason FROM queue_messages "
-                              "WHERE state = ? ORDER BY seq LIMIT ?", (DEAD, limit)).fetchall()
+            rows = db.execute(
+                "SELECT seq, shard, tenant_id, message_id, body, attempts, reason FROM queue_messages "
+                "WHERE state = ? ORDER BY seq LIMIT ?",
+                (DEAD, limit),
+            ).fetchall()
             db.executemany("UPDATE queue_messages SET state = ? WHERE seq = ?", [(DEAD_TAKEN, r[0]) for r in rows])
             return rows
 
@@ -409,4 +450,3 @@ class SqliteQueue:
         if self._thread is not None:
             self._thread.shutdown(wait=True)
             self._thread = None
-

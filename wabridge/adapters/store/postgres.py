@@ -29,10 +29,18 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import asyncpg
 
+from wabridge.adapters.store.rules import (
+    duplicate_counts,
+    latest_per_key,
+    needs_rotation,
+    newest_contacts,
+    open_tenant,
+    seal_tenant,
+)
+from wabridge.engine.settings import Settings
 from wabridge.ports import (
     BackendUnavailable,
     Contact,
@@ -42,15 +50,6 @@ from wabridge.ports import (
     TenantConfig,
     TrackingRecord,
     TrackingStatus,
-)
-from wabridge.engine.settings import Settings
-from wabridge.adapters.store.rules import (
-    duplicate_counts,
-    latest_per_key,
-    needs_rotation,
-    newest_contacts,
-    open_tenant,
-    seal_tenant,
 )
 
 POOL_MAX = 16  # a worker's relays share it; waiting for a free connection is backpressure, not an outage
@@ -347,27 +346,40 @@ class PostgresStore:
                        key_id = EXCLUDED.key_id, genesys_webhook_secret = EXCLUDED.genesys_webhook_secret,
                        send_rate_per_second = EXCLUDED.send_rate_per_second, read_marks = EXCLUDED.read_marks,
                        updated_at = now()""",
-                row["tenant_id"], row["phone_number_ids"], row["app_secret"], row["verify_token"],
-                row["whatsapp_token"], row["genesys_api_url"], row["genesys_login_url"],
-                row["genesys_integration_id"], row["credentials"], row["rate_limit_per_minute"], row["key_id"],
-                row["genesys_webhook_secret"], row["send_rate_per_second"], row["read_marks"],
-            )  # fmt: skip
+                row["tenant_id"],
+                row["phone_number_ids"],
+                row["app_secret"],
+                row["verify_token"],
+                row["whatsapp_token"],
+                row["genesys_api_url"],
+                row["genesys_login_url"],
+                row["genesys_integration_id"],
+                row["credentials"],
+                row["rate_limit_per_minute"],
+                row["key_id"],
+                row["genesys_webhook_secret"],
+                row["send_rate_per_second"],
+                row["read_marks"],
+            )
             phones = list(tenant.phone_number_ids)
             await conn.execute(
                 "DELETE FROM tenant_phone_numbers WHERE tenant_id = $1 AND NOT (phone_number_id = ANY($2))",
-                tenant.tenant_id, phones,
-            )  # fmt: skip
+                tenant.tenant_id,
+                phones,
+            )
             # The primary key serialises concurrent claims: DO NOTHING waits for a competing insert to commit.
             await conn.execute(
                 "INSERT INTO tenant_phone_numbers (phone_number_id, tenant_id) SELECT p, $2 FROM unnest($1::text[]) p"
                 " ON CONFLICT (phone_number_id) DO NOTHING",
-                phones, tenant.tenant_id,
-            )  # fmt: skip
+                phones,
+                tenant.tenant_id,
+            )
             taken = await conn.fetchrow(
                 "SELECT phone_number_id, tenant_id FROM tenant_phone_numbers"
                 " WHERE phone_number_id = ANY($1) AND tenant_id <> $2 LIMIT 1",
-                phones, tenant.tenant_id,
-            )  # fmt: skip
+                phones,
+                tenant.tenant_id,
+            )
             if taken is not None:
                 raise PhoneNumberTaken(
                     f"phone_number_id {taken['phone_number_id']} belongs to tenant {taken['tenant_id']}"
@@ -409,9 +421,14 @@ class PostgresStore:
                     "UPDATE tenant_credentials SET app_secret = $2, verify_token = $3, whatsapp_token = $4,"
                     " credentials = $5, key_id = $6, genesys_webhook_secret = $7, updated_at = now()"
                     " WHERE tenant_id = $1",
-                    sealed["tenant_id"], sealed["app_secret"], sealed["verify_token"], sealed["whatsapp_token"],
-                    sealed["credentials"], sealed["key_id"], sealed["genesys_webhook_secret"],
-                )  # fmt: skip
+                    sealed["tenant_id"],
+                    sealed["app_secret"],
+                    sealed["verify_token"],
+                    sealed["whatsapp_token"],
+                    sealed["credentials"],
+                    sealed["key_id"],
+                    sealed["genesys_webhook_secret"],
+                )
         return len(stale)
 
     # --- conversation mappings ---
@@ -420,8 +437,9 @@ class PostgresStore:
         async with self._conn() as conn:
             value = await conn.fetchval(
                 "SELECT conversation_id FROM conversation_mappings WHERE tenant_id = $1 AND wa_id = $2",
-                tenant_id, wa_id,
-            )  # fmt: skip
+                tenant_id,
+                wa_id,
+            )
         return None if value is None else str(value)
 
     async def get_conversations(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
@@ -433,8 +451,9 @@ class PostgresStore:
                 "SELECT m.tenant_id, m.wa_id, m.conversation_id FROM unnest($1::text[], $2::text[]) AS k(tenant, wa),"
                 " LATERAL (SELECT tenant_id, wa_id, conversation_id FROM conversation_mappings"
                 " WHERE tenant_id = k.tenant AND wa_id = k.wa) m",
-                [k[0] for k in keys], [k[1] for k in keys],
-            )  # fmt: skip
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+            )
         return {(r["tenant_id"], r["wa_id"]): str(r["conversation_id"]) for r in rows}
 
     async def put_conversation(self, tenant_id: str, wa_id: str, conversation_id: str) -> str:
@@ -442,15 +461,18 @@ class PostgresStore:
             won = await conn.fetchval(
                 "INSERT INTO conversation_mappings (tenant_id, wa_id, conversation_id) VALUES ($1, $2, $3)"
                 " ON CONFLICT (tenant_id, wa_id) DO NOTHING RETURNING conversation_id",
-                tenant_id, wa_id, conversation_id,
-            )  # fmt: skip
+                tenant_id,
+                wa_id,
+                conversation_id,
+            )
             if won is not None:
                 return str(won)
             # Another writer won; a new statement (new snapshot) sees its committed row.
             existing = await conn.fetchval(
                 "SELECT conversation_id FROM conversation_mappings WHERE tenant_id = $1 AND wa_id = $2",
-                tenant_id, wa_id,
-            )  # fmt: skip
+                tenant_id,
+                wa_id,
+            )
         return str(existing)
 
     async def set_conversation(self, tenant_id: str, wa_id: str, conversation_id: str) -> None:
@@ -467,8 +489,10 @@ class PostgresStore:
                 " SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[])"
                 " ON CONFLICT (tenant_id, wa_id) DO UPDATE SET conversation_id = EXCLUDED.conversation_id,"
                 " last_activity_at = now()",
-                [k[0] for k in latest], [k[1] for k in latest], list(latest.values()),
-            )  # fmt: skip
+                [k[0] for k in latest],
+                [k[1] for k in latest],
+                list(latest.values()),
+            )
 
     async def touch_conversations(self, touches: Sequence[tuple[str, str, float]]) -> None:
         latest: dict[tuple[str, str], float] = {}
@@ -482,8 +506,10 @@ class PostgresStore:
                 """UPDATE conversation_mappings m SET last_activity_at = to_timestamp(u.at)
                    FROM unnest($1::text[], $2::text[], $3::float8[]) AS u(tenant_id, wa_id, at)
                    WHERE m.tenant_id = u.tenant_id AND m.wa_id = u.wa_id AND m.last_activity_at < to_timestamp(u.at)""",
-                [k[0] for k in keys], [k[1] for k in keys], list(latest.values()),
-            )  # fmt: skip
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+                list(latest.values()),
+            )
 
     # --- customer aliases ---
 
@@ -495,8 +521,9 @@ class PostgresStore:
                 "SELECT a.tenant_id, a.alias_id, a.canonical_id FROM unnest($1::text[], $2::text[]) AS k(tenant, id),"
                 " LATERAL (SELECT tenant_id, alias_id, canonical_id FROM customer_aliases"
                 " WHERE tenant_id = k.tenant AND alias_id = k.id) a",
-                [k[0] for k in keys], [k[1] for k in keys],
-            )  # fmt: skip
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+            )
         return {(r["tenant_id"], r["alias_id"]): r["canonical_id"] for r in rows}
 
     async def put_alias(self, tenant_id: str, alias_id: str, canonical_id: str) -> str:
@@ -504,8 +531,10 @@ class PostgresStore:
             won = await conn.fetchval(
                 "INSERT INTO customer_aliases (tenant_id, alias_id, canonical_id) VALUES ($1, $2, $3)"
                 " ON CONFLICT (tenant_id, alias_id) DO NOTHING RETURNING canonical_id",
-                tenant_id, alias_id, canonical_id,
-            )  # fmt: skip
+                tenant_id,
+                alias_id,
+                canonical_id,
+            )
             if won is not None:
                 return won
             return await conn.fetchval(  # another writer won: a new statement sees its committed row
@@ -528,9 +557,12 @@ class PostgresStore:
                 " AS u(tenant_id, customer_id, phone_number_id, wamid, at)"
                 " ON CONFLICT (tenant_id, customer_id) DO UPDATE SET phone_number_id = EXCLUDED.phone_number_id,"
                 " wamid = EXCLUDED.wamid, at = EXCLUDED.at WHERE c.at <= EXCLUDED.at",
-                [k[0] for k in keys], [k[1] for k in keys], [latest[k].phone_number_id for k in keys],
-                [latest[k].wamid for k in keys], [latest[k].at for k in keys],
-            )  # fmt: skip
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+                [latest[k].phone_number_id for k in keys],
+                [latest[k].wamid for k in keys],
+                [latest[k].at for k in keys],
+            )
 
     async def get_contacts(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Contact]:
         if not keys:
@@ -540,8 +572,9 @@ class PostgresStore:
                 "SELECT c.* FROM unnest($1::text[], $2::text[]) AS k(tenant, id), LATERAL"
                 " (SELECT tenant_id, customer_id, phone_number_id, wamid, extract(epoch FROM at)::float8 AS at"
                 " FROM customer_contacts WHERE tenant_id = k.tenant AND customer_id = k.id) c",
-                [k[0] for k in keys], [k[1] for k in keys],
-            )  # fmt: skip
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+            )
         return {(r["tenant_id"], r["customer_id"]): Contact(r["phone_number_id"], r["wamid"], r["at"]) for r in rows}
 
     # --- message tracking ---
@@ -552,7 +585,7 @@ class PostgresStore:
             return
         now = time.time()
         duplicates = duplicate_counts(records)
-        async with self._conn() as conn, (conn.transaction() if duplicates else contextlib.nullcontext()):
+        async with self._conn() as conn, conn.transaction() if duplicates else contextlib.nullcontext():
             # One statement is atomic on its own: BEGIN and COMMIT only when the duplicate counts come with it (two
             # round trips fewer per batch; at 1,000 msgs/s they were 40 % of the statements the server ran).
             await conn.execute(
@@ -581,15 +614,18 @@ class PostgresStore:
             if duplicates:
                 await conn.execute(
                     _COUNT_DUPLICATES,
-                    [k[0] for k in duplicates], [k[1] for k in duplicates], list(duplicates.values()),
-                )  # fmt: skip
+                    [k[0] for k in duplicates],
+                    [k[1] for k in duplicates],
+                    list(duplicates.values()),
+                )
 
     async def get_tracking(self, tenant_id: str, wamid: str) -> TrackingRecord | None:
         async with self._conn() as conn:
             row = await conn.fetchrow(
                 f"SELECT {_TRACKING_COLUMNS} FROM message_tracking WHERE tenant_id = $1 AND wamid = $2",
-                tenant_id, wamid,
-            )  # fmt: skip
+                tenant_id,
+                wamid,
+            )
         return None if row is None else TrackingRecord(**dict(row))
 
     async def get_tracking_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], TrackingRecord]:
@@ -603,8 +639,9 @@ class PostgresStore:
             rows = await conn.fetch(
                 "SELECT t.* FROM unnest($1::text[], $2::text[]) AS k(tenant, id), LATERAL"
                 f" (SELECT {_TRACKING_COLUMNS} FROM message_tracking WHERE tenant_id = k.tenant AND wamid = k.id) t",
-                [k[0] for k in keys], [k[1] for k in keys],
-            )  # fmt: skip
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+            )
         return {(r["tenant_id"], r["wamid"]): TrackingRecord(**dict(r)) for r in rows}
 
     async def list_tracking(
@@ -676,10 +713,14 @@ class PostgresStore:
                 " SELECT u.tenant_id, u.wamid, u.webhook_id, u.direction, to_timestamp(u.at), u.event, u.detail"
                 " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::text[], $7::text[])"
                 " AS u(tenant_id, wamid, webhook_id, direction, at, event, detail)",
-                [e.tenant_id for e in events], [e.wamid for e in events], [e.webhook_id for e in events],
-                [e.direction for e in events], [e.at for e in events], [e.event for e in events],
+                [e.tenant_id for e in events],
+                [e.wamid for e in events],
+                [e.webhook_id for e in events],
+                [e.direction for e in events],
+                [e.at for e in events],
+                [e.event for e in events],
                 [e.detail for e in events],
-            )  # fmt: skip
+            )
 
     async def list_events(
         self, *, tenant_id: str, wamids: Sequence[str] = (), webhook_ids: Sequence[str] = (), limit: int = 1000
@@ -692,8 +733,11 @@ class PostgresStore:
                 f"SELECT {_EVENT_COLUMNS} FROM message_events WHERE tenant_id = $1"
                 " AND (wamid = ANY($2::text[]) OR webhook_id = ANY($3::text[]))"
                 " ORDER BY message_events.at, id LIMIT $4",
-                tenant_id, wamids, webhook_ids, limit,
-            )  # fmt: skip
+                tenant_id,
+                wamids,
+                webhook_ids,
+                limit,
+            )
         return [MessageEvent(**dict(r)) for r in rows]
 
     # --- parked messages ---
@@ -734,8 +778,11 @@ class PostgresStore:
             rows = await conn.fetch(
                 "SELECT seq, shard, tenant_id, message_id, body, attempt FROM parked_messages"
                 " WHERE shard = $1 AND tenant_id = $2 AND seq > $3 ORDER BY seq LIMIT $4",
-                shard, tenant_id, after, limit,
-            )  # fmt: skip
+                shard,
+                tenant_id,
+                after,
+                limit,
+            )
         return [ParkedMessage(**dict(r)) for r in rows]
 
     async def parked_tenants(self, shard: int) -> dict[str, int]:
@@ -768,7 +815,7 @@ async def _session_unchanged(conn: asyncpg.Connection) -> None:
 class _Guarded:
     """Acquire a pooled connection; connection failures anywhere inside become BackendUnavailable."""
 
-    __slots__ = ("_pool", "_conn")
+    __slots__ = ("_conn", "_pool")
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -788,4 +835,3 @@ class _Guarded:
             pass  # the pool drops a broken connection itself
         if exc is not None and isinstance(exc, _DOWN) and not isinstance(exc, BackendUnavailable):
             raise BackendUnavailable("store", f"postgresql: {type(exc).__name__}") from exc
-

@@ -46,7 +46,9 @@ def seal_tenant(box: SecretBox, tenant: TenantConfig) -> dict[str, Any]:
         secret = getattr(tenant, field)
         row[field] = None if secret is None else box.encrypt(secret.reveal(), context=f"{t}:{field}")
     sealed = [
-        _SealedCredential(c.client_id, box.encrypt(c.client_secret.reveal(), context=f"{t}:client_secret:{c.client_id}"))
+        _SealedCredential(
+            c.client_id, box.encrypt(c.client_secret.reveal(), context=f"{t}:client_secret:{c.client_id}")
+        )
         for c in tenant.credentials
     ]
     row["credentials"] = _credentials_codec[0].encode(sealed).decode()

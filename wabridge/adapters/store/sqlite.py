@@ -23,6 +23,15 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from wabridge.adapters.store.rules import (
+    duplicate_counts,
+    latest_per_key,
+    needs_rotation,
+    newest_contacts,
+    open_tenant,
+    seal_tenant,
+)
+from wabridge.engine.settings import Settings
 from wabridge.ports import (
     BackendUnavailable,
     Contact,
@@ -32,15 +41,6 @@ from wabridge.ports import (
     TenantConfig,
     TrackingRecord,
     TrackingStatus,
-)
-from wabridge.engine.settings import Settings
-from wabridge.adapters.store.rules import (
-    duplicate_counts,
-    latest_per_key,
-    needs_rotation,
-    newest_contacts,
-    open_tenant,
-    seal_tenant,
 )
 
 T = TypeVar("T")
@@ -207,10 +207,21 @@ _TRACKING_COLUMNS = (
 )
 _EVENT_COLUMNS = "tenant_id, wamid, webhook_id, direction, at, event, detail"
 _TENANT_COLUMNS = (
-    "tenant_id", "phone_number_ids", "app_secret", "verify_token", "whatsapp_token", "genesys_api_url",
-    "genesys_login_url", "genesys_integration_id", "credentials", "rate_limit_per_minute", "key_id",
-    "genesys_webhook_secret", "send_rate_per_second", "read_marks",
-)  # fmt: skip
+    "tenant_id",
+    "phone_number_ids",
+    "app_secret",
+    "verify_token",
+    "whatsapp_token",
+    "genesys_api_url",
+    "genesys_login_url",
+    "genesys_integration_id",
+    "credentials",
+    "rate_limit_per_minute",
+    "key_id",
+    "genesys_webhook_secret",
+    "send_rate_per_second",
+    "read_marks",
+)
 
 
 class SqliteStore:
@@ -365,9 +376,17 @@ class SqliteStore:
                 db.execute(
                     "UPDATE tenant_credentials SET app_secret = ?, verify_token = ?, whatsapp_token = ?,"
                     " credentials = ?, key_id = ?, genesys_webhook_secret = ?, updated_at = ? WHERE tenant_id = ?",
-                    (sealed["app_secret"], sealed["verify_token"], sealed["whatsapp_token"], sealed["credentials"],
-                     sealed["key_id"], sealed["genesys_webhook_secret"], time.time(), sealed["tenant_id"]),
-                )  # fmt: skip
+                    (
+                        sealed["app_secret"],
+                        sealed["verify_token"],
+                        sealed["whatsapp_token"],
+                        sealed["credentials"],
+                        sealed["key_id"],
+                        sealed["genesys_webhook_secret"],
+                        time.time(),
+                        sealed["tenant_id"],
+                    ),
+                )
             db.execute("COMMIT")
             return len(stale)
 
@@ -378,7 +397,8 @@ class SqliteStore:
     async def get_conversation(self, tenant_id: str, wa_id: str) -> str | None:
         def work(db: sqlite3.Connection) -> str | None:
             row = db.execute(
-                "SELECT conversation_id FROM conversation_mappings WHERE tenant_id = ? AND wa_id = ?", (tenant_id, wa_id)
+                "SELECT conversation_id FROM conversation_mappings WHERE tenant_id = ? AND wa_id = ?",
+                (tenant_id, wa_id),
             ).fetchone()
             return None if row is None else row[0]
 
@@ -392,7 +412,8 @@ class SqliteStore:
                 (tenant_id, wa_id, conversation_id, now, now),
             )
             return db.execute(
-                "SELECT conversation_id FROM conversation_mappings WHERE tenant_id = ? AND wa_id = ?", (tenant_id, wa_id)
+                "SELECT conversation_id FROM conversation_mappings WHERE tenant_id = ? AND wa_id = ?",
+                (tenant_id, wa_id),
             ).fetchone()[0]
 
         return await self._run(work)
@@ -448,7 +469,8 @@ class SqliteStore:
             found = {}
             for tenant_id, alias_id in keys:
                 row = db.execute(
-                    "SELECT canonical_id FROM customer_aliases WHERE tenant_id = ? AND alias_id = ?", (tenant_id, alias_id)
+                    "SELECT canonical_id FROM customer_aliases WHERE tenant_id = ? AND alias_id = ?",
+                    (tenant_id, alias_id),
                 ).fetchone()
                 if row is not None:
                     found[(tenant_id, alias_id)] = row[0]
@@ -471,8 +493,10 @@ class SqliteStore:
     # --- customer contacts ---
 
     async def set_contacts(self, rows: Sequence[tuple[str, str, str, str, float]]) -> None:
-        latest = [(t, c, contact.phone_number_id, contact.wamid, contact.at)
-                  for (t, c), contact in newest_contacts(rows).items()]  # fmt: skip
+        latest = [
+            (t, c, contact.phone_number_id, contact.wamid, contact.at)
+            for (t, c), contact in newest_contacts(rows).items()
+        ]
         if not latest:
             return
 
@@ -511,11 +535,30 @@ class SqliteStore:
             return
         now = time.time()
         rows = [
-            (r.tenant_id, r.wamid, r.conversation_id, r.direction, r.type, r.status, r.attempts, r.error,
-             r.genesys_message_id, r.payload, r.created_at or now, r.updated_at or now, r.webhook_id, r.shard,
-             r.archive_key, r.received_at, r.customer_id, r.media_key, r.meta_ids, r.meta_status)
+            (
+                r.tenant_id,
+                r.wamid,
+                r.conversation_id,
+                r.direction,
+                r.type,
+                r.status,
+                r.attempts,
+                r.error,
+                r.genesys_message_id,
+                r.payload,
+                r.created_at or now,
+                r.updated_at or now,
+                r.webhook_id,
+                r.shard,
+                r.archive_key,
+                r.received_at,
+                r.customer_id,
+                r.media_key,
+                r.meta_ids,
+                r.meta_status,
+            )
             for r in latest_per_key(records)
-        ]  # fmt: skip
+        ]
 
         duplicates = [(n, tenant, wamid) for (tenant, wamid), n in duplicate_counts(records).items()]
 
