@@ -29,7 +29,9 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from enum import Enum
 from time import monotonic
+from typing import Literal
 
 from wabridge.codecs.results import Inbound, Result
 from wabridge.codecs.sender import as_customer, usable_id
@@ -46,7 +48,15 @@ _aliased = REGISTRY.counter("wabridge_customer_aliases_total", "Customer ids rec
 UNALIASED_SECONDS = 60.0
 ENTRIES = 100_000  # (tenant, id) pairs, ~200 bytes each
 _FOREVER = float("inf")
-_MISSING = object()  # no fresh local entry
+
+
+class _Missing(Enum):
+    """No fresh local entry (an enum member, so that `is _MISSING` narrows the type)."""
+
+    MISSING = "missing"
+
+
+_MISSING = _Missing.MISSING
 
 
 class CustomerIdentity:
@@ -89,16 +99,17 @@ class CustomerIdentity:
             if ea is None:
                 self._in_use(tenant_id, a)
                 return a
-            return ea  # type: ignore[return-value]  # itself (in use) or the canonical id it is an alias of
+            return ea  # itself (in use) or the canonical id it is an alias of
         if b is None:
             customer = a if ea is None or ea == a else ea
         else:
             eb = self._get(tenant_id, b)
             if eb is _MISSING:
                 return None
-            customer = ea if ea not in (None, a) else eb if eb not in (None, b) else None
-            if customer is None or _unlinked(a, ea, customer) or _unlinked(b, eb, customer):
+            linked = ea if ea not in (None, a) else eb if eb not in (None, b) else None
+            if linked is None or _unlinked(a, ea, linked) or _unlinked(b, eb, linked):
                 return None  # not linked yet
+            customer = linked
         if change is not None:
             previous, new = change
             canonical = customer if previous in (a, b) else self._canonical(tenant_id, previous)
@@ -178,16 +189,16 @@ class CustomerIdentity:
         names = {keys.customer_alias(tenant_id, i): i for i in missing}
         try:
             answers = await asyncio.gather(*(self._cache_reads.get(key) for key in names))
-            cached = {key: value for key, value in zip(names, answers) if value is not None}
+            cached = {key: value for key, value in zip(names, answers, strict=True) if value is not None}
         except BackendUnavailable:
             cached = {}
-        for key, value in cached.items():
-            self._set(tenant_id, names[key], value.decode(), _FOREVER)
+        for name, value in cached.items():
+            self._set(tenant_id, names[name], value.decode(), _FOREVER)
         asked = [(tenant_id, i) for i in missing if keys.customer_alias(tenant_id, i) not in cached]
         if not asked:
             return
         canonicals = await asyncio.gather(*(self._store_reads.get(key) for key in asked))
-        found = {key: canonical for key, canonical in zip(asked, canonicals) if canonical is not None}
+        found = {key: canonical for key, canonical in zip(asked, canonicals, strict=True) if canonical is not None}
         until = monotonic() + UNALIASED_SECONDS
         for key in asked:
             canonical = found.get(key)
@@ -202,7 +213,7 @@ class CustomerIdentity:
 
     # --- the local entries ---
 
-    def _get(self, tenant_id: str, customer_id: str) -> str | object | None:
+    def _get(self, tenant_id: str, customer_id: str) -> str | Literal[_Missing.MISSING] | None:
         key = (tenant_id, customer_id)
         entry = self._local.get(key)
         if entry is None:
@@ -215,13 +226,13 @@ class CustomerIdentity:
 
     def _value(self, tenant_id: str, customer_id: str) -> str | None:
         value = self._get(tenant_id, customer_id)
-        return None if value is _MISSING else value  # type: ignore[return-value]
+        return None if value is _MISSING else value
 
     def _canonical(self, tenant_id: str, customer_id: str) -> str | None:
         value = self._get(tenant_id, customer_id)
         if value is _MISSING:
             return None
-        return customer_id if value is None else value  # type: ignore[return-value]
+        return customer_id if value is None else value
 
     def _set(self, tenant_id: str, customer_id: str, value: str | None, until: float) -> None:
         self._local[(tenant_id, customer_id)] = (value, until)
@@ -237,7 +248,7 @@ class CustomerIdentity:
             self._local[key] = (customer_id, entry[1])
 
 
-def _unlinked(customer_id: str, value: object, canonical: str) -> bool:
+def _unlinked(customer_id: str, value: str | None, canonical: str) -> bool:
     """`customer_id` (its local value `value`) is not `canonical` and no alias yet: it must be recorded as one. An
     id that is an alias already stays one (insert-only; another canonical id there only comes from a race)."""
     return customer_id != canonical and (value is None or value == customer_id)
