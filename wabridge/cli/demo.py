@@ -91,8 +91,8 @@ async def _demo(data_dir: Path, customers: int) -> int:
             )
             _add_tenant(env, genesys.url)
             step("starting the bridge (embedded SQLite queue and store, objects in a directory)")
-            bridge = subprocess.Popen(
-                [sys.executable, "-m", "wabridge", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            bridge = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "wabridge", "serve", env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
             )
             try:
                 await _wait_ready(base, bridge)
@@ -105,10 +105,10 @@ async def _demo(data_dir: Path, customers: int) -> int:
             finally:
                 bridge.send_signal(signal.SIGTERM)
                 try:
-                    _, err = bridge.communicate(timeout=30)
-                except subprocess.TimeoutExpired:
+                    _, err = await asyncio.wait_for(bridge.communicate(), 30)
+                except TimeoutError:
                     bridge.kill()
-                    _, err = bridge.communicate()
+                    _, err = await bridge.communicate()
                 if bridge.returncode not in (0, -signal.SIGTERM):
                     sys.stderr.write(err.decode(errors="replace")[-3000:])
     finally:
@@ -156,11 +156,11 @@ def _add_tenant(env: dict[str, str], genesys_url: str) -> None:
     )
 
 
-async def _wait_ready(base: str, bridge: subprocess.Popen, timeout: float = 30.0) -> None:
+async def _wait_ready(base: str, bridge: asyncio.subprocess.Process, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient() as client:
         while time.monotonic() < deadline:
-            if bridge.poll() is not None:
+            if bridge.returncode is not None:
                 raise SystemExit(f"the bridge exited with status {bridge.returncode}")
             try:
                 if (await client.get(f"{base}/readyz")).status_code == 200:

@@ -70,7 +70,7 @@ async def _messages(settings, args) -> int:
         )
     if args.json:
         keep = [{k: v for k, v in msgspec.structs.asdict(r).items() if k != "payload"} for r in rows]  # no text
-        for row, fields in zip(rows, keep):
+        for row, fields in zip(rows, keep, strict=True):
             if row.direction == OUTBOUND:
                 state = meta_state(row)
                 fields["meta"] = msgspec.structs.asdict(state) if state is not None else None
@@ -96,7 +96,7 @@ async def _messages(settings, args) -> int:
     ]
     widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS) - 1)]
     for line in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) + "  " + line[-1])
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=False)) + "  " + line[-1])
     return 0
 
 

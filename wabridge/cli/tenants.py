@@ -158,7 +158,7 @@ def tenant_from_args(args: argparse.Namespace) -> TenantConfig:
     whatsapp_token = _secret(args.whatsapp_token, "WhatsApp token")
     credentials = tuple(
         GenesysCredential(client_id=cid, client_secret=_secret(sec, f"Genesys client secret for {cid}"))
-        for cid, sec in zip(args.client_ids, args.client_secrets)
+        for cid, sec in zip(args.client_ids, args.client_secrets, strict=True)
     )
     webhook_secret = (
         None if args.genesys_webhook_secret is None else _secret(args.genesys_webhook_secret, "Genesys webhook secret")

@@ -105,7 +105,7 @@ async def _trace(settings, args) -> int:
     if args.json:
         messages = [_as_json(row, story) for row, story in stories]
         if raw:
-            for message, body in zip(messages, bodies):
+            for message, body in zip(messages, bodies, strict=True):
                 message["raw"] = body.decode(errors="replace") if isinstance(body, bytes) else None
                 message["raw_error"] = body if isinstance(body, str) else None
         print(msgspec.json.encode({"id": wanted, "messages": messages}).decode())
@@ -114,7 +114,7 @@ async def _trace(settings, args) -> int:
         if raw:
             texts = [
                 t + "\n  raw body: " + (b.decode(errors="replace") if isinstance(b, bytes) else f"({b})")
-                for t, b in zip(texts, bodies)
+                for t, b in zip(texts, bodies, strict=True)
             ]
         print("\n\n".join(texts))
     return 0
@@ -136,7 +136,11 @@ async def _archived(objects, row: TrackingRecord) -> bytes | str:
 
 def steps(row: TrackingRecord, events: list[MessageEvent]) -> list[dict[str, Any]]:
     """The message's story, oldest first: received, its events, its state now."""
-    received = {"at": row.received_at or row.created_at, "step": "received", "detail": _received_detail(row)}
+    received: dict[str, Any] = {
+        "at": row.received_at or row.created_at,
+        "step": "received",
+        "detail": _received_detail(row),
+    }
     final_at = row.updated_at or row.created_at
     story = [received]
     for event in events:
