@@ -11,7 +11,8 @@ What it does like the real service (reference.md §2):
                              stable per integration + from.id. Unknown fields are ignored, as Genesys does.
   Rate limit                 per OAuth client (Genesys counts per client, not per endpoint), default 300 requests per
                              wall-clock minute window (windows aligned on Unix time, like the bridge's budget keys);
-                             over it: 429, `Retry-After: <seconds to the next window>`, code too.many.requests.retry.after.
+                             over it: 429, `Retry-After: <seconds to the next window>`, code
+                             too.many.requests.retry.after.
 What it adds for tests:
   GET /sim/messages[?conversationId=…]   what it accepted, oldest first, with media fetch results (--fetch-media)
   GET /sim/conversations                 {conversationId: {integrationId, fromId, messages}}
@@ -20,7 +21,8 @@ What it adds for tests:
                                          restart of the service: the next login gives a working one
   POST /sim/faults                       {"status":503,"count":3} | {"latency_ms":200,"count":10} |
                                          {"status":429,"retry_after":2} | "target":"login" to hit the login instead;
-                                         count -1 = until cleared. DELETE /sim/faults clears; POST /sim/reset clears all.
+                                         count -1 = until cleared. DELETE /sim/faults clears; POST /sim/reset clears
+                                         all.
 The agent's side (genesys_agent.py, reference.md §3): POST /sim/agent/send sends a signed outbound webhook to the
 bridge, retried the way Genesys retries; the receipt and typing-event endpoints take the bridge's answers;
 GET /sim/agent/outbound shows each outbound message with its attempts and receipts, and /sim/conversations each
@@ -641,7 +643,8 @@ class GenesysSim:
 
 
 async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    chunks, total = [], 0
+    chunks: list[bytes] = []
+    total = 0
     while True:
         size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
         if size == 0:

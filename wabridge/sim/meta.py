@@ -241,12 +241,13 @@ class MetaSim:
                 if "transfer-encoding" in headers:  # Content-Length only: a chunked body would be misread as requests
                     await _respond(writer, 411, _json({"error": "send a Content-Length"}), close=True)
                     return
-                length = headers.get("content-length", "0")
-                length = int(length) if length.isdigit() else limit + 1  # unreadable: refuse it
+                declared = headers.get("content-length", "0")
+                length = int(declared) if declared.isdigit() else limit + 1  # unreadable: refuse it
                 if length > limit:
                     await _respond(writer, 413, _json({"error": "body too large"}), close=True)
                     return
                 body = await reader.readexactly(length) if length else b""
+                payload: bytes | _Sized
                 try:
                     if send is not None:
                         status, content_type, payload = await self.outbound.handle(*send, headers, body)
@@ -262,12 +263,10 @@ class MetaSim:
             return
         finally:
             self._connections.discard(writer)
-            self._handlers.discard(handler)  # type: ignore[arg-type]
+            self._handlers.discard(handler)
             writer.close()
 
-    def _route(
-        self, method: str, target: str, headers: dict[str, str], body: bytes
-    ) -> tuple[int, str, bytes | _Sized]:
+    def _route(self, method: str, target: str, headers: dict[str, str], body: bytes) -> tuple[int, str, bytes | _Sized]:
         url = urlsplit(target)
         parts = [p for p in url.path.split("/") if p]
         json_type = "application/json"
@@ -417,7 +416,7 @@ def _graph_error(code: int, message: str) -> bytes:
 
 def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
     lines = head.decode("latin-1").split("\r\n")
-    method, target, _ = (lines[0].split(" ", 2) + ["", ""])[:3]
+    method, target, _ = [*lines[0].split(" ", 2), "", ""][:3]
     headers = {}
     for line in lines[1:]:
         name, sep, value = line.partition(":")
@@ -452,7 +451,7 @@ async def _respond(
 
 # --- sender ---------------------------------------------------------------------------------------------------------
 
-SEND_KINDS = webhooks.ALL_KINDS + ("status", "bsuid")  # plus a receipt and a sender known only by user id
+SEND_KINDS = (*webhooks.ALL_KINDS, "status", "bsuid")  # plus a receipt and a sender known only by user id
 
 
 class SendSummary(msgspec.Struct, frozen=True):
@@ -522,9 +521,9 @@ async def send_kinds(
     timeout: float = 10.0,
     sim_url: str | None = None,
 ) -> SendSummary:
-    """`count` rounds of every kind in `kinds`, customers taking turns message by message; `batch` messages per POST (one by one
-    by default, as Meta mostly does). Sent in order, one POST at a time. With `sim_url` (a MetaSim's base url) each
-    customer who wrote has their 24-hour window opened there, as writing to a business does."""
+    """`count` rounds of every kind in `kinds`, customers taking turns message by message; `batch` messages per POST
+    (one by one by default, as Meta mostly does). Sent in order, one POST at a time. With `sim_url` (a MetaSim's base
+    url) each customer who wrote has their 24-hour window opened there, as writing to a business does."""
     rounds = [kind for _ in range(count) for kind in kinds]
     items = [(kind, n % customers) for n, kind in enumerate(rounds)]
     counts: dict[str, int] = {}
@@ -778,7 +777,7 @@ def run(args: argparse.Namespace) -> int:
             )
         )
         print(msgspec.json.encode(report).decode())
-        ok = report.statuses.get("200", 0)
+        statuses = report.statuses
     else:
         summary = asyncio.run(
             send_kinds(
@@ -793,10 +792,9 @@ def run(args: argparse.Namespace) -> int:
             )
         )
         print(msgspec.json.encode(summary).decode())
-        ok = summary.statuses.get("200", 0)
-        report = summary
-    total = sum(report.statuses.values())
-    return 0 if total and ok == total else 1
+        statuses = summary.statuses
+    total = sum(statuses.values())
+    return 0 if total and statuses.get("200", 0) == total else 1
 
 
 class MetaSimProcess:
@@ -837,7 +835,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _serve_forever(args: argparse.Namespace) -> int:
-    numbers = dict((n.split("=", 1) + [""])[:2] for n in args.phone_number)
+    numbers = dict([*n.split("=", 1), ""][:2] for n in args.phone_number)
     quirks = meta_send.Quirks(args.out_of_order, args.duplicate, args.early, args.seed)
     async with MetaSim(
         host=args.host,

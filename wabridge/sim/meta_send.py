@@ -471,8 +471,8 @@ class Outbound:
                 graph_error(
                     100,
                     title=(
-                        f"Unsupported post request. Object with ID '{phone_number_id}' does not exist, cannot be loaded due to "
-                        "missing permissions, or does not support this operation"
+                        f"Unsupported post request. Object with ID '{phone_number_id}' does not exist, "
+                        "cannot be loaded due to missing permissions, or does not support this operation"
                     ),
                     type_="GraphMethodException",
                 ),

@@ -41,7 +41,10 @@ _MIME_CODES = {mime: code for code, mime in MEDIA_MIMES.items()}
 # First bytes of each format, so the files look real to anything that sniffs them.
 _HEADERS: dict[str, bytes] = {
     "image/jpeg": b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00",
-    "image/png": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f\x15\xc4\x89",
+    "image/png": (
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"  # signature, then the IHDR chunk's length and type
+        b"\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f\x15\xc4\x89"
+    ),
     "video/mp4": b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom",
     "audio/ogg; codecs=opus": b"OggS\x00\x02" + b"\x00" * 20 + b"OpusHead",
     "audio/mpeg": b"ID3\x04\x00\x00\x00\x00\x00\x00",
