@@ -21,15 +21,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 from xml.etree import ElementTree
 
 import aiohttp
-from miniopy_async import Minio
-from miniopy_async.credentials import Credentials
+from miniopy_async.api import Minio
+from miniopy_async.credentials.credentials import Credentials
 from miniopy_async.error import InvalidResponseError, S3Error, ServerError
 from miniopy_async.helpers import normalize_headers, quote
 from miniopy_async.signer import sign_v4_s3
@@ -147,11 +147,15 @@ class S3Objects:
         path = f"/{name}/{quote(key)}"
         endpoint = urlsplit(self._puts.origin + path)
         secure = endpoint.scheme == "https"
+        # Metadata headers come back as lists of values: one line each, joined with commas as the signer joins them.
         headers = {
             "Host": endpoint.netloc,
             "Content-Type": content_type,
             "Content-Length": str(len(data)),
-            **normalize_headers(dict(metadata) if metadata else None),
+            **{
+                k: v if isinstance(v, str) else ",".join(v)
+                for k, v in normalize_headers(dict(metadata) if metadata else None).items()
+            },
         }
         # What miniopy sends: over TLS an unsigned payload with its MD5, in clear the payload's SHA-256.
         digest = await _hash(_md5_base64 if secure else _sha256_hex, data)
@@ -165,13 +169,8 @@ class S3Objects:
         signed = sign_v4_s3(
             "PUT", endpoint, self._settings.s3_region, headers, self._credentials(), content_sha256, date
         )
-        # The pool writes Host and Content-Length itself; a header with several values (metadata) is sent as one line,
-        # joined with commas as the signer joined it.
-        sent = {
-            k: v if isinstance(v, str) else ",".join(v)
-            for k, v in signed.items()
-            if k not in ("Host", "Content-Length")
-        }
+        # The pool writes Host and Content-Length itself.
+        sent = {k: v for k, v in dict(signed).items() if k not in ("Host", "Content-Length")}
         async with _translated(f"put {bucket}/{key}"):  # what miniopy's answers raise, translated as for its calls
             reply = await self._puts.request("PUT", path, sent, data)
             if reply.status >= 500:
@@ -254,7 +253,7 @@ async def _translated(operation: str) -> AsyncIterator[None]:
         raise
 
 
-async def _hash(function, data: bytes) -> str:  # type: ignore[no-untyped-def]
+async def _hash(function: Callable[[bytes], str], data: bytes) -> str:
     return function(data) if len(data) <= HASH_INLINE_BYTES else await asyncio.to_thread(function, data)
 
 
