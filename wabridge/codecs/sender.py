@@ -34,7 +34,9 @@ _NAME_MAX = 256  # characters of a profile name passed on
 # Senders already identified, by what identifies them. Hot customers write many messages: a hit costs 0.1 µs, the
 # rules 0.6 µs (measured). Cleared whole when full; Senders are immutable, so sharing them is safe.
 _SENDERS_MAX = 4096
-_senders: dict[tuple[str | None, ...], Sender] = {}
+# `from`, `from_user_id`, and the contact's wa_id, user_id and profile name: `_identify`'s arguments.
+_SenderKey = tuple[str | None, str | None, str | None, str | None, str | None]
+_senders: dict[_SenderKey, Sender] = {}
 
 
 # (Genesys `channel.from`, wa_id, user_id); `from.id` / `from.idType` are `Route.sender_id` / `Route.id_type`.
@@ -73,6 +75,7 @@ def identify(msg: Message, contact: Contact | None) -> Sender:
     from_user_id = msg.from_user_id
     if from_user_id is None and msg.from_ is None and msg.system is not None:  # rule 3
         from_user_id = msg.system.previous_user_id or msg.system.user_id
+    key: _SenderKey
     if contact is None:
         key = (msg.from_, from_user_id, None, None, None)
     else:

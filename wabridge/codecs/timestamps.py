@@ -83,14 +83,14 @@ def iso_time(seconds: float) -> str:
 
 def _format(seconds: float) -> str:
     whole = int(seconds)
-    millis = int(round((seconds - whole) * 1000.0))
+    millis = round((seconds - whole) * 1000.0)
     if millis >= 1000:  # x.9995 and up rounds into the next second
         whole, millis = whole + 1, 0
     day, in_day = divmod(whole, 86400)
     date = _dates.get(day)
     if date is None:
         t = time.gmtime(day * 86400)
-        date = "%04d-%02d-%02dT" % (t.tm_year, t.tm_mon, t.tm_mday)
+        date = f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
         if len(_dates) >= _CACHE_MAX:
             _dates.clear()
         _dates[day] = date

@@ -108,7 +108,7 @@ class SecretBox:
 
     def decrypt(self, ciphertext: str, *, context: str = "") -> str:
         """The plaintext; UndecryptableSecret (never a bare InvalidTag) when this ring cannot open it."""
-        version, kid, blob = (ciphertext.split(":", 2) + ["", ""])[:3]
+        version, kid, blob = [*ciphertext.split(":", 2), "", ""][:3]
         if version != "v1" or not kid:
             raise UndecryptableSecret(list(self._aead), context, "is not a wabridge ciphertext")
         if kid not in self._aead:

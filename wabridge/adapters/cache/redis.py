@@ -67,7 +67,7 @@ class RedisCache:
         if not keys:
             return {}
         values = await self._call(self._redis.mget([self._prefix + key for key in keys]))
-        return {key: value for key, value in zip(keys, values) if value is not None}
+        return {key: value for key, value in zip(keys, values, strict=True) if value is not None}
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         await self._call(self._redis.set(self._prefix + key, value, px=_ms(ttl)))
