@@ -282,9 +282,6 @@ class CustomerStore(Protocol):
     async def set_conversations(self, rows: Sequence[tuple[str, str, str]]) -> None:
         """`set_conversation` for many (tenant_id, wa_id, conversation_id) at once; the last row of a key wins."""
 
-    async def touch_conversations(self, touches: Sequence[tuple[str, str, float]]) -> None:
-        """(tenant_id, wa_id, unix time) → last_activity_at, many at once (coalesced by the caller)."""
-
     # customer aliases: one customer known by two ids (phone number and BSUID, or an old and a new BSUID); each alias
     # names the customer's canonical id, the one their conversation is keyed on (actors/identity.py)
     async def get_aliases(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
@@ -310,6 +307,10 @@ class TrackingStore(Protocol):
     # message tracking
     async def write_tracking(self, records: Sequence[TrackingRecord]) -> None:
         """Upsert many rows in one round trip; durable when it returns."""
+
+    async def touch_conversations(self, touches: Sequence[tuple[str, str, float]]) -> None:
+        """(tenant_id, wa_id, unix time) → the conversation mapping's last_activity_at, many at once (coalesced by the
+        caller, the tracking writer)."""
 
     async def get_tracking(self, tenant_id: str, wamid: str) -> TrackingRecord | None: ...
 

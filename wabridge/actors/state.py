@@ -1,8 +1,8 @@
 """Conversation state: which Genesys conversation a WhatsApp customer of a tenant belongs to.
 
-Read path: this process's memo (`MEMO_SECONDS`) → local LRU → Redis (`mapping:wa:{tenantId}:{waId}`, 1 h) → PostgreSQL `conversation_mappings` → a new
-UUID, written to the store first (insert-if-absent: when two workers race, both end with the store's winner) and then
-to the cache in both directions. A cache that is down only costs speed: the store answers.
+Read path: this process's memo (`MEMO_SECONDS`) → local LRU → Redis (`mapping:wa:{tenantId}:{waId}`, 1 h) → PostgreSQL
+`conversation_mappings` → a new UUID, written to the store first (insert-if-absent: when two workers race, both end with
+the store's winner) and then to the cache in both directions. A cache that is down only costs speed: the store answers.
 When Genesys answers with the conversation id it really uses, `adopt` overwrites the mapping.
 
 The memo: a customer writes again within seconds, and the shared LocalCache keeps a copy only 1 s, so most messages
@@ -92,7 +92,9 @@ class ConversationState:
             return None
         return value.decode() if value is not None else None
 
-    async def _write_cache(self, groups: Sequence[tuple[tuple[str, bytes], ...]]) -> dict[object, None]:
+    async def _write_cache(
+        self, groups: Sequence[tuple[tuple[str, bytes], ...]]
+    ) -> dict[tuple[tuple[str, bytes], ...], None]:
         await self._cache.set_many([item for group in groups for item in group], keys.MAPPING_TTL)
         return {}
 
