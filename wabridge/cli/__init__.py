@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 from wabridge.engine.secrets import SecretKeyError
 from wabridge.engine.settings import SettingsError
@@ -19,7 +20,7 @@ COMMANDS = ("serve", "migrate", "tenants", "replay", "trace", "messages", "trans
 class Parser(argparse.ArgumentParser):
     """Bad usage is one clear line and exit 2, not a usage dump."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 

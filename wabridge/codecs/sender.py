@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import msgspec
 
-from wabridge.codecs.genesys import ChannelMetadata, OpenMessagingFrom
+from wabridge.codecs.genesys import ChannelMetadata, IdType, OpenMessagingFrom
 from wabridge.codecs.meta import Contact, Message
 from wabridge.codecs.results import Inbound
 
@@ -99,6 +99,7 @@ def _identify(
 ) -> Sender:
     wa_id = sent_from if _is_phone(sent_from) else (contact_wa_id if _is_phone(contact_wa_id) else None)
     user_id = _usable(from_user_id) or _usable(contact_user_id)
+    id_type: IdType
     if wa_id is not None:
         sender_id, id_type = wa_id, "Phone"
     elif user_id is not None:
@@ -108,7 +109,7 @@ def _identify(
         id_type = "Opaque"
     else:
         raise MissingSender("no phone number and no user id")
-    return OpenMessagingFrom(sender_id, id_type, *_names(name)), wa_id, user_id  # type: ignore[arg-type]
+    return OpenMessagingFrom(sender_id, id_type, *_names(name)), wa_id, user_id
 
 
 def _names(name: str | None) -> tuple[str | None, str | None, str | None]:

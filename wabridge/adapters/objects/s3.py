@@ -276,7 +276,7 @@ def _s3_error(status: int, body: bytes, bucket: str, key: str) -> S3Error:
             None,
             None,
             None,
-            None,  # type: ignore[arg-type]
+            None,  # type: ignore[arg-type]  # no aiohttp response: the put went over http/client.py
             bucket_name=bucket,
             object_name=key,
         )
