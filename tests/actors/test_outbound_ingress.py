@@ -320,9 +320,9 @@ async def test_over_http_the_simulated_agents_webhook_is_taken_and_an_oversized_
                 metrics = (await http.get(base + "/metrics")).text
         assert [(a["status"], json.loads(a["answer"])) for a in record.attempts] == [(200, {"status": "ok"})]
         assert too_big == 413
-        assert 'wabridge_ingress_requests_total{route="genesys",status="413"} 1' in metrics
-        assert 'wabridge_outbound_webhooks_total{outcome="queued"} 1' in metrics
-        assert 'wabridge_outbound_webhooks_total{outcome="too_large"} 1' in metrics
+        assert 'wabridge_ingress_requests_total{route="genesys",status="413"} 1.0' in metrics
+        assert 'wabridge_outbound_webhooks_total{outcome="queued"} 1.0' in metrics
+        assert 'wabridge_outbound_webhooks_total{outcome="too_large"} 1.0' in metrics
         [(tenant_id, message_id, queued)] = await drain(backends.outbound, expect=1)
         assert (tenant_id, message_id, queued.body) == ("acme", f"{record.id}:acme", record.body)
         # Stopped by SIGTERM, the ingress put the outbound archive's last segment too.

@@ -33,5 +33,5 @@ async def test_every_metric_the_dashboard_and_alerts_use_is_exported(bridge: Bri
         samples = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if not line.startswith("#")}
         assert set(PER_PROCESS) <= samples, (name, set(PER_PROCESS) - samples)
     # The media message went through the download path the dashboard counts.
-    assert 'wabridge_media_downloads_total{result="stored"} 1' in worker
-    assert 'wabridge_tenant_deliveries_total{tenant="shop",outcome="delivered"} 3' in worker
+    assert 'wabridge_media_downloads_total{result="stored"} 1.0' in worker
+    assert 'wabridge_tenant_deliveries_total{outcome="delivered",tenant="shop"} 3.0' in worker

@@ -1,4 +1,5 @@
-"""The /metrics registry renders valid Prometheus text (format 0.0.4), and the engine publishes its counters."""
+"""The metrics registry renders valid Prometheus text (format 0.0.4), and the engine publishes its counters.
+Across processes: tests/actors/test_ingress_metrics.py."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import re
 import pytest
 
 from wabridge.engine.actor import Actor
-from wabridge.engine.metrics import REGISTRY, Registry
+from wabridge.engine.metrics import REGISTRY, MetricsRegistry
 from wabridge.engine.supervisor import Supervisor
 
 pytestmark = pytest.mark.anyio
@@ -29,7 +30,7 @@ def assert_prometheus_text(text: str) -> list[str]:
 
 
 def test_counters_gauges_and_histograms_render_as_prometheus_text_with_escaped_labels() -> None:
-    registry = Registry()
+    registry = MetricsRegistry()
     requests = registry.counter("wabridge_requests_total", 'Requests by "route".\nSecond line.', ["route"])
     requests.labels('/webhook "meta"\\n').inc(3)
     depth = registry.gauge("wabridge_depth", "Queue depth.", ["queue"])
@@ -40,21 +41,21 @@ def test_counters_gauges_and_histograms_render_as_prometheus_text_with_escaped_l
 
     lines = assert_prometheus_text(registry.render().decode())
     assert '# HELP wabridge_requests_total Requests by "route".\\nSecond line.' in lines
-    assert 'wabridge_requests_total{route="/webhook \\"meta\\"\\\\n"} 3' in lines
-    assert 'wabridge_depth{queue="q1"} 7' in lines
+    assert 'wabridge_requests_total{route="/webhook \\"meta\\"\\\\n"} 3.0' in lines
+    assert 'wabridge_depth{queue="q1"} 7.0' in lines
     buckets = [line for line in lines if line.startswith("wabridge_latency_seconds_bucket")]
     assert buckets == [
-        'wabridge_latency_seconds_bucket{le="0.01"} 1',
-        'wabridge_latency_seconds_bucket{le="0.1"} 2',
-        'wabridge_latency_seconds_bucket{le="1"} 3',
-        'wabridge_latency_seconds_bucket{le="+Inf"} 4',
+        'wabridge_latency_seconds_bucket{le="0.01"} 1.0',
+        'wabridge_latency_seconds_bucket{le="0.1"} 2.0',
+        'wabridge_latency_seconds_bucket{le="1.0"} 3.0',
+        'wabridge_latency_seconds_bucket{le="+Inf"} 4.0',
     ]
-    assert "wabridge_latency_seconds_count 4" in lines
+    assert "wabridge_latency_seconds_count 4.0" in lines
     assert "wabridge_latency_seconds_sum 5.555" in lines
 
 
 def test_a_metric_refuses_more_label_sets_than_its_bound() -> None:
-    counter = Registry().counter("wabridge_x_total", "x", ["customer"], max_series=2)
+    counter = MetricsRegistry().counter("wabridge_x_total", "x", ["customer"], max_series=2)
     counter.labels("a").inc()
     counter.labels("b").inc()
     with pytest.raises(ValueError, match="more than 2 label sets"):
@@ -62,7 +63,7 @@ def test_a_metric_refuses_more_label_sets_than_its_bound() -> None:
 
 
 def test_a_counter_only_goes_up_and_names_are_checked() -> None:
-    registry = Registry()
+    registry = MetricsRegistry()
     with pytest.raises(ValueError):
         registry.counter("wabridge_no_suffix", "x")
     with pytest.raises(ValueError):
@@ -82,9 +83,9 @@ async def test_the_engine_exposes_mailbox_depth_restarts_messages_handled_and_ha
         for i in range(40):
             await ref.tell(i)
     lines = assert_prometheus_text(REGISTRY.render().decode())
-    assert 'wabridge_actor_messages_total{actor="metricstest"} 39' in lines
-    assert 'wabridge_actor_restarts_total{actor="metricstest"} 1' in lines
-    assert 'wabridge_actor_failures_total{actor="metricstest"} 1' in lines
-    assert 'wabridge_actor_mailbox_depth{actor="metricstest"} 0' in lines
+    assert 'wabridge_actor_messages_total{actor="metricstest"} 39.0' in lines
+    assert 'wabridge_actor_restarts_total{actor="metricstest"} 1.0' in lines
+    assert 'wabridge_actor_failures_total{actor="metricstest"} 1.0' in lines
+    assert 'wabridge_actor_mailbox_depth{actor="metricstest"} 0.0' in lines
     count = next(line for line in lines if line.startswith('wabridge_actor_handler_seconds_count{actor="metricstest"}'))
-    assert int(count.split()[-1]) >= 2  # sampled: 1 call in 16
+    assert float(count.split()[-1]) >= 2  # sampled: 1 call in 16

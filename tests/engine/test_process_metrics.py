@@ -10,7 +10,7 @@ import pytest
 from tests.engine.test_metrics import assert_prometheus_text
 from wabridge.engine import process_metrics
 from wabridge.engine.actor import Actor, ActorRef
-from wabridge.engine.metrics import OTHER, REGISTRY, Capped, Registry, TopGauge
+from wabridge.engine.metrics import OTHER, REGISTRY, Capped, MetricsRegistry, TopGauge
 
 pytestmark = pytest.mark.anyio
 
@@ -40,7 +40,7 @@ async def test_loop_lag_is_how_late_the_sleep_woke() -> None:
     assert probe.max() == pytest.approx(0.3)
     text = REGISTRY.render().decode()
     assert float(counted.findall(text)[0]) == before + 2
-    assert re.search(r'^wabridge_event_loop_lag_seconds_bucket\{le="0.5"\} \d+$', text, re.MULTILINE)
+    assert re.search(r'^wabridge_event_loop_lag_seconds_bucket\{le="0.5"\} [\d.]+$', text, re.MULTILINE)
 
 
 async def test_watching_runs_one_probe_per_loop_and_publishes_its_max() -> None:
@@ -60,26 +60,29 @@ def test_resident_memory_and_cpu_are_this_process_s() -> None:
 
 
 def test_capped_gives_the_first_tenants_their_own_series_and_the_rest_one() -> None:
-    registry = Registry()
+    registry = MetricsRegistry()
     deliveries = registry.counter("wabridge_t_total", "By tenant.", ["tenant", "outcome"], max_series=8)
     capped = Capped(deliveries, 3)
     for n in range(1000):  # far more tenants than the metric could hold: must not raise
         capped.labels(f"t{n}", "delivered").inc()
         capped.labels(f"t{n}", "failed").inc()
     lines = assert_prometheus_text(registry.render().decode())
-    assert 'wabridge_t_total{tenant="t0",outcome="delivered"} 1' in lines
-    assert 'wabridge_t_total{tenant="t2",outcome="failed"} 1' in lines
-    assert f'wabridge_t_total{{tenant="{OTHER}",outcome="delivered"}} 997' in lines
+    assert 'wabridge_t_total{outcome="delivered",tenant="t0"} 1.0' in lines
+    assert 'wabridge_t_total{outcome="failed",tenant="t2"} 1.0' in lines
+    assert f'wabridge_t_total{{outcome="delivered",tenant="{OTHER}"}} 997.0' in lines
     assert not any('tenant="t3"' in line for line in lines)
 
 
 def test_top_gauge_shows_only_the_largest_non_zero_values() -> None:
-    registry = Registry()
+    registry = MetricsRegistry()
     depths = {f"t{n}": n for n in range(50)}
     registry.register(TopGauge("wabridge_deep", "Deepest.", "tenant", lambda: depths, top=3))
     lines = assert_prometheus_text(registry.render().decode())
     assert [line for line in lines if not line.startswith("#")] == [
-        'wabridge_deep{tenant="t49"} 49', 'wabridge_deep{tenant="t48"} 48', 'wabridge_deep{tenant="t47"} 47']
+        'wabridge_deep{tenant="t49"} 49.0',
+        'wabridge_deep{tenant="t48"} 48.0',
+        'wabridge_deep{tenant="t47"} 47.0',
+    ]
     depths.clear()
     assert [line for line in registry.render().decode().splitlines() if not line.startswith("#")] == []
 
@@ -96,6 +99,6 @@ async def test_the_worker_exports_its_deepest_tenant_mailboxes_by_tenant() -> No
         for _ in range(n * 2):
             ref.tell_nowait("webhook")  # never started: the messages stay in the mailbox
     text = REGISTRY.render().decode()
-    assert 'wabridge_tenant_mailbox_depth{tenant="acme-2"} 4' in text
-    assert 'wabridge_tenant_mailbox_depth{tenant="acme-1"} 2' in text
+    assert 'wabridge_tenant_mailbox_depth{tenant="acme-2"} 4.0' in text
+    assert 'wabridge_tenant_mailbox_depth{tenant="acme-1"} 2.0' in text
     assert 'tenant="acme-0"' not in text  # empty: not a hot spot

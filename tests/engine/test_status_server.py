@@ -25,7 +25,7 @@ async def test_a_worker_serves_its_metrics_and_health():
         health = await client.get(f"http://127.0.0.1:{port}/healthz")
         missing = await client.get(f"http://127.0.0.1:{port}/nope")
     assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
-    assert "wabridge_test_status_probe_total 3" in metrics.text
+    assert "wabridge_test_status_probe_total 3.0" in metrics.text
     assert (health.status_code, health.text) == (200, "ok")
     assert missing.status_code == 404
 

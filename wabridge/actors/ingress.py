@@ -128,7 +128,9 @@ TENANT_LOOKUPS = metrics.REGISTRY.counter(
     "wabridge_tenant_lookups_total", "Tenant directory lookups by the tier that answered", ("tier",)
 )
 TENANT_HIT_RATIO = metrics.REGISTRY.gauge(
-    "wabridge_tenant_cache_hit_ratio", "Share of tenant lookups answered by the in-process cache"
+    "wabridge_tenant_cache_hit_ratio",
+    "Share of tenant lookups answered by the in-process cache",
+    multiprocess_mode="livemin",  # several ingress processes: the coldest cache's
 )
 OUTBOUND_WEBHOOKS = metrics.REGISTRY.counter(
     "wabridge_outbound_webhooks_total", "Genesys outbound webhooks (agent messages) answered, by outcome", ("outcome",)

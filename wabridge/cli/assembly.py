@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 
 from wabridge.actors.ingress import IngressApp
 from wabridge.adapters.backends import open_backends_when_up
-from wabridge.engine import heap
+from wabridge.engine import heap, metrics
 from wabridge.engine.drain import Shutdown
 from wabridge.engine.settings import Settings, load_settings, settings_environment
 
@@ -135,6 +136,12 @@ def serve_embedded(settings: Settings) -> None:
     uvloop.run(run())
 
 
+def metrics_directory(settings: Settings) -> str:
+    """Where the ingress's processes keep their metrics: PROMETHEUS_MULTIPROC_DIR if set, else one per port."""
+    default = os.path.join(tempfile.gettempdir(), f"wabridge-ingress-metrics-{settings.port}")
+    return os.environ.get(metrics.MULTIPROC_DIR) or default
+
+
 def serve_processes(settings: Settings, *, workers: int) -> None:
     """Run the ingress under Granian's process manager until a signal stops it; never returns.
 
@@ -146,6 +153,7 @@ def serve_processes(settings: Settings, *, workers: int) -> None:
     for name in [n for n in os.environ if n.startswith(("WABRIDGE_", "GRANIAN_"))]:
         del os.environ[name]  # the workers must see exactly `settings`, nothing left over
     os.environ.update(settings_environment(settings))
+    metrics.share_between_processes(metrics_directory(settings))  # one /metrics for all the workers
     argv = granian_argv(settings, workers=workers)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -4,7 +4,8 @@ Event-loop lag is how late a periodic sleep wakes up: the time the loop spent on
 large JSON decode, the garbage collector) when it should have run this one. Every webhook and delivery waits the same
 way, so a lag of 100 ms is 100 ms added to each of them; the soak and overload scenarios watch it, and the dashboard
 shows it per process beside RSS. `watching()` runs the probe for as long as its block lasts (a worker's `run`, the
-ingress's `start`..`aclose`); one probe per event loop, however many roles share it.
+ingress's `start`..`aclose`); one probe per event loop, however many roles share it. With the ingress's processes
+sharing their metrics (metrics.py), the same block keeps this process's callbacks published into the shared files.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+from wabridge.engine import metrics
 from wabridge.engine.metrics import REGISTRY
 
 INTERVAL = 0.25  # seconds between probes: one cheap timer callback, four times a second
@@ -30,9 +32,11 @@ _lag = REGISTRY.histogram(
     buckets=LAG_BUCKETS,
 )
 _lag_max = REGISTRY.gauge(
-    "wabridge_event_loop_lag_max_seconds", f"The largest event-loop lag of the last {WINDOW:g} s."
+    "wabridge_event_loop_lag_max_seconds",
+    f"The largest event-loop lag of the last {WINDOW:g} s.",
+    multiprocess_mode="livemax",  # the ingress's processes: the slowest loop
 )
-_rss = REGISTRY.gauge("wabridge_process_resident_memory_bytes", "Resident memory of this process.")
+_rss = REGISTRY.gauge("wabridge_process_resident_memory_bytes", "Resident memory of this process.")  # processes: summed
 _cpu = REGISTRY.counter("wabridge_process_cpu_seconds_total", "CPU time (user + system) used by this process.")
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -91,10 +95,12 @@ async def watching() -> AsyncIterator[None]:
     probe = LoopLag()
     _lag_max.set_function(probe.max)
     task = _running[loop] = loop.create_task(probe.watch(), name="event-loop-lag")
+    published = loop.create_task(metrics.publishing(), name="metrics-publishing")
     try:
         yield
     finally:
         _running.pop(loop, None)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for running in (task, published):
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
