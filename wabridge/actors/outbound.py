@@ -35,7 +35,7 @@ from wabridge.actors.tracking import TrackingLookups, TrackingWriter
 from wabridge.codecs.outbound import OutboundResult, OutboundSkipped, Send, Typing, meta_body, typing_due
 from wabridge.codecs.receipts import IdType, OutboundState, Reason, receipt, receipt_body, write_state
 from wabridge.engine.backoff import Backoff, poll
-from wabridge.engine.history import Origin, current, note
+from wabridge.engine.history import Origin, current, note, origin_fields
 from wabridge.engine.logs import get_logger
 from wabridge.engine.metrics import REGISTRY, Capped
 from wabridge.engine.outage import hold_through_outage
@@ -347,12 +347,7 @@ class OutboundSender:
     ) -> TrackingRecord:
         now = time.time()
         if origin is not None:
-            fields.update(
-                webhook_id=origin.webhook_id,
-                shard=origin.shard,
-                archive_key=origin.archive_key,
-                received_at=received_at,
-            )
+            fields.update(origin_fields(origin, received_at))
         return TrackingRecord(
             wamid=send.id,
             tenant_id=tenant_id,
