@@ -16,6 +16,7 @@ from wabridge.actors.tenant import TenantActor
 from wabridge.actors.worker import Worker
 from wabridge.codecs.routing import QueuedWebhook, encode_queued
 from wabridge.engine.drain import Shutdown
+from wabridge.engine.backoff import Backoff
 from wabridge.adapters.queue.sqlite import shard_of
 from wabridge.engine.settings import Settings
 from wabridge.sim import webhooks
@@ -470,7 +471,7 @@ async def test_deliveries_that_crash_their_tenant_actor_are_dead_lettered_and_st
     """Issue 15: five poison webhooks in ten seconds made the worker's supervisor give up and `serve` exit, every
     tenant down. Now each crash is charged to its delivery (dead-lettered on its last attempt, with the crash as the
     reason) and to its tenant's actor (paused and restarted alone), never to the process."""
-    monkeypatch.setattr("wabridge.engine.supervisor.COOL_DOWN", (0.05, 0.2))
+    monkeypatch.setattr("wabridge.engine.supervisor.COOL_DOWN", Backoff(0.05, 0.2, jitter=None))
     real_on_receive = TenantActor.on_receive
 
     async def on_receive(self, delivery):

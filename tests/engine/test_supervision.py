@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from wabridge.engine.actor import Actor, ActorStopped
+from wabridge.engine.backoff import Backoff
 from wabridge.engine.supervisor import Supervisor, SupervisorGaveUp
 
 pytestmark = pytest.mark.anyio
@@ -220,7 +221,7 @@ async def test_per_child_intensity_pauses_only_the_crashing_child_and_never_give
     """The worker's tenant actors: one tenant's poison messages crash its actor again and again; past its own
     intensity it is restarted after a pause, each poison message still reaches on_failed, and a second child (another
     tenant) goes on undisturbed. The same crashes under a shared intensity make the supervisor give up."""
-    monkeypatch.setattr("wabridge.engine.supervisor.COOL_DOWN", (0.05, 0.2))
+    monkeypatch.setattr("wabridge.engine.supervisor.COOL_DOWN", Backoff(0.05, 0.2, jitter=None))
 
     class Tenant(Actor):
         def __init__(self, handled: list[str]) -> None:

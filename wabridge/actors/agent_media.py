@@ -30,7 +30,6 @@ Memory: at most `concurrency` files in hand, each at most Meta's limit for its t
 from __future__ import annotations
 
 import mimetypes
-import random
 import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import urljoin, urlsplit
@@ -38,11 +37,12 @@ from urllib.parse import urljoin, urlsplit
 import anyio
 import msgspec
 
-from wabridge.actors.media import MAX_REDIRECTS, REDIRECTS
+from wabridge.actors.media import MAX_REDIRECTS, REDIRECTS, Retry
 from wabridge.codecs.object_keys import extension_for, media_key
 from wabridge.codecs.outbound import MediaToFetch, Send
 from wabridge.codecs.receipts import MEDIA_LIMITS, Reason, bare_mime, media_problem
 from wabridge.engine import history
+from wabridge.engine.backoff import Backoff
 from wabridge.genesys.auth import LoginFailed, TokenProvider
 from wabridge.http.client import AddressRefused, BodyTooLarge, Http1Pools, HttpError, Reply
 from wabridge.meta.graph import MetaGraph, SendRefused
@@ -69,10 +69,6 @@ class AgentMediaStatistics(msgspec.Struct, frozen=True):
     refused: int
     retries: int
     bytes_stored: int
-
-
-class _Retry(Exception):
-    pass
 
 
 def genesys_host(url: str, tenant: TenantConfig) -> bool:
@@ -117,7 +113,7 @@ class AgentMedia:
         if attempts < 1 or concurrency < 1:
             raise ValueError("attempts and concurrency must be at least 1")
         self._objects, self._graph, self._tokens = objects, graph, tokens
-        self._attempts, self._backoff, self._sleep, self._clock = attempts, backoff, sleep, clock
+        self._attempts, self._backoff, self._sleep, self._clock = attempts, Backoff(backoff), sleep, clock
         self._slots = anyio.Semaphore(concurrency)
         # The url is the agent's (Genesys's message): fetched from public addresses only, unless the settings allow
         # private ones (WABRIDGE_ALLOW_PRIVATE_MEDIA_URLS, for simulators on 127.0.0.1).
@@ -210,7 +206,7 @@ class AgentMedia:
                 detail = "timed out"
             except AddressRefused as exc:  # no retry makes a private address public
                 raise MediaRefused(Reason("GeneralError", f"The agent's file was not downloaded: {exc}")) from None
-            except (HttpError, ValueError, _Retry) as exc:  # ValueError: a url that is not http(s)
+            except (HttpError, ValueError, Retry) as exc:  # ValueError: a url that is not http(s)
                 detail = str(exc)[:200] or type(exc).__name__
             else:
                 status = reply.status
@@ -230,7 +226,7 @@ class AgentMedia:
                 )
             self._counts["retries"] += 1
             history.note("media-retried", f"agent file, attempt {attempt}: {detail}")
-            await self._sleep(self._backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
+            await self._sleep(self._backoff.delay(attempt))
 
     async def _get(self, url: str, token: str | None, max_bytes: int) -> Reply:
         """GET `url`, following redirects; the token goes only to the origin of the url it came with, and a redirect
@@ -257,4 +253,4 @@ class AgentMedia:
             if reply.status not in REDIRECTS or not location:
                 return reply
             url = urljoin(url, location)
-        raise _Retry(f"more than {MAX_REDIRECTS} redirects")
+        raise Retry(f"more than {MAX_REDIRECTS} redirects")

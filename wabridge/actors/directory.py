@@ -23,21 +23,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import msgspec
 from cryptography.exceptions import InvalidTag
 
 from wabridge.engine import keys
+from wabridge.engine.lru import MISSING, ExpiringLRU
 from wabridge.engine.secrets import Secret, SecretBox, SecretKeyError
 from wabridge.ports import BackendUnavailable, Cache, TenantConfig, TenantStore
 
 log = logging.getLogger("wabridge.tenants")
 
 _NEGATIVE = b"-"
-V = TypeVar("V")
 
 
 def _enc_hook(obj: Any) -> Any:
@@ -54,37 +53,6 @@ def _dec_hook(kind: type, obj: Any) -> Any:
 
 _config_encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
 _config_decoder = msgspec.json.Decoder(TenantConfig, dec_hook=_dec_hook)
-
-
-class _Expiring(Generic[V]):
-    """A bounded LRU whose entries expire. At the bound the least recently used entry goes."""
-
-    def __init__(self, max_entries: int, clock: Callable[[], float]) -> None:
-        self._items: OrderedDict[str, tuple[float, V]] = OrderedDict()
-        self._max = max_entries
-        self._clock = clock
-
-    def get(self, key: str) -> tuple[bool, V | None]:
-        item = self._items.get(key)
-        if item is None:
-            return False, None
-        if item[0] < self._clock():
-            del self._items[key]
-            return False, None
-        self._items.move_to_end(key)
-        return True, item[1]
-
-    def put(self, key: str, value: V, ttl: float) -> None:
-        self._items[key] = (self._clock() + ttl, value)
-        self._items.move_to_end(key)
-        while len(self._items) > self._max:
-            self._items.popitem(last=False)
-
-    def pop(self, key: str) -> None:
-        self._items.pop(key, None)
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 class DirectoryStatistics(msgspec.Struct, frozen=True):
@@ -121,10 +89,10 @@ class TenantDirectory:
         self._box = box
         self._ttl = ttl
         self._negative_ttl = negative_ttl
-        self._by_number: _Expiring[TenantConfig] = _Expiring(max_entries, clock)
-        self._by_id: _Expiring[TenantConfig | None] = _Expiring(max_entries, clock)
-        self._negatives: _Expiring[None] = _Expiring(max_negatives, clock)
-        self._all: _Expiring[list[TenantConfig]] = _Expiring(1, clock)
+        self._by_number: ExpiringLRU[str, TenantConfig] = ExpiringLRU(max_entries, clock=clock)
+        self._by_id: ExpiringLRU[str, TenantConfig | None] = ExpiringLRU(max_entries, clock=clock)
+        self._negatives: ExpiringLRU[str, None] = ExpiringLRU(max_negatives, clock=clock)
+        self._all: ExpiringLRU[str, list[TenantConfig]] = ExpiringLRU(1, clock=clock)
         self._in_flight: dict[str, asyncio.Future[TenantConfig | None]] = {}
         self._lookups = asyncio.Semaphore(max_store_lookups)
         self._local_hits = self._cache_hits = self._store_lookups = 0
@@ -132,12 +100,11 @@ class TenantDirectory:
     # --- lookups ----------------------------------------------------------------------------------------------
 
     async def by_phone_number(self, phone_number_id: str) -> TenantConfig | None:
-        found, tenant = self._by_number.get(phone_number_id)
-        if found:
+        tenant = self._by_number.get(phone_number_id, None)
+        if tenant is not None:
             self._local_hits += 1
             return tenant
-        found, _ = self._negatives.get(phone_number_id)
-        if found:
+        if self._negatives.get(phone_number_id, MISSING) is not MISSING:
             self._local_hits += 1
             return None
         pending = self._in_flight.get(phone_number_id)
@@ -165,10 +132,10 @@ class TenantDirectory:
         return tenant
 
     async def by_id(self, tenant_id: str) -> TenantConfig | None:
-        found, tenant = self._by_id.get(tenant_id)
-        if found:
+        cached = self._by_id.get(tenant_id, MISSING)
+        if cached is not MISSING:
             self._local_hits += 1
-            return tenant
+            return cached
         async with self._lookups:
             self._store_lookups += 1
             tenant = await self._store.get_tenant(tenant_id)
@@ -177,8 +144,8 @@ class TenantDirectory:
 
     async def all(self) -> list[TenantConfig]:
         """Every tenant (the verification handshake without a tenant id), cached for `ttl` seconds."""
-        found, tenants = self._all.get("all")
-        if found and tenants is not None:
+        tenants = self._all.get("all", None)
+        if tenants is not None:
             return tenants
         async with self._lookups:
             tenants = await self._store.list_tenants()

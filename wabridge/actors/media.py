@@ -34,7 +34,6 @@ transport, an image message cost the worker 1,030-1,080 µs; with both on http1,
 from __future__ import annotations
 
 import hashlib
-import random
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
@@ -46,6 +45,7 @@ from wabridge.codecs.object_keys import extension_for, media_key
 from wabridge.codecs.results import Inbound, MediaRef, sha256_digest
 from wabridge.codecs.transform import media_as_text, with_media_url
 from wabridge.engine import history
+from wabridge.engine.backoff import Backoff
 from wabridge.engine.settings import Settings
 from wabridge.http.client import AddressRefused, BodyTooLarge, Http1Pools, HttpError, Reply
 from wabridge.ports import MEDIA_BUCKET, Objects, TenantConfig
@@ -119,8 +119,9 @@ class _Final(Exception):
         self.reason, self.detail, self.size = reason, detail, size
 
 
-class _Retry(Exception):
-    pass
+class Retry(Exception):
+    """A download answer another try may change (a 5xx, redirects without end, a lookup answer unreadable); the
+    customer's media here and the agent's (agent_media.py) alike."""
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ class MediaFetcher:
             raise ValueError("attempts, concurrency and max_bytes must be at least 1")
         self._objects = objects
         self._graph = settings.graph_api_url.rstrip("/")
-        self._attempts, self._backoff, self._max_bytes = attempts, backoff, max_bytes
+        self._attempts, self._backoff, self._max_bytes = attempts, Backoff(backoff), max_bytes
         self._slots = anyio.Semaphore(concurrency)
         # `timeout` bounds one request, body included; at most `concurrency` downloads at once, so per origin too
         self._http = Http1Pools(max_pools=MAX_ORIGINS, limit=concurrency, timeout=timeout, connect_timeout=5.0)
@@ -191,7 +192,7 @@ class MediaFetcher:
                 data, mime = await self._download(tenant.whatsapp_token.reveal(), media)
             except _Final as final:
                 return self._notice(final.reason, kind, final.detail, attempt, final.size)
-            except _Retry as exc:
+            except Retry as exc:
                 detail = str(exc)
             except AddressRefused as exc:  # no retry makes a private address public
                 return self._notice("download_failed", kind, f"url refused: {exc}", attempt)
@@ -212,8 +213,7 @@ class MediaFetcher:
             if attempt < self._attempts:
                 self._counts["retries"] += 1
                 history.note("media-retried", f"attempt {attempt}: {detail}")  # the message's trail: wabridge trace
-                # Exponential backoff, full ±50 % jitter so many messages failing together do not retry in step.
-                await anyio.sleep(self._backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
+                await anyio.sleep(self._backoff.delay(attempt))  # jittered: messages failing together spread
         return self._notice("download_failed", kind, detail, self._attempts)
 
     def _notice(self, reason: str, kind: str, detail: str, attempts: int, size: int = 0) -> MediaOutcome:
@@ -233,7 +233,7 @@ class MediaFetcher:
         status = response.status
         if status != 200:
             if status in RETRYABLE_DOWNLOAD or status >= 500:
-                raise _Retry(f"download HTTP {status}")
+                raise Retry(f"download HTTP {status}")
             if status == 401:
                 raise _Final("unauthorized", "download HTTP 401")
             raise _Final("download_failed", f"download HTTP {status}")
@@ -266,7 +266,7 @@ class MediaFetcher:
             if response.status not in REDIRECTS or not location:
                 return response
             url = urljoin(url, location)
-        raise _Retry(f"more than {MAX_REDIRECTS} redirects")
+        raise Retry(f"more than {MAX_REDIRECTS} redirects")
 
     async def _lookup(self, auth: dict[str, str], media_id: str) -> _Lookup:
         response = await self._get(f"{self._graph}/{media_id}", auth, LOOKUP_MAX_BODY)
@@ -275,7 +275,7 @@ class MediaFetcher:
             raise _Final(FINAL_LOOKUP[status], f"lookup HTTP {status}")
         if status != 200:
             if status == 429 or status >= 500 or status == 408:
-                raise _Retry(f"lookup HTTP {status}")
+                raise Retry(f"lookup HTTP {status}")
             raise _Final("download_failed", f"lookup HTTP {status}")
         try:
             info = _decode_lookup(body)
@@ -288,4 +288,4 @@ class MediaFetcher:
                 file_size=int(size) if size is not None else None,
             )
         except (ValueError, KeyError, TypeError, msgspec.DecodeError) as exc:
-            raise _Retry(f"lookup answer unreadable: {type(exc).__name__}") from None
+            raise Retry(f"lookup answer unreadable: {type(exc).__name__}") from None

@@ -34,7 +34,8 @@ from wabridge.actors.contacts import Contacts
 from wabridge.actors.tracking import TrackingLookups, TrackingWriter
 from wabridge.codecs.outbound import OutboundResult, OutboundSkipped, Send, Typing, meta_body, typing_due
 from wabridge.codecs.receipts import IdType, OutboundState, Reason, receipt, receipt_body, write_state
-from wabridge.engine.history import Origin, current, note
+from wabridge.engine.backoff import Backoff, poll
+from wabridge.engine.history import Origin, current, note, origin_fields
 from wabridge.engine.logs import get_logger
 from wabridge.engine.metrics import REGISTRY, Capped
 from wabridge.engine.outage import hold_through_outage
@@ -47,6 +48,7 @@ log = get_logger("outbound")
 OUTBOUND = "outbound"
 SETTLED = frozenset({TrackingStatus.DELIVERED, TrackingStatus.FAILED, TrackingStatus.DEAD_LETTERED})
 CONTACT_WAIT = 5.0  # s: a contact written by another worker reaches the store within contacts.FLUSH_EVERY
+CONTACT_POLL = Backoff(0.1, 1.0, jitter=None)  # s between asks for a contact not in the store yet
 MEMO_ENTRIES = 100_000  # customers whose last read mark / typing indicator this process remembers
 
 _outcomes = REGISTRY.counter(
@@ -200,14 +202,12 @@ class OutboundSender:
     async def _contact(self, tenant: TenantConfig, customer_id: str) -> Contact | None:
         """Where the customer last wrote. A contact another worker just saw may not be in the store yet
         (contacts.py): asked again for up to `contact_wait` before the answer is no."""
-        deadline = time.monotonic() + self._contact_wait
-        pause = 0.1
-        while True:
-            contact = await self._contacts.get(tenant.tenant_id, customer_id)
-            if contact is not None or time.monotonic() + pause > deadline:
-                return contact
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 1.0)
+        return await poll(
+            lambda: self._contacts.get(tenant.tenant_id, customer_id),
+            lambda contact: contact is not None,
+            CONTACT_POLL,
+            self._contact_wait,
+        )
 
     async def _mark_read(self, tenant: TenantConfig, customer_id: str, contact: Contact) -> None:
         """The customer's latest message marked read on WhatsApp when an agent answers: once per message."""
@@ -347,12 +347,7 @@ class OutboundSender:
     ) -> TrackingRecord:
         now = time.time()
         if origin is not None:
-            fields.update(
-                webhook_id=origin.webhook_id,
-                shard=origin.shard,
-                archive_key=origin.archive_key,
-                received_at=received_at,
-            )
+            fields.update(origin_fields(origin, received_at))
         return TrackingRecord(
             wamid=send.id,
             tenant_id=tenant_id,

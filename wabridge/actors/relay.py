@@ -25,7 +25,7 @@ from wabridge.actors.state import ConversationState
 from wabridge.actors.tracking import TrackingLookups, TrackingWriter
 from wabridge.codecs.results import Inbound, pack_result
 from wabridge.codecs.transform import encode_genesys
-from wabridge.engine.history import Origin, Trail, current, note
+from wabridge.engine.history import Origin, Trail, current, note, origin_fields
 from wabridge.engine.logs import get_logger
 from wabridge.engine.metrics import REGISTRY, Capped
 from wabridge.engine.outage import hold_through_outage
@@ -185,12 +185,7 @@ class Relay:
     ) -> TrackingRecord:
         now = time.time()
         if origin is not None:  # where it came from (`wabridge trace`): on the row this write makes anyway
-            fields.update(
-                webhook_id=origin.webhook_id,
-                shard=origin.shard,
-                archive_key=origin.archive_key,
-                received_at=received_at,
-            )
+            fields.update(origin_fields(origin, received_at))
         return TrackingRecord(
             wamid=inbound.route.wamid,
             tenant_id=tenant_id,

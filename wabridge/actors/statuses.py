@@ -32,10 +32,12 @@ from wabridge.actors.tracking import TrackingWriter
 from wabridge.codecs.outbound import parse_callback_data
 from wabridge.codecs.receipts import advances, combined, read_state, status_receipt, write_state
 from wabridge.codecs.results import StatusUpdate
+from wabridge.engine.backoff import Backoff, poll
 from wabridge.engine.metrics import REGISTRY
 from wabridge.ports import TenantConfig, TrackingRecord, TrackingStatus, TrackingStore
 
 WAIT_FOR_SEND = 30.0  # s: how long a status waits for its send's answer to be recorded
+SENT_ROW_POLL = Backoff(0.05, 1.0, jitter=None)  # s between asks for the send's row, when not woken sooner
 
 _statuses = REGISTRY.counter("wabridge_meta_statuses_total", "Meta status webhooks, by what they changed.", ["result"])
 
@@ -128,16 +130,19 @@ class StatusReceipts:
     async def _sent_row(self, tenant_id: str, genesys_id: str, wamid: str) -> TrackingRecord | None:
         """The send's tracking row once it names `wamid`, waiting a while for that (a status may outrun the send's
         answer); after the wait, the row as it is (or None)."""
-        deadline = time.monotonic() + self._wait_for_send
-        pause = 0.05
-        while True:
-            row = await self._store.get_tracking(tenant_id, genesys_id)
-            if row is not None and wamid in (row.meta_ids or "").split():
-                return row
-            if time.monotonic() + pause > deadline:
-                _statuses.labels("before_send").inc()
-                return row
-            # Woken at once when this process records the send (the usual case: it sent it); else the store is
-            # asked again after `pause` (another worker sent it, or a replay from the command line).
-            await self._sender.recorded(tenant_id, genesys_id, pause)
-            pause = min(pause * 2, 1.0)
+
+        def names_it(row: TrackingRecord | None) -> bool:
+            return row is not None and wamid in (row.meta_ids or "").split()
+
+        # Woken at once when this process records the send (the usual case: it sent it); else the store is asked
+        # again after the pause (another worker sent it, or a replay from the command line).
+        row = await poll(
+            lambda: self._store.get_tracking(tenant_id, genesys_id),
+            names_it,
+            SENT_ROW_POLL,
+            self._wait_for_send,
+            pause=lambda seconds: self._sender.recorded(tenant_id, genesys_id, seconds),
+        )
+        if not names_it(row):
+            _statuses.labels("before_send").inc()
+        return row

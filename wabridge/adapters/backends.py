@@ -18,6 +18,7 @@ from typing import Any
 
 import anyio
 
+from wabridge.engine.backoff import Backoff
 from wabridge.engine.logs import get_logger
 from wabridge.engine.settings import Settings
 from wabridge.ports import BackendUnavailable, Cache, Objects, Queue, Store
@@ -116,17 +117,18 @@ async def open_backends_when_up(
     servers (a deployment restarting together, a broker still booting) instead of exiting for a supervisor to
     restart. Only BackendUnavailable is retried, with a warning per attempt; a misconfiguration (bad credentials, a
     refused bucket) still fails at once. Yields None when `stopping` is set before every backend is up."""
-    delay = first_retry
+    pauses = Backoff(first_retry, max_retry, jitter=None)
     attempt = 1
     while not stopping.is_set():
         stack = AsyncExitStack()
         try:
             backends = await stack.enter_async_context(open_backends(settings))
         except BackendUnavailable as down:
+            delay = pauses.delay(attempt)
             log.warning("start-up: %s; retrying in %.1f s (attempt %d)", down, delay, attempt)
             with contextlib.suppress(TimeoutError):  # a stop ends the wait at once
                 await asyncio.wait_for(stopping.wait(), delay)
-            delay, attempt = min(delay * 2, max_retry), attempt + 1
+            attempt += 1
             continue
         async with stack:
             if attempt > 1:

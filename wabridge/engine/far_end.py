@@ -20,12 +20,12 @@ Their tenant's mailbox fills, and the worker parks the tenant (parking.py), so t
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from wabridge.engine import history
+from wabridge.engine.backoff import Backoff
 from wabridge.engine.logs import get_logger
 from wabridge.engine.metrics import REGISTRY
 from wabridge.ports import BackendUnavailable
@@ -64,6 +64,7 @@ class FarEnd:
         self.name = name
         self.hold_for = hold_for
         self.retry_max = retry_max
+        self._pauses = Backoff(FIRST_PAUSE, retry_max)  # equal jitter: tenants' probes spread, a floor is kept
         self._down: dict[str, _Outage] = {}
         self._stopping = asyncio.Event()
         self._gauge = _down_gauge.labels(name)
@@ -125,8 +126,7 @@ class FarEnd:
         """Until the next probe is due (or the far end is back, or a drain)."""
         if self._stopping.is_set():
             raise BackendUnavailable(self.name, "draining while it is down")
-        delay = min(self.retry_max, FIRST_PAUSE * 2 ** min(outage.probes, 16))
-        delay = delay / 2 + random.uniform(0, delay / 2)  # equal jitter: tenants' probes spread, a floor is kept
+        delay = self._pauses.delay(outage.probes + 1)
         waits = {asyncio.ensure_future(outage.over.wait()), asyncio.ensure_future(self._stopping.wait())}
         try:
             await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)

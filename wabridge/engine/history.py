@@ -34,6 +34,16 @@ class Origin(msgspec.Struct, frozen=True, gc=False):
     archive_key: str | None = None
 
 
+def origin_fields(origin: Origin, received_at: float | None) -> dict[str, Any]:
+    """The fields of a tracking row that say where its message came from (`wabridge trace` reads them there)."""
+    return {
+        "webhook_id": origin.webhook_id,
+        "shard": origin.shard,
+        "archive_key": origin.archive_key,
+        "received_at": received_at,
+    }
+
+
 def webhook_of(message_id: str) -> str:
     """The webhook id in a queue message id (`{webhook_id}:{tenant_id}`, actors/ingress.py)."""
     return message_id.partition(":")[0]

@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from wabridge.engine.backoff import Backoff
 from wabridge.engine.logs import get_logger
 from wabridge.engine.metrics import REGISTRY
 from wabridge.ports import BackendUnavailable
@@ -28,7 +29,7 @@ _held_long = REGISTRY.counter(
 # newer messages of its customer, which the worker then took first (hundreds of reordered pairs in a chaos run;
 # tests/e2e/test_outage_order.py). A drain stops the hold (`give_up`) and hands it back; the broker's
 # consumer_timeout must exceed the longest outage to ride out (the dev services and compose set 2 h).
-HOLD_BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)  # s between tries, the last one repeated
+HOLD_BACKOFF = Backoff(0.2, 5.0, jitter=None)  # s between tries
 
 T = TypeVar("T")
 
@@ -61,5 +62,5 @@ async def hold_through_outage(
                 reported = True
                 _held_long.labels(exc.port).inc()
                 log.error("still holding %s after %.0f s: %s; it waits on in place", what, report_after, exc)
-            await asyncio.sleep(HOLD_BACKOFF[min(tries, len(HOLD_BACKOFF) - 1)])
+            await asyncio.sleep(HOLD_BACKOFF.delay(tries + 1))
             tries += 1

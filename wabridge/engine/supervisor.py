@@ -25,11 +25,12 @@ from collections.abc import Callable
 from typing import Any
 
 from wabridge.engine.actor import Actor, ActorRef, ActorStopped, FailureCallback
+from wabridge.engine.backoff import Backoff
 from wabridge.engine.logs import get_logger
 
 # Pauses before restarting a per-child supervised child past its own intensity: 1 s, doubling, at most 30 s; back to
 # the first once it has run a whole `period` without crashing.
-COOL_DOWN = (1.0, 30.0)
+COOL_DOWN = Backoff(1.0, 30.0, jitter=None)
 
 
 class SupervisorGaveUp(Exception):
@@ -176,7 +177,7 @@ class Supervisor:
                     cool_downs = 0  # it ran a whole period since its last crash
                 if self.per_child and _past_intensity(crashes, self.max_restarts, self.period):
                     cool_downs += 1
-                    pause = min(COOL_DOWN[0] * 2 ** (cool_downs - 1), COOL_DOWN[1])
+                    pause = COOL_DOWN.delay(cool_downs)
                     self.cooled_down += 1
                     self.log.error(
                         "%s crashed more than %d times in %g s, last %s: %s; restarting it in %g s (the others go on)",

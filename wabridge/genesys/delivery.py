@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from urllib.parse import quote, urlsplit
 
@@ -40,6 +39,7 @@ import anyio
 import msgspec
 
 from wabridge.engine import history
+from wabridge.engine.backoff import Backoff
 from wabridge.engine.far_end import FarEnd, FarEndDown
 from wabridge.genesys.auth import LoginFailed, TokenProvider
 from wabridge.genesys.ratelimit import RateBudget
@@ -133,8 +133,7 @@ class GenesysDelivery:
         self.far_end = far_end if far_end is not None else FarEnd("genesys")
         self._budget = budget
         self._attempts = attempts
-        self._backoff_base = backoff_base
-        self._backoff_max = backoff_max
+        self._backoff = Backoff(backoff_base, backoff_max)  # equal jitter: spreads retries, keeps a floor
         self._retry_after_max = retry_after_max
         self._rate_limited_max = rate_limited_max
         self._sleep = sleep
@@ -238,22 +237,18 @@ class GenesysDelivery:
                     self._counts["retries"] += 1
                     history.note("retried", f"attempt {attempts}: {error}")  # the message's trail: wabridge trace
                     log.info("delivery retry tenant=%s attempt=%d: %s", tenant.tenant_id, attempts, error)
-                    await self._sleep(self._backoff(attempts))
+                    await self._sleep(self._backoff.delay(attempts))
 
     async def aclose(self) -> None:
         await self._pools.aclose()
 
     # --- internals -------------------------------------------------------------------------------------------------
 
-    def _backoff(self, attempt: int) -> float:
-        delay = min(self._backoff_max, self._backoff_base * 2 ** (attempt - 1))
-        return delay / 2 + random.uniform(0, delay / 2)  # equal jitter: spreads retries, keeps a floor
-
     def _retry_after(self, header: str | None, times: int) -> float:
         try:
-            seconds = float(header) if header is not None else self._backoff(times)
+            seconds = float(header) if header is not None else self._backoff.delay(times)
         except ValueError:  # an HTTP-date: Genesys sends seconds, so this is not worth parsing
-            seconds = self._backoff(times)
+            seconds = self._backoff.delay(times)
         return min(max(seconds, 0.0), self._retry_after_max)
 
 

@@ -37,7 +37,6 @@ have their own pools with a longer timeout (up to 100 MB go up in one request).
 from __future__ import annotations
 
 import logging
-import random
 import re
 import secrets
 import time
@@ -51,6 +50,7 @@ from wabridge.codecs import receipts
 from wabridge.codecs.object_keys import extension_for
 from wabridge.codecs.receipts import Reason
 from wabridge.engine import history
+from wabridge.engine.backoff import Backoff
 from wabridge.engine.budget import Reservations
 from wabridge.engine.far_end import FarEnd, FarEndDown
 from wabridge.http.client import Http1Pools, HttpError
@@ -59,7 +59,7 @@ from wabridge.ports import Cache, TenantConfig
 log = logging.getLogger(__name__)
 
 SEND_WINDOW = 1.0  # seconds: Meta's throughput limit is per second
-THROTTLE_FIRST, THROTTLE_MAX = 1.0, 60.0  # backoff while throttled without a Retry-After
+THROTTLE = Backoff(1.0, 60.0, jitter=None)  # the pauses while throttled without a Retry-After
 _MESSAGE_CODE = re.compile(r"^\(#\d+\)\s*")  # Meta prefixes its message with the code, reason_for adds it again
 
 
@@ -198,7 +198,7 @@ class MetaGraph:
         base = urlsplit(base_url.rstrip("/"))
         self._origin, self._prefix = f"{base.scheme}://{base.netloc}", base.path
         self.far_end = far_end if far_end is not None else FarEnd("meta")
-        self._attempts, self._backoff_base, self._backoff_max = attempts, backoff_base, backoff_max
+        self._attempts, self._backoff = attempts, Backoff(backoff_base, backoff_max)  # equal jitter: spread, a floor
         self._throttle_max_wait = throttle_max_wait
         self._sleep = sleep
         self.budget = SendBudget(cache, clock=clock, sleep=sleep)
@@ -383,13 +383,9 @@ class MetaGraph:
                     self._counts["retries"] += 1
                     history.note("retried", f"meta try {tries}: {error}")
                     log.info("meta retry tenant=%s try=%d: %s", tenant.tenant_id, tries, error)
-                    await self._sleep(self._backoff(tries))
+                    await self._sleep(self._backoff.delay(tries))
                 case _:
                     raise SendRefused(receipts.reason_for(code, words, details), status, _int_code(code))
-
-    def _backoff(self, attempt: int) -> float:
-        delay = min(self._backoff_max, self._backoff_base * 2 ** (attempt - 1))
-        return delay / 2 + random.uniform(0, delay / 2)  # equal jitter: spreads retries, keeps a floor
 
     @staticmethod
     def _throttle_delay(header: str | None, times: int) -> float:
@@ -398,8 +394,8 @@ class MetaGraph:
         except ValueError:  # an HTTP-date: not worth parsing, the backoff serves
             seconds = None
         if seconds is None or not 0 <= seconds < float("inf"):
-            seconds = min(THROTTLE_MAX, THROTTLE_FIRST * 2 ** min(times - 1, 16))
-        return min(seconds, THROTTLE_MAX)
+            seconds = THROTTLE.delay(times)
+        return min(seconds, THROTTLE.cap)
 
 
 def _meta_down(why: str) -> SendRefused:

@@ -6,10 +6,9 @@ for a cache is the documented behaviour (a miss, then the store answers). Expire
 
 from __future__ import annotations
 
-import time
-from collections import OrderedDict
 from collections.abc import Sequence
 
+from wabridge.engine.lru import ExpiringLRU
 from wabridge.engine.settings import Settings
 
 DEFAULT_MAX_ENTRIES = 100_000
@@ -17,37 +16,22 @@ DEFAULT_MAX_ENTRIES = 100_000
 
 class MemoryCache:
     def __init__(self, settings: Settings | None = None, *, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
-        if max_entries < 1:
-            raise ValueError("max_entries must be at least 1")
         self.max_entries = max_entries
-        self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()  # key → (value, monotonic deadline)
+        self._entries: ExpiringLRU[str, bytes] = ExpiringLRU(max_entries)
 
     def __repr__(self) -> str:
         return f"MemoryCache(entries={len(self._entries)}, max_entries={self.max_entries})"
 
-    def _live(self, key: str) -> bytes | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        if entry[1] <= time.monotonic():
-            del self._entries[key]
-            return None
-        self._entries.move_to_end(key)
-        return entry[0]
-
     def _store(self, key: str, value: bytes, ttl: float) -> None:
         if ttl <= 0:
             raise ValueError(f"ttl must be > 0 seconds, got {ttl}")
-        self._entries[key] = (value, time.monotonic() + ttl)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        self._entries.put(key, value, ttl)
 
     async def get(self, key: str) -> bytes | None:
-        return self._live(key)
+        return self._entries.get(key, None)
 
     async def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
-        return {key: value for key in keys if (value := self._live(key)) is not None}
+        return {key: value for key in keys if (value := self._entries.get(key, None)) is not None}
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         self._store(key, value, ttl)
@@ -57,21 +41,21 @@ class MemoryCache:
             self._store(key, value, ttl)
 
     async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
-        if self._live(key) is not None:
+        if self._entries.get(key, None) is not None:
             return False
         self._store(key, value, ttl)
         return True
 
     async def delete(self, key: str) -> None:
-        self._entries.pop(key, None)
+        self._entries.pop(key)
 
     async def incr(self, key: str, ttl: float, amount: int = 1) -> int:
-        current = self._live(key)
+        current = self._entries.get(key, None)
         if current is None:
             self._store(key, str(amount).encode(), ttl)
             return amount
         count = int(current) + amount
-        self._entries[key] = (str(count).encode(), self._entries[key][1])  # the window keeps its first deadline
+        self._entries.replace(key, str(count).encode())  # the window keeps its first deadline
         return count
 
     async def ping(self) -> bool:

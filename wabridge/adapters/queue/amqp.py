@@ -48,6 +48,7 @@ from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
 from wabridge.adapters.queue import amqp_wire
+from wabridge.engine.backoff import Backoff
 from wabridge.engine.settings import Settings
 from wabridge.ports import BackendUnavailable, Delivery
 
@@ -63,7 +64,7 @@ CONFIRM_TIMEOUT = 10.0  # s: an unconfirmed publish after this is reported faile
 RECONNECT_PAUSE = 0.5  # s: after a failed connect, publishes fail fast this long instead of each dialling again
 MAX_IN_FLIGHT = 4096  # publishes awaiting their confirm; more callers wait (bounded, then time out)
 PUBLISH_BATCH = 512  # messages per socket write at most (~300 KB of 560-byte webhooks)
-CONSUMER_BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)  # s between consumer re-subscriptions while the broker is away
+CONSUMER_BACKOFF = Backoff(0.2, 5.0, jitter=None)  # s between consumer re-subscriptions while the broker is away
 
 _BROKER_ERRORS = (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, OSError, RuntimeError)
 
@@ -323,7 +324,7 @@ class AmqpConsumer:
                 if self._stopping.is_set():
                     return
                 self._channel = None
-            pause = CONSUMER_BACKOFF[min(failures, len(CONSUMER_BACKOFF) - 1)]
+            pause = CONSUMER_BACKOFF.delay(failures + 1)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), pause)
             if self._stopping.is_set():
