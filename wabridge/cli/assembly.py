@@ -8,15 +8,21 @@ one worker, Granian's own process manager for more (factory target `wabridge.cli
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING
 
 from wabridge.actors.ingress import IngressApp
 from wabridge.adapters.backends import open_backends_when_up
 from wabridge.engine import heap
 from wabridge.engine.drain import Shutdown
 from wabridge.engine.settings import Settings, load_settings, settings_environment
+
+if TYPE_CHECKING:
+    from wabridge.actors.worker import SaaS
+    from wabridge.adapters.backends import Backends
 
 
 async def run_worker(settings: Settings, shutdown: Shutdown, *, shards: Sequence[int] | None = None) -> None:
@@ -25,9 +31,73 @@ async def run_worker(settings: Settings, shutdown: Shutdown, *, shards: Sequence
     async with open_backends_when_up(settings, shutdown.stopping) as backends:
         if backends is None:
             return  # stopped before the servers came up: nothing was consumed
-        worker = Worker(backends, shards=shards)
-        heap.freeze_startup_heap()
-        await worker.run(shutdown)
+        async with saas_adapters(backends) as saas:
+            worker = Worker(backends, saas, shards=shards)
+            heap.freeze_startup_heap()
+            await worker.run(shutdown)
+
+
+@contextlib.asynccontextmanager
+async def saas_adapters(backends: Backends, *, far_end_hold: float | None = None) -> AsyncIterator[SaaS]:
+    """The HTTP adapters of Genesys and Meta behind the worker's SaaS ports, closed on exit. `far_end_hold`: how long
+    a message waits for a far end that is down (the settings' by default; `wabridge replay` gives 0)."""
+    from wabridge.actors.worker import SaaS
+    from wabridge.engine.far_end import FarEnd
+    from wabridge.engine.metrics import REGISTRY
+    from wabridge.genesys.auth import TokenProvider
+    from wabridge.genesys.delivery import GenesysDelivery
+    from wabridge.genesys.files import AgentFiles
+    from wabridge.genesys.ratelimit import RateBudget
+    from wabridge.meta.graph import MetaGraph
+    from wabridge.meta.media import MetaMedia
+    from wabridge.ports import GenesysApi, GenesysFiles, MetaGraphApi, MetaMediaApi
+
+    settings = backends.settings
+    hold = settings.far_end_hold if far_end_hold is None else far_end_hold
+    private = settings.allow_private_media_urls
+    tokens = TokenProvider(backends.cache, box=settings.secret_box())
+    budget = RateBudget(backends.cache)
+    delivery = GenesysDelivery(
+        tokens,
+        budget,
+        far_end=FarEnd("genesys", hold_for=hold, retry_max=settings.far_end_retry_max),
+        timeout=settings.genesys_timeout,
+    )
+    graph = MetaGraph(
+        backends.cache,
+        base_url=settings.graph_api_url,
+        far_end=FarEnd("meta", hold_for=hold, retry_max=settings.far_end_retry_max),
+    )
+    files = AgentFiles(tokens, allow_private_urls=private)
+    media = MetaMedia(settings.graph_api_url, allow_private_urls=private)
+    # Typed as the ports: mypy checks here that each adapter satisfies the port the roles are written against.
+    genesys: GenesysApi = delivery
+    genesys_files: GenesysFiles = files
+    meta: MetaGraphApi = graph
+    meta_media: MetaMediaApi = media
+
+    def stop_holding() -> None:
+        delivery.far_end.stop_holding()
+        graph.far_end.stop_holding()
+
+    # What the adapters count, read at scrape time (deploy/grafana's dashboard).
+    retries = REGISTRY.counter("wabridge_genesys_retries_total", "Genesys requests tried again, by reason.", ["reason"])
+    retries.labels("backoff").set_function(lambda: delivery.statistics().retries)
+    retries.labels("rate_limited").set_function(lambda: delivery.statistics().rate_limited)
+    retries.labels("relogin").set_function(lambda: delivery.statistics().relogins)
+    used = REGISTRY.counter(
+        "wabridge_oauth_tokens_total", "Genesys OAuth tokens used, by where they came from.", ["source"]
+    )
+    used.labels("login").set_function(lambda: tokens.statistics().logins)
+    used.labels("memory").set_function(lambda: tokens.statistics().from_memory)
+    used.labels("cache").set_function(lambda: tokens.statistics().from_cache)
+    waits = REGISTRY.counter("wabridge_rate_budget_waits_total", "Times a tenant waited for its Genesys rate budget.")
+    waits.labels().set_function(lambda: budget.statistics().waits)
+
+    async with contextlib.AsyncExitStack() as stack:
+        for close in (graph.aclose, files.aclose, tokens.aclose, delivery.aclose, media.aclose):
+            stack.push_async_callback(close)
+        yield SaaS(genesys, genesys_files, meta, meta_media, stop_holding)
 
 
 # --- the ingress under Granian ------------------------------------------------------------------------------------

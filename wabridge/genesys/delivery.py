@@ -44,13 +44,12 @@ from wabridge.engine.far_end import FarEnd, FarEndDown
 from wabridge.genesys.auth import LoginFailed, TokenProvider
 from wabridge.genesys.ratelimit import RateBudget
 from wabridge.http.client import Http1Pools, HttpError
-from wabridge.ports import TenantConfig
+from wabridge.ports import Delivered, DeliveryFailed, TenantConfig
 
 log = logging.getLogger(__name__)
 
 MESSAGE_PATH = "/api/v2/conversations/messages/{integration_id}/inbound/open/message?prefetchConversationId=true"
 RECEIPT_PATH = "/api/v2/conversations/messages/{integration_id}/inbound/open/receipt"
-KEPT_BODY_BYTES = 4096
 
 DELIVERED, RELOGIN, RATE_LIMITED, RETRY, REJECTED = "delivered", "relogin", "rate-limited", "retry", "rejected"
 OUTCOMES = {401: RELOGIN, 408: RETRY, 429: RATE_LIMITED}
@@ -60,28 +59,6 @@ def outcome_of(status: int) -> str:
     if 200 <= status < 300:
         return DELIVERED
     return OUTCOMES.get(status, RETRY if status >= 500 else REJECTED)
-
-
-class Delivered(msgspec.Struct, frozen=True):
-    genesys_message_id: str
-    conversation_id: str | None = None
-
-
-class DeliveryFailed(Exception):
-    """Genesys did not take the message. `permanent`: sending it again unchanged will not help."""
-
-    def __init__(
-        self, error: str, attempts: int, permanent: bool = False, *, status: int | None = None, body: bytes = b""
-    ) -> None:
-        super().__init__(error)
-        self.error = error
-        self.attempts = attempts
-        self.permanent = permanent
-        self.status = status
-        self.body = body[:KEPT_BODY_BYTES]
-
-    def __repr__(self) -> str:
-        return f"DeliveryFailed({self.error!r}, attempts={self.attempts}, permanent={self.permanent})"
 
 
 class DeliveryStatistics(msgspec.Struct, frozen=True):

@@ -54,25 +54,13 @@ from wabridge.engine import history
 from wabridge.engine.budget import Reservations
 from wabridge.engine.far_end import FarEnd, FarEndDown
 from wabridge.http.client import Http1Pools, HttpError
-from wabridge.ports import Cache, TenantConfig
+from wabridge.ports import Cache, SendRefused, TenantConfig
 
 log = logging.getLogger(__name__)
 
 SEND_WINDOW = 1.0  # seconds: Meta's throughput limit is per second
 THROTTLE_FIRST, THROTTLE_MAX = 1.0, 60.0  # backoff while throttled without a Retry-After
 _MESSAGE_CODE = re.compile(r"^\(#\d+\)\s*")  # Meta prefixes its message with the code, reason_for adds it again
-
-
-class SendRefused(Exception):
-    """Final: Meta did not take the request and trying again unchanged will not help. The agent gets a Failed
-    receipt with `reason`."""
-
-    def __init__(self, reason: Reason, status: int | None = None, code: int | None = None) -> None:
-        super().__init__(reason.message)
-        self.reason, self.status, self.code = reason, status, code
-
-    def __repr__(self) -> str:
-        return f"SendRefused({self.reason.code}, status={self.status}, code={self.code}, {self.reason.message!r})"
 
 
 class GraphStatistics(msgspec.Struct, frozen=True):
