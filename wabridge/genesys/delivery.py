@@ -1,5 +1,5 @@
 """Deliver one encoded Genesys Open Messaging message: `await delivery.deliver(tenant, body) -> Delivered`; and one
-receipt for a message an agent sent (issue 17): `await delivery.receipt(tenant, body)`.
+receipt for a message an agent sent: `await delivery.receipt(tenant, body)`.
 
 POST {api}/api/v2/conversations/messages/{integrationId}/inbound/open/message?prefetchConversationId=true with the
 body as given (the codecs encode it; this module never decodes or logs it: it holds customer text). A receipt goes to
@@ -23,9 +23,8 @@ A login refused (400/401/403 from /oauth/token) is permanent too; a login that t
 Each tenant has its own HTTP/1.1 keep-alive pool; at most `max_clients` pools, the least recently used closed first
 (once its in-flight requests finish).
 
-HTTP client: http/client.py, a keep-alive pool with httptools parsing, chosen by measurement against the Genesys
-simulator (bench/test_delivery_client_bench.py, client CPU per POST, 32 in flight): it costs about a third of aiohttp's
-CPU per request, and httpx's pool was slower still (125–288 req/s against aiohttp's 4,428–4,947 in session 1).
+HTTP client: http/client.py, a keep-alive pool with httptools parsing, chosen for its CPU per request
+(docs/decisions.md).
 """
 
 from __future__ import annotations

@@ -29,9 +29,9 @@ budget; Meta's 130429 and the throttle path catch the overshoot). Read marks and
 messages.
 
 HTTP client: http/client.py, as delivery.py and media.py use: a send is one per agent message, the same hot path as
-the Genesys POST, where this client costs a third of aiohttp's CPU (bench/test_delivery_client_bench.py). One
-keep-alive pool per tenant (delivery.py's choice), so one tenant's burst never takes every connection to Meta; uploads
-have their own pools with a longer timeout (up to 100 MB go up in one request).
+the Genesys POST (docs/decisions.md). One keep-alive pool per tenant (delivery.py's choice), so one tenant's burst
+never takes every connection to Meta; uploads have their own pools with a longer timeout (up to 100 MB go up in one
+request).
 """
 
 from __future__ import annotations
