@@ -114,8 +114,8 @@ def app_factory() -> IngressApp:
 
 # Seconds Granian's parent waits for a worker to stop after SIGTERM before it kills it. A worker's own drain is
 # bounded below this (requests in flight wait at most CONFIRM_TIMEOUT, then the archive gets CLOSE_DEADLINE). Without
-# a bound a SIGTERM that reached a worker still starting (opening its backends) was lost in Granian 2.8: the worker
-# served on, and the parent waited for it forever (tests/actors/test_ingress.py saw it in ~1 of 40 runs).
+# a bound Granian 2.8 loses a SIGTERM that reaches a worker still starting (opening its backends): the worker serves
+# on, and the parent waits for it forever.
 WORKERS_KILL_TIMEOUT = 30
 
 
@@ -157,10 +157,8 @@ def serve_ingress(settings: Settings, *, workers: int) -> None:
 def serve_embedded(settings: Settings) -> None:
     """One ingress process: Granian's embedded server on this process's event loop.
 
-    Why not Granian's process manager for one worker: its parent process held ~34 MB of RSS to supervise a single
-    child (Python, Granian, and the pages the forked child shares with it), a third of the ingress's memory. In the
-    same runs (ingress only, 8k/s offered) the embedded server answered as many 200s (7,491 and 7,992/s against
-    7,184 and 7,889) at the same CPU per request. SIGTERM/SIGINT stop it (the server finishes the requests it holds,
+    Why not Granian's process manager for one worker: its parent process holds a third of the ingress's memory to
+    supervise a single child, and serves no more (docs/decisions.md). SIGTERM/SIGINT stop it (the server finishes the requests it holds,
     then the archive puts its last segments); a second signal exits at once.
     """
     import signal
@@ -209,9 +207,9 @@ def serve_processes(settings: Settings, *, workers: int) -> None:
     """Run the ingress under Granian's process manager until a signal stops it; never returns.
 
     This process *becomes* Granian's command line (exec): Granian forks its workers from it, and a parent that had
-    imported the CLI, the settings' cryptography and the ingress stack passed all of it (~20 MB of RSS, measured)
-    on to every worker and kept it itself. Exec'd, the parent holds Python and Granian only (~33 MB) and each
-    worker imports what it uses. Signals, the PID and PR_SET_PDEATHSIG (cli/serve.py) carry over the exec.
+    imported the CLI, the settings' cryptography and the ingress stack would pass all of it on to every worker and
+    keep it itself (docs/decisions.md). Exec'd, the parent holds Python and Granian only and each worker imports
+    what it uses. Signals, the PID and PR_SET_PDEATHSIG (cli/serve.py) carry over the exec.
     """
     for name in [n for n in os.environ if n.startswith(("WABRIDGE_", "GRANIAN_"))]:
         del os.environ[name]  # the workers must see exactly `settings`, nothing left over
