@@ -63,7 +63,7 @@ class TenantConfig(msgspec.Struct, frozen=True, kw_only=True):
     genesys_integration_id: str
     credentials: tuple[GenesysCredential, ...]
     rate_limit_per_minute: int = 300  # per credential: Genesys's default client-credentials budget
-    # The outbound half (issue 17); defaults, so a tenant stored before it reads fine.
+    # The outbound half; defaults, so a tenant stored before it reads fine.
     genesys_webhook_secret: Secret | None = None  # the integration's outbound secret token (HMAC key)
     send_rate_per_second: int = 80  # Meta send budget per phone number, across processes; 0 = no budget
     read_marks: bool = True  # mark the customer's latest inbound message read when an agent answers
@@ -409,7 +409,7 @@ class Store(TenantStore, CustomerStore, TrackingStore, ParkingStore, Protocol):
 
 WEBHOOKS_BUCKET = "webhooks-inbound"
 MEDIA_BUCKET = "media-inbound"
-# The outbound direction (issue 17): Genesys's raw webhooks, and our copies of the agents' attachments.
+# The outbound direction: Genesys's raw webhooks, and our copies of the agents' attachments.
 WEBHOOKS_OUTBOUND_BUCKET = "webhooks-outbound"
 MEDIA_OUTBOUND_BUCKET = "media-outbound"
 
