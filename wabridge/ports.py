@@ -1,4 +1,5 @@
-"""The four ports between wabridge and its infrastructure, and the records that cross them.
+"""The ports between wabridge and what it runs on (four infrastructure ports, and the two SaaS it bridges), and the
+records that cross them.
 
 Each port has a production adapter on a real server and an embedded adapter (no server); one contract suite
 (tests/contract/) runs against both. Actors depend on these Protocols only, never on an adapter module.
@@ -10,6 +11,14 @@ Each port has a production adapter on a real server and an embedded adapter (no 
 
 Error contract: an adapter raises `BackendUnavailable` when its server cannot be reached (the caller decides:
 the ingress answers 503, a worker leaves the message unacked); every other exception is a bug or bad input.
+
+The SaaS ports, split by caller as the Store is (genesys/ and meta/ are the HTTP adapters; wabridge/sim/* stands in
+for the far ends in tests and the demo):
+  GenesysApi    Open Messaging: a customer's message in, a receipt for an agent's message
+  GenesysFiles  an agent's attachment, downloaded with the tenant's token where it belongs
+  MetaGraphApi  the agent's side of the Graph API: sends, media uploads, read marks
+  MetaMediaApi  a customer's media file: Meta's lookup, then its download url
+Their refusals are `DeliveryFailed` (Genesys), `SendRefused` (Meta) and `FetchFailed` (one try at a file).
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from typing import Protocol, runtime_checkable
 
 import msgspec
 
+from wabridge.codecs.receipts import Reason
 from wabridge.engine.secrets import Secret
 
 
@@ -53,7 +63,7 @@ class TenantConfig(msgspec.Struct, frozen=True, kw_only=True):
     genesys_integration_id: str
     credentials: tuple[GenesysCredential, ...]
     rate_limit_per_minute: int = 300  # per credential: Genesys's default client-credentials budget
-    # The outbound half (issue 17); defaults, so a tenant stored before it reads fine.
+    # The outbound half; defaults, so a tenant stored before it reads fine.
     genesys_webhook_secret: Secret | None = None  # the integration's outbound secret token (HMAC key)
     send_rate_per_second: int = 80  # Meta send budget per phone number, across processes; 0 = no budget
     read_marks: bool = True  # mark the customer's latest inbound message read when an agent answers
@@ -400,7 +410,7 @@ class Store(TenantStore, CustomerStore, TrackingStore, ParkingStore, Protocol):
 
 WEBHOOKS_BUCKET = "webhooks-inbound"
 MEDIA_BUCKET = "media-inbound"
-# The outbound direction (issue 17): Genesys's raw webhooks, and our copies of the agents' attachments.
+# The outbound direction: Genesys's raw webhooks, and our copies of the agents' attachments.
 WEBHOOKS_OUTBOUND_BUCKET = "webhooks-outbound"
 MEDIA_OUTBOUND_BUCKET = "media-outbound"
 
@@ -428,3 +438,96 @@ class Objects(Protocol):
     async def ping(self) -> bool: ...
 
     async def close(self) -> None: ...
+
+
+# --- the SaaS: Genesys Cloud and Meta's Graph API ---------------------------------------------------------------------
+
+KEPT_BODY_BYTES = 4096  # of a Genesys error body, kept for the tracking row
+
+
+class Delivered(msgspec.Struct, frozen=True):
+    genesys_message_id: str
+    conversation_id: str | None = None
+
+
+class DeliveryFailed(Exception):
+    """Genesys did not take the message. `permanent`: sending it again unchanged will not help."""
+
+    def __init__(
+        self, error: str, attempts: int, permanent: bool = False, *, status: int | None = None, body: bytes = b""
+    ) -> None:
+        super().__init__(error)
+        self.error = error
+        self.attempts = attempts
+        self.permanent = permanent
+        self.status = status
+        self.body = body[:KEPT_BODY_BYTES]
+
+    def __repr__(self) -> str:
+        return f"DeliveryFailed({self.error!r}, attempts={self.attempts}, permanent={self.permanent})"
+
+
+class SendRefused(Exception):
+    """Final: Meta did not take the request and trying again unchanged will not help. The agent gets a Failed
+    receipt with `reason`."""
+
+    def __init__(self, reason: Reason, status: int | None = None, code: int | None = None) -> None:
+        super().__init__(reason.message)
+        self.reason, self.status, self.code = reason, status, code
+
+    def __repr__(self) -> str:
+        return f"SendRefused({self.reason.code}, status={self.status}, code={self.code}, {self.reason.message!r})"
+
+
+class FetchFailed(Exception):
+    """One try at a file failed. `final`: no retry will change it; `reason` names what the customer's media became
+    (actors/media.py NOTICES); `size`: what Meta announced, for a file too large."""
+
+    def __init__(self, detail: str, *, final: bool, reason: str = "download_failed", size: int = 0) -> None:
+        super().__init__(detail)
+        self.detail, self.final, self.reason, self.size = detail, final, reason, size
+
+
+class FileTooLarge(Exception):
+    """The file is larger than the caller's `max_bytes`: reading stopped there."""
+
+
+class FetchedFile(msgspec.Struct, frozen=True):
+    data: bytes
+    content_type: str | None  # as the far end named it, if it did
+    sha256: bytes | None = None  # the digest Meta announced for it (MetaMediaApi)
+
+
+class GenesysApi(Protocol):
+    """Genesys Cloud Open Messaging for one tenant at a time: its token, its rate budget, its outages held."""
+
+    async def deliver(self, tenant: TenantConfig, body: bytes) -> Delivered:
+        """POST a customer's message (an encoded Open Messaging message). Raises DeliveryFailed."""
+
+    async def receipt(self, tenant: TenantConfig, body: bytes) -> None:
+        """POST a receipt for an agent's message (codecs/receipts.py). Raises DeliveryFailed."""
+
+
+class GenesysFiles(Protocol):
+    async def download(self, tenant: TenantConfig, url: str, max_bytes: int) -> FetchedFile:
+        """One try at an agent's attachment. Raises FetchFailed, FileTooLarge."""
+
+
+class MetaGraphApi(Protocol):
+    """The agent's side of Meta's Graph API, with the tenant's WhatsApp token; Meta's outages held."""
+
+    async def send(self, tenant: TenantConfig, phone_number_id: str, body: bytes) -> str:
+        """The wamid Meta gave the message. Raises SendRefused, BackendUnavailable (a drain while held)."""
+
+    async def upload(
+        self, tenant: TenantConfig, phone_number_id: str, data: bytes, mime: str, filename: str | None
+    ) -> str:
+        """The media id Meta gave the file. Raises SendRefused, BackendUnavailable."""
+
+    async def mark_read(self, tenant: TenantConfig, phone_number_id: str, wamid: str, *, typing: bool = False) -> bool:
+        """Best effort: False when Meta did not take it."""
+
+
+class MetaMediaApi(Protocol):
+    async def fetch(self, tenant: TenantConfig, media_id: str, max_bytes: int) -> FetchedFile:
+        """One try at a customer's media file. Raises FetchFailed, FileTooLarge."""

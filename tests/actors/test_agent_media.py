@@ -18,8 +18,9 @@ import httpx
 import msgspec
 import pytest
 
-from wabridge.actors.agent_media import AgentMedia, MediaRefused, genesys_host, real_mime
+from wabridge.actors.agent_media import AgentMedia, MediaRefused, real_mime
 from wabridge.genesys.auth import TokenProvider
+from wabridge.genesys.files import AgentFiles, genesys_host
 from wabridge.meta.graph import MetaGraph
 from wabridge.codecs.outbound import MediaToFetch, Send, decode_outbound
 from wabridge.adapters.cache.memory import MemoryCache
@@ -85,12 +86,13 @@ async def world(objects: Objects, **options: Any) -> AsyncIterator[World]:
             MetaSim(tokens=[TOKEN], open_windows=True) as meta:  # fmt: skip
         tokens = TokenProvider(MemoryCache())
         graph = MetaGraph(MemoryCache(), base_url=meta.graph_url, timeout=5.0)
-        options = {"timeout": 5.0, "sleep": no_wait, "clock": lambda: NOW, "allow_private_urls": True, **options}
-        media = AgentMedia(objects, graph, tokens, **options)
+        files = AgentFiles(tokens, timeout=5.0, allow_private_urls=options.pop("allow_private_urls", True))
+        options = {"sleep": no_wait, "clock": lambda: NOW, **options}
+        media = AgentMedia(objects, graph, files, **options)
         try:
             yield World(genesys, meta, objects, media, graph)
         finally:
-            await media.aclose()
+            await files.aclose()
             await graph.aclose()
             await tokens.aclose()
 

@@ -14,8 +14,8 @@ import httpx
 import msgspec
 import pytest
 
-from wabridge.actors.media import MediaFetcher, MediaOutcome, sha256_digest
-from wabridge.codecs.results import Inbound
+from wabridge.actors.media import MediaFetcher, MediaOutcome
+from wabridge.codecs.results import Inbound, sha256_digest
 from wabridge.codecs.transform import MEDIA_PLACEHOLDER, transform
 from wabridge.adapters.objects.directory import DirectoryObjects
 from wabridge.ports import MEDIA_BUCKET, BackendUnavailable, GenesysCredential, Objects, TenantConfig
@@ -23,6 +23,7 @@ from wabridge.engine.secrets import Secret
 from wabridge.engine.settings import Settings
 from wabridge.sim import webhooks
 from wabridge.sim.meta import MetaSim
+from wabridge.meta.media import MetaMedia
 
 pytestmark = pytest.mark.anyio
 
@@ -39,6 +40,11 @@ TENANT = TenantConfig(
     genesys_integration_id="integration-1",
     credentials=(GenesysCredential("client", Secret("secret")),),
 )
+
+
+def meta_media(settings: Settings) -> MetaMedia:
+    """The Graph API's media downloads as the assembly opens them (cli/assembly.py)."""
+    return MetaMedia(settings.graph_api_url, allow_private_urls=settings.allow_private_media_urls)
 
 
 def inbound_for(kind: str = "image", **message_args) -> Inbound:
@@ -64,9 +70,9 @@ async def objects(embedded_settings: Settings) -> AsyncIterator[DirectoryObjects
 
 @pytest.fixture
 async def fetcher(objects: Objects, embedded_settings: Settings, sim: MetaSim) -> AsyncIterator[MediaFetcher]:
-    fetcher = MediaFetcher(objects, embedded_settings.replace(graph_api_url=sim.graph_url), backoff=0.01)
+    fetcher = MediaFetcher(objects, meta_media(embedded_settings.replace(graph_api_url=sim.graph_url)), backoff=0.01)
     yield fetcher
-    await fetcher.aclose()
+    await fetcher.meta.aclose()
 
 
 async def read_signed(objects: DirectoryObjects, url: str) -> bytes:
@@ -221,7 +227,7 @@ async def test_redirects_are_followed_and_the_token_never_leaves_its_origin(fetc
         "/back": (200, "the bytes"),
     }
     async with Redirector(routes) as server:
-        reply = await fetcher._get(f"http://127.0.0.1:{server.port}/start", {"Authorization": "Bearer t"}, 1000)
+        reply = await fetcher.meta._get(f"http://127.0.0.1:{server.port}/start", {"Authorization": "Bearer t"}, 1000)
     assert reply.status == 200 and reply.body == b"the bytes"
     assert server.seen == [("/start", "Bearer t"), ("/same?x=1", "Bearer t"), ("/cdn", None), ("/back", None)]
 
@@ -231,13 +237,13 @@ async def test_a_redirect_loop_is_an_attempt_that_failed(
 ) -> None:
     async with Redirector({"/v19.0/loop": (302, "/v19.0/loop")}) as server:
         graph = f"http://127.0.0.1:{server.port}/v19.0"
-        fetcher = MediaFetcher(objects, embedded_settings.replace(graph_api_url=graph), backoff=0.01)
+        fetcher = MediaFetcher(objects, meta_media(embedded_settings.replace(graph_api_url=graph)), backoff=0.01)
         try:
             inbound = inbound_for("image")
             inbound = msgspec.structs.replace(inbound, media=msgspec.structs.replace(inbound.media, media_id="loop"))
             outcome = await fetcher.resolve(TENANT, inbound)
         finally:
-            await fetcher.aclose()
+            await fetcher.meta.aclose()
     assert_delivered_as_notice(outcome, inbound, "download_failed")
     assert outcome.attempts == 3 and "redirects" in outcome.detail
     assert len(server.seen) == 3 * 6  # each attempt: the first request and MAX_REDIRECTS more
@@ -258,11 +264,12 @@ async def test_media_larger_than_meta_announced_is_cut_off_while_streaming(
 ) -> None:
     sim.inject(file_size=100, count=1)  # Meta understates the size: only counting the bytes catches it
     inbound = inbound_for("image", size=20_000_000)
-    fetcher = MediaFetcher(objects, embedded_settings.replace(graph_api_url=sim.graph_url), max_bytes=100_000)
+    meta = meta_media(embedded_settings.replace(graph_api_url=sim.graph_url))
+    fetcher = MediaFetcher(objects, meta, max_bytes=100_000)
     try:
         outcome = await fetcher.resolve(TENANT, inbound)
     finally:
-        await fetcher.aclose()
+        await fetcher.meta.aclose()
     assert_delivered_as_notice(outcome, inbound, "too_large")
     assert sim.stats().downloads == 1 and sim.stats().bytes_served < 20_000_000
     assert not any((objects.root / MEDIA_BUCKET).rglob("*.jpeg")), "nothing kept"
@@ -324,7 +331,7 @@ async def test_on_s3_the_presigned_url_downloads_the_exact_bytes(tmp_path: Path,
     settings = s3_settings(tmp_path, sim.graph_url)
     objects = S3Objects(settings)
     await objects.open()
-    fetcher = MediaFetcher(objects, settings)
+    fetcher = MediaFetcher(objects, meta_media(settings))
     try:
         inbound = inbound_for("image", size=200_000)
         outcome = await fetcher.resolve(TENANT, inbound)
@@ -333,7 +340,7 @@ async def test_on_s3_the_presigned_url_downloads_the_exact_bytes(tmp_path: Path,
         assert got.status_code == 200 and got.content == webhooks.media_bytes(inbound.media.media_id)
         assert got.headers["content-type"] == "image/jpeg"
     finally:
-        await fetcher.aclose()
+        await fetcher.meta.aclose()
         await objects.close()
         await drop_buckets(settings)
 
@@ -348,7 +355,7 @@ async def test_when_s3_is_down_the_error_surfaces_instead_of_a_notice(
     settings = s3_settings(tmp_path, sim.graph_url, endpoint)
     objects = S3Objects(settings, connect_timeout=1.0, read_timeout=2.0)
     await objects.open()
-    fetcher = MediaFetcher(objects, settings)
+    fetcher = MediaFetcher(objects, meta_media(settings))
     try:
         proxy.cut()
         with pytest.raises(BackendUnavailable):
@@ -356,6 +363,6 @@ async def test_when_s3_is_down_the_error_surfaces_instead_of_a_notice(
         assert sim.stats().downloads == 1, "Meta's side worked; only the store failed"
     finally:
         proxy.restore()
-        await fetcher.aclose()
+        await fetcher.meta.aclose()
         await objects.close()
         await drop_buckets(settings)

@@ -14,6 +14,7 @@ import pytest
 
 from wabridge.actors.agent_media import AgentMedia
 from wabridge.genesys.auth import TokenProvider
+from wabridge.genesys.files import AgentFiles
 from wabridge.actors.contacts import Contacts
 from wabridge.genesys.delivery import GenesysDelivery
 from wabridge.meta.graph import MetaGraph
@@ -82,8 +83,9 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         tokens = TokenProvider(MemoryCache())
         genesys = GenesysDelivery(tokens, timeout=2.0, backoff_base=0.01)
         graph = MetaGraph(None, base_url="http://127.0.0.1:9")  # never called: statuses only send receipts
+        media = AgentMedia(backends.objects, graph, AgentFiles(tokens))
         sender = OutboundSender(
-            graph=graph, media=AgentMedia(backends.objects, graph, tokens), contacts=Contacts(backends.store),
+            graph=graph, media=media, contacts=Contacts(backends.store),
             genesys=genesys, tracker=tracker, seen=TrackingLookups(backends.store),
         )  # fmt: skip
         statuses = StatusReceipts(backends.store, tracker, sender, wait_for_send=5.0)

@@ -14,6 +14,7 @@ from tests.actors.test_ingress import opened_backends, tenant
 from wabridge.actors.parking import _parked, _parked_tenants, _pokes
 from wabridge.actors.tenant import TenantActor
 from wabridge.actors.worker import Worker
+from wabridge.cli.assembly import saas_adapters
 from wabridge.codecs.routing import QueuedWebhook, encode_queued
 from wabridge.engine.drain import Shutdown
 from wabridge.engine.backoff import Backoff
@@ -121,17 +122,18 @@ class FailingRelay(HeldRelay):
 async def running_worker(backends, relay) -> AsyncIterator[Worker]:
     """A worker whose relay is `relay`, running until the block ends; then a held relay is released (what the
     lanes admitted finishes) and the worker drains."""
-    worker = Worker(backends, prefetch=PREFETCH)
-    worker.relay = relay
-    shutdown = Shutdown()
-    running = asyncio.create_task(worker.run(shutdown))
-    try:
-        yield worker
-    finally:
-        if isinstance(relay, HeldRelay):
-            relay.release.set()
-        shutdown.request("test over")
-        await asyncio.wait_for(running, 30)
+    async with saas_adapters(backends) as saas:
+        worker = Worker(backends, saas, prefetch=PREFETCH)
+        worker.relay = relay
+        shutdown = Shutdown()
+        running = asyncio.create_task(worker.run(shutdown))
+        try:
+            yield worker
+        finally:
+            if isinstance(relay, HeldRelay):
+                relay.release.set()
+            shutdown.request("test over")
+            await asyncio.wait_for(running, 30)
 
 
 def any_tenant_parked() -> bool:

@@ -12,14 +12,15 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.actors.test_agent_media import PHONE, PNG, world
-from tests.actors.test_media import TOKEN, inbound_for
+from tests.actors.test_media import TOKEN, inbound_for, meta_media
 from tests.actors.test_media import TENANT as INBOUND_TENANT
 from tests.engine.test_http1 import _self_signed
 from wabridge.actors.agent_media import MediaRefused
-from wabridge.actors.media import MediaFetcher, _Final
+from wabridge.actors.media import MediaFetcher
 from wabridge.http import client as http1
 from wabridge.adapters.objects.directory import DirectoryObjects
 from wabridge.engine.settings import Settings
+from wabridge.ports import FetchFailed
 from wabridge.sim.meta import MetaSim
 
 pytestmark = pytest.mark.anyio
@@ -89,12 +90,12 @@ async def test_by_default_meta_s_loopback_download_url_becomes_a_notice_with_the
 ) -> None:
     async with MetaSim(tokens=[TOKEN]) as sim:
         settings = embedded_settings.replace(graph_api_url=sim.graph_url, allow_private_media_urls=False)
-        fetcher = MediaFetcher(directory, settings, backoff=0.01)
+        fetcher = MediaFetcher(directory, meta_media(settings), backoff=0.01)
         inbound = inbound_for("image")
         try:
             outcome = await fetcher.resolve(INBOUND_TENANT, inbound)
         finally:
-            await fetcher.aclose()
+            await fetcher.meta.aclose()
         # The lookup (our own setting, the Graph API) went through; the url it answered was not fetched.
         assert sim.stats().lookups == 1 and sim.stats().downloads == 0
     assert not outcome.stored and outcome.reason == "download_failed" and outcome.attempts == 1
@@ -124,11 +125,11 @@ async def test_with_the_setting_the_simulators_loopback_urls_are_fetched(
 ) -> None:
     assert embedded_settings.allow_private_media_urls  # tests/conftest.py: the simulators are on 127.0.0.1
     async with MetaSim(tokens=[TOKEN]) as sim:
-        fetcher = MediaFetcher(directory, embedded_settings.replace(graph_api_url=sim.graph_url))
+        fetcher = MediaFetcher(directory, meta_media(embedded_settings.replace(graph_api_url=sim.graph_url)))
         try:
             assert (await fetcher.resolve(INBOUND_TENANT, inbound_for("image"))).stored
         finally:
-            await fetcher.aclose()
+            await fetcher.meta.aclose()
 
 
 # --- redirects: never https → http, never the token to another host ------------------------------------------------------
@@ -150,16 +151,16 @@ async def test_the_agent_s_file_redirected_from_https_to_http_is_refused(
 async def test_meta_s_download_redirected_from_https_to_http_is_refused(
     directory: DirectoryObjects, embedded_settings: Settings, trusted_tls: ssl.SSLContext
 ) -> None:
-    fetcher = MediaFetcher(directory, embedded_settings)
+    fetcher = MediaFetcher(directory, meta_media(embedded_settings))
     try:
         async with Files({"/file": (200, PNG)}) as plain:
             async with Files({"/start": (302, f"http://127.0.0.1:{plain.port}/file")}, tls=trusted_tls) as secure:
-                with pytest.raises(_Final, match="from https to http"):
-                    await fetcher._get(f"https://localhost:{secure.port}/start", {"Authorization": "Bearer t"},
-                                       1000, fetcher._downloads)  # fmt: skip
+                with pytest.raises(FetchFailed, match="from https to http"):
+                    await fetcher.meta._get(f"https://localhost:{secure.port}/start", {"Authorization": "Bearer t"},
+                                       1000, fetcher.meta._downloads)  # fmt: skip
         assert plain.seen == []
     finally:
-        await fetcher.aclose()
+        await fetcher.meta.aclose()
 
 
 async def test_the_agent_s_token_does_not_follow_a_redirect_to_another_host(directory: DirectoryObjects) -> None:

@@ -1,8 +1,7 @@
 """The raw-webhook archive: bodies appended to per-tenant segments, each segment put as one object.
 
-One S3 put per webhook cannot keep up with the ingress: SeaweedFS takes ~1,400 puts/s on the bench machine and each
-miniopy put costs the ingress far more CPU than the request itself (SigV4, aiohttp; 17.8 % of the ingress's samples
-under py-spy at 1k req/s, vs 10 % for the whole request handling). So the archive groups bodies:
+One S3 put per webhook cannot keep up with the ingress, and each put costs it more CPU than the request itself
+(docs/decisions.md). So the archive groups bodies:
 
   webhooks-inbound   {tenant}/{YYYY-MM-DD}/{segment id}.ndjson
 
@@ -106,8 +105,7 @@ class _Segment:
         self.size = 0
         # Put between half the interval and the whole of it, at random: the segments of tenants whose traffic began
         # together (a deployment's start, a burst) would otherwise all come due in the same tick, every interval,
-        # and their puts arrive at the object store as one burst. Measured at 2,000 webhooks/s over 10 tenants, with
-        # S3 on the same two cores: ingress p99 9.8-19.8 ms synchronised, 7.0-14.8 spread (bench/README.md).
+        # and their puts arrive at the object store as one burst (docs/decisions.md).
         self.due = time.monotonic() + flush_interval * (0.5 + random.random() / 2)
 
 

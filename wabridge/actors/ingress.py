@@ -13,7 +13,7 @@ One request, in order (nothing in the payload is trusted before step 3):
 A body no tenant owns is answered 200 (Meta would retry it for 7 days otherwise), archived and tracked `unrouted`,
 when one of the tenants' Meta apps signed it; 401 otherwise.
 
-Genesys's outbound webhook (an agent's message to a customer, issue 17) comes to `POST /webhook/genesys/{tenantId}`:
+Genesys's outbound webhook (an agent's message to a customer) comes to `POST /webhook/genesys/{tenantId}`:
 the tenant by id (404), its integration's outbound secret (401 when it has none), the X-Hub-Signature-256 HMAC over
 the raw bytes in base64 or hex (401), then the body must be a JSON object (400; what it asks for is the worker's to
 decide); archived in `webhooks-outbound`, published to the outbound queue, 200 once confirmed (503 if not).
@@ -521,7 +521,7 @@ class IngressApp:
         log.warning("unrouted webhook %s: %s", webhook_id, reason)
         return text(200, "ok")
 
-    # --- Genesys: an agent's message (issue 17) --------------------------------------------------------------
+    # --- Genesys: an agent's message ----------------------------------------------------------------------------------
 
     async def receive_genesys(self, tenant_id: str, headers: Mapping[str, str], body: bytes) -> Response:
         outcome, response = await self._genesys_webhook(tenant_id, headers, body)

@@ -1,11 +1,11 @@
 """The media actor's work: fetch a customer's media from Meta, keep it in `media-inbound`, hand Genesys a URL.
 
-Meta's download is two steps with the tenant's WhatsApp token: `GET {graph_api_url}/{media_id}` answers a url,
-size, mime and sha256; `GET <url>` (same token, valid 5 minutes) answers the bytes. The bytes go to the Objects port
+Meta's download (the MetaMediaApi port; meta/media.py) is two steps with the tenant's WhatsApp token: a lookup
+answers a url, size, mime and sha256, the url (valid 5 minutes) answers the bytes. The bytes go to the Objects port
 at the seed's key `{tenant}/{type}/{YYYY-MM-DD}/{wamid}.{ext}` (object_keys.media_key), and a presigned URL valid
 one hour replaces the `media:<id>` placeholder in the Genesys attachment.
 
-What can go wrong, and what happens (a data table: FINAL_LOOKUP / RETRYABLE below):
+What can go wrong, and what happens (a data table: meta/media.py FINAL_LOOKUP / RETRYABLE_DOWNLOAD):
   - larger than Genesys's 25 MB inbound limit (by the lookup's file_size, or counted while streaming when Meta
     understated it) → a text notice, nothing downloaded or nothing kept;
   - lookup 404 (media deleted or never existed) or 400 → final at once; 401/403 (the tenant's token is wrong) → final;
@@ -23,50 +23,25 @@ What can go wrong, and what happens (a data table: FINAL_LOOKUP / RETRYABLE belo
 
 Idempotent: the key depends only on the message, so a redelivered message overwrites the same object.
 Memory is bounded by `concurrency × max_bytes` (the Objects port takes whole bytes, so a file is buffered).
-
-HTTP client: http/client.py, as for the Genesys POST, with the redirects followed here (Meta's download url may
-send us to a CDN; the token is never sent to another origin than the one it was meant for, aiohttp's rule too) and
-the size limit enforced while the body is read. With both GETs on aiohttp and the S3 put through miniopy's own
-transport, an image message cost the worker 1,030-1,080 µs; with both on http1, 690-707 µs (a worker draining
-3,000 image messages, bench/README.md).
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit
 
 import anyio
 import msgspec
 
 from wabridge.codecs.genesys import OpenInboundNormalizedMessage
 from wabridge.codecs.object_keys import extension_for, media_key
-from wabridge.codecs.results import Inbound, MediaRef, sha256_digest
+from wabridge.codecs.results import Inbound, MediaRef
 from wabridge.codecs.transform import media_as_text, with_media_url
 from wabridge.engine import history
 from wabridge.engine.backoff import Backoff
-from wabridge.engine.settings import Settings
-from wabridge.http.client import AddressRefused, BodyTooLarge, Http1Pools, HttpError, Reply
-from wabridge.ports import MEDIA_BUCKET, Objects, TenantConfig
+from wabridge.ports import MEDIA_BUCKET, FetchFailed, MetaMediaApi, Objects, TenantConfig
 
 GENESYS_MAX_ATTACHMENT = 25 * 1024 * 1024  # Genesys refuses inbound attachments above 25 MB
 PRESIGN_SECONDS = 3600.0  # Genesys fetches the attachment soon after delivery; an hour covers its retries
-
-# Step-1 answers that no retry can change, and the outcome reason each becomes.
-FINAL_LOOKUP: dict[int, str] = {
-    400: "not_found",
-    404: "not_found",
-    410: "not_found",
-    401: "unauthorized",
-    403: "unauthorized",
-}
-# Step-2 answers worth another attempt (which starts with a fresh lookup, so a fresh url).
-RETRYABLE_DOWNLOAD = {403, 404, 408, 410, 425, 429}
-REDIRECTS = {301, 302, 303, 307, 308}
-MAX_REDIRECTS = 5
-LOOKUP_MAX_BODY = 64 * 1024  # the lookup's JSON is a few hundred bytes
-MAX_ORIGINS = 64  # HTTP pools kept: the Graph API, Meta's download hosts, CDNs it redirects to
 
 # What the agent reads instead of the attachment; {kind} is Meta's message type, {limit} the size limit in MB.
 NOTICES: dict[str, str] = {
@@ -113,66 +88,29 @@ class MediaStatistics(msgspec.Struct, frozen=True):
     bytes_stored: int
 
 
-class _Final(Exception):
-    def __init__(self, reason: str, detail: str, size: int = 0) -> None:
-        super().__init__(detail)
-        self.reason, self.detail, self.size = reason, detail, size
-
-
-class Retry(Exception):
-    """A download answer another try may change (a 5xx, redirects without end, a lookup answer unreadable); the
-    customer's media here and the agent's (agent_media.py) alike."""
-
-
-@dataclass(frozen=True)
-class _Lookup:
-    url: str
-    mime: str | None
-    sha256: bytes | None
-    file_size: int | None
-
-
-_decode_lookup = msgspec.json.Decoder(dict).decode
-
-
 class MediaFetcher:
-    """Fetches media for any tenant; one HTTP connection pool, at most `concurrency` files at once."""
+    """Fetches media for any tenant through the MetaMediaApi port, at most `concurrency` files at once."""
 
     def __init__(
         self,
         objects: Objects,
-        settings: Settings,
+        meta: MetaMediaApi,
         *,
         attempts: int = 3,
         backoff: float = 0.2,
         max_bytes: int = GENESYS_MAX_ATTACHMENT,
         concurrency: int = 32,
-        timeout: float = 30.0,
     ) -> None:
         if attempts < 1 or concurrency < 1 or max_bytes < 1:
             raise ValueError("attempts, concurrency and max_bytes must be at least 1")
         self._objects = objects
-        self._graph = settings.graph_api_url.rstrip("/")
+        self.meta = meta
         self._attempts, self._backoff, self._max_bytes = attempts, Backoff(backoff), max_bytes
         self._slots = anyio.Semaphore(concurrency)
-        # `timeout` bounds one request, body included; at most `concurrency` downloads at once, so per origin too
-        self._http = Http1Pools(max_pools=MAX_ORIGINS, limit=concurrency, timeout=timeout, connect_timeout=5.0)
-        # The download url comes from Meta's answer, not from our settings: fetched from public addresses only.
-        self._downloads = Http1Pools(
-            max_pools=MAX_ORIGINS,
-            limit=concurrency,
-            timeout=timeout,
-            connect_timeout=5.0,
-            public_only=not settings.allow_private_media_urls,
-        )
         self._counts = {"stored": 0, "notices": 0, "retries": 0, "bytes_stored": 0}
 
     def statistics(self) -> MediaStatistics:
         return MediaStatistics(**self._counts)
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
-        await self._downloads.aclose()
 
     async def resolve(self, tenant: TenantConfig, inbound: Inbound) -> MediaOutcome:
         """Fetch `inbound.media` and store it; raises BackendUnavailable when the Objects port is down."""
@@ -189,17 +127,11 @@ class MediaFetcher:
         detail = ""
         for attempt in range(1, self._attempts + 1):
             try:
-                data, mime = await self._download(tenant.whatsapp_token.reveal(), media)
-            except _Final as final:
-                return self._notice(final.reason, kind, final.detail, attempt, final.size)
-            except Retry as exc:
-                detail = str(exc)
-            except AddressRefused as exc:  # no retry makes a private address public
-                return self._notice("download_failed", kind, f"url refused: {exc}", attempt)
-            except (HttpError, TimeoutError) as exc:  # refused, reset, cut short, timed out: try again
-                detail = type(exc).__name__
-            except ValueError as exc:  # a url from Meta that is not http(s), or not one path: another lookup may fix it
-                detail = str(exc)[:100]
+                data, mime = await self._download(tenant, media)
+            except FetchFailed as failed:
+                if failed.final:
+                    return self._notice(failed.reason, kind, failed.detail, attempt, failed.size)
+                detail = failed.detail
             else:
                 key = media_key(
                     tenant.tenant_id, kind, inbound.route.timestamp, inbound.route.wamid, extension_for(mime)
@@ -221,71 +153,10 @@ class MediaFetcher:
         text = NOTICES[reason].format(kind=kind or "file", limit=limit)
         return MediaOutcome(reason=reason, notice=text, size=size, attempts=attempts, detail=detail[:200])
 
-    async def _download(self, token: str, media: MediaRef) -> tuple[bytes, str | None]:
-        auth = {"Authorization": f"Bearer {token}"}
-        found = await self._lookup(auth, media.media_id)
-        if found.file_size is not None and found.file_size > self._max_bytes:
-            raise _Final("too_large", f"file_size {found.file_size}", found.file_size)
-        try:
-            response = await self._get(found.url, auth, self._max_bytes, self._downloads)
-        except BodyTooLarge:  # Meta's file_size was wrong or absent: reading stopped at the limit
-            raise _Final("too_large", f"more than {self._max_bytes} bytes", self._max_bytes + 1) from None
-        status = response.status
-        if status != 200:
-            if status in RETRYABLE_DOWNLOAD or status >= 500:
-                raise Retry(f"download HTTP {status}")
-            if status == 401:
-                raise _Final("unauthorized", "download HTTP 401")
-            raise _Final("download_failed", f"download HTTP {status}")
-        data = response.body
+    async def _download(self, tenant: TenantConfig, media: MediaRef) -> tuple[bytes, str | None]:
+        found = await self.meta.fetch(tenant, media.media_id, self._max_bytes)
         expected = [d for d in (media.sha256_digest(), found.sha256) if d is not None]
-        actual = hashlib.sha256(data).digest()
+        actual = hashlib.sha256(found.data).digest()
         if any(d != actual for d in expected):
-            raise _Final("sha256_mismatch", f"got {actual.hex()[:16]}…")
-        return data, found.mime or media.mime
-
-    async def _get(self, url: str, auth: dict[str, str], max_body: int, http: Http1Pools | None = None) -> Reply:
-        """GET `url`, following up to MAX_REDIRECTS redirects. The token goes only to the origin of the url it came
-        with: from a redirect to another origin (a CDN) on, it is not sent. A redirect from https to http is refused:
-        the bytes (and Meta's url) would then travel in clear."""
-        headers, origin, scheme = auth, None, ""
-        for _ in range(MAX_REDIRECTS + 1):
-            parts = urlsplit(url)
-            here = f"{parts.scheme}://{parts.netloc}"
-            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            if origin is None:
-                origin = here  # the token's origin
-            elif here != origin:
-                headers = {}  # and not back: once the url left the token's origin, it is not sent again
-            if scheme == "https" and parts.scheme != "https":
-                raise _Final("download_failed", "redirect from https to http refused")
-            scheme = parts.scheme
-            pools = self._http if http is None else http  # (not `http or`: an Http1Pools with no pool yet is falsy)
-            response = await pools.request(here, "GET", target, headers, max_body=max_body)
-            location = response.header("location")
-            if response.status not in REDIRECTS or not location:
-                return response
-            url = urljoin(url, location)
-        raise Retry(f"more than {MAX_REDIRECTS} redirects")
-
-    async def _lookup(self, auth: dict[str, str], media_id: str) -> _Lookup:
-        response = await self._get(f"{self._graph}/{media_id}", auth, LOOKUP_MAX_BODY)
-        status, body = response.status, response.body
-        if status in FINAL_LOOKUP:
-            raise _Final(FINAL_LOOKUP[status], f"lookup HTTP {status}")
-        if status != 200:
-            if status == 429 or status >= 500 or status == 408:
-                raise Retry(f"lookup HTTP {status}")
-            raise _Final("download_failed", f"lookup HTTP {status}")
-        try:
-            info = _decode_lookup(body)
-            url = info["url"]
-            size = info.get("file_size")
-            return _Lookup(
-                url=str(url),
-                mime=info.get("mime_type"),
-                sha256=sha256_digest(info.get("sha256")),
-                file_size=int(size) if size is not None else None,
-            )
-        except (ValueError, KeyError, TypeError, msgspec.DecodeError) as exc:
-            raise Retry(f"lookup answer unreadable: {type(exc).__name__}") from None
+            raise FetchFailed(f"got {actual.hex()[:16]}…", final=True, reason="sha256_mismatch")
+        return found.data, found.content_type or media.mime

@@ -39,9 +39,17 @@ from wabridge.engine.history import Origin, current, note, origin_fields
 from wabridge.engine.logs import get_logger
 from wabridge.engine.metrics import REGISTRY, Capped
 from wabridge.engine.outage import hold_through_outage
-from wabridge.genesys.delivery import DeliveryFailed, GenesysDelivery
-from wabridge.meta.graph import MetaGraph, SendRefused
-from wabridge.ports import Contact, MessageEventKind, TenantConfig, TrackingRecord, TrackingStatus
+from wabridge.ports import (
+    Contact,
+    DeliveryFailed,
+    GenesysApi,
+    MessageEventKind,
+    MetaGraphApi,
+    SendRefused,
+    TenantConfig,
+    TrackingRecord,
+    TrackingStatus,
+)
 
 log = get_logger("outbound")
 
@@ -80,10 +88,10 @@ class OutboundSender:
     def __init__(
         self,
         *,
-        graph: MetaGraph,
+        graph: MetaGraphApi,
         media: AgentMedia,
         contacts: Contacts,
-        genesys: GenesysDelivery,
+        genesys: GenesysApi,
         tracker: TrackingWriter,
         seen: TrackingLookups,
         outage_hold: float | None = None,

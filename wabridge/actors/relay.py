@@ -29,8 +29,9 @@ from wabridge.engine.history import Origin, Trail, current, note, origin_fields
 from wabridge.engine.logs import get_logger
 from wabridge.engine.metrics import REGISTRY, Capped
 from wabridge.engine.outage import hold_through_outage
-from wabridge.genesys.delivery import DeliveryFailed, GenesysDelivery
 from wabridge.ports import (
+    DeliveryFailed,
+    GenesysApi,
     MessageEventKind,
     TenantConfig,
     TrackingRecord,
@@ -63,7 +64,7 @@ class Relay:
         store: TrackingStore,
         state: ConversationState,
         media: MediaFetcher,
-        delivery: GenesysDelivery,
+        delivery: GenesysApi,
         tracker: TrackingWriter,
         *,
         outage_hold: float | None = None,

@@ -5,17 +5,16 @@ Read path: this process's memo (`MEMO_SECONDS`) → local LRU → Redis (`mappin
 the store's winner) and then to the cache in both directions. A cache that is down only costs speed: the store answers.
 When Genesys answers with the conversation id it really uses, `adopt` overwrites the mapping.
 
-The memo: a customer writes again within seconds, and the shared LocalCache keeps a copy only 1 s, so most messages
-cost a Redis GET (≈10 % of the worker's CPU in the bench profile, with the SETs). The id only names the conversation
+The memo: a customer writes again within seconds, and the shared LocalCache keeps a copy only 1 s, so without it most
+messages would cost a Redis GET (docs/decisions.md). The id only names the conversation
 in the tracking row (Genesys routes by the customer, and answers the id it used, which `adopt` takes), so a copy up
 to `MEMO_SECONDS` old costs nothing worse than a tracking row naming the previous id until the next answer fixes it.
 Bounded to `MEMO_ENTRIES`, least recently used dropped.
 
 Round trips are grouped across customers (engine/grouping.py): a first contact costs a cache read, a store read, a
 store write and two cache writes, and a burst of new customers (replies to a campaign) arrives together. Store
-calls wait 2 ms to gather a group, as the tracking reads do; cache calls start at once (Redis answers in ~0.1 ms:
-under load, the calls that arrive while one is in flight form the next group). Measured with 1,000 first contacts
-at 500/s: see bench/README.md, "First contacts".
+calls wait 2 ms to gather a group, as the tracking reads do; cache calls start at once (Redis answers fast enough:
+under load, the calls that arrive while one is in flight form the next group).
 """
 
 from __future__ import annotations

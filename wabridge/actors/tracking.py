@@ -237,10 +237,8 @@ class TrackingLookups:
     """The relay's "seen this wamid before?" reads, grouped (engine/grouping.py): one `Store.get_tracking_many`
     answers every read that is waiting, across tenants.
 
-    One SELECT per message was a PostgreSQL round trip and a pooled connection per message (8 % of the worker's CPU
-    even when grouped per tenant); under load this is one per batch of up to `max_batch`. A read waits `max_delay`
-    (2 ms) before it starts, so the reads of that moment share it: at 1,000 msgs/s that halves the statements, and
-    the end-to-end p99 was lower with it than without (166–244 vs 337–554 ms, two runs each, same hour).
+    Under load this is one round trip per batch of up to `max_batch` instead of one per message. A read waits
+    `max_delay` (2 ms) before it starts, so the reads of that moment share it (docs/decisions.md).
     """
 
     def __init__(self, store: TrackingStore, *, max_batch: int = 1000, max_delay: float = 0.002) -> None:

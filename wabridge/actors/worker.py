@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from wabridge.actors.agent import AgentActor
@@ -39,18 +40,13 @@ from wabridge.actors.tracking import TrackingLookups, TrackingWriter
 from wabridge.engine import process_metrics
 from wabridge.engine.actor import mailbox_depths
 from wabridge.engine.drain import Shutdown
-from wabridge.engine.far_end import FarEnd
 from wabridge.engine.logs import get_logger
 from wabridge.engine.mailbox import Mailbox, MailboxClosed
 from wabridge.engine.metrics import REGISTRY, TopGauge
 from wabridge.engine.registry import Registry
 from wabridge.engine.status_server import serve_status
 from wabridge.engine.supervisor import Supervisor
-from wabridge.genesys.auth import TokenProvider
-from wabridge.genesys.delivery import GenesysDelivery
-from wabridge.genesys.ratelimit import RateBudget
-from wabridge.meta.graph import MetaGraph
-from wabridge.ports import Delivery
+from wabridge.ports import Delivery, GenesysApi, GenesysFiles, MetaGraphApi, MetaMediaApi
 
 if TYPE_CHECKING:
     from wabridge.adapters.backends import Backends  # the assembly's (cli/assembly.py): the ports it opened
@@ -73,17 +69,8 @@ REGISTRY.register(
 _MEDIA = REGISTRY.counter("wabridge_media_downloads_total", "Media files fetched from Meta, by result.", ["result"])
 _MEDIA_RETRIES = REGISTRY.counter("wabridge_media_download_retries_total", "Media downloads from Meta tried again.")
 _MEDIA_BYTES = REGISTRY.counter("wabridge_media_stored_bytes_total", "Bytes of media stored in object storage.")
-_GENESYS_RETRIES = REGISTRY.counter(
-    "wabridge_genesys_retries_total", "Genesys requests tried again, by reason.", ["reason"]
-)
 _TENANT_LOOKUPS = REGISTRY.counter(
     "wabridge_tenant_lookups_total", "Tenant directory lookups by the tier that answered", ("tier",)
-)
-_TOKENS = REGISTRY.counter(
-    "wabridge_oauth_tokens_total", "Genesys OAuth tokens used, by where they came from.", ["source"]
-)
-_BUDGET_WAITS = REGISTRY.counter(
-    "wabridge_rate_budget_waits_total", "Times a tenant waited for its Genesys rate budget."
 )
 
 
@@ -93,13 +80,6 @@ def _export_statistics(worker: Worker) -> None:
         (_MEDIA.labels("notice"), lambda: worker.media.statistics().notices),
         (_MEDIA_RETRIES.labels(), lambda: worker.media.statistics().retries),
         (_MEDIA_BYTES.labels(), lambda: worker.media.statistics().bytes_stored),
-        (_GENESYS_RETRIES.labels("backoff"), lambda: worker.delivery.statistics().retries),
-        (_GENESYS_RETRIES.labels("rate_limited"), lambda: worker.delivery.statistics().rate_limited),
-        (_GENESYS_RETRIES.labels("relogin"), lambda: worker.delivery.statistics().relogins),
-        (_TOKENS.labels("login"), lambda: worker.tokens.statistics().logins),
-        (_TOKENS.labels("memory"), lambda: worker.tokens.statistics().from_memory),
-        (_TOKENS.labels("cache"), lambda: worker.tokens.statistics().from_cache),
-        (_BUDGET_WAITS.labels(), lambda: worker.budget.statistics().waits),
     ]
     for tier, field in (("local", "local_hits"), ("cache", "cache_hits"), ("store", "store_lookups")):
         stats.append((_TENANT_LOOKUPS.labels(tier), lambda f=field: getattr(worker.directory.statistics(), f)))
@@ -107,41 +87,47 @@ def _export_statistics(worker: Worker) -> None:
         child.set_function(read)
 
 
+@dataclass(frozen=True)
+class SaaS:
+    """The two far ends, through their ports (cli/assembly.py opens the HTTP adapters; tests may use others)."""
+
+    genesys: GenesysApi
+    genesys_files: GenesysFiles
+    meta: MetaGraphApi
+    meta_media: MetaMediaApi
+    stop_holding: Callable[[], None]  # a drain: requests held through a far end's outage give up (back to the queue)
+
+
 class Worker:
-    def __init__(self, backends: Backends, *, shards: Sequence[int] | None = None, prefetch: int | None = None) -> None:
+    def __init__(
+        self, backends: Backends, saas: SaaS, *, shards: Sequence[int] | None = None, prefetch: int | None = None
+    ) -> None:
         settings = backends.settings
         self.backends = backends
+        self.saas = saas
         self.shards = shards
         self.prefetch = prefetch if prefetch is not None else settings.worker_prefetch
         self.directory = TenantDirectory(backends.store, backends.cache, settings.secret_box())
-        self.tokens = TokenProvider(backends.cache, box=settings.secret_box())
-        self.budget = RateBudget(backends.cache)
-        genesys = FarEnd("genesys", hold_for=settings.far_end_hold, retry_max=settings.far_end_retry_max)
-        self.delivery = GenesysDelivery(self.tokens, self.budget, far_end=genesys, timeout=settings.genesys_timeout)
-        self.media = MediaFetcher(backends.objects, settings)
+        self.media = MediaFetcher(backends.objects, saas.meta_media)
         self.tracker = TrackingWriter(backends.store)
         self.contacts = Contacts(backends.store)  # where each customer last wrote: where the agents' answers go from
         self.relay = Relay(
             backends.store,
             ConversationState(backends.cache, backends.store),
             self.media,
-            self.delivery,
+            saas.genesys,
             self.tracker,
             outage_hold=settings.outage_hold,
             contacts=self.contacts,
         )
         # The outbound direction: agents' answers to WhatsApp (agent.py, outbound.py), Meta's statuses of them back to
         # Genesys as receipts (statuses.py, run by the tenant actors, which take Meta's webhooks).
-        self.meta_far_end = FarEnd("meta", hold_for=settings.far_end_hold, retry_max=settings.far_end_retry_max)
-        self.graph = MetaGraph(backends.cache, base_url=settings.graph_api_url, far_end=self.meta_far_end)
-        self.agent_media = AgentMedia(
-            backends.objects, self.graph, self.tokens, allow_private_urls=settings.allow_private_media_urls
-        )
+        self.agent_media = AgentMedia(backends.objects, saas.meta, saas.genesys_files)
         self.sender = OutboundSender(
-            graph=self.graph,
+            graph=saas.meta,
             media=self.agent_media,
             contacts=self.contacts,
-            genesys=self.delivery,
+            genesys=saas.genesys,
             tracker=self.tracker,
             seen=TrackingLookups(backends.store),
             outage_hold=settings.outage_hold,
@@ -220,15 +206,10 @@ class Worker:
 
     @contextlib.asynccontextmanager
     async def started(self) -> AsyncIterator[Worker]:
-        """The relay's writers and HTTP clients running; closed (tracking flushed) on exit."""
+        """The relay's writers running; closed (tracking flushed) on exit. The SaaS adapters are the assembly's."""
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self.tracker)
             await stack.enter_async_context(self.contacts)
-            stack.push_async_callback(self.graph.aclose)
-            stack.push_async_callback(self.agent_media.aclose)
-            stack.push_async_callback(self.tokens.aclose)
-            stack.push_async_callback(self.delivery.aclose)
-            stack.push_async_callback(self.media.aclose)
             yield self
 
     async def run(self, shutdown: Shutdown) -> None:
@@ -297,8 +278,7 @@ class Worker:
             finally:
                 stopping.cancel()
                 log.info("worker draining")
-                self.delivery.far_end.stop_holding()  # held messages go back to the queue, for the next worker
-                self.meta_far_end.stop_holding()
+                self.saas.stop_holding()  # held messages go back to the queue, for the next worker
                 if not self._router_died.done():
                     self._router_died.cancel()  # routers cancelled from here on are not deaths
                 for mailbox in [*self._routers.values(), *self._agent_routers.values()]:

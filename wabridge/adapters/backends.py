@@ -33,7 +33,7 @@ ADAPTERS: dict[str, tuple[str, str, str]] = {
     "queue": ("amqp_url", f"{_A}.queue.amqp:AmqpQueue", f"{_A}.queue.sqlite:SqliteQueue"),
     "objects": ("s3_endpoint", f"{_A}.objects.s3:S3Objects", f"{_A}.objects.directory:DirectoryObjects"),
 }
-# A second queue on the queue port's adapter, under its own name: the agents' messages to customers (issue 17) wait
+# A second queue on the queue port's adapter, under its own name: the agents' messages to customers wait
 # in their own shards, never behind the customers' webhooks nor in front of them. Port → the queue's name (None: main).
 QUEUE_NAMES: dict[str, str | None] = {"queue": None, "outbound": "outbound"}
 # Opened in this order, closed in the reverse: consumers on the queue stop before the store they write to closes.

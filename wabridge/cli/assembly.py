@@ -8,16 +8,22 @@ one worker, Granian's own process manager for more (factory target `wabridge.cli
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING
 
 from wabridge.actors.ingress import IngressApp
 from wabridge.adapters.backends import open_backends_when_up
 from wabridge.engine import heap, metrics
 from wabridge.engine.drain import Shutdown
 from wabridge.engine.settings import Settings, load_settings, settings_environment
+
+if TYPE_CHECKING:
+    from wabridge.actors.worker import SaaS
+    from wabridge.adapters.backends import Backends
 
 
 async def run_worker(settings: Settings, shutdown: Shutdown, *, shards: Sequence[int] | None = None) -> None:
@@ -26,9 +32,73 @@ async def run_worker(settings: Settings, shutdown: Shutdown, *, shards: Sequence
     async with open_backends_when_up(settings, shutdown.stopping) as backends:
         if backends is None:
             return  # stopped before the servers came up: nothing was consumed
-        worker = Worker(backends, shards=shards)
-        heap.freeze_startup_heap()
-        await worker.run(shutdown)
+        async with saas_adapters(backends) as saas:
+            worker = Worker(backends, saas, shards=shards)
+            heap.freeze_startup_heap()
+            await worker.run(shutdown)
+
+
+@contextlib.asynccontextmanager
+async def saas_adapters(backends: Backends, *, far_end_hold: float | None = None) -> AsyncIterator[SaaS]:
+    """The HTTP adapters of Genesys and Meta behind the worker's SaaS ports, closed on exit. `far_end_hold`: how long
+    a message waits for a far end that is down (the settings' by default; `wabridge replay` gives 0)."""
+    from wabridge.actors.worker import SaaS
+    from wabridge.engine.far_end import FarEnd
+    from wabridge.engine.metrics import REGISTRY
+    from wabridge.genesys.auth import TokenProvider
+    from wabridge.genesys.delivery import GenesysDelivery
+    from wabridge.genesys.files import AgentFiles
+    from wabridge.genesys.ratelimit import RateBudget
+    from wabridge.meta.graph import MetaGraph
+    from wabridge.meta.media import MetaMedia
+    from wabridge.ports import GenesysApi, GenesysFiles, MetaGraphApi, MetaMediaApi
+
+    settings = backends.settings
+    hold = settings.far_end_hold if far_end_hold is None else far_end_hold
+    private = settings.allow_private_media_urls
+    tokens = TokenProvider(backends.cache, box=settings.secret_box())
+    budget = RateBudget(backends.cache)
+    delivery = GenesysDelivery(
+        tokens,
+        budget,
+        far_end=FarEnd("genesys", hold_for=hold, retry_max=settings.far_end_retry_max),
+        timeout=settings.genesys_timeout,
+    )
+    graph = MetaGraph(
+        backends.cache,
+        base_url=settings.graph_api_url,
+        far_end=FarEnd("meta", hold_for=hold, retry_max=settings.far_end_retry_max),
+    )
+    files = AgentFiles(tokens, allow_private_urls=private)
+    media = MetaMedia(settings.graph_api_url, allow_private_urls=private)
+    # Typed as the ports: mypy checks here that each adapter satisfies the port the roles are written against.
+    genesys: GenesysApi = delivery
+    genesys_files: GenesysFiles = files
+    meta: MetaGraphApi = graph
+    meta_media: MetaMediaApi = media
+
+    def stop_holding() -> None:
+        delivery.far_end.stop_holding()
+        graph.far_end.stop_holding()
+
+    # What the adapters count, read at scrape time (deploy/grafana's dashboard).
+    retries = REGISTRY.counter("wabridge_genesys_retries_total", "Genesys requests tried again, by reason.", ["reason"])
+    retries.labels("backoff").set_function(lambda: delivery.statistics().retries)
+    retries.labels("rate_limited").set_function(lambda: delivery.statistics().rate_limited)
+    retries.labels("relogin").set_function(lambda: delivery.statistics().relogins)
+    used = REGISTRY.counter(
+        "wabridge_oauth_tokens_total", "Genesys OAuth tokens used, by where they came from.", ["source"]
+    )
+    used.labels("login").set_function(lambda: tokens.statistics().logins)
+    used.labels("memory").set_function(lambda: tokens.statistics().from_memory)
+    used.labels("cache").set_function(lambda: tokens.statistics().from_cache)
+    waits = REGISTRY.counter("wabridge_rate_budget_waits_total", "Times a tenant waited for its Genesys rate budget.")
+    waits.labels().set_function(lambda: budget.statistics().waits)
+
+    async with contextlib.AsyncExitStack() as stack:
+        for close in (graph.aclose, files.aclose, tokens.aclose, delivery.aclose, media.aclose):
+            stack.push_async_callback(close)
+        yield SaaS(genesys, genesys_files, meta, meta_media, stop_holding)
 
 
 # --- the ingress under Granian ------------------------------------------------------------------------------------
@@ -45,8 +115,8 @@ def app_factory() -> IngressApp:
 
 # Seconds Granian's parent waits for a worker to stop after SIGTERM before it kills it. A worker's own drain is
 # bounded below this (requests in flight wait at most CONFIRM_TIMEOUT, then the archive gets CLOSE_DEADLINE). Without
-# a bound a SIGTERM that reached a worker still starting (opening its backends) was lost in Granian 2.8: the worker
-# served on, and the parent waited for it forever (tests/actors/test_ingress.py saw it in ~1 of 40 runs).
+# a bound Granian 2.8 loses a SIGTERM that reaches a worker still starting (opening its backends): the worker serves
+# on, and the parent waits for it forever.
 WORKERS_KILL_TIMEOUT = 30
 
 
@@ -88,10 +158,8 @@ def serve_ingress(settings: Settings, *, workers: int) -> None:
 def serve_embedded(settings: Settings) -> None:
     """One ingress process: Granian's embedded server on this process's event loop.
 
-    Why not Granian's process manager for one worker: its parent process held ~34 MB of RSS to supervise a single
-    child (Python, Granian, and the pages the forked child shares with it), a third of the ingress's memory. In the
-    same runs (ingress only, 8k/s offered) the embedded server answered as many 200s (7,491 and 7,992/s against
-    7,184 and 7,889) at the same CPU per request. SIGTERM/SIGINT stop it (the server finishes the requests it holds,
+    Why not Granian's process manager for one worker: its parent process holds a third of the ingress's memory to
+    supervise a single child, and serves no more (docs/decisions.md). SIGTERM/SIGINT stop it (the server finishes the requests it holds,
     then the archive puts its last segments); a second signal exits at once.
     """
     import signal
@@ -146,9 +214,9 @@ def serve_processes(settings: Settings, *, workers: int) -> None:
     """Run the ingress under Granian's process manager until a signal stops it; never returns.
 
     This process *becomes* Granian's command line (exec): Granian forks its workers from it, and a parent that had
-    imported the CLI, the settings' cryptography and the ingress stack passed all of it (~20 MB of RSS, measured)
-    on to every worker and kept it itself. Exec'd, the parent holds Python and Granian only (~33 MB) and each
-    worker imports what it uses. Signals, the PID and PR_SET_PDEATHSIG (cli/serve.py) carry over the exec.
+    imported the CLI, the settings' cryptography and the ingress stack would pass all of it on to every worker and
+    keep it itself (docs/decisions.md). Exec'd, the parent holds Python and Granian only and each worker imports
+    what it uses. Signals, the PID and PR_SET_PDEATHSIG (cli/serve.py) carry over the exec.
     """
     for name in [n for n in os.environ if n.startswith(("WABRIDGE_", "GRANIAN_"))]:
         del os.environ[name]  # the workers must see exactly `settings`, nothing left over

@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
 async def _replay(settings, args) -> int:
     from wabridge.actors.worker import Worker
     from wabridge.adapters.backends import open_backends
+    from wabridge.cli.assembly import saas_adapters
 
     statuses = (args.status,) if args.status else REPLAYABLE
     directions = {"in": ("inbound",), "out": ("outbound",)}.get(args.direction, ("inbound", "outbound"))
@@ -118,16 +119,16 @@ async def _replay(settings, args) -> int:
             print(f"{len(rows)} message(s) would be replayed")
             return 0
         counts = {"delivered": 0, "failed": 0, "duplicate": 0, "skipped": 0}
-        worker = Worker(backends)
-        worker.delivery.far_end.hold_for = 0  # an operator's replay while Genesys is still down fails fast, not in 1 h
-        worker.meta_far_end.hold_for = 0  # and while Meta is
         tenants: dict[str, object] = {}
         progress = Progress(len(rows))
-        async with worker.started():
-            for row in rows:
-                outcome = await _replay_one(worker, backends.store, tenants, row)
-                counts[outcome] = counts.get(outcome, 0) + 1
-                progress.step(f"{row.wamid} {outcome}")
+        # far_end_hold 0: an operator's replay while Genesys or Meta is still down fails fast, not in 1 h
+        async with saas_adapters(backends, far_end_hold=0) as saas:
+            worker = Worker(backends, saas)
+            async with worker.started():
+                for row in rows:
+                    outcome = await _replay_one(worker, backends.store, tenants, row)
+                    counts[outcome] = counts.get(outcome, 0) + 1
+                    progress.step(f"{row.wamid} {outcome}")
         progress.close()
         summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
         print(

@@ -1,4 +1,4 @@
-"""Genesys outbound webhook body (agent -> customer) -> what to send to Meta. Pure, no I/O (issue 17, "Transform").
+"""Genesys outbound webhook body (agent -> customer) -> what to send to Meta. Pure, no I/O.
 
 `decode_outbound(body)` reads one `OpenOutboundNormalizedMessage` (docs/reference.md section 3) and returns one of
 - `Send`: the Meta message(s) to send, as drafts (`MetaMessage`, docs/reference.md section 4) and the facts the

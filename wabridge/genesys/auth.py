@@ -16,9 +16,8 @@ deliveries make one login, and a failing login fails them all at once instead of
 Cache down (BackendUnavailable): ignored, memory and the login carry on alone (each process then logs in once).
 A 401 from the API: the caller `invalidate()`s the token it used — only if it is still the current one, so a burst of
 401s on one stale token makes one new login, not one per message. The refused token is remembered (one per
-credential) and never handed out again: a fetch that had read it from the cache just before the 401 came back with
-it, and the delivery that had asked for a fresh token failed "401 with a fresh token" (seen in the bench, after the
-Genesys simulator restarted under a running bridge).
+credential) and never handed out again: a fetch that had read it from the cache just before the 401 would bring it
+back, and the delivery that asked for a fresh token would fail "401 with a fresh token" (docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -101,8 +100,7 @@ class TokenProvider:
     ) -> None:
         self._cache = cache
         self._box = box
-        # The login's HTTP client is http/client.py, as the delivery's: one client stack in the worker (httpx
-        # cost it 2.3 MB of imports for a request made once per token lifetime).
+        # The login's HTTP client is http/client.py, as the delivery's: one client stack in the worker.
         self._pools = Http1Pools(max_pools=MAX_LOGIN_HOSTS, limit=LOGIN_CONNECTIONS, timeout=timeout)  # by login origin
         self._clock = clock
         self._held: OrderedDict[str, tuple[str, float]] = OrderedDict()  # key → (token, local deadline)

@@ -1,5 +1,5 @@
 """Deliver one encoded Genesys Open Messaging message: `await delivery.deliver(tenant, body) -> Delivered`; and one
-receipt for a message an agent sent (issue 17): `await delivery.receipt(tenant, body)`.
+receipt for a message an agent sent: `await delivery.receipt(tenant, body)`.
 
 POST {api}/api/v2/conversations/messages/{integrationId}/inbound/open/message?prefetchConversationId=true with the
 body as given (the codecs encode it; this module never decodes or logs it: it holds customer text). A receipt goes to
@@ -23,9 +23,8 @@ A login refused (400/401/403 from /oauth/token) is permanent too; a login that t
 Each tenant has its own HTTP/1.1 keep-alive pool; at most `max_clients` pools, the least recently used closed first
 (once its in-flight requests finish).
 
-HTTP client: http/client.py, a keep-alive pool with httptools parsing, chosen by measurement against the Genesys
-simulator (bench/test_delivery_client_bench.py, client CPU per POST, 32 in flight): it costs about a third of aiohttp's
-CPU per request, and httpx's pool was slower still (125–288 req/s against aiohttp's 4,428–4,947 in session 1).
+HTTP client: http/client.py, a keep-alive pool with httptools parsing, chosen for its CPU per request
+(docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -44,13 +43,12 @@ from wabridge.engine.far_end import FarEnd, FarEndDown
 from wabridge.genesys.auth import LoginFailed, TokenProvider
 from wabridge.genesys.ratelimit import RateBudget
 from wabridge.http.client import Http1Pools, HttpError
-from wabridge.ports import TenantConfig
+from wabridge.ports import Delivered, DeliveryFailed, TenantConfig
 
 log = logging.getLogger(__name__)
 
 MESSAGE_PATH = "/api/v2/conversations/messages/{integration_id}/inbound/open/message?prefetchConversationId=true"
 RECEIPT_PATH = "/api/v2/conversations/messages/{integration_id}/inbound/open/receipt"
-KEPT_BODY_BYTES = 4096
 
 DELIVERED, RELOGIN, RATE_LIMITED, RETRY, REJECTED = "delivered", "relogin", "rate-limited", "retry", "rejected"
 OUTCOMES = {401: RELOGIN, 408: RETRY, 429: RATE_LIMITED}
@@ -60,28 +58,6 @@ def outcome_of(status: int) -> str:
     if 200 <= status < 300:
         return DELIVERED
     return OUTCOMES.get(status, RETRY if status >= 500 else REJECTED)
-
-
-class Delivered(msgspec.Struct, frozen=True):
-    genesys_message_id: str
-    conversation_id: str | None = None
-
-
-class DeliveryFailed(Exception):
-    """Genesys did not take the message. `permanent`: sending it again unchanged will not help."""
-
-    def __init__(
-        self, error: str, attempts: int, permanent: bool = False, *, status: int | None = None, body: bytes = b""
-    ) -> None:
-        super().__init__(error)
-        self.error = error
-        self.attempts = attempts
-        self.permanent = permanent
-        self.status = status
-        self.body = body[:KEPT_BODY_BYTES]
-
-    def __repr__(self) -> str:
-        return f"DeliveryFailed({self.error!r}, attempts={self.attempts}, permanent={self.permanent})"
 
 
 class DeliveryStatistics(msgspec.Struct, frozen=True):

@@ -7,9 +7,8 @@
     pools = Http1Pools(max_pools=256, limit=32, timeout=10.0)   # one pool per origin (or per tenant and origin)
     reply = await pools.request("https://api.mypurecloud.com", "POST", target, headers, body, key=(tenant_id,))
 
-Why not aiohttp here: the client's own CPU per POST, measured against the Genesys simulator in one run (32 in flight,
-uvloop, bench/test_delivery_client_bench.py): aiohttp 79–85 µs, this client 28 µs; the Rust clients pyreqwest and
-rnet 48–54 µs. In the worker, aiohttp was the largest single cost of a text message (~35 % of ~340 µs).
+Why not aiohttp here: the HTTP client was the largest single cost of a message in the worker, and this one costs
+about a third of aiohttp's CPU per request (docs/decisions.md).
 What it is: a connection pool per origin (at most `limit` connections, idle ones reused, LIFO, for up to
 `idle_timeout`), requests framed by hand (a fixed head, Content-Length), responses parsed by httptools (llhttp, the
 parser uvicorn uses: Content-Length, chunked, keep-alive rules). Nothing else: no redirects, cookies, proxies or
@@ -27,9 +26,8 @@ Hardening, for a client that also fetches URLs it did not choose (media):
     resolved to, and connect to exactly the addresses checked, so a second DNS answer cannot slip in between.
 
 Used for every request the worker makes per message: the Genesys POST (delivery.py), the OAuth login (auth.py), the
-media lookup and download from Meta (media.py, which follows redirects itself) and the media put to S3
-(adapters/objects/s3.py, signed by miniopy's SigV4 signer). Through aiohttp and miniopy's own transport an image message
-cost the worker ~0.35 ms more CPU (1,030-1,080 against 690-707 µs).
+media lookup and download from Meta (meta/media.py, which follows redirects itself) and the media put to S3
+(adapters/objects/s3.py, signed by miniopy's SigV4 signer).
 
 Errors: `HttpError` when no complete answer came (refused, reset, closed early, malformed, over a limit;
 `AddressRefused`: a non-public address in a `public_only` pool); `TimeoutError` when `timeout` passed (connecting,

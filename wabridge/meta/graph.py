@@ -29,9 +29,9 @@ budget; Meta's 130429 and the throttle path catch the overshoot). Read marks and
 messages.
 
 HTTP client: http/client.py, as delivery.py and media.py use: a send is one per agent message, the same hot path as
-the Genesys POST, where this client costs a third of aiohttp's CPU (bench/test_delivery_client_bench.py). One
-keep-alive pool per tenant (delivery.py's choice), so one tenant's burst never takes every connection to Meta; uploads
-have their own pools with a longer timeout (up to 100 MB go up in one request).
+the Genesys POST (docs/decisions.md). One keep-alive pool per tenant (delivery.py's choice), so one tenant's burst
+never takes every connection to Meta; uploads have their own pools with a longer timeout (up to 100 MB go up in one
+request).
 """
 
 from __future__ import annotations
@@ -54,25 +54,13 @@ from wabridge.engine.backoff import Backoff
 from wabridge.engine.budget import Reservations
 from wabridge.engine.far_end import FarEnd, FarEndDown
 from wabridge.http.client import Http1Pools, HttpError
-from wabridge.ports import Cache, TenantConfig
+from wabridge.ports import Cache, SendRefused, TenantConfig
 
 log = logging.getLogger(__name__)
 
 SEND_WINDOW = 1.0  # seconds: Meta's throughput limit is per second
 THROTTLE = Backoff(1.0, 60.0, jitter=None)  # the pauses while throttled without a Retry-After
 _MESSAGE_CODE = re.compile(r"^\(#\d+\)\s*")  # Meta prefixes its message with the code, reason_for adds it again
-
-
-class SendRefused(Exception):
-    """Final: Meta did not take the request and trying again unchanged will not help. The agent gets a Failed
-    receipt with `reason`."""
-
-    def __init__(self, reason: Reason, status: int | None = None, code: int | None = None) -> None:
-        super().__init__(reason.message)
-        self.reason, self.status, self.code = reason, status, code
-
-    def __repr__(self) -> str:
-        return f"SendRefused({self.reason.code}, status={self.status}, code={self.code}, {self.reason.message!r})"
 
 
 class GraphStatistics(msgspec.Struct, frozen=True):

@@ -1,11 +1,10 @@
 """Objects on S3 (MinIO in production, SeaweedFS in tests), through miniopy-async.
 
 Except the put, the one call made per media message (and per archive segment): it is signed by miniopy's own SigV4
-signer and sent over http/client.py, path-style (`/{bucket}/{key}`, as MinIO and SeaweedFS serve it). Through
-miniopy's client it cost the worker ~0.4 ms more CPU per put (aiohttp, and a thread hop for the SHA-256 of even a
-2 KB body), measured at the bench's media rate (150 puts/s: 581–766 against 296–308 µs).
+signer and sent over http/client.py, path-style (`/{bucket}/{key}`, as MinIO and SeaweedFS serve it): about half
+the worker's CPU per put of miniopy's own transport (docs/decisions.md).
 
-Four private buckets, `{prefix}webhooks-inbound`, `{prefix}media-inbound` and their outbound pair (issue 17), made
+Four private buckets, `{prefix}webhooks-inbound`, `{prefix}media-inbound` and their outbound pair, made
 at `open()` if absent; callers name the plain bucket (ports.WEBHOOKS_BUCKET, …) and this adapter applies the prefix.
 No bucket policy is ever set, so the only way to read an object without the keys is a presigned URL (Genesys downloads
 media with one).

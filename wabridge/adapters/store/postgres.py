@@ -54,20 +54,18 @@ from wabridge.ports import (
 
 POOL_MAX = 16  # a worker's relays share it; waiting for a free connection is backpressure, not an outage
 CONNECT_TIMEOUT = 2.0  # seconds; an unreachable database is reported, not waited for
-# Waiting for a pooled connection while hundreds of relays share 16 is normal under load. With 2 s here, a busy
-# pool read as "PostgreSQL down" and sent ~1,000 messages/s back to the queue in the bench (bench/README.md).
+# Waiting for a pooled connection while hundreds of relays share 16 is normal under load: a short wait here would
+# read a busy pool as "PostgreSQL down" and send messages back to the queue (docs/decisions.md).
 ACQUIRE_TIMEOUT = 30.0
 COMMAND_TIMEOUT = 10.0
 # Plan every execution for its own arguments. The pool's statements are prepared, and after five executions
-# PostgreSQL may keep one generic plan for good; chosen while the tables were small (a fresh database, a young
-# tenant), that plan was a sequential scan + hash join, kept as the tables grew: in the bench, 552 sequential scans
-# of message_tracking in 3 s (4.0M rows read) at 1,000 msgs/s, the server at 0.45 cores. Planned per call: 1 scan,
-# 0.17 cores. Planning these statements costs ~0.1 ms each; none of them is run often enough for that to matter.
+# PostgreSQL may keep one generic plan for good, chosen while the tables were small (a sequential scan, kept as the
+# tables grow; docs/decisions.md). Planning these statements is cheap next to that.
 #
 # Commits wait for their WAL, whatever the server's default: a queue message is acked once its tracking row is
-# committed, and a server set to `synchronous_commit=off` (the throwaway test servers are) lost 2–3 such rows, of
-# messages Genesys already had, when it was killed under load (a chaos run, session 7); a redelivery or a replay
-# would have sent them again. With `on`, 0. The tracking writes are batched, so the wait is paid per batch.
+# committed, and a server set to `synchronous_commit=off` (the throwaway test servers are) can lose such rows, of
+# messages Genesys already has, when it is killed; a redelivery or a replay would send them again (docs/decisions.md).
+# The tracking writes are batched, so the wait is paid per batch.
 SESSION_SETTINGS = {"plan_cache_mode": "force_custom_plan", "synchronous_commit": "on"}
 MIGRATION_LOCK = 0x77616272  # "wabr": one migrator at a time across processes
 
@@ -178,7 +176,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX message_events_wamid ON message_events (tenant_id, wamid, at);
     CREATE INDEX message_events_webhook ON message_events (tenant_id, webhook_id, at);
     """,
-    # 6: the outbound half (issue 17): a tenant's Genesys webhook secret (sealed, NULL when none) and send settings;
+    # 6: the outbound half: a tenant's Genesys webhook secret (sealed, NULL when none) and send settings;
     # the wamids Meta gave an agent's message and its delivery state; each customer's latest inbound message.
     # Nullable columns and constant defaults: added without rewriting the tables.
     """
@@ -587,7 +585,7 @@ class PostgresStore:
         duplicates = duplicate_counts(records)
         async with self._conn() as conn, conn.transaction() if duplicates else contextlib.nullcontext():
             # One statement is atomic on its own: BEGIN and COMMIT only when the duplicate counts come with it (two
-            # round trips fewer per batch; at 1,000 msgs/s they were 40 % of the statements the server ran).
+            # round trips fewer per batch; docs/decisions.md).
             await conn.execute(
                 _UPSERT_TRACKING,
                 [r.tenant_id for r in rows],
@@ -632,10 +630,8 @@ class PostgresStore:
         if not keys:
             return {}
         async with self._conn() as conn:
-            # One primary-key probe per key. Measured with EXPLAIN ANALYZE on 20k rows, 3 keys: the former
-            # `(tenant_id, wamid) IN (SELECT * FROM unnest(...))` also probed the index but de-duplicated the keys
-            # first (HashAggregate) and took 0.26 ms to plan and 0.07 to run; this takes 0.075 and 0.025. It is the
-            # worker's most frequent query (one per group of waiting reads, ~400/s at 1,000 msgs/s).
+            # One primary-key probe per key, without de-duplicating the keys first: cheaper to plan and to run than
+            # `IN (SELECT * FROM unnest(...))`, for the worker's most frequent query (docs/decisions.md).
             rows = await conn.fetch(
                 "SELECT t.* FROM unnest($1::text[], $2::text[]) AS k(tenant, id), LATERAL"
                 f" (SELECT {_TRACKING_COLUMNS} FROM message_tracking WHERE tenant_id = k.tenant AND wamid = k.id) t",
@@ -807,7 +803,7 @@ class PostgresStore:
 
 async def _session_unchanged(conn: asyncpg.Connection) -> None:
     """The pool's reset hook. asyncpg's default sends `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
-    RESET ALL` on every release: one more round trip per query, ~10 % of a worker's CPU in the bench profile. This
+    RESET ALL` on every release: one more round trip per query (docs/decisions.md). This
     store never changes session state (no SET, LISTEN, cursors or session advisory locks: the migration lock is
     transaction-scoped), and asyncpg still rolls back an open transaction before calling this."""
 

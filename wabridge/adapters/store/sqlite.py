@@ -6,9 +6,8 @@ beside the one writer, writes take the lock with BEGIN IMMEDIATE and wait up to 
 held after that is reported as BackendUnavailable (the caller retries later, as with a PostgreSQL outage).
 
 Every call runs on one dedicated thread that owns the connection: the event loop never waits on the disk, and the
-connection is never shared between threads. Measured (2 loaded cores): a point read costs 78 µs through the thread
-vs 10 µs inline; a 500-row write_tracking 8–15 ms, which inline would stall every other task. Point reads are rare
-(the cache answers hot keys), so one path for everything wins on simplicity. synchronous=FULL, because write_tracking promises durability on return
+connection is never shared between threads. A large write inline would stall every other task; point reads cost more
+through the thread but are rare (the cache answers hot keys), so one path for everything wins (docs/decisions.md). synchronous=FULL, because write_tracking promises durability on return
 and a batch of hundreds of rows pays for one fsync.
 """
 
@@ -156,7 +155,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX message_events_wamid ON message_events (tenant_id, wamid, at);
     CREATE INDEX message_events_webhook ON message_events (tenant_id, webhook_id, at);
     """,
-    # 6: the outbound half (issue 17), as postgres.py's migration 6. read_marks is 0/1.
+    # 6: the outbound half, as postgres.py's migration 6. read_marks is 0/1.
     """
     ALTER TABLE tenant_credentials ADD COLUMN genesys_webhook_secret TEXT;
     ALTER TABLE tenant_credentials ADD COLUMN send_rate_per_second INTEGER NOT NULL DEFAULT 80;
