@@ -22,7 +22,7 @@ from bench import report, scenarios
 from bench.scenarios.rig import Rig
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ORDER = ("ceilings", "ingress", "e2e", "overload", "soak", "rate_budget", "scale_out", "outbound")
+ORDER = ("ceilings", "ingress", "e2e", "pipelines", "overload", "soak", "rate_budget", "scale_out", "outbound")
 
 
 def _machine() -> str:

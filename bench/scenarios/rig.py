@@ -109,7 +109,8 @@ def tree_usage(roots: list[int], *, pss: bool = False) -> tuple[float, float, fl
 
 
 # Who spends the machine's CPU, by command line: the bridge's roles, the servers, the simulators, the generator.
-ROLES = (("--role worker", "bridge worker"), ("--role ingress", "bridge ingress"), ("granian", "bridge ingress"),
+ROLES = (("conventional_worker", "conventional worker"), ("fastapi_ingress", "conventional ingress"),
+         ("--role worker", "bridge worker"), ("--role ingress", "bridge ingress"), ("granian", "bridge ingress"),
          ("beam.smp", "rabbitmq"), ("postgres", "postgresql"), ("redis-server", "redis"), ("weed", "seaweedfs s3"),
          ("sim.genesys", "genesys simulator"), ("sim genesys", "genesys simulator"), ("sim meta", "meta simulator"),
          ("sim.meta", "meta simulator"), ("bench.loadgen", "load generator"))  # fmt: skip
