@@ -31,12 +31,14 @@ from typing import Any
 from bench.loadgen import TEXT_ONLY
 from bench.scenarios import Bridge, _say
 from bench.scenarios.audit import acknowledged, audit, sim_count, wait_delivered
-from bench.scenarios.rig import CpuSplit, Rig, free_port
+from bench.scenarios.rig import CpuSplit, Rig, free_port, tree_usage
 from wabridge.engine.secrets import Secret
 
 CUSTOMERS = 200  # over the 10 tenants (20 each), or all of the one tenant's
 TABLE = "conventional_tracking"
 SERVERS = ("rabbitmq", "postgresql", "redis", "seaweedfs s3")
+# The pipelines' own roles in the machine-wide split: replaced by the run's own processes, measured by pid.
+PIPELINE_ROLES = ("bridge ingress", "bridge worker", "conventional ingress", "conventional worker")
 # run key → (pipeline, tenants): b/o the bridge, c/q the conventional pipeline with aiohttp, h with httpx.
 RUNS = {"b": ("bridge", "ten"), "c": ("conventional", "ten"), "h": ("conventional_httpx", "ten"),
         "o": ("bridge", "one"), "q": ("conventional", "one")}  # fmt: skip
@@ -95,7 +97,8 @@ class BridgeRun:
             await self.bridge.__aenter__()
         finally:
             self.rig.settings = self.saved
-        self.port, self.pids = self.bridge.port, self.bridge.pids
+        self.port = self.bridge.port
+        self.own_pids = (self.bridge.ingress.pid, self.bridge.workers[0].pid)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -110,10 +113,6 @@ class BridgeRun:
             finally:
                 await queue.close()
         await self.fresh.drop()
-
-    @property
-    def roles(self) -> tuple[str, str]:
-        return "bridge ingress", "bridge worker"
 
 
 class ConventionalRun:
@@ -143,17 +142,13 @@ class ConventionalRun:
         await rig.wait_http(self.port, "/docs", self.ingress)  # the ingress declares the queue on start-up
         self.worker = rig.start([sys.executable, "-m", "bench.comparators.conventional_worker"], env=env)
         await _wait_consumer(rig, self.queue, self.worker)
-        self.pids = [self.ingress.pid, self.worker.pid]
+        self.own_pids = (self.ingress.pid, self.worker.pid)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self.rig.stop(self.ingress)
         self.rig.stop(self.worker)
         await self.fresh.drop()
-
-    @property
-    def roles(self) -> tuple[str, str]:
-        return "conventional ingress", "conventional worker"
 
 
 async def _wait_consumer(rig: Rig, queue: str, proc: subprocess.Popen) -> None:
@@ -185,20 +180,28 @@ async def _step(rig: Rig, run: BridgeRun | ConventionalRun, rate: float, seconds
     before = await sim_count(genesys)
     spec = rig.spec(run.port, rate, seconds, label=label, only_tenant=only_tenant)
     spec.customers, spec.mix = CUSTOMERS, dict(TEXT_ONLY)
+    own_before = [tree_usage([pid])[1] for pid in run.own_pids]
     with CpuSplit() as split:  # the whole machine, from the first request until the last message is delivered
         r = await rig.load(spec)
         acked = acknowledged(spec, r)
         drained = await wait_delivered(genesys, before + len(acked), 120)
+    own_cpu = [tree_usage([pid])[1] - cpu for pid, cpu in zip(run.own_pids, own_before, strict=True)]
     split.add("load generator", r.get("generator_cpu_s", 0.0))
     a = await audit(acked, genesys, run.fresh.url, f"wamid.B{spec.run_tag}", run.table)
     times = a.pop("receive_times")
     delivered = len(times) / max(times[-1] - r["wall_start"], 1e-3) if times else 0.0
     per_message = split.per_message(a["at_simulator"])
-    ingress, worker = run.roles
-    own = {"ingress": per_message.get(ingress, 0), "worker": per_message.get(worker, 0)}
+    # The pipeline's own processes by pid (the machine is shared: other bridges may run beside it), the servers by
+    # command line, machine-wide.
+    count = max(a["at_simulator"], 1)
+    own = {"ingress": round(own_cpu[0] / count * 1e6), "worker": round(own_cpu[1] / count * 1e6)}
+    by_role = {k: v for k, v in per_message.items() if k not in PIPELINE_ROLES} | own
+    by_role["other"] = round(by_role.get("other", 0) + sum(per_message.get(k, 0) for k in PIPELINE_ROLES)
+                             - sum(own.values()))  # fmt: skip
+    by_role["other"] = max(by_role["other"], 0)
     return {"offered_rate": rate, "seconds": seconds, "ok": r["ok"], "ok_per_s": round(r["ok_per_s"], 1),
             "unsent": r["unsent"], "statuses": r["statuses"], "delivered_per_s": round(delivered, 1),
-            "drain_s": round(drained, 1), "audit": a, "cpu_us_per_message_by_role": per_message,
+            "drain_s": round(drained, 1), "audit": a, "cpu_us_per_message_by_role": by_role,
             "cpu_cores_by_role": split.cores(), "own_cpu_us_per_message": own,
             "servers_cpu_us_per_message": sum(per_message.get(s, 0) for s in SERVERS)}  # fmt: skip
 
