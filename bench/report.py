@@ -116,22 +116,27 @@ GROUPS = {"b": "bridge / 10 tenants", "c": "conventional / aiohttp", "h": "conve
           "o": "bridge / 1 tenant", "q": "conventional / 1 tenant"}  # fmt: skip
 
 
+def _paced(p: dict[str, Any] | None) -> str:
+    return f"{p['p50']:.0f} / {p['p99']:.0f} ms at {p['offered_per_s']:.0f}/s" if p else ""
+
+
 def pipelines_section(p: dict[str, Any]) -> str:
     """The bridge against the conventional pipeline: delivered/s per round, CPU per message by role, the profile."""
     m = p.get("medians", {})
     if not m:
         return ""
-    chart = stacked_bars("CPU per delivered message by role, machine-wide (medians over rounds)",
-                         {GROUPS[k]: _segments(v["cpu_us_per_message_by_role"]) for k, v in m.items()}, "µs")  # fmt: skip
+    bars = {GROUPS[k]: _segments(v["cpu_us_per_message_by_role"]) for k, v in m.items()}
+    chart = stacked_bars("CPU per delivered message by role, machine-wide (medians over rounds)", bars, "µs")
     rows = "".join(
         f"<tr><td>{html.escape(GROUPS[k].replace(' / ', ', '))}</td><td>{v['delivered_per_s']:.0f}</td>"
         f"<td>{' / '.join(str(r[k]['step']['delivered_per_s']) for r in p['rounds'] if k in r)}</td>"
         f"<td>{v['own_cpu_us_per_message']['ingress']:.0f} + {v['own_cpu_us_per_message']['worker']:.0f}</td>"
-        f"<td>{v['servers_cpu_us_per_message']:.0f}</td></tr>"
+        f"<td>{v['servers_cpu_us_per_message']:.0f}</td>"
+        f"<td>{_paced(v.get('paced'))}</td></tr>"
         for k, v in m.items()
     )
-    table = ("<table><tr><th>pipeline</th><th>delivered/s (median)</th><th>rounds</th>"
-             f"<th>ingress + worker µs/msg</th><th>servers µs/msg</th></tr>{rows}</table>")  # fmt: skip
+    table = ("<table><tr><th>pipeline</th><th>delivered/s (median)</th><th>rounds</th><th>ingress + worker µs/msg</th>"
+             f"<th>servers µs/msg</th><th>paced p50 / p99</th></tr>{rows}</table>")  # fmt: skip
     profile = ""
     for role in ("worker", "ingress"):
         prof = p.get("profile", {}).get(role, {})

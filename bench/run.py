@@ -178,6 +178,11 @@ def pipeline_targets(p: dict[str, Any]) -> list[dict[str, Any]]:
         add("bridge CPU per delivered text message ÷ the servers' (RabbitMQ + PostgreSQL + Redis + S3)",
             r["bridge_vs_servers_cpu"], f"{own('b'):.0f} vs {servers:.0f} µs", "≤ 1.0",
             r["bridge_vs_servers_cpu"]["median"] <= 1.0)  # fmt: skip
+    if r.get("paced_p99", {}).get("rounds") and "paced" in m.get("b", {}) and "paced" in m.get("c", {}):
+        pb, pc = m["b"]["paced"], m["c"]["paced"]
+        add(f"p99 webhook → Genesys at half the bridge's sustained rate ({pb['offered_per_s']:.0f}/s), ÷ the "
+            "conventional pipeline's at the same rate", r["paced_p99"], f"{pb['p99']:.0f} vs {pc['p99']:.0f} ms",
+            "≤ 50 ms and ≤ 0.33", pb["p99"] <= 50 and r["paced_p99"]["median"] <= 1 / 3)  # fmt: skip
     for role in ("worker", "ingress"):
         prof = p.get("profile", {}).get(role, {})
         if prof.get("self"):

@@ -39,6 +39,8 @@ TABLE = "conventional_tracking"
 SERVERS = ("rabbitmq", "postgresql", "redis", "seaweedfs s3")
 # The pipelines' own roles in the machine-wide split: replaced by the run's own processes, measured by pid.
 PIPELINE_ROLES = ("bridge ingress", "bridge worker", "conventional ingress", "conventional worker")
+# The runs that also get a paced step (latency at half the bridge's sustained rate, the same offered rate for both).
+PACED = ("b", "c")
 # run key → (pipeline, tenants): b/o the bridge, c/q the conventional pipeline with aiohttp, h with httpx.
 RUNS = {"b": ("bridge", "ten"), "c": ("conventional", "ten"), "h": ("conventional_httpx", "ten"),
         "o": ("bridge", "one"), "q": ("conventional", "one")}  # fmt: skip
@@ -46,8 +48,8 @@ RUNS = {"b": ("bridge", "ten"), "c": ("conventional", "ten"), "h": ("conventiona
 
 def _plan(quick: bool) -> dict[str, Any]:
     if quick:
-        return {"rounds": 2, "rate": 2500, "seconds": 4, "profile_seconds": 4}
-    return {"rounds": 3, "rate": 3000, "seconds": 8, "profile_seconds": 8}
+        return {"rounds": 2, "rate": 2500, "seconds": 4, "paced_seconds": 4, "profile_seconds": 4}
+    return {"rounds": 3, "rate": 3000, "seconds": 8, "paced_seconds": 8, "profile_seconds": 8}
 
 
 # --- fresh state per run ----------------------------------------------------------------------------------------
@@ -218,6 +220,11 @@ async def _one_run(rig: Rig, key: str, label: str, plan: dict[str, Any]) -> dict
         # Every customer writes once: tokens, connections and conversation mappings in place before the clock.
         warmup = await _step(rig, run, CUSTOMERS, 1, f"{label}w", only)
         step = await _step(rig, run, plan["rate"], plan["seconds"], f"{label}m", only)
+        if key == "b" and not plan.get("paced_rate"):  # half the bridge's first sustained rate, for every round
+            plan["paced_rate"] = max(50, round(step["delivered_per_s"] / 2, -1))
+        paced = None
+        if key in PACED and plan.get("paced_rate"):
+            paced = await _step(rig, run, plan["paced_rate"], plan["paced_seconds"], f"{label}p", only)
     a = step["audit"]
     _say(
         f"pipelines {pipeline} ({tenants} tenant{'s' if tenants == 'ten' else ''}) {label}: "
@@ -225,7 +232,11 @@ async def _one_run(rig: Rig, key: str, label: str, plan: dict[str, Any]) -> dict
         f"lost {a['lost']}, duplicated {a['duplicated']}, reordered {a['reordered']}; CPU µs/msg: "
         + ", ".join(f"{k} {v:.0f}" for k, v in step["cpu_us_per_message_by_role"].items() if v >= 5)
     )
-    return {"pipeline": pipeline, "tenants": tenants, "warmup": warmup, "step": step}
+    if paced is not None:
+        latency = paced["audit"]["e2e_latency_ms"]
+        _say(f"    paced at {plan['paced_rate']}/s: webhook → Genesys p50/p99 {latency['p50']:.0f}/"
+             f"{latency['p99']:.0f} ms, lost {paced['audit']['lost']}")  # fmt: skip
+    return {"pipeline": pipeline, "tenants": tenants, "warmup": warmup, "step": step, "paced": paced}
 
 
 # --- the profile ------------------------------------------------------------------------------------------------
@@ -269,7 +280,7 @@ async def _profile(rig: Rig, plan: dict[str, Any]) -> dict[str, Any]:
             path = rig.data_dir / f"profile-{role}.txt"
             procs[role] = (path, await asyncio.create_subprocess_exec(
                 spy, "record", "--pid", str(pid), "--duration", str(seconds + 2), "--rate", "200", "--format", "raw",
-                "--nonblocking", "--output", str(path), stdout=asyncio.subprocess.DEVNULL,
+                "--nonblocking", "--function", "--output", str(path), stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE))  # fmt: skip
         await asyncio.sleep(0.5)  # attached before the load starts
         step = await _step(rig, run, plan["rate"], seconds, "pfm", None)
@@ -314,6 +325,10 @@ def _medians(rounds: list[dict[str, Any]]) -> dict[str, Any]:
                                        for k in ("ingress", "worker")},
             "servers_cpu_us_per_message": _median([s["servers_cpu_us_per_message"] for s in steps]),
         }  # fmt: skip
+        paced = [r[key]["paced"] for r in rounds if key in r and r[key].get("paced")]
+        if paced:
+            latency = {q: _median([p["audit"]["e2e_latency_ms"][q] for p in paced]) for q in ("p50", "p99")}
+            out[key]["paced"] = {"offered_per_s": paced[0]["offered_rate"], **latency}
     return out
 
 
@@ -323,9 +338,12 @@ def _ratios(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         for r in rounds:
             try:
                 each.append(round(fn(r), 3))
-            except (KeyError, ZeroDivisionError):
+            except (KeyError, TypeError, ZeroDivisionError):  # a run or its paced step missing
                 pass
         return {"median": _median(each), "rounds": each}
+
+    def p99(r: dict[str, Any], key: str) -> float:
+        return r[key]["paced"]["audit"]["e2e_latency_ms"]["p99"]
 
     def own(r: dict[str, Any], key: str) -> float:
         o = r[key]["step"]["own_cpu_us_per_message"]
@@ -339,6 +357,7 @@ def _ratios(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         "delivered_one": ratio(lambda r: r["o"]["step"]["delivered_per_s"] / r["q"]["step"]["delivered_per_s"]),
         "own_cpu_ten": ratio(lambda r: own(r, "b") / own(r, "c")),
         "bridge_vs_servers_cpu": ratio(lambda r: own(r, "b") / r["b"]["step"]["servers_cpu_us_per_message"]),
+        "paced_p99": ratio(lambda r: p99(r, "b") / p99(r, "c")),
         "aiohttp_vs_httpx": ratio(lambda r: r["c"]["step"]["delivered_per_s"] / r["h"]["step"]["delivered_per_s"]),
     }  # fmt: skip
 
