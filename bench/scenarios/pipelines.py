@@ -37,6 +37,7 @@ from wabridge.engine.secrets import Secret
 CUSTOMERS = 200  # over the 10 tenants (20 each), or all of the one tenant's
 TABLE = "conventional_tracking"
 SERVERS = ("rabbitmq", "postgresql", "redis", "seaweedfs s3")
+IDLE_SECONDS = 2.0  # the servers' background CPU is measured this long before each step
 # The pipelines' own roles in the machine-wide split: replaced by the run's own processes, measured by pid.
 PIPELINE_ROLES = ("bridge ingress", "bridge worker", "conventional ingress", "conventional worker")
 # The runs that also get a paced step (latency at half the bridge's sustained rate, the same offered rate for both).
@@ -182,6 +183,8 @@ async def _step(rig: Rig, run: BridgeRun | ConventionalRun, rate: float, seconds
     before = await sim_count(genesys)
     spec = rig.spec(run.port, rate, seconds, label=label, only_tenant=only_tenant)
     spec.customers, spec.mix = CUSTOMERS, dict(TEXT_ONLY)
+    with CpuSplit() as idle:  # the servers' background (they are shared with whatever else runs on the machine)
+        await asyncio.sleep(IDLE_SECONDS)
     own_before = [tree_usage([pid])[1] for pid in run.own_pids]
     with CpuSplit() as split:  # the whole machine, from the first request until the last message is delivered
         r = await rig.load(spec)
@@ -201,11 +204,16 @@ async def _step(rig: Rig, run: BridgeRun | ConventionalRun, rate: float, seconds
     by_role["other"] = round(by_role.get("other", 0) + sum(per_message.get(k, 0) for k in PIPELINE_ROLES)
                              - sum(own.values()))  # fmt: skip
     by_role["other"] = max(by_role["other"], 0)
+    # The servers' CPU net of their rate while the pipeline stood idle just before, over the step's span.
+    servers = sum(
+        max(0.0, split.used.get(r, 0.0) - idle.used.get(r, 0.0) / idle.seconds * split.seconds) for r in SERVERS
+    )
     return {"offered_rate": rate, "seconds": seconds, "ok": r["ok"], "ok_per_s": round(r["ok_per_s"], 1),
             "unsent": r["unsent"], "statuses": r["statuses"], "delivered_per_s": round(delivered, 1),
             "drain_s": round(drained, 1), "audit": a, "cpu_us_per_message_by_role": by_role,
             "cpu_cores_by_role": split.cores(), "own_cpu_us_per_message": own,
-            "servers_cpu_us_per_message": sum(per_message.get(s, 0) for s in SERVERS)}  # fmt: skip
+            "servers_cpu_us_per_message": round(servers / count * 1e6),
+            "servers_cpu_us_per_message_gross": sum(per_message.get(s, 0) for s in SERVERS)}  # fmt: skip
 
 
 async def _one_run(rig: Rig, key: str, label: str, plan: dict[str, Any]) -> dict[str, Any]:
