@@ -1,6 +1,8 @@
 """The readable report: one self-contained HTML page with inline SVG charts (no matplotlib here, no network).
 
-Charts: acknowledged and delivered messages per second, latency percentiles per step, RSS over time per scenario.
+Charts: acknowledged and delivered messages per second, latency percentiles per step, RSS over time per scenario;
+CPU per delivered message by role for the bridge and the conventional pipeline (stacked bars), with the bridge's
+py-spy profile.
 `python -m bench.report results/bench-….json` rebuilds the page from a saved JSON.
 """
 
@@ -65,6 +67,88 @@ def bar_chart(title: str, bars: dict[str, dict[str, float]], unit: str) -> str:
     return "".join(parts)
 
 
+# Stacked segments of the CPU chart: each role of the machine-wide split, its pipeline's prefix taken off.
+SEGMENTS = ("ingress", "worker", "rabbitmq", "postgresql", "redis", "seaweedfs s3", "simulators", "load generator",
+            "other")  # fmt: skip
+SEGMENT_COLOURS = ("#1f77b4", "#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#bcbd22", "#7f7f7f", "#cccccc")
+
+
+def stacked_bars(title: str, bars: dict[str, dict[str, float]], unit: str) -> str:
+    """One bar per group, stacked by segment ({group: {segment: value}}), SEGMENTS order, linear scale."""
+    totals = [sum(v.values()) for v in bars.values()]
+    if not totals:
+        return ""
+    vmax = max(totals) or 1.0
+    bw = min(90, (W - 2 * PAD - 130) // max(1, len(bars)) - 10)
+    height = H + 60
+    base = height - 50
+    parts = [f'<svg width="{W}" height="{height}" xmlns="http://www.w3.org/2000/svg" font-size="10">',
+             f'<text x="{PAD}" y="14" font-weight="bold">{html.escape(title)} ({html.escape(unit)})</text>']
+    for n, (group, vals) in enumerate(bars.items()):
+        x, y = PAD + n * (bw + 10), float(base)
+        for k, segment in enumerate(SEGMENTS):
+            v = vals.get(segment, 0.0)
+            h = (base - 30) * v / vmax
+            y -= h
+            parts.append(f'<rect x="{x}" y="{y:.1f}" width="{bw}" height="{h:.1f}" fill="{SEGMENT_COLOURS[k]}">'
+                         f"<title>{html.escape(group)} {segment}: {v:.0f}</title></rect>")  # fmt: skip
+        parts.append(f'<text x="{x}" y="{y - 3:.1f}">{sum(vals.values()):.0f}</text>')
+        for line, word in enumerate(group.split(" / ")):
+            parts.append(f'<text x="{x}" y="{base + 12 + 11 * line}">{html.escape(word)}</text>')
+    for k, segment in enumerate(SEGMENTS):
+        parts.append(f'<rect x="{W - 120}" y="{24 + 12 * k}" width="9" height="9" fill="{SEGMENT_COLOURS[k]}"/>'
+                     f'<text x="{W - 107}" y="{32 + 12 * k}">{segment}</text>')  # fmt: skip
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _segments(cpu: dict[str, float]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for role, v in cpu.items():
+        name = role.removeprefix("bridge ").removeprefix("conventional ")
+        if name.endswith("simulator"):
+            name = "simulators"
+        out[name if name in SEGMENTS else "other"] = out.get(name if name in SEGMENTS else "other", 0.0) + v
+    return out
+
+
+GROUPS = {"b": "bridge / 10 tenants", "c": "conventional / aiohttp", "h": "conventional / httpx",
+          "o": "bridge / 1 tenant", "q": "conventional / 1 tenant"}  # fmt: skip
+
+
+def _paced(p: dict[str, Any] | None) -> str:
+    return f"{p['p50']:.0f} / {p['p99']:.0f} ms at {p['offered_per_s']:.0f}/s" if p else ""
+
+
+def pipelines_section(p: dict[str, Any]) -> str:
+    """The bridge against the conventional pipeline: delivered/s per round, CPU per message by role, the profile."""
+    m = p.get("medians", {})
+    if not m:
+        return ""
+    bars = {GROUPS[k]: _segments(v["cpu_us_per_message_by_role"]) for k, v in m.items()}
+    chart = stacked_bars("CPU per delivered message by role, machine-wide (medians over rounds)", bars, "µs")
+    rows = "".join(
+        f"<tr><td>{html.escape(GROUPS[k].replace(' / ', ', '))}</td><td>{v['delivered_per_s']:.0f}</td>"
+        f"<td>{' / '.join(str(r[k]['step']['delivered_per_s']) for r in p['rounds'] if k in r)}</td>"
+        f"<td>{v['own_cpu_us_per_message']['ingress']:.0f} + {v['own_cpu_us_per_message']['worker']:.0f}</td>"
+        f"<td>{v['servers_cpu_us_per_message']:.0f}</td>"
+        f"<td>{_paced(v.get('paced'))}</td></tr>"
+        for k, v in m.items()
+    )
+    table = ("<table><tr><th>pipeline</th><th>delivered/s (median)</th><th>rounds</th><th>ingress + worker µs/msg</th>"
+             f"<th>servers µs/msg</th><th>paced p50 / p99</th></tr>{rows}</table>")  # fmt: skip
+    profile = ""
+    for role in ("worker", "ingress"):
+        prof = p.get("profile", {}).get(role, {})
+        if prof.get("self"):
+            cells = "".join(f"<tr><td>{html.escape(f)}</td><td>{share:.1%}</td></tr>" for f, share in prof["self"])
+            total = "".join(f"<tr><td>{html.escape(f)}</td><td>{share:.1%}</td></tr>" for f, share in prof["total"])
+            profile += (f"<h3>bridge {role}: py-spy, {prof['samples']} samples</h3><p>own (top of the stack):</p>"
+                        f"<table>{cells}</table><p>anywhere on the stack:</p><table>{total}</table>")  # fmt: skip
+    return (f"<h2>The bridge against the conventional pipeline</h2><p>{html.escape(p.get('conventional', ''))}; "
+            f"text only, {p.get('customers')} customers.</p>{table}{chart}{profile}")  # fmt: skip
+
+
 def _series(counts: list[int]) -> list[tuple[float, float]]:
     return [(float(i), float(c)) for i, c in enumerate(counts)]
 
@@ -109,7 +193,8 @@ def render(results: dict[str, Any]) -> str:
         f"<h1>wabridge bench — {html.escape(results.get('mode', ''))}</h1>"
         f"<p>{html.escape(results.get('machine', ''))}<br>{html.escape(results.get('started', ''))}</p>"
         f"<h2>Targets</h2><table><tr><th>measure</th><th>value</th><th>target</th><th></th></tr>{rows}</table>"
-        f"<h2>Summary</h2><pre>{summary}</pre><h2>Charts</h2>{''.join(b for b in blocks if b)}"
+        f"<h2>Summary</h2><pre>{summary}</pre>{pipelines_section(s.get('pipelines', {}))}"
+        f"<h2>Charts</h2>{''.join(b for b in blocks if b)}"
         "</body></html>"
     )
 

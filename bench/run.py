@@ -22,7 +22,7 @@ from bench import report, scenarios
 from bench.scenarios.rig import Rig
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ORDER = ("ceilings", "ingress", "e2e", "overload", "soak", "rate_budget", "scale_out", "outbound")
+ORDER = ("ceilings", "ingress", "e2e", "pipelines", "overload", "soak", "rate_budget", "scale_out", "outbound")
 
 
 def _machine() -> str:
@@ -66,17 +66,19 @@ def targets(s: dict[str, Any]) -> list[dict[str, Any]]:
     ing, ceil, e2e = s.get("ingress", {}), s.get("ceilings", {}), s.get("e2e", {})
     rate = ing.get("sustained_per_s", 0.0)
     if ing:
-        add("ingress durable webhooks/s", round(rate), "≥ 10,000", rate >= 10_000)
-        add("ingress p99 at 64 connections, at that sustained rate", f"{ing['p99_ms_at_best']:.1f} ms", "≤ 20 ms",
-            ing["p99_ms_at_best"] <= 20)  # fmt: skip
+        # Absolute figures are the machine's (issue 18): reported, judged only as ratios to the same run's comparators.
+        add("ingress durable webhooks/s (this machine)", round(rate), "(info)", True)
+        add("ingress p99 at 64 connections, at that sustained rate", f"{ing['p99_ms_at_best']:.1f} ms", "(info)",
+            True)  # fmt: skip
         add("ingress: highest offered rate served with p99 ≤ 20 ms", f"{ing.get('highest_rate_p99_within_20ms', 0):,}/s",
             "(info)", True)  # fmt: skip
     if ing and ceil.get("fastapi"):
         ratio = rate / max(ceil["fastapi"]["ok_per_s"], 1)
-        add("ingress / conventional FastAPI ingress", f"{ratio:.2f}×", "≥ 3×", ratio >= 3)
+        detail = f"{rate:.0f} vs {ceil['fastapi']['ok_per_s']:.0f}/s"
+        add("ingress / conventional FastAPI ingress", f"{ratio:.2f}× ({detail})", "≥ 3.5×", ratio >= 3.5)
     if ing and ceil.get("broker"):
         ratio = rate / max(ceil["broker"]["aiormq_256_in_flight"], 1)
-        add("ingress / broker confirmed-publish ceiling", f"{ratio:.0%}", "≥ 65 %", ratio >= 0.65)
+        add("ingress / broker confirmed-publish ceiling", f"{ratio:.0%}", "≥ 80 %", ratio >= 0.80)
         sharded = ceil["broker"].get("aiormq_256_in_flight_sharded")
         if sharded:
             add("ingress / the broker's ceiling through the bridge's own sharded topology",
@@ -84,12 +86,14 @@ def targets(s: dict[str, Any]) -> list[dict[str, Any]]:
     if ing and ceil.get("granian_ok"):
         add("ingress / Granian 'ok' ceiling", f"{rate / max(ceil['granian_ok']['ok_per_s'], 1):.0%}", "(info)", True)
     if e2e:
-        add("end-to-end msgs/s with 0 lost", round(e2e["sustained_per_s"]), "≥ 5,000", e2e["sustained_per_s"] >= 5000)
-        add("end-to-end p99 at 1,000 msgs/s (after the warm-up)", f"{e2e['p99_ms_at_1000']:.1f} ms", "≤ 25 ms",
-            e2e["p99_ms_at_1000"] <= 25)  # fmt: skip
+        add("end-to-end msgs/s with 0 lost (this machine)", round(e2e["sustained_per_s"]), "(info)", True)
+        add("end-to-end p99 at 1,000 msgs/s (after the warm-up)", f"{e2e['p99_ms_at_1000']:.1f} ms", "(info)",
+            True)  # fmt: skip
         if "cold_p99_ms" in e2e:
             add("end-to-end p99 of the warm-up (1,000 first contacts at 500/s)", f"{e2e['cold_p99_ms']:.1f} ms",
                 "(info)", True)  # fmt: skip
+    if s.get("pipelines", {}).get("ratios"):
+        out += pipeline_targets(s["pipelines"])
     usages = [v["usage"] for v in s.values() if isinstance(v, dict) and v.get("usage") and v is not ceil]
     if usages:
         rss = max(u["rss_mb_max"] for u in usages)
@@ -138,6 +142,53 @@ def targets(s: dict[str, Any]) -> list[dict[str, Any]]:
         bound = s["scale_out"].get("in_flight_bound", 0)
         add("failover duplicates (SIGKILL's in-flight window)", fo["audit"]["duplicated"],
             f"≤ {bound} (tenant concurrency × tenants)", fo["audit"]["duplicated"] <= bound)  # fmt: skip
+    return out
+
+
+def pipeline_targets(p: dict[str, Any]) -> list[dict[str, Any]]:
+    """The bridge against the conventional pipeline (scenario `pipelines`): medians over rounds, each round's ratio in
+    brackets, the absolute figures beside them."""
+    r, m = p["ratios"], p["medians"]
+    out = []
+
+    def add(name: str, ratio: dict[str, Any], detail: str, target: str, met: bool) -> None:
+        value = f"{ratio['median']:.2f}× ({detail}) {ratio['rounds']}"
+        out.append({"name": name, "value": value, "target": target, "met": bool(met)})
+
+    def rate(key: str) -> str:
+        return f"{m[key]['delivered_per_s']:.0f}" if key in m else "—"
+
+    def own(key: str) -> float:
+        return sum(m[key]["own_cpu_us_per_message"].values()) if key in m else 0.0
+
+    if r["delivered_ten"]["rounds"]:
+        add("end-to-end delivered msgs/s ÷ the conventional pipeline (aiohttp), 10 tenants", r["delivered_ten"],
+            f"{rate('b')} vs {rate('c')}/s", "≥ 2×", r["delivered_ten"]["median"] >= 2)
+    if r["delivered_ten_vs_httpx"]["rounds"]:
+        add("the same against the conventional pipeline with httpx", r["delivered_ten_vs_httpx"],
+            f"{rate('b')} vs {rate('h')}/s", "(info)", True)
+    if r["delivered_one"]["rounds"]:
+        add("end-to-end delivered msgs/s ÷ the conventional pipeline, one tenant, its budget lifted",
+            r["delivered_one"], f"{rate('o')} vs {rate('q')}/s", "≥ 2×", r["delivered_one"]["median"] >= 2)
+    if r["own_cpu_ten"]["rounds"]:
+        add("bridge CPU per delivered message (ingress + worker) ÷ the conventional pipeline's", r["own_cpu_ten"],
+            f"{own('b'):.0f} vs {own('c'):.0f} µs", "≤ 0.35", r["own_cpu_ten"]["median"] <= 0.35)
+    if r["bridge_vs_servers_cpu"]["rounds"]:
+        servers = m["b"]["servers_cpu_us_per_message"]
+        add("bridge CPU per delivered text message ÷ the servers' (RabbitMQ + PostgreSQL + Redis + S3)",
+            r["bridge_vs_servers_cpu"], f"{own('b'):.0f} vs {servers:.0f} µs", "≤ 1.0",
+            r["bridge_vs_servers_cpu"]["median"] <= 1.0)  # fmt: skip
+    if r.get("paced_p99", {}).get("rounds") and "paced" in m.get("b", {}) and "paced" in m.get("c", {}):
+        pb, pc = m["b"]["paced"], m["c"]["paced"]
+        add(f"p99 webhook → Genesys at half the bridge's sustained rate ({pb['offered_per_s']:.0f}/s), ÷ the "
+            "conventional pipeline's at the same rate", r["paced_p99"], f"{pb['p99']:.0f} vs {pc['p99']:.0f} ms",
+            "≤ 50 ms and ≤ 0.33", pb["p99"] <= 50 and r["paced_p99"]["median"] <= 1 / 3)  # fmt: skip
+    for role in ("worker", "ingress"):
+        prof = p.get("profile", {}).get(role, {})
+        if prof.get("self"):
+            top = "; ".join(f"{f} {share:.0%}" for f, share in prof["self"][:3])
+            out.append({"name": f"bridge {role}: top functions by own samples (py-spy)", "value": top,
+                        "target": "(info)", "met": True})  # fmt: skip
     return out
 
 

@@ -4,6 +4,7 @@
                aio-pika), the conventional FastAPI + pydantic + aio-pika ingress
   ingress      1. highest sustained rate of 200-acknowledged durable webhooks, `serve --role ingress --workers 1`
   e2e          2. webhook → Genesys simulator, msgs/s and latency, audited
+  pipelines    the bridge end to end against the conventional pipeline (FastAPI ingress + aio-pika worker), same load
   overload     3. 2× the ingress's sustainable rate: sheds (503) or slows, memory bounded, nothing accepted lost
   soak         4. minutes (quick: 30 s) at a moderate rate: RSS and queue depth flat
   rate_budget  5. simulator at 300 requests/min per client, one tenant bursts above it, past what the worker holds
@@ -346,3 +347,5 @@ def _takeover(times: list[float], killed_at: float) -> float:
 
 # 7. outbound (issue 17): its own module; imported last, as it builds on Bridge and _say above.
 from bench.scenarios.outbound_flow import outbound  # noqa: E402
+# The bridge against the conventional pipeline (issue 18): its own module, built on Bridge and _say above.
+from bench.scenarios.pipelines import pipelines  # noqa: E402, F401

@@ -66,22 +66,22 @@ async def wait_delivered(genesys_url: str, expected: int, timeout: float) -> flo
     return time.monotonic() - start
 
 
-async def tracking(database_url: str, prefix: str) -> dict[str, str]:
+async def tracking(database_url: str, prefix: str, table: str = "message_tracking") -> dict[str, str]:
     import asyncpg
 
     conn = await asyncpg.connect(database_url)
     try:
-        rows = await conn.fetch(
-            "SELECT wamid, status, error FROM message_tracking WHERE wamid LIKE $1", prefix + "%"
-        )
+        rows = await conn.fetch(f"SELECT wamid, status, error FROM {table} WHERE wamid LIKE $1", prefix + "%")
     finally:
         await conn.close()
     return {r["wamid"]: r["status"] if r["status"] == "delivered" else f"{r['status']}: {r['error']}" for r in rows}
 
 
-async def audit(acked: list[Acked], genesys_url: str, database_url: str, wamid_prefix: str) -> dict[str, Any]:
+async def audit(acked: list[Acked], genesys_url: str, database_url: str, wamid_prefix: str,
+                table: str = "message_tracking") -> dict[str, Any]:  # fmt: skip
+    """`table`: the bridge's tracking table, or the conventional worker's (bench/comparators/conventional_worker.py)."""
     received = await sim_messages(genesys_url)
-    tracked = await tracking(database_url, wamid_prefix)
+    tracked = await tracking(database_url, wamid_prefix, table)
     at_sim: dict[str, list[float]] = {}
     for m in received:
         if m["messageId"].startswith(wamid_prefix):

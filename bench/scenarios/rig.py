@@ -109,7 +109,8 @@ def tree_usage(roots: list[int], *, pss: bool = False) -> tuple[float, float, fl
 
 
 # Who spends the machine's CPU, by command line: the bridge's roles, the servers, the simulators, the generator.
-ROLES = (("--role worker", "bridge worker"), ("--role ingress", "bridge ingress"), ("granian", "bridge ingress"),
+ROLES = (("conventional_worker", "conventional worker"), ("fastapi_ingress", "conventional ingress"),
+         ("--role worker", "bridge worker"), ("--role ingress", "bridge ingress"), ("granian", "bridge ingress"),
          ("beam.smp", "rabbitmq"), ("postgres", "postgresql"), ("redis-server", "redis"), ("weed", "seaweedfs s3"),
          ("sim.genesys", "genesys simulator"), ("sim genesys", "genesys simulator"), ("sim meta", "meta simulator"),
          ("sim.meta", "meta simulator"), ("bench.loadgen", "load generator"))  # fmt: skip
@@ -118,6 +119,14 @@ ROLES = (("--role worker", "bridge worker"), ("--role ingress", "bridge ingress"
 def cpu_by_role() -> dict[str, float]:
     """CPU seconds used so far by every process on the machine, summed per role (others: "other")."""
     out: dict[str, float] = {}
+    for (_, role), seconds in cpu_by_process().items():
+        out[role] = out.get(role, 0.0) + seconds
+    return out
+
+
+def cpu_by_process() -> dict[tuple[tuple[int, str], str], float]:
+    """CPU seconds used so far by every process on the machine: {((pid, start time), role): seconds}."""
+    out: dict[tuple[tuple[int, str], str], float] = {}
     for pid in _pids():
         fields = _stat(pid)
         if fields is None:
@@ -128,7 +137,7 @@ def cpu_by_role() -> dict[str, float]:
         except OSError:
             continue
         role = next((r for key, r in ROLES if key in command), "other")
-        out[role] = out.get(role, 0.0) + _cpu_seconds(fields)
+        out[((pid, fields[19]), role)] = _cpu_seconds(fields)
     return out
 
 
@@ -136,12 +145,16 @@ class CpuSplit:
     """`with CpuSplit() as split: ...` then `split.per_message(n)`: µs of CPU per message, per role, machine-wide."""
 
     def __enter__(self) -> CpuSplit:
-        self._t0, self._before = time.monotonic(), cpu_by_role()
+        self._t0, self._before = time.monotonic(), cpu_by_process()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.seconds, after = time.monotonic() - self._t0, cpu_by_role()
-        self.used = {role: after[role] - self._before.get(role, 0.0) for role in after}
+        # Per process, so that one ending inside the span (a test's on a shared machine) is not charged its whole
+        # life as a negative: what it used inside the span is lost instead, as for any process gone by the end.
+        self.seconds, after = time.monotonic() - self._t0, cpu_by_process()
+        self.used = {}
+        for (process, role), seconds in after.items():
+            self.used[role] = self.used.get(role, 0.0) + seconds - self._before.get((process, role), 0.0)
 
     def add(self, role: str, seconds: float) -> None:
         """CPU of a process that ended inside the span (its /proc entry is gone), as it accounted for it itself."""
