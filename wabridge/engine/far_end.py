@@ -20,6 +20,7 @@ Their tenant's mailbox fills, and the worker parks the tenant (parking.py), so t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -28,6 +29,7 @@ from typing import TypeVar
 from wabridge.engine import history
 from wabridge.engine.logs import get_logger
 from wabridge.engine.metrics import REGISTRY
+from wabridge.engine.tasks import first_of
 from wabridge.ports import BackendUnavailable
 
 log = get_logger("far_end")
@@ -127,12 +129,9 @@ class FarEnd:
             raise BackendUnavailable(self.name, "draining while it is down")
         delay = min(self.retry_max, FIRST_PAUSE * 2 ** min(outage.probes, 16))
         delay = delay / 2 + random.uniform(0, delay / 2)  # equal jitter: tenants' probes spread, a floor is kept
-        waits = {asyncio.ensure_future(outage.over.wait()), asyncio.ensure_future(self._stopping.wait())}
-        try:
-            await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiting in waits:
-                waiting.cancel()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await first_of(outage.over.wait(), self._stopping.wait())
         if self._stopping.is_set() and not outage.over.is_set():
             raise BackendUnavailable(self.name, "draining while it is down")
 
