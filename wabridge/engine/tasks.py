@@ -4,7 +4,9 @@ A scope that starts tasks and ends with them is an `asyncio.TaskGroup` (the supe
 A task that outlives the call that starts it — a writer, a flusher, a consumer loop, a settlement the actor must not
 wait for in its handler — is started by the `Tasks` of the object that owns it, which awaits it (`wait`) or cancels
 and awaits it (`close`) when that object closes. Unlike a TaskGroup, one failing task never cancels its siblings: its
-fault is logged and stays with it (no input may crash an actor or stop the process). No bare `create_task`.
+fault is logged and stays with it (no input may crash an actor or stop the process). A wait for the first of several
+events is `first_of`, which ends its helper tasks before it returns. An object's single loop (a writer, a consumer)
+kept in one attribute and awaited by that object's close is owned the same way.
 
     self._settling = Tasks("tenant-settling")
     self._settling.start(self._settle(delivery), name="settle")
