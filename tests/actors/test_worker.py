@@ -506,3 +506,40 @@ async def test_deliveries_that_crash_their_tenant_actor_are_dead_lettered_and_st
         assert sorted(w for _, w in relay.relayed) == sorted(healthy + later), "the healthy tenant lost nothing"
         for d in dead:
             await d.ack()
+
+
+async def test_a_worker_closed_leaves_none_of_its_tasks_running(any_settings: Settings, monkeypatch) -> None:
+    """A delivery that crashed its tenant actor is handed back by a task of the worker's; when the worker is closed
+    (here by the drain's deadline, while that hand-back is stuck), the task is cancelled and awaited with it rather
+    than left running after the worker is gone."""
+    monkeypatch.setattr("wabridge.engine.supervisor.COOL_DOWN", (0.05, 0.2))
+    real_on_receive = TenantActor.on_receive
+
+    async def on_receive(self, delivery):
+        if getattr(delivery, "tenant_id", None) == "poisoned":
+            raise OverflowError("a bug the data triggers")
+        return await real_on_receive(self, delivery)
+
+    handing_back = asyncio.Event()
+
+    async def stuck_retry(self) -> None:
+        handing_back.set()
+        await asyncio.Event().wait()  # a queue that never answers
+
+    monkeypatch.setattr(TenantActor, "on_receive", on_receive)
+    monkeypatch.setattr("wabridge.adapters.queue.sqlite.SqliteDelivery.retry", stuck_retry)
+    monkeypatch.setattr("wabridge.adapters.queue.amqp.AmqpDelivery.retry", stuck_retry)
+    settings = any_settings.replace(metrics_port=0, shards=1)
+    async with opened_backends(settings) as backends:
+        await backends.store.put_tenant(tenant("poisoned", ("100000000001",), "s1"))
+        await publish(backends, "poisoned", "100000000001", 1)
+        before = asyncio.all_tasks()  # the backends' own (a queue's publisher) are closed with them
+        shutdown = Shutdown()
+        running = asyncio.create_task(Worker(backends, prefetch=PREFETCH).run(shutdown))
+        await asyncio.wait_for(handing_back.wait(), 30)
+        shutdown.request("test over")
+        await asyncio.wait([running], timeout=1)  # the drain waits for the hand-back...
+        running.cancel()  # ...until its deadline
+        await asyncio.gather(running, return_exceptions=True)
+        left = [t for t in asyncio.all_tasks() - before if not t.done()]
+        assert left == [], left

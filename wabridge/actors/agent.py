@@ -29,6 +29,7 @@ from wabridge.engine.lanes import Lanes
 from wabridge.engine.logs import get_logger
 from wabridge.engine.metrics import REGISTRY
 from wabridge.engine.outage import hold_through_outage
+from wabridge.engine.tasks import Tasks
 from wabridge.ports import BackendUnavailable, Delivery, TenantConfig, TrackingRecord, TrackingStatus
 
 _dead_letters = REGISTRY.counter(
@@ -60,7 +61,7 @@ class AgentActor(Actor):
         self._delivery_limit = delivery_limit
         self._outage_hold = outage_hold
         self._lanes: Lanes[str, Job, str] = Lanes(self._job, concurrency=concurrency, max_pending=max_pending)
-        self._settling: set[asyncio.Task[None]] = set()
+        self._settling = Tasks(f"agent:{tenant_id} settling")  # each delivery's ack, retry or dead letter
         self._stopping = False
         self.log = get_logger("agent", tenant_id=tenant_id, actor=f"agent:{tenant_id}")
 
@@ -70,8 +71,7 @@ class AgentActor(Actor):
     async def on_stop(self) -> None:
         self._stopping = True
         await self._lanes.__aexit__(None, None, None)
-        if self._settling:
-            await asyncio.gather(*self._settling, return_exceptions=True)
+        await self._settling.wait()
 
     async def on_receive(self, delivery: Delivery) -> None:
         try:
@@ -100,9 +100,7 @@ class AgentActor(Actor):
         origin = Origin(webhook_of(delivery.message_id), delivery.shard, queued.archive_key or None)
         customer = getattr(result, "to_id", None) or getattr(result, "id", None) or delivery.message_id
         future = await self._lanes.submit(customer, (tenant, result, queued.body, queued.received_at, origin))
-        task = asyncio.create_task(self._settle(delivery, future, result))
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
+        self._settling.start(self._settle(delivery, future, result))
 
     async def _job(self, customer: str, job: Job) -> str:
         tenant, result, raw, received_at, origin = job

@@ -38,6 +38,7 @@ import msgspec
 
 from wabridge.codecs.object_keys import archive_segment_key
 from wabridge.engine.outage import hold_through_outage
+from wabridge.engine.tasks import Tasks
 from wabridge.ports import WEBHOOKS_BUCKET, BackendUnavailable
 
 log = logging.getLogger("wabridge.ingress")
@@ -133,7 +134,7 @@ class ArchiveWriter:
         self._put_slots = asyncio.Semaphore(max_puts)
         self._open: dict[str, _Segment] = {}  # tenant id → its segment being filled
         self._bytes = 0  # buffered + being put
-        self._puts: set[asyncio.Task[None]] = set()
+        self._puts = Tasks("archive puts")
         self._ticker: asyncio.Task[None] | None = None
         self._last_drop_log = 0.0
 
@@ -173,8 +174,7 @@ class ArchiveWriter:
         for segment in list(self._open.values()):
             self._put(segment)
         self._open.clear()
-        while self._puts:
-            await asyncio.wait(set(self._puts))
+        await self._puts.wait()
 
     async def aclose(self, deadline: float) -> None:
         if self._ticker is not None:
@@ -185,10 +185,7 @@ class ArchiveWriter:
             async with asyncio.timeout(deadline):
                 await self.flush()
         except TimeoutError:
-            for task in self._puts:
-                task.cancel()
-            if self._puts:
-                await asyncio.wait(set(self._puts))
+            await self._puts.close()
 
     # --- inside ---
 
@@ -203,9 +200,7 @@ class ArchiveWriter:
                     self._put(segment)
 
     def _put(self, segment: _Segment) -> None:
-        task = asyncio.get_running_loop().create_task(self._put_segment(segment))
-        self._puts.add(task)
-        task.add_done_callback(self._puts.discard)
+        self._puts.start(self._put_segment(segment))
 
     async def _put_segment(self, segment: _Segment) -> None:
         data = b"".join(segment.lines)

@@ -57,8 +57,8 @@ import math
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 from wabridge.actors.tenant import Settled
 from wabridge.engine.history import webhook_of
@@ -67,6 +67,7 @@ from wabridge.engine.mailbox import MailboxClosed
 from wabridge.engine.metrics import REGISTRY
 from wabridge.engine.outage import hold_through_outage
 from wabridge.engine.registry import Registry
+from wabridge.engine.tasks import Tasks
 from wabridge.ports import BackendUnavailable, Delivery, MessageEvent, ParkedMessage, ParkingStore, Queue
 
 log = get_logger("parking")
@@ -211,7 +212,7 @@ class ShardParking:
         self._more = asyncio.Event()  # set after each write and hand-back: a feeder that found nothing looks again
         self._fences: dict[str, Delivery] = {}  # tenant → its episode's first delivery, unacked (module docstring)
         self._waiting_for: dict[str, tuple[str, int]] = {}  # taken over: tenant → (its fence, rows to feed after it)
-        self._tasks: set[asyncio.Task[None]] = set()  # fence lifts and fence waits, cancelled at a drain
+        self._tasks = Tasks(f"parking of shard {shard}")  # the writer, feeders, fence lifts and waits: ended at a drain
         self.loaded = False
         self._closing = False
 
@@ -283,7 +284,7 @@ class ShardParking:
         _parked.inc()
         self._event(delivery, "parked", f"shard {self.shard}, attempt {delivery.attempt}")
         if self._writer is None:
-            self._writer = asyncio.create_task(self._write(), name=f"parking-{self.shard}-writer")
+            self._writer = self._tasks.start(self._write(), name=f"parking-{self.shard}-writer")
 
     async def load(self, *, again: bool = False) -> None:
         """Feed the shard's parked rows that this worker is not feeding: on the first delivery (this worker is the
@@ -323,10 +324,8 @@ class ShardParking:
         if backlog > 0 and tenant_id not in self._backlog:
             self._start_feeding(tenant_id, backlog)
 
-    def _spawn(self, work: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        self._tasks.start(work)
 
     async def find_orphans(self) -> None:
         """Poke the shard if it has parked rows this worker does not feed (module docstring). Best effort."""
@@ -362,10 +361,7 @@ class ShardParking:
                 await asyncio.wait_for(asyncio.shield(writer), timeout)
             except (TimeoutError, Exception):
                 writer.cancel()
-        tasks = [*self._feeders.values(), *self._tasks]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.close()
         # A feeder cancelled before its first step never ran `_feed`'s `finally`: its tenant is forgotten here.
         for tenant_id in list(self._feeders):
             self._feeders.pop(tenant_id)
@@ -419,7 +415,7 @@ class ShardParking:
 
     def _start_feeding(self, tenant_id: str, backlog: int) -> None:
         self._backlog[tenant_id] = backlog
-        self._feeders[tenant_id] = asyncio.create_task(self._feed(tenant_id), name=f"parking-{self.shard}-{tenant_id}")
+        self._feeders[tenant_id] = self._tasks.start(self._feed(tenant_id), name=f"parking-{self.shard}-{tenant_id}")
         _parked_tenants.inc()
 
     async def _feed(self, tenant_id: str) -> None:

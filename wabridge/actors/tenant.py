@@ -36,6 +36,7 @@ from wabridge.engine.lanes import Lanes
 from wabridge.engine.logs import get_logger
 from wabridge.engine.metrics import REGISTRY
 from wabridge.engine.outage import hold_through_outage
+from wabridge.engine.tasks import Tasks
 from wabridge.ports import (
     BackendUnavailable,
     Delivery,
@@ -123,7 +124,7 @@ class TenantActor(Actor):
         self._relay = relay
         self._tracker = tracker
         self._lanes: Lanes[str, Job, str] = Lanes(self._traced_job, concurrency=concurrency, max_pending=max_pending)
-        self._settling: set[asyncio.Task[None]] = set()
+        self._settling = Tasks(f"tenant:{tenant_id} settling")  # each delivery's ack or retry, once its messages end
         # sender → its messages sent back to the queue by a failure, which the lane waits for (`_relay_job`)
         self._blocked: dict[str, SentBack] = {}
         self._stopping = False  # a drain: stop holding messages through an outage, hand them back instead
@@ -134,7 +135,7 @@ class TenantActor(Actor):
         self._admitted: asyncio.Future[None] | None = None
         # Counted beside the lanes' own bound in what the worker holds of one tenant: an eighth of it at most.
         self._admitting = asyncio.Semaphore(min(ADMITTING, max(1, max_pending // 8)))
-        self._admissions: set[asyncio.Task[None]] = set()
+        self._admissions = Tasks(f"tenant:{tenant_id} admissions")
         # customer id → the resolution under way that names it: a later one naming it too waits for it, so that
         # resolutions of related ids happen one after the other (one records the alias the other must see)
         self._resolving: dict[str, asyncio.Future[None]] = {}
@@ -149,8 +150,8 @@ class TenantActor(Actor):
             await asyncio.wait([self._admitted])
         # Admitted messages finish (the drain deadline bounds this); then every delivery gets its ack or retry.
         await self._lanes.__aexit__(None, None, None)
-        if self._settling:
-            await asyncio.gather(*self._settling, return_exceptions=True)
+        await self._settling.wait()
+        await self._admissions.wait()  # the marks passed once the deliveries before them are settled
 
     async def on_receive(self, delivery: Delivery) -> None:
         if type(delivery) is Settled:
@@ -217,9 +218,7 @@ class TenantActor(Actor):
         return before, this
 
     def _spawn(self, coroutine: Any) -> None:
-        task = asyncio.create_task(coroutine)
-        self._admissions.add(task)
-        task.add_done_callback(self._admissions.discard)
+        self._admissions.start(coroutine)
 
     async def _pass_after_admitted(
         self, mark: Settled, before: asyncio.Future[None] | None, this: asyncio.Future[None]
@@ -318,9 +317,7 @@ class TenantActor(Actor):
                         job = (tenant, result, queued.received_at, delivery.message_id, delivery.attempt, origin)
                         future = await self._lanes.submit(self._statuses.lane_of(result), job)
                         pending.append((future, None))
-        task = asyncio.create_task(self._settle(delivery, pending, origin, queued.received_at))
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
+        self._settling.start(self._settle(delivery, pending, origin, queued.received_at))
 
     async def _traced_job(self, sender_id: str, job: Job) -> str:
         """`_relay_job` in the message's trail: every line logged about it meanwhile names it, and its unusual

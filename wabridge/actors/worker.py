@@ -46,6 +46,7 @@ from wabridge.engine.metrics import REGISTRY, TopGauge
 from wabridge.engine.registry import Registry
 from wabridge.engine.status_server import serve_status
 from wabridge.engine.supervisor import Supervisor
+from wabridge.engine.tasks import Tasks, first_of
 from wabridge.ports import Delivery, GenesysApi, GenesysFiles, MetaGraphApi, MetaMediaApi
 
 if TYPE_CHECKING:
@@ -139,6 +140,7 @@ class Worker:
         self._routers: dict[int, Mailbox[Delivery]] = {shard: Mailbox(self.prefetch) for shard in shard_numbers}
         self._agent_routers: dict[int, Mailbox[Delivery]] = {shard: Mailbox(self.prefetch) for shard in shard_numbers}
         self._router_died: asyncio.Future[None] | None = None
+        self._handing_back = Tasks("worker hand-backs")  # deliveries whose actor crashed on them (`_on_failed`)
         self._parking: dict[int, ShardParking] = {}
         self._settings = settings
         _export_statistics(self)
@@ -201,8 +203,15 @@ class Worker:
         else:
             log.error("tenant actor failed on %r: %s: %s; handing it back", delivery, type(exc).__name__, exc)
             settle = delivery.retry()
-        task = asyncio.ensure_future(settle)
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._handing_back.start(settle)
+
+    async def _end_hand_backs(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        """A drain waits for the hand-backs to be written; a failure or the drain's deadline cancels them (unsettled,
+        their deliveries return to the queue when the consumer stops)."""
+        if exc_type is None:
+            await self._handing_back.wait()
+        else:
+            await self._handing_back.close()
 
     @contextlib.asynccontextmanager
     async def started(self) -> AsyncIterator[Worker]:
@@ -223,6 +232,7 @@ class Worker:
                 self._accept_outbound, shards=self.shards, prefetch=self.prefetch
             )
             stack.push_async_callback(answers.stop)
+            stack.push_async_exit(self._end_hand_backs)  # before the consumers stop: settled on their channel
             # Per child: a tenant whose data crashes its actor is paused and restarted alone, never the worker.
             supervisor = await stack.enter_async_context(
                 Supervisor("worker", max_restarts=5, period=10.0, per_child=True)
@@ -265,18 +275,17 @@ class Worker:
                 for shard in self._routers
             }
             self._router_died = asyncio.get_running_loop().create_future()
-            routing = [self._start_router(shard, mailbox, parking[shard]) for shard, mailbox in self._routers.items()]
-            routing.append(asyncio.create_task(self._find_orphans(parking.values()), name="worker-parking-orphans"))
-            routing += [
-                self._start_agent_router(shard, mailbox, agents) for shard, mailbox in self._agent_routers.items()
-            ]
-            stopping = asyncio.ensure_future(shutdown.wait())
+            routing = Tasks("worker routing", log_failures=False)  # a router's death stops the worker: `_router_done`
+            for shard, mailbox in self._routers.items():
+                self._start_router(routing, shard, mailbox, parking[shard])
+            routing.start(self._find_orphans(parking.values()), name="worker-parking-orphans")
+            for shard, mailbox in self._agent_routers.items():
+                self._start_agent_router(routing, shard, mailbox, agents)
             try:
-                await asyncio.wait({self._router_died, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                await first_of(self._router_died, shutdown.wait())
                 if self._router_died.done():
                     self._router_died.result()  # a router died: raise its error, the process stops non-zero
             finally:
-                stopping.cancel()
                 log.info("worker draining")
                 self.saas.stop_holding()  # held messages go back to the queue, for the next worker
                 if not self._router_died.done():
@@ -284,22 +293,20 @@ class Worker:
                 for mailbox in [*self._routers.values(), *self._agent_routers.values()]:
                     mailbox.close()
                     mailbox.take_all()  # never routed: returned unacked when the consumer stops
-                for task in routing:
-                    task.cancel()
-                await asyncio.gather(*routing, return_exceptions=True)
+                await routing.close()
                 await asyncio.gather(*(shard_parking.close() for shard_parking in parking.values()))
             # Leaving the stack: the registry stops every tenant actor (each finishes its lanes and settles its
             # deliveries), then the supervisor, the consumer (unsettled deliveries go back), the writers and clients.
 
-    def _start_router(self, shard: int, mailbox: Mailbox[Delivery], parking: ShardParking) -> asyncio.Task[None]:
-        task = asyncio.create_task(self._route(mailbox, parking), name=f"worker-router-{shard}")
+    def _start_router(self, routing: Tasks, shard: int, mailbox: Mailbox[Delivery], parking: ShardParking) -> None:
+        task = routing.start(self._route(mailbox, parking), name=f"worker-router-{shard}")
         task.add_done_callback(self._router_done)
-        return task
 
-    def _start_agent_router(self, shard: int, mailbox: Mailbox[Delivery], agents: Registry[str]) -> asyncio.Task[None]:
-        task = asyncio.create_task(self._route_agents(mailbox, agents), name=f"worker-agent-router-{shard}")
+    def _start_agent_router(
+        self, routing: Tasks, shard: int, mailbox: Mailbox[Delivery], agents: Registry[str]
+    ) -> None:
+        task = routing.start(self._route_agents(mailbox, agents), name=f"worker-agent-router-{shard}")
         task.add_done_callback(self._router_done)
-        return task
 
     async def _route_agents(self, router: Mailbox[Delivery], agents: Registry[str]) -> None:
         """The outbound queue's shard to its tenants' agent actors, in shard order. No parking: agents write at a

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from wabridge.engine.logs import get_logger
 from wabridge.engine.supervisor import SupervisorGaveUp
+from wabridge.engine.tasks import first_of
 
 log = get_logger("drain")
 
@@ -74,11 +75,7 @@ async def run_until_signalled(
         loop.add_signal_handler(signum, on_signal, signum)
     task = asyncio.ensure_future(main(shutdown))
     try:
-        stop_wait = asyncio.ensure_future(shutdown.wait())
-        try:
-            await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop_wait.cancel()
+        await first_of(task, shutdown.wait())
         if not task.done():
             done, _ = await asyncio.wait({task}, timeout=deadline)
             if not done:

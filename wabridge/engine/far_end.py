@@ -20,6 +20,7 @@ Their tenant's mailbox fills, and the worker parks the tenant (parking.py), so t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -28,6 +29,7 @@ from wabridge.engine import history
 from wabridge.engine.backoff import Backoff
 from wabridge.engine.logs import get_logger
 from wabridge.engine.metrics import REGISTRY
+from wabridge.engine.tasks import first_of
 from wabridge.ports import BackendUnavailable
 
 log = get_logger("far_end")
@@ -127,12 +129,9 @@ class FarEnd:
         if self._stopping.is_set():
             raise BackendUnavailable(self.name, "draining while it is down")
         delay = self._pauses.delay(outage.probes + 1)
-        waits = {asyncio.ensure_future(outage.over.wait()), asyncio.ensure_future(self._stopping.wait())}
-        try:
-            await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiting in waits:
-                waiting.cancel()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await first_of(outage.over.wait(), self._stopping.wait())
         if self._stopping.is_set() and not outage.over.is_set():
             raise BackendUnavailable(self.name, "draining while it is down")
 

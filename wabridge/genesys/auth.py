@@ -171,8 +171,10 @@ class TokenProvider:
 
     async def aclose(self) -> None:
         self._held.clear()
-        for flight in list(self._flights.values()):
+        flights = list(self._flights.values())
+        for flight in flights:
             flight.cancel()
+        await asyncio.gather(*flights, return_exceptions=True)  # ended before their HTTP pools close under them
         await self._pools.aclose()
 
     # --- internals -------------------------------------------------------------------------------------------------

@@ -59,6 +59,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 
+from wabridge.engine.tasks import Tasks
+
 MESSAGE_PATH = re.compile(r"^/api/v2/conversations/messages/([^/]+)/inbound/open/message$")
 RECEIPT_OR_EVENT_PATH = re.compile(r"^/api/v2/conversations/messages/([^/]+)/inbound/open/(receipt|event)$")
 DOWNLOAD_PATH = re.compile(r"^/sim/downloads/([^/]+)$")
@@ -300,7 +302,7 @@ class GenesysSim:
         self._windows: dict[str, tuple[int, int]] = {}  # client_id → (window index, requests in it)
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task] = set()
-        self._media_tasks: set[asyncio.Task] = set()
+        self._media_tasks = Tasks("sim genesys media downloads")
         self._media_slots = asyncio.Semaphore(MEDIA_FETCH_CONCURRENCY)
         self._http: Any = None
         config = AgentConfig(
@@ -332,9 +334,9 @@ class GenesysSim:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-            for task in list(self._connections) + list(self._media_tasks):
+            for task in list(self._connections):
                 task.cancel()
-            await asyncio.gather(*self._connections, *self._media_tasks, return_exceptions=True)
+            await asyncio.gather(*self._connections, self._media_tasks.close(), return_exceptions=True)
             await self._server.wait_closed()
             self._server = None
         await self.agent.aclose()
@@ -378,8 +380,7 @@ class GenesysSim:
 
     async def wait_media(self) -> None:
         """Until every attachment download started so far has finished (--fetch-media)."""
-        while self._media_tasks:
-            await asyncio.gather(*list(self._media_tasks), return_exceptions=True)
+        await self._media_tasks.wait()
 
     # --- HTTP/1.1 -----------------------------------------------------------------------------------------------------
 
@@ -550,9 +551,7 @@ class GenesysSim:
         self.received.append(record)
         if self._http is not None:
             for item in message.content:
-                task = asyncio.create_task(self._fetch(record, item.attachment.url))
-                self._media_tasks.add(task)
-                task.add_done_callback(self._media_tasks.discard)
+                self._media_tasks.start(self._fetch(record, item.attachment.url))
         reply = OpenMessageNormalizedMessage(
             id=genesys_id,
             channel=ReplyChannel(

@@ -40,6 +40,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from wabridge.engine.tasks import Tasks
 from wabridge.sim.genesys import FromParty, NonEmpty, SchemaError, conversation_id_for, genesys_error, new_id
 
 DEFAULT_WEBHOOK_PATH = "/webhook/genesys/{tenantId}"
@@ -282,13 +283,11 @@ class Agent:
         self.downloads: dict[str, Download] = {}
         self.events: list[dict[str, Any]] = []  # typing events the bridge sent, oldest first
         self.unmatched_receipts: list[dict[str, Any]] = []  # receipts naming no message the sim sent
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks = Tasks("sim genesys agent webhooks")
         self._http: Any = None
 
     async def aclose(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.close()
         if self._http is not None:
             await self._http.aclose()
             self._http = None
@@ -443,9 +442,7 @@ class Agent:
             _, dropped = self.outbound.popitem(last=False)
             for download_id in dropped.downloads:
                 self.downloads.pop(download_id, None)
-        task = asyncio.create_task(self._deliver(record, spec.secret or self.config.outbound_secret))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.start(self._deliver(record, spec.secret or self.config.outbound_secret))
         if wait:
             await record.done.wait()
         return record

@@ -49,6 +49,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from wabridge.engine.tasks import Tasks
 from wabridge.http.client import Http1Pool, HttpError
 from wabridge.sim import webhooks
 
@@ -396,7 +397,7 @@ class Outbound:
         self.windows: dict[tuple[str, str], float] = {}
         self.faults: list[FaultSpec] = []
         self._buckets: dict[str, _Bucket] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Tasks("sim meta status webhooks")
         self._http: Http1Pool | None = None
 
     # --- control ----------------------------------------------------------------------------------------------------
@@ -419,13 +420,10 @@ class Outbound:
 
     async def wait_statuses(self) -> None:
         """Until every status webhook planned so far has been posted (or given up)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self._tasks.wait()
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.close()
         if self._http is not None:
             await self._http.aclose()
             self._http = None
@@ -636,9 +634,7 @@ class Outbound:
             return
         if early:
             await self._post(sent.phone_number_id, items.pop(0))
-        task = asyncio.create_task(self._post_all(sent.phone_number_id, items))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.start(self._post_all(sent.phone_number_id, items))
 
     async def _post_all(self, phone_number_id: str, items: list[dict[str, Any]]) -> None:
         for item in items:

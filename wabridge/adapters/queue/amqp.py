@@ -50,6 +50,7 @@ from pamqp.header import ContentHeader
 from wabridge.adapters.queue import amqp_wire
 from wabridge.engine.backoff import Backoff
 from wabridge.engine.settings import Settings
+from wabridge.engine.tasks import first_of
 from wabridge.ports import BackendUnavailable, Delivery
 
 log = logging.getLogger(__name__)
@@ -315,9 +316,8 @@ class AmqpConsumer:
         while not self._stopping.is_set():
             channel = self._channel
             if channel is not None:
-                stop, closed = asyncio.ensure_future(self._stopping.wait()), channel.closing
-                await asyncio.wait([stop, closed], return_when=asyncio.FIRST_COMPLETED)
-                stop.cancel()
+                closed = channel.closing
+                await first_of(self._stopping.wait(), closed)
                 if closed.done() and not closed.cancelled():
                     closed.exception()  # retrieved: the cause is the broker going away, already handled here
                 closed.cancel()

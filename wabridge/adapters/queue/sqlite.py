@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from wabridge.engine.settings import Settings
+from wabridge.engine.tasks import Tasks
 from wabridge.ports import BackendUnavailable, Delivery
 
 log = logging.getLogger(__name__)
@@ -174,7 +175,7 @@ class SqliteConsumer:
         self.owner = uuid.uuid4().hex
         self.owned: frozenset[int] = frozenset()
         self._unsettled: set[int] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._handling = Tasks("sqlite consumer handlers")  # one per delivery, cancelled when the consumer stops
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -243,9 +244,7 @@ class SqliteConsumer:
     def _deliver(self, delivery: SqliteDelivery) -> None:
         self._unsettled.add(delivery._seq)
         # Tasks start in creation order, so handler invocations keep the shard's order.
-        task = asyncio.create_task(self._handle(delivery))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._handling.start(self._handle(delivery))
 
     async def _handle(self, delivery: SqliteDelivery) -> None:
         try:
@@ -259,9 +258,7 @@ class SqliteConsumer:
         self._stopping.set()
         if self._task is not None:
             await self._task
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._handling.close()
         owned, self.owned = self.owned, frozenset()
 
         def release(db: sqlite3.Connection) -> None:
