@@ -530,12 +530,12 @@ async def test_a_worker_closed_leaves_none_of_its_tasks_running(any_settings: Se
     monkeypatch.setattr("wabridge.adapters.queue.sqlite.SqliteDelivery.retry", stuck_retry)
     monkeypatch.setattr("wabridge.adapters.queue.amqp.AmqpDelivery.retry", stuck_retry)
     settings = any_settings.replace(metrics_port=0, shards=1)
-    async with opened_backends(settings) as backends:
+    async with opened_backends(settings) as backends, saas_adapters(backends) as saas:
         await backends.store.put_tenant(tenant("poisoned", ("100000000001",), "s1"))
         await publish(backends, "poisoned", "100000000001", 1)
-        before = asyncio.all_tasks()  # the backends' own (a queue's publisher) are closed with them
+        before = asyncio.all_tasks()  # the backends' and the SaaS clients' own are closed with them
         shutdown = Shutdown()
-        running = asyncio.create_task(Worker(backends, prefetch=PREFETCH).run(shutdown))
+        running = asyncio.create_task(Worker(backends, saas, prefetch=PREFETCH).run(shutdown))
         await asyncio.wait_for(handing_back.wait(), 30)
         shutdown.request("test over")
         await asyncio.wait([running], timeout=1)  # the drain waits for the hand-back...
