@@ -1,6 +1,6 @@
 """The agent's file, on its way to the customer: download it from Genesys, keep a copy, check it, upload it to Meta.
 
-    media_id = await agent_media.upload(tenant, send, phone_number_id)   # then outbound.meta_body(…, media id)
+    media_id = await agent_media.upload(tenant, send, phone_number_id)   # then meta_bodies.meta_body(…, media id)
 
 1. Download `send.media.url` at once (Genesys's download links may not live long). The tenant's Genesys OAuth token
    goes along as Bearer only when the url's host is a Genesys host: the tenant's API region (`api.mypurecloud.ie` →
@@ -40,7 +40,7 @@ import msgspec
 
 from wabridge.actors.media import MAX_REDIRECTS, REDIRECTS
 from wabridge.codecs.object_keys import extension_for, media_key
-from wabridge.codecs.outbound import MediaToFetch, Send
+from wabridge.codecs.outbound_results import MediaToFetch, Send
 from wabridge.codecs.receipts import MEDIA_LIMITS, Reason, bare_mime, media_problem
 from wabridge.engine import history
 from wabridge.genesys.auth import LoginFailed, TokenProvider
