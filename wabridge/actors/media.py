@@ -42,9 +42,9 @@ import anyio
 import msgspec
 
 from wabridge.codecs.genesys import OpenInboundNormalizedMessage
+from wabridge.codecs.media_placeholder import media_as_text, with_media_url
 from wabridge.codecs.object_keys import extension_for, media_key
 from wabridge.codecs.results import Inbound, MediaRef, sha256_digest
-from wabridge.codecs.transform import media_as_text, with_media_url
 from wabridge.engine import history
 from wabridge.engine.settings import Settings
 from wabridge.http.client import AddressRefused, BodyTooLarge, Http1Pools, HttpError, Reply
