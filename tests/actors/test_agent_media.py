@@ -22,7 +22,8 @@ from wabridge.actors.agent_media import AgentMedia, MediaRefused, real_mime
 from wabridge.genesys.auth import TokenProvider
 from wabridge.genesys.files import AgentFiles, genesys_host
 from wabridge.meta.graph import MetaGraph
-from wabridge.codecs.outbound import MediaToFetch, Send, decode_outbound
+from wabridge.codecs.outbound import decode_outbound
+from wabridge.codecs.outbound_results import MediaToFetch, Send
 from wabridge.adapters.cache.memory import MemoryCache
 from wabridge.adapters.objects.directory import DirectoryObjects
 from wabridge.ports import MEDIA_OUTBOUND_BUCKET, GenesysCredential, Objects, TenantConfig

@@ -379,7 +379,7 @@ class ClosedMidBody:
 
 
 async def test_a_client_gone_mid_body_is_counted_and_answered_400_not_500(app: IngressApp, caplog) -> None:
-    from wabridge.actors.ingress import DISCONNECTS
+    from wabridge.actors.ingress_metrics import DISCONNECTS
 
     scope = type("Scope", (), {"proto": "http", "method": "POST", "path": "/webhook/meta", "query_string": "",
                                "headers": {"content-length": "100"}})()  # fmt: skip
@@ -437,7 +437,7 @@ async def test_queue_down_answers_503_so_meta_retries(app: IngressApp, embedded)
 
 
 async def test_archive_failure_still_answers_200_queues_and_is_counted(app: IngressApp, embedded) -> None:
-    from wabridge.actors.ingress import ARCHIVE_FAILURES
+    from wabridge.actors.ingress_metrics import ARCHIVE_FAILURES
 
     failed = ARCHIVE_FAILURES.labels("failed")
     before = failed.get()
@@ -453,7 +453,7 @@ async def test_archive_failure_still_answers_200_queues_and_is_counted(app: Ingr
 
 
 async def test_archive_backlog_at_its_bound_drops_archives_not_messages(embedded_settings, embedded) -> None:
-    from wabridge.actors.ingress import ARCHIVE_FAILURES
+    from wabridge.actors.ingress_metrics import ARCHIVE_FAILURES
 
     record = len(encode_record("1a2149412" + "0" * 12, time.time(), HELLO))  # every record of HELLO is this long
     app = IngressApp(embedded_settings, embedded, max_archive_bytes=2 * record + record // 2)  # room for two

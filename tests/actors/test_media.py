@@ -16,7 +16,8 @@ import pytest
 
 from wabridge.actors.media import MediaFetcher, MediaOutcome
 from wabridge.codecs.results import Inbound, sha256_digest
-from wabridge.codecs.transform import MEDIA_PLACEHOLDER, transform
+from wabridge.codecs.media_placeholder import MEDIA_PLACEHOLDER
+from wabridge.codecs.transform import transform
 from wabridge.adapters.objects.directory import DirectoryObjects
 from wabridge.ports import MEDIA_BUCKET, BackendUnavailable, GenesysCredential, Objects, TenantConfig
 from wabridge.engine.secrets import Secret

@@ -20,7 +20,8 @@ import httpx
 import pytest
 
 from wabridge.actors.archive import read_archived
-from wabridge.actors.ingress import OUTBOUND_WEBHOOKS, IngressApp
+from wabridge.actors.ingress import IngressApp
+from wabridge.actors.ingress_metrics import OUTBOUND_WEBHOOKS
 from wabridge.codecs.routing import QueuedWebhook, decode_queued
 from wabridge.adapters.backends import Backends, open_backends
 from wabridge.ports import WEBHOOKS_OUTBOUND_BUCKET, GenesysCredential, TenantConfig

@@ -17,7 +17,8 @@ import pytest
 
 from tests.contract.queue_harness import Collector, QueueKit, hold, take_dead_letters
 from wabridge.actors import parking as parking_module
-from wabridge.actors.parking import POKE_PREFIX, HeldBack, ParkedDelivery, ShardParking, is_poke
+from wabridge.actors.parked_deliveries import HeldBack, ParkedDelivery
+from wabridge.actors.parking import POKE_PREFIX, ShardParking, is_poke
 from wabridge.actors.tenant import Settled
 from wabridge.ports import Delivery, MessageEvent, ParkedMessage, Store
 from wabridge.engine.settings import Settings

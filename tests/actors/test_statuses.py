@@ -22,7 +22,8 @@ from wabridge.actors.outbound import OutboundSender
 from wabridge.codecs.receipts import read_state
 from wabridge.actors.statuses import StatusReceipts
 from wabridge.actors.tracking import TrackingLookups, TrackingWriter
-from wabridge.codecs.outbound import Send, callback_data
+from wabridge.codecs.meta_bodies import callback_data
+from wabridge.codecs.outbound_results import Send
 from wabridge.codecs.results import StatusError, StatusUpdate
 from wabridge.adapters.backends import open_backends
 from wabridge.adapters.cache.memory import MemoryCache

@@ -15,22 +15,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.codecs.test_totality import HOSTILE, Token, deleted, encode, mutations, node_at, paths, replaced
-from wabridge.codecs.outbound import (
-    CALLBACK_MAX,
-    CAPTIONED,
+from wabridge.codecs.long_text import TEXT_MAX, split_text
+from wabridge.codecs.meta_bodies import CALLBACK_MAX, meta_body, parse_callback_data, typing_body, typing_due
+from wabridge.codecs.outbound import CAPTIONED, decode_outbound
+from wabridge.codecs.outbound_results import (
     OUTBOUND_SKIP_REASONS,
-    TEXT_MAX,
     TEXT_PARTS_MAX,
     OutboundDecodeError,
     OutboundSkipped,
     Send,
     Typing,
-    decode_outbound,
-    meta_body,
-    parse_callback_data,
-    split_text,
-    typing_body,
-    typing_due,
 )
 from wabridge.codecs.receipts import MEDIA_LIMITS, receipt, receipt_body
 from wabridge.sim.genesys_agent import validate_receipt

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from wabridge.codecs.media_placeholder import media_as_text, with_media_url
 from wabridge.codecs.meta import Contact, Message, Profile
 from wabridge.codecs.results import (
     Inbound,
@@ -23,7 +24,7 @@ from wabridge.codecs.results import (
 )
 from wabridge.codecs.sender import MissingSender, identify, matching_contact
 from wabridge.codecs.timestamps import InvalidTimestamp, iso_time, parse_meta_timestamp
-from wabridge.codecs.transform import encode_genesys, media_as_text, transform, with_media_url
+from wabridge.codecs.transform import encode_genesys, transform
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "meta"
 

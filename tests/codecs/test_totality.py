@@ -20,19 +20,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.codecs.test_corpus import CORPUS, payloads
-from wabridge.codecs import transform as transform_module
+from wabridge.codecs import webhook_items
 from wabridge.codecs.agent_text import METADATA_VALUE_MAX
 from wabridge.codecs.genesys import OpenInboundNormalizedMessage
+from wabridge.codecs.media_placeholder import MEDIA_PLACEHOLDER, media_as_text, with_media_url
 from wabridge.codecs.results import SKIP_REASONS, Inbound, Skipped, StatusUpdate, pack_result, unpack_result
 from wabridge.codecs.timestamps import iso_time
-from wabridge.codecs.transform import (
-    MEDIA_PLACEHOLDER,
-    WebhookDecodeError,
-    encode_genesys,
-    media_as_text,
-    transform,
-    with_media_url,
-)
+from wabridge.codecs.transform import WebhookDecodeError, encode_genesys, transform
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "meta"
 DOCUMENTS: list[tuple[str, object]] = [(p.stem, json.loads(p.read_bytes())) for p in sorted(FIXTURES.glob("*.json"))]
@@ -375,7 +369,7 @@ def test_an_unexpected_error_building_one_message_skips_that_message_only(monkey
 def test_an_unexpected_error_building_one_status_skips_that_status_only(monkeypatch, layered):
     messages = [text("wamid.A")] + ([text("wamid.D", body=7)] if layered else [])
     statuses = [failed_status("wamid.OUT1", 1), {**failed_status("wamid.OUT2", 2), "errors": []}]
-    monkeypatch.setattr(transform_module, "_code", boom)  # only a status with errors reads a code
+    monkeypatch.setattr(webhook_items, "_code", boom)  # only a status with errors reads a code
     message, *_, broken, fine = transform(encode(webhook(messages, statuses)))
     assert isinstance(message, Inbound) and message.message.text == "hello"
     assert isinstance(broken, Skipped) and (broken.reason, broken.wamid) == ("malformed_status", "wamid.OUT1")

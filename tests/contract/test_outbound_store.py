@@ -10,6 +10,7 @@ import pytest
 from tests.contract.test_store import make_store, raw_tenant_rows, tenant
 from wabridge.adapters.store import sqlite as store_sqlite
 from wabridge.adapters.store import postgres as store_postgres
+from wabridge.adapters.store import rules
 from wabridge.ports import Contact, Store, TenantConfig, TrackingRecord
 from wabridge.engine.secrets import Secret, generate_key
 from wabridge.adapters.store.sqlite import SqliteStore
@@ -126,10 +127,10 @@ async def test_a_row_whose_only_stale_secret_is_the_webhook_secret_needs_rotatio
     rotated_box = store_settings.replace(
         secret_key=Secret(f"{generate_key()},{store_settings.secret_key.reveal()}")
     ).secret_box()
-    row = store_postgres.seal_tenant(rotated_box, outbound_tenant())
-    assert not store_postgres.needs_rotation(rotated_box, row)
+    row = rules.seal_tenant(rotated_box, outbound_tenant())
+    assert not rules.needs_rotation(rotated_box, row)
     row["genesys_webhook_secret"] = box.encrypt(WEBHOOK_SECRET, context="acme:genesys_webhook_secret")
-    assert store_postgres.needs_rotation(rotated_box, row)
+    assert rules.needs_rotation(rotated_box, row)
 
 
 # --- outbound tracking: the Meta side ---
@@ -221,7 +222,7 @@ async def test_migrating_a_version_5_database_keeps_its_tenants_and_rows_readabl
     try:
         assert await store.migrate() == 5
         # A tenant and an inbound row as version 5 wrote them.
-        sealed = store_postgres.seal_tenant(store_settings.secret_box(), tenant())
+        sealed = rules.seal_tenant(store_settings.secret_box(), tenant())
         values = [sealed[c] for c in _OLD_TENANT_COLUMNS]
         if isinstance(store, SqliteStore):
             values[1] = msgspec.json.encode(values[1]).decode()

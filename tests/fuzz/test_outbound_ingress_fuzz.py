@@ -40,7 +40,8 @@ import msgspec
 import pytest
 
 from tests.fuzz import ingress as fz
-from wabridge.codecs.outbound import OutboundDecodeError, decode_outbound
+from wabridge.codecs.outbound import decode_outbound
+from wabridge.codecs.outbound_results import OutboundDecodeError
 from wabridge.codecs.routing import decode_queued
 from wabridge.ports import TenantConfig
 from wabridge.engine.secrets import Secret, generate_key

@@ -21,7 +21,8 @@ import time
 from wabridge.actors.directory import TenantDirectory
 from wabridge.actors.outbound import OUTBOUND, OutboundSender
 from wabridge.actors.tracking import TrackingWriter
-from wabridge.codecs.outbound import OutboundResult, decode_outbound
+from wabridge.codecs.outbound import decode_outbound
+from wabridge.codecs.outbound_results import OutboundResult
 from wabridge.codecs.routing import decode_queued
 from wabridge.engine.actor import Actor
 from wabridge.engine.history import Origin, Trail, webhook_of

@@ -1,6 +1,6 @@
 """The agent's file, on its way to the customer: download it from Genesys, keep a copy, check it, upload it to Meta.
 
-    media_id = await agent_media.upload(tenant, send, phone_number_id)   # then outbound.meta_body(…, media id)
+    media_id = await agent_media.upload(tenant, send, phone_number_id)   # then meta_bodies.meta_body(…, media id)
 
 1. Download `send.media.url` at once (Genesys's download links may not live long), through the GenesysFiles port
    (genesys/files.py: the tenant's OAuth token only to Genesys's own hosts, redirects, private addresses refused
@@ -33,7 +33,7 @@ import anyio
 import msgspec
 
 from wabridge.codecs.object_keys import extension_for, media_key
-from wabridge.codecs.outbound import MediaToFetch, Send
+from wabridge.codecs.outbound_results import MediaToFetch, Send
 from wabridge.codecs.receipts import MEDIA_LIMITS, Reason, bare_mime, media_problem
 from wabridge.engine import history
 from wabridge.engine.backoff import Backoff

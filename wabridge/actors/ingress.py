@@ -32,20 +32,18 @@ Granian's embedded server in the `wabridge serve` process itself (`serve_embedde
 process builds its own with `app_factory()` and opens its own backends in `__rsgi_init__` through the opener the
 assembly gave it (`serve_processes`).
 `handle(method, path, query, headers, body)` is the whole request logic without HTTP, for tests and benchmarks.
+
+The Meta route is in ingress_meta.py, the Genesys route in ingress_genesys.py (mixins of IngressApp), the HMACs in
+ingress_signatures.py, the request keys in ingress_keys.py, the metrics in ingress_metrics.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hmac
 import logging
-import os
-import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from hashlib import sha256
 from typing import Any
 
 import msgspec
@@ -53,14 +51,17 @@ import msgspec
 from wabridge.actors.archive import MAX_BYTES as ARCHIVE_MAX_BYTES
 from wabridge.actors.archive import ArchiveWriter
 from wabridge.actors.directory import TenantDirectory
-from wabridge.codecs.routing import (
-    MalformedWebhook,
-    QueuedWebhook,
-    Routing,
-    encode_queued,
-    read_routing,
-    split_by_tenant,
-    without_lone_surrogates,
+from wabridge.actors.ingress_genesys import GenesysWebhooks
+from wabridge.actors.ingress_meta import MetaWebhooks
+from wabridge.actors.ingress_metrics import (
+    ARCHIVE_BYTES,
+    ARCHIVE_FAILURES,
+    ARCHIVES_RUNNING,
+    DISCONNECTS,
+    OUTBOUND_WEBHOOKS,
+    REQUESTS,
+    TENANT_HIT_RATIO,
+    TENANT_LOOKUPS,
 )
 from wabridge.engine import heap, metrics, process_metrics
 from wabridge.engine.settings import Settings
@@ -74,132 +75,17 @@ from wabridge.http.server import (
     read_body,
     text,
 )
-from wabridge.ports import (
-    WEBHOOKS_OUTBOUND_BUCKET,
-    BackendUnavailable,
-    TenantConfig,
-    TrackingRecord,
-    TrackingStatus,
-)
+from wabridge.ports import WEBHOOKS_OUTBOUND_BUCKET, BackendUnavailable
 
 log = logging.getLogger("wabridge.ingress")
 
 WEBHOOK_PATH = "/webhook/meta"
 GENESYS_WEBHOOK_PATH = "/webhook/genesys"  # + /{tenantId}: the integration's outboundNotificationWebhookUrl
-MAX_QUEUE_MESSAGE_ID = 255  # bytes: an AMQP short string (message_id)
-UNROUTED_ARCHIVE_TENANT = "_unrouted"  # archive prefix of bodies no tenant owns (tracked with tenant_id "")
-# Archive prefix of bodies that hold more than one tenant's part (tenants of one Meta app, or numbers nobody owns):
-# kept once there, never copied under each tenant, whose prefix holds its own customers' messages only.
-SHARED_ARCHIVE_TENANT = "_shared"
-MAX_CHALLENGE = 1024  # characters; Meta sends a short number
 CLOSE_DEADLINE = 10.0  # seconds the archive's last segments get at shutdown
-# Before the signature check every phone_number_id a body names costs a directory lookup: bounded per request. One
-# Meta app's webhook concerns the numbers of its business accounts, a handful; ids are ~15 digits.
-MAX_NUMBERS = 100
-MAX_KEY = 128  # characters of a tenant id or phone_number_id worth looking up
 BODY_TIMEOUT = 30.0  # seconds a request's body may take to arrive (Meta sends at most 3 MB, at once)
-# A body no tenant owns is kept only when one of our Meta apps signed it; this many app secrets are tried at most, so
-# an unsigned body costs a bounded number of HMACs (tenants of one Meta app share its secret: usually a handful).
-MAX_UNROUTED_SECRETS = 16
-
-REQUESTS = metrics.REGISTRY.counter(
-    "wabridge_ingress_requests_total", "HTTP requests answered by the ingress", ("route", "status")
-)
-PUBLISH_SECONDS = metrics.REGISTRY.histogram(
-    "wabridge_ingress_publish_seconds", "Time from publish to the broker's confirm, per queued webhook"
-)
-ARCHIVE_FAILURES = metrics.REGISTRY.counter(
-    "wabridge_ingress_archive_failures_total",
-    "Raw webhooks not archived (failed, or dropped at the bound)",
-    ("reason",),
-)
-ARCHIVES_RUNNING = metrics.REGISTRY.gauge("wabridge_ingress_archives_running", "Archive segment puts in flight")
-ARCHIVE_BYTES = metrics.REGISTRY.gauge(
-    "wabridge_ingress_archive_pending_bytes", "Raw webhook bytes buffered or being put by the archive"
-)
-UNROUTED = metrics.REGISTRY.counter(
-    "wabridge_ingress_unrouted_total", "Webhook changes whose phone_number_id no tenant owns"
-)
-DISCONNECTS = metrics.REGISTRY.counter(
-    "wabridge_ingress_disconnects_total", "Requests whose client hung up before its body was whole (not answered)"
-)
-QUEUED = metrics.REGISTRY.counter("wabridge_ingress_queued_total", "Queue messages confirmed by the broker")
-TENANT_LOOKUPS = metrics.REGISTRY.counter(
-    "wabridge_tenant_lookups_total", "Tenant directory lookups by the tier that answered", ("tier",)
-)
-TENANT_HIT_RATIO = metrics.REGISTRY.gauge(
-    "wabridge_tenant_cache_hit_ratio",
-    "Share of tenant lookups answered by the in-process cache",
-    multiprocess_mode="livemin",  # several ingress processes: the coldest cache's
-)
-OUTBOUND_WEBHOOKS = metrics.REGISTRY.counter(
-    "wabridge_outbound_webhooks_total", "Genesys outbound webhooks (agent messages) answered, by outcome", ("outcome",)
-)
 
 
-def _signature_ok(secret: str, body: bytes, header: str) -> bool:
-    if not header.isascii():
-        return False  # compare_digest takes ASCII text only; no HMAC of ours is anything else
-    expected = "sha256=" + hmac.new(secret.encode(), body, sha256).hexdigest()
-    return hmac.compare_digest(expected, header.lower())  # Meta sends lowercase hex; case is not part of the proof
-
-
-_ANY_JSON = msgspec.json.Decoder()
-
-
-def _genesys_signature_ok(secret: str, body: bytes, header: str) -> bool:
-    """`sha256=<digest>`: Genesys's own sample encodes the HMAC in base64, one peer in hex (reference.md §3). Both are
-    the same proof, so either is taken; both are compared, in constant time, whichever matches."""
-    scheme, _, digest = header.partition("=")  # the first `=`: base64's padding stays in the digest
-    digest = digest.strip()
-    if scheme.strip().lower() != "sha256" or not digest or not digest.isascii():
-        return False  # compare_digest takes ASCII text only
-    mac = hmac.new(secret.encode(), body, sha256).digest()
-    as_base64 = hmac.compare_digest(base64.b64encode(mac).decode(), digest)
-    as_hex = hmac.compare_digest(mac.hex(), digest.lower())
-    return as_base64 | as_hex
-
-
-def _json(code: int, **fields: str) -> Response:
-    return Response(code, JSON, msgspec.json.encode(fields))
-
-
-def _readable_text(body: bytes) -> bool:
-    """Whether the body is UTF-8 throughout. Meta escapes all non-ASCII, so `isascii` (C speed, no copy) answers for
-    nearly every webhook; the decode, also in C, only for the rest."""
-    if body.isascii():
-        return True
-    try:
-        body.decode()
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-def _could_be_stored(key: str) -> bool:
-    """Whether a tenant id or phone_number_id from the request could be one the store holds: PostgreSQL text never
-    holds NUL (asking for one fails the query, a 500 before any signature check), so no tenant has such a key; nor one
-    longer than MAX_KEY (an unsigned body must not make the cache and the store look up a megabyte)."""
-    return len(key) <= MAX_KEY and "\x00" not in key
-
-
-def _printable(value: str) -> str:
-    return value.replace("\x00", "\ufffd")  # for the tracking row of a body nobody owns: PostgreSQL refuses NUL
-
-
-def _routing_or_none(body: bytes) -> Routing | None:
-    try:
-        return read_routing(body)
-    except MalformedWebhook:
-        return None
-
-
-def _new_webhook_id(received_at: float) -> str:
-    # Time first (archive keys sort by arrival), then 40 random bits: unique per POST without coordination.
-    return f"{int(received_at * 1000):011x}{os.urandom(5).hex()}"
-
-
-class IngressApp:
+class IngressApp(MetaWebhooks, GenesysWebhooks):
     """The RSGI application. Give it open `backends` (tests), or let `__rsgi_init__` open them (Granian workers)."""
 
     def __init__(
@@ -364,206 +250,6 @@ class IngressApp:
         except BackendUnavailable as exc:
             log.warning("answering 503: %s", exc)
             return text(503, "backend unavailable, retry later")
-
-    # --- Meta: the verification handshake ---------------------------------------------------------------------
-
-    async def handshake(self, tenant_id: str | None, query: str) -> Response:
-        try:
-            params = query_params(query)
-        except ValueError:
-            return text(400, "bad query")
-        challenge = params.get("hub.challenge", "")
-        token = params.get("hub.verify_token", "")
-        if params.get("hub.mode") != "subscribe" or not token or len(challenge) > MAX_CHALLENGE:
-            return text(403, "forbidden")
-        assert self.directory is not None
-        if tenant_id is not None:
-            tenant = await self.directory.by_id(tenant_id) if _could_be_stored(tenant_id) else None
-            candidates = [tenant] if tenant is not None else []
-        else:
-            candidates = await self.directory.all()
-        matched = False
-        for tenant in candidates:  # no early exit: the time taken does not tell which tenant matched
-            matched |= hmac.compare_digest(tenant.verify_token.reveal().encode(), token.encode())
-        return text(200, challenge) if matched else text(403, "forbidden")
-
-    # --- Meta: a webhook --------------------------------------------------------------------------------------
-
-    async def receive_webhook(self, path_tenant_id: str | None, headers: Mapping[str, str], body: bytes) -> Response:
-        received_at = time.time()
-        signature = headers.get("x-hub-signature-256") or ""
-        if signature[:7].lower() != "sha256=":
-            return text(401, "missing signature")
-        assert self.directory is not None
-        path_tenant = None
-        if path_tenant_id is not None:
-            path_tenant = await self.directory.by_id(path_tenant_id) if _could_be_stored(path_tenant_id) else None
-            if path_tenant is None:
-                return text(404, "unknown tenant")
-            if not _signature_ok(path_tenant.app_secret.reveal(), body, signature):
-                return text(401, "bad signature")
-        decoded = body  # what is queued: the raw bytes, unless they had to be repaired to decode at all
-        routing = _routing_or_none(body)
-        if routing is None:
-            repaired = without_lone_surrogates(body)
-            routing = _routing_or_none(repaired) if repaired is not None else None
-            if routing is None:
-                if path_tenant is None and not await self._signed_by_a_tenant_app(body, signature):
-                    return text(401, "bad signature")  # see the module docstring: 400 is for signed bodies only
-                return text(400, "malformed webhook")
-            decoded = repaired
-        owners: dict[str, TenantConfig] = {}  # phone_number_id → owner
-        unknown: list[str] = []
-        if len(routing.phone_number_ids) > MAX_NUMBERS:
-            return text(400, "malformed webhook: too many phone numbers")  # each costs a lookup before the HMAC
-        for number in routing.phone_number_ids:
-            tenant = await self.directory.by_phone_number(number) if _could_be_stored(number) else None
-            if tenant is None:
-                unknown.append(number)
-            else:
-                owners[number] = tenant
-        tenants = {t.tenant_id: t for t in owners.values()}
-        if path_tenant is not None and (routing.unlabelled_changes or not routing.phone_number_ids):
-            tenants.setdefault(path_tenant.tenant_id, path_tenant)
-        if not tenants:
-            if path_tenant is None and not await self._signed_by_a_tenant_app(body, signature):
-                return text(401, "bad signature")  # nobody's, and not from Meta for us either: nothing is kept
-        elif not self._verified(tenants.values(), body, signature, skip=path_tenant):
-            return text(401, "bad signature")
-        if not _readable_text(decoded):
-            return text(400, "malformed webhook: not UTF-8")  # the worker could not read it: Meta must know now
-        if not tenants:
-            return await self._unrouted(routing.message_ids, unknown, body, received_at)
-        if unknown:
-            UNROUTED.inc(len(unknown))
-            log.warning("webhook partly unrouted: no tenant owns phone_number_id %s", [n[:64] for n in unknown[:8]])
-        if len(tenants) == 1 and not unknown:
-            parts = {next(iter(tenants)): decoded}  # the raw signed bytes, untouched (unless repaired)
-        else:
-            fallback = path_tenant.tenant_id if path_tenant is not None else next(iter(tenants))
-            try:
-                parts = split_by_tenant(decoded, {n: t.tenant_id for n, t in owners.items()}, fallback=fallback)
-            except MalformedWebhook:  # the split reads no more than the view did: should it ever, 400, not a 500
-                return text(400, "malformed webhook")
-        await self._enqueue(parts, body, received_at, shared=len(tenants) > 1 or bool(unknown))
-        return text(200, "ok")
-
-    def _verified(self, tenants: Any, body: bytes, signature: str, *, skip: TenantConfig | None) -> bool:
-        checked: dict[str, bool] = {}  # tenants of one Meta app share its secret: one HMAC per secret
-        for tenant in tenants:
-            if skip is not None and tenant.tenant_id == skip.tenant_id:
-                continue  # already verified from the path
-            secret = tenant.app_secret.reveal()
-            ok = checked.get(secret)
-            if ok is None:
-                ok = checked[secret] = _signature_ok(secret, body, signature)
-            if not ok:
-                return False
-        return True
-
-    async def _signed_by_a_tenant_app(self, body: bytes, signature: str) -> bool:
-        """Whether one of our tenants' Meta apps signed this body (a number of that app no tenant has claimed yet):
-        only then is it worth keeping, and answering 200 so Meta stops resending it."""
-        assert self.directory is not None
-        secrets = dict.fromkeys(t.app_secret.reveal() for t in await self.directory.all())
-        matched = False
-        for secret in list(secrets)[:MAX_UNROUTED_SECRETS]:  # no early exit: the time taken tells nothing
-            matched |= _signature_ok(secret, body, signature)
-        return matched
-
-    async def _enqueue(self, parts: dict[str, bytes], raw: bytes, received_at: float, *, shared: bool) -> None:
-        webhook_id = _new_webhook_id(received_at)
-        publishes = []
-        assert self.archive is not None
-        # The raw body (the signed evidence) once under `_shared` when it holds more than one tenant's part.
-        shared_key = self.archive.append(SHARED_ARCHIVE_TENANT, webhook_id, received_at, raw) if shared else None
-        for tenant_id, part in parts.items():
-            key = shared_key if shared_key is not None else self.archive.append(tenant_id, webhook_id, received_at, raw)
-            message = encode_queued(QueuedWebhook(tenant_id, received_at, key, part))
-            publishes.append(self._publish(tenant_id, message, f"{webhook_id}:{tenant_id}"))
-        if len(publishes) == 1:
-            await publishes[0]
-        else:
-            await asyncio.gather(*publishes)  # one failure → 503: Meta resends all, workers drop duplicates
-
-    async def _publish(self, tenant_id: str, message: bytes, message_id: str) -> None:
-        started = time.perf_counter()
-        await self.backends.queue.publish(tenant_id, message, message_id=message_id)
-        PUBLISH_SECONDS.observe(time.perf_counter() - started)
-        QUEUED.inc()
-
-    async def _unrouted(self, wamids: tuple[str, ...], numbers: list[str], body: bytes, received_at: float) -> Response:
-        """Nobody owns this body: keep it (archive + tracking) and answer 200 so Meta stops resending it."""
-        webhook_id = _new_webhook_id(received_at)
-        UNROUTED.inc(max(len(numbers), 1))
-        assert self.archive is not None
-        self.archive.append(UNROUTED_ARCHIVE_TENANT, webhook_id, received_at, body)
-        if not wamids:
-            # No customer message in it (an account or template update, a number's statuses): nothing to track.
-            log.info("webhook %s without customer messages archived: no tenant owns it", webhook_id)
-            return text(200, "ok")
-        reason = f"no tenant owns phone_number_id {', '.join(n[:64] for n in numbers[:4]) or '(none in payload)'}"
-        reason = _printable(reason)
-        records = [
-            TrackingRecord(
-                wamid=wamid,
-                tenant_id="",
-                status=TrackingStatus.UNROUTED,
-                error=reason,
-                created_at=received_at,
-                updated_at=received_at,
-                webhook_id=webhook_id,
-                received_at=received_at,
-            )
-            for wamid in dict.fromkeys(_printable(w[:256]) for w in wamids[:1000])  # Meta's maximum of updates per POST
-        ]
-        await self.backends.store.write_tracking(records)
-        log.warning("unrouted webhook %s: %s", webhook_id, reason)
-        return text(200, "ok")
-
-    # --- Genesys: an agent's message ----------------------------------------------------------------------------------
-
-    async def receive_genesys(self, tenant_id: str, headers: Mapping[str, str], body: bytes) -> Response:
-        outcome, response = await self._genesys_webhook(tenant_id, headers, body)
-        OUTBOUND_WEBHOOKS.labels(outcome).inc()
-        return response
-
-    async def _genesys_webhook(self, tenant_id: str, headers: Mapping[str, str], body: bytes) -> tuple[str, Response]:
-        received_at = time.time()
-        assert self.directory is not None and self.outbound_archive is not None
-        try:
-            tenant = await self.directory.by_id(tenant_id) if _could_be_stored(tenant_id) else None
-            if tenant is None:
-                return "unknown_tenant", _json(404, error="unknown tenant")
-            if tenant.genesys_webhook_secret is None:
-                return "no_secret", _json(401, error="no Genesys webhook secret is configured for this tenant")
-            signature = headers.get("x-hub-signature-256") or ""
-            if not _genesys_signature_ok(tenant.genesys_webhook_secret.reveal(), body, signature):
-                return "bad_signature", _json(401, error="missing or bad signature")
-            # Signed: only now is the body read, whole, only to refuse what is not a JSON object. Whole, not through
-            # the codec's typed decoder, which skips the fields it does not know unchecked (bad UTF-8, 1e400 there):
-            # what one field passes, another would refuse (tests/fuzz/test_outbound_ingress_fuzz.py).
-            try:
-                whole = _ANY_JSON.decode(body)
-            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
-                return "malformed", _json(400, error=f"malformed webhook: {exc}"[:200])
-            if not isinstance(whole, dict):
-                return "malformed", _json(400, error="malformed webhook: not a JSON object")
-            genesys_id = whole.get("id")
-            webhook_id = _new_webhook_id(received_at)
-            # The Genesys id names the queue message when it can (Genesys retries one message up to 5 times);
-            # one too long for AMQP's short string, or none, gets this POST's id, as inbound webhooks do.
-            usable = isinstance(genesys_id, str) and genesys_id and "\x00" not in genesys_id
-            message_id = f"{genesys_id}:{tenant.tenant_id}" if usable else ""
-            if not message_id or len(message_id.encode()) > MAX_QUEUE_MESSAGE_ID:
-                message_id = f"{webhook_id}:{tenant.tenant_id}"
-            key = self.outbound_archive.append(tenant.tenant_id, webhook_id, received_at, body)
-            message = encode_queued(QueuedWebhook(tenant.tenant_id, received_at, key, body))
-            await self.backends.outbound.publish(tenant.tenant_id, message, message_id=message_id)
-        except BackendUnavailable as exc:
-            log.warning("answering Genesys 503: %s", exc)
-            return "unavailable", _json(503, error="backend unavailable, retry later")
-        return "queued", _json(200, status="ok")
 
     # --- operations -------------------------------------------------------------------------------------------
 

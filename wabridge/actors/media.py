@@ -33,9 +33,9 @@ import anyio
 import msgspec
 
 from wabridge.codecs.genesys import OpenInboundNormalizedMessage
+from wabridge.codecs.media_placeholder import media_as_text, with_media_url
 from wabridge.codecs.object_keys import extension_for, media_key
 from wabridge.codecs.results import Inbound, MediaRef
-from wabridge.codecs.transform import media_as_text, with_media_url
 from wabridge.engine import history
 from wabridge.engine.backoff import Backoff
 from wabridge.ports import MEDIA_BUCKET, FetchFailed, MetaMediaApi, Objects, TenantConfig

@@ -32,7 +32,8 @@ from collections import OrderedDict
 from wabridge.actors.agent_media import AgentMedia, MediaRefused
 from wabridge.actors.contacts import Contacts
 from wabridge.actors.tracking import TrackingLookups, TrackingWriter
-from wabridge.codecs.outbound import OutboundResult, OutboundSkipped, Send, Typing, meta_body, typing_due
+from wabridge.codecs.meta_bodies import meta_body, typing_due
+from wabridge.codecs.outbound_results import OutboundResult, OutboundSkipped, Send, Typing
 from wabridge.codecs.receipts import IdType, OutboundState, Reason, receipt, receipt_body, write_state
 from wabridge.engine.backoff import Backoff, poll
 from wabridge.engine.history import Origin, current, note, origin_fields

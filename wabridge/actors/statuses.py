@@ -3,7 +3,7 @@
 A status arrives on the inbound path (Meta's webhook, the tenant actor) and runs in its customer's ordering lane,
 so a receipt never passes the customer's messages that came before it. Each one:
 
-    whose?       biz_opaque_callback_data, which the bridge set on every send (codecs/outbound.callback_data): the
+    whose?       biz_opaque_callback_data, which the bridge set on every send (codecs/meta_bodies.callback_data): the
                  Genesys id, the part, the recipient. Without it the status is not for a message the bridge sent
                  (another app on the number, a message sent before the bridge): counted, nothing else.
     sent yet?    the Genesys id's tracking row, once it names this status's wamid among the ones Meta gave the send
@@ -29,7 +29,7 @@ import time
 
 from wabridge.actors.outbound import OUTBOUND, OutboundSender, guessed_id_type
 from wabridge.actors.tracking import TrackingWriter
-from wabridge.codecs.outbound import parse_callback_data
+from wabridge.codecs.meta_bodies import parse_callback_data
 from wabridge.codecs.receipts import advances, combined, read_state, status_receipt, write_state
 from wabridge.codecs.results import StatusUpdate
 from wabridge.engine.backoff import Backoff, poll

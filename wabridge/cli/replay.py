@@ -156,7 +156,8 @@ async def _replay_one(worker, store, tenants: dict, row) -> str:
 
 async def _replay_outbound(worker, tenant, row) -> str:
     """An agent's message, from the Genesys webhook body its row keeps, through the worker's sender."""
-    from wabridge.codecs.outbound import Send, decode_outbound
+    from wabridge.codecs.outbound import decode_outbound
+    from wabridge.codecs.outbound_results import Send
     from wabridge.engine.history import Trail
     from wabridge.ports import MessageEventKind
 

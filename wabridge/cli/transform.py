@@ -70,7 +70,9 @@ def transform_stream(bodies: Iterator[bytes], out: BinaryIO, err: TextIO) -> int
 
 def outbound_stream(bodies: Iterator[bytes], out: BinaryIO, err: TextIO) -> int:
     """Each Genesys outbound webhook to the Meta send bodies it becomes; 2 if any was not a JSON object."""
-    from wabridge.codecs.outbound import OutboundDecodeError, OutboundSkipped, Send, Typing, decode_outbound, meta_body
+    from wabridge.codecs.meta_bodies import meta_body
+    from wabridge.codecs.outbound import decode_outbound
+    from wabridge.codecs.outbound_results import OutboundDecodeError, OutboundSkipped, Send, Typing
 
     status = 0
     for number, body in enumerate(bodies, 1):
