@@ -224,13 +224,13 @@ class IngressApp(MetaWebhooks, GenesysWebhooks):
                 return "other", text(405, "method not allowed")
             return "genesys", await self.receive_genesys(tenant_id, headers, body)
         if path == WEBHOOK_PATH or path.startswith(WEBHOOK_PATH + "/"):
-            tenant_id = path[len(WEBHOOK_PATH) + 1 :] or None
-            if tenant_id is not None and "/" in tenant_id:
+            path_tenant = path[len(WEBHOOK_PATH) + 1 :] or None  # /webhook/{tenant}: optional for Meta
+            if path_tenant is not None and "/" in path_tenant:
                 return "other", text(404, "not found")
             if method == "POST":
-                return "webhook", await self._guarded(self.receive_webhook(tenant_id, headers, body))
+                return "webhook", await self._guarded(self.receive_webhook(path_tenant, headers, body))
             if method == "GET":
-                return "handshake", await self._guarded(self.handshake(tenant_id, query))
+                return "handshake", await self._guarded(self.handshake(path_tenant, query))
             return "other", text(405, "method not allowed")
         if method != "GET":
             return "other", text(405 if path in ("/healthz", "/readyz", "/metrics") else 404, "")

@@ -114,7 +114,7 @@ class MetaWebhooks:
         if routing is None:
             repaired = without_lone_surrogates(body)
             routing = _routing_or_none(repaired) if repaired is not None else None
-            if routing is None:
+            if repaired is None or routing is None:
                 if path_tenant is None and not await self._signed_by_a_tenant_app(body, signature):
                     return text(401, "bad signature")  # see the module docstring: 400 is for signed bodies only
                 return text(400, "malformed webhook")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -75,6 +76,10 @@ _TENANT_LOOKUPS = REGISTRY.counter(
 )
 
 
+def _directory_count(worker: Worker, field: str) -> int:
+    return int(getattr(worker.directory.statistics(), field))
+
+
 def _export_statistics(worker: Worker) -> None:
     stats = [
         (_MEDIA.labels("stored"), lambda: worker.media.statistics().stored),
@@ -83,7 +88,7 @@ def _export_statistics(worker: Worker) -> None:
         (_MEDIA_BYTES.labels(), lambda: worker.media.statistics().bytes_stored),
     ]
     for tier, field in (("local", "local_hits"), ("cache", "cache_hits"), ("store", "store_lookups")):
-        stats.append((_TENANT_LOOKUPS.labels(tier), lambda f=field: getattr(worker.directory.statistics(), f)))
+        stats.append((_TENANT_LOOKUPS.labels(tier), functools.partial(_directory_count, worker, field)))
     for child, read in stats:
         child.set_function(read)
 

@@ -267,7 +267,7 @@ def _attachment(msg: OpenOutboundNormalizedMessage) -> tuple[str, list[MetaMessa
         meta_type = "sticker"
     size = att.content_size_bytes if isinstance(att.content_size_bytes, int) else None
     media = MediaToFetch(
-        url=url, media_type=att.media_type, meta_type=meta_type, mime=mime, filename=filename, size=size
+        url=url, media_type=att.media_type or "", meta_type=meta_type, mime=mime, filename=filename, size=size
     )
     _check(media, att.content_size_bytes)
     fits = meta_type in CAPTIONED and _utf16_len(caption) <= CAPTION_MAX
@@ -305,7 +305,7 @@ def _template(msg: OpenOutboundNormalizedMessage) -> tuple[str, list[MetaMessage
     header = tpl.header
     if header is not None and header.type == "Media":
         media = _header_media(header.media)
-        components.append(MetaComponent("header", [MetaParameter(media.meta_type, **{media.meta_type: MetaMedia()})]))
+        components.append(MetaComponent("header", [_header_parameter(media.meta_type)]))
     elif header is not None and header.parameters:
         components.append(MetaComponent("header", _parameters(header.parameters)))
     if tpl.body is not None and tpl.body.parameters:
@@ -328,6 +328,17 @@ def _header_media(att: Attachment | None) -> MediaToFetch:
     )
     _check(media, att.content_size_bytes)
     return media
+
+
+def _header_parameter(meta_type: str) -> MetaParameter:
+    """The header's media slot, filled with the uploaded id by `meta_body` (HEADER_MEDIA: image, video or document)."""
+    slot = MetaMedia()
+    return MetaParameter(
+        meta_type,
+        image=slot if meta_type == "image" else None,
+        video=slot if meta_type == "video" else None,
+        document=slot if meta_type == "document" else None,
+    )
 
 
 def _parameters(params: list[TemplateParameter]) -> list[MetaParameter]:

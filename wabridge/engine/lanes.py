@@ -79,7 +79,8 @@ class Lanes(Generic[K, T, R]):
         self.close()
         assert self._tg is not None
         try:
-            return await self._tg.__aexit__(exc_type, exc, tb)
+            await self._tg.__aexit__(exc_type, exc, tb)
+            return None
         finally:
             self._tg = None
             for lane in self._lanes.values():

@@ -42,9 +42,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import aiormq
-from aiormq.abc import AbstractChannel, AbstractConnection, ChannelFrame, DeliveredMessage
+from aiormq.abc import AbstractChannel, AbstractConnection, ChannelFrame, ConsumerCallback, DeliveredMessage
 from pamqp import commands as spec
 from pamqp.body import ContentBody
+from pamqp.common import FieldTable
 from pamqp.header import ContentHeader
 
 from wabridge.adapters.queue import amqp_wire
@@ -256,7 +257,10 @@ class AmqpDelivery:
             return
         # The frame is queued at once, so a cancelled handler cannot leave a half-sent settlement behind; only the
         # wait for the write is given up (shielded: the batch's future is shared with other callers).
-        drained = settlements.settle(settle_frame(channel.number, self._message.delivery.delivery_tag, requeue=requeue))
+        tag = self._message.delivery_tag
+        if tag is None:  # only a basic.return lacks a tag, and the bridge never consumes those
+            return
+        drained = settlements.settle(settle_frame(channel.number, tag, requeue=requeue))
         try:
             await asyncio.shield(drained)
         except asyncio.CancelledError:
@@ -299,7 +303,7 @@ class AmqpConsumer:
             )
         self._channel, self._settlements = channel, settlements
 
-    def _on_message(self, shard: int, settlements: Settlements) -> Callable[[DeliveredMessage], Awaitable[None]]:
+    def _on_message(self, shard: int, settlements: Settlements) -> ConsumerCallback:
         # aiormq starts one task per delivery in arrival order, so handler invocations keep the shard's order.
         async def deliver(message: DeliveredMessage) -> None:
             delivery = AmqpDelivery(self._queue, message, shard, settlements)
@@ -465,7 +469,7 @@ class AmqpQueue:
         await self._confirmed("", dead_queue(self.queue_name), delivery.body, delivery.message_id, None, properties)
 
     async def bury(self, tenant_id: str, body: bytes, *, message_id: str, reason: str) -> None:
-        headers = {TENANT_HEADER: tenant_id, REASON_HEADER: reason}
+        headers: FieldTable = {TENANT_HEADER: tenant_id, REASON_HEADER: reason}
         properties = spec.Basic.Properties(delivery_mode=PERSISTENT, message_id=message_id, headers=headers)
         await self._confirmed("", dead_queue(self.queue_name), body, message_id, None, properties)
 

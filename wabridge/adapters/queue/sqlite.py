@@ -327,7 +327,7 @@ class SqliteQueue:
         assert self._pending is not None
         finishing = False
         while not finishing:
-            batch = []
+            batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
             while not batch or (len(batch) < MAX_BATCH and not self._pending.empty()):
                 item = await self._pending.get() if not batch else self._pending.get_nowait()
                 if item is None:

@@ -142,7 +142,8 @@ class PostgresTracking:
         direction: str | None = None,
         newest_first: bool = False,
     ) -> list[TrackingRecord]:
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
         if tenant_id is not None:
             args.append(tenant_id)
             where.append(f"tenant_id = ${len(args)}")
