@@ -5,7 +5,7 @@
 Each round POSTs 2,000 Open Messaging bodies to the Genesys simulator (its own process, rate limit off) with 32 in
 flight over one keep-alive pool, as one tenant's delivery pool does. Two figures per client: requests per second
 (the simulator shares the machine) and the client's own CPU per request (this process's CPU time: the simulator
-runs in another). delivery.py uses http/client.py because of the CPU figure: on two cores shared with the broker,
+runs in another). open_messaging.py uses http/client.py because of the CPU figure: on two cores shared with the broker,
 the databases and the ingress, the worker's CPU per message is what bounds end-to-end throughput.
 """
 

@@ -18,7 +18,7 @@ for the far ends in tests and the demo):
   GenesysFiles  an agent's attachment, downloaded with the tenant's token where it belongs
   MetaGraphApi  the agent's side of the Graph API: sends, media uploads, read marks
   MetaMediaApi  a customer's media file: Meta's lookup, then its download url
-Their refusals are `DeliveryFailed` (Genesys), `SendRefused` (Meta) and `FetchFailed` (one try at a file).
+Their refusals are `PostFailed` (Genesys), `SendRefused` (Meta) and `FetchFailed` (one try at a file).
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ class MessageEvent(msgspec.Struct, frozen=True, kw_only=True):
 
 class MessageEventKind:
     RETRIED = "retried"  # a Genesys attempt failed and was tried again
-    RATE_LIMITED = "rate-limited"  # Genesys answered 429 and the delivery waited
+    RATE_LIMITED = "rate-limited"  # Genesys answered 429 and the post waited
     MEDIA_RETRIED = "media-retried"  # a media download from Meta failed and was tried again
     HELD = "held"  # held in place while the tenant's Genesys was down
     FAILED = "failed"  # tracked failed (the row's error is overwritten should a replay deliver it)
@@ -160,7 +160,7 @@ class ParkedMessage(msgspec.Struct, frozen=True, kw_only=True):
 # --- Queue ----------------------------------------------------------------------------------------------------------
 
 
-class Delivery(Protocol):
+class QueueMessage(Protocol):
     """One message handed to a consumer. Exactly one of ack / retry / dead_letter settles it; until then it is
     unacked and the broker redelivers it if the consumer dies."""
 
@@ -181,7 +181,7 @@ class Delivery(Protocol):
 
 class Consumer(Protocol):
     async def stop(self) -> None:
-        """Stop taking new deliveries; unsettled ones go back to the queue."""
+        """Stop taking new queue messages; unsettled ones go back to the queue."""
 
 
 @runtime_checkable
@@ -197,7 +197,7 @@ class Queue(Protocol):
 
     async def consume(
         self,
-        handler: Callable[[Delivery], Awaitable[None]],
+        handler: Callable[[QueueMessage], Awaitable[None]],
         *,
         shards: Sequence[int] | None = None,
         prefetch: int = 256,
@@ -209,7 +209,7 @@ class Queue(Protocol):
         """Put a message straight into the dead letters, keeping `reason`: one that left the queue (parked in the
         store, actors/parking.py) and then failed for good. Durable when it returns."""
 
-    async def dead_letters(self, limit: int = 100) -> list[Delivery]:
+    async def dead_letters(self, limit: int = 100) -> list[QueueMessage]:
         """Take up to `limit` dead-lettered messages (settle each: ack drops it, retry republishes it)."""
 
     async def ping(self) -> bool: ...
@@ -445,12 +445,12 @@ class Objects(Protocol):
 KEPT_BODY_BYTES = 4096  # of a Genesys error body, kept for the tracking row
 
 
-class Delivered(msgspec.Struct, frozen=True):
+class Posted(msgspec.Struct, frozen=True):
     genesys_message_id: str
     conversation_id: str | None = None
 
 
-class DeliveryFailed(Exception):
+class PostFailed(Exception):
     """Genesys did not take the message. `permanent`: sending it again unchanged will not help."""
 
     def __init__(
@@ -464,7 +464,7 @@ class DeliveryFailed(Exception):
         self.body = body[:KEPT_BODY_BYTES]
 
     def __repr__(self) -> str:
-        return f"DeliveryFailed({self.error!r}, attempts={self.attempts}, permanent={self.permanent})"
+        return f"PostFailed({self.error!r}, attempts={self.attempts}, permanent={self.permanent})"
 
 
 class SendRefused(Exception):
@@ -501,11 +501,11 @@ class FetchedFile(msgspec.Struct, frozen=True):
 class GenesysApi(Protocol):
     """Genesys Cloud Open Messaging for one tenant at a time: its token, its rate budget, its outages held."""
 
-    async def deliver(self, tenant: TenantConfig, body: bytes) -> Delivered:
-        """POST a customer's message (an encoded Open Messaging message). Raises DeliveryFailed."""
+    async def post_message(self, tenant: TenantConfig, body: bytes) -> Posted:
+        """POST a customer's message (an encoded Open Messaging message). Raises PostFailed."""
 
     async def receipt(self, tenant: TenantConfig, body: bytes) -> None:
-        """POST a receipt for an agent's message (codecs/receipts.py). Raises DeliveryFailed."""
+        """POST a receipt for an agent's message (codecs/receipts.py). Raises PostFailed."""
 
 
 class GenesysFiles(Protocol):

@@ -95,9 +95,9 @@ async def drain(queue, *, expect: int, settle: float = 0.3, timeout: float = 10.
     got: list[tuple[str, str, QueuedWebhook]] = []
     enough = asyncio.Event()
 
-    async def handler(delivery) -> None:
-        got.append((delivery.tenant_id, delivery.message_id, decode_queued(delivery.body)))
-        await delivery.ack()
+    async def handler(queue_message) -> None:
+        got.append((queue_message.tenant_id, queue_message.message_id, decode_queued(queue_message.body)))
+        await queue_message.ack()
         if len(got) >= expect:
             enough.set()
 

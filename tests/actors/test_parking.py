@@ -1,7 +1,7 @@
 """Parking's state machine (actors/parking.py), driven directly: no worker, no router, no tenant actor.
 
-Each test runs on both backends: the SQLite store and queue, and PostgreSQL with RabbitMQ. The deliveries parked are
-real queue deliveries, so "acked" and "left unacked" are checked where they matter, on the queue: a consumer that
+Each test runs on both backends: the SQLite store and queue, and PostgreSQL with RabbitMQ. The queue messages parked are
+real queue messages, so "acked" and "left unacked" are checked where they matter, on the queue: a consumer that
 stops gets back what was never acked. The tenant actors are a small stand-in (`Tenants`): ShardParking only tells
 them messages, and the test takes them one by one, at the pace of a tenant held back.
 """
@@ -17,10 +17,10 @@ import pytest
 
 from tests.contract.queue_harness import Collector, QueueKit, hold, take_dead_letters
 from wabridge.actors import parking as parking_module
-from wabridge.actors.parked_deliveries import HeldBack, ParkedDelivery
+from wabridge.actors.fed_messages import HeldBack, FedMessage
 from wabridge.actors.parking import POKE_PREFIX, ShardParking, is_poke
 from wabridge.actors.tenant import Settled
-from wabridge.ports import Delivery, MessageEvent, ParkedMessage, Store
+from wabridge.ports import QueueMessage, MessageEvent, ParkedMessage, Store
 from wabridge.engine.settings import Settings
 from wabridge.adapters.store.postgres import PostgresStore
 from wabridge.adapters.store.sqlite import SqliteStore
@@ -51,30 +51,30 @@ async def unparked(parking: ShardParking, tenant_id: str = TENANT, timeout: floa
 
 
 class Watched:
-    """A queue delivery as the router holds it, settled on the queue as it is; `how` says how it was settled."""
+    """A queue message as the router holds it, settled on the queue as it is; `how` says how it was settled."""
 
-    def __init__(self, delivery: Delivery) -> None:
-        self.delivery = delivery
-        self.tenant_id = delivery.tenant_id
-        self.message_id = delivery.message_id
-        self.body = delivery.body
-        self.shard = delivery.shard
-        self.attempt = delivery.attempt
+    def __init__(self, queue_message: QueueMessage) -> None:
+        self.queue_message = queue_message
+        self.tenant_id = queue_message.tenant_id
+        self.message_id = queue_message.message_id
+        self.body = queue_message.body
+        self.shard = queue_message.shard
+        self.attempt = queue_message.attempt
         self.settled: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     def __repr__(self) -> str:
         return f"Watched({self.message_id!r}, attempt={self.attempt})"
 
     async def ack(self) -> None:
-        await self.delivery.ack()
+        await self.queue_message.ack()
         self.settled.set_result("ack")
 
     async def retry(self) -> None:
-        await self.delivery.retry()
+        await self.queue_message.retry()
         self.settled.set_result("retry")
 
     async def dead_letter(self, reason: str) -> None:
-        await self.delivery.dead_letter(reason)
+        await self.queue_message.dead_letter(reason)
         self.settled.set_result(f"dead_letter: {reason}")
 
     async def how(self, timeout: float = 10.0) -> str:
@@ -97,7 +97,7 @@ class Tenants:
         await self.mailbox(tenant_id).put(message)
 
     async def take(self, tenant_id: str = TENANT, timeout: float = 10.0) -> Any:
-        """The tenant's next delivery (a ParkedDelivery or a HeldBack), marks set aside."""
+        """The tenant's next queue message (a FedMessage or a HeldBack), marks set aside."""
         async with asyncio.timeout(timeout):
             while True:
                 message = await self.mailbox(tenant_id).get()
@@ -106,7 +106,7 @@ class Tenants:
                 self.marks.setdefault(tenant_id, []).append(message)
 
     async def take_mark(self, tenant_id: str = TENANT, timeout: float = 10.0) -> Settled:
-        """The next `Settled` mark told to the tenant; the deliveries in front of it must have been taken."""
+        """The next `Settled` mark told to the tenant; the queue messages in front of it must have been taken."""
         async with asyncio.timeout(timeout):
             while not self.marks.get(tenant_id):
                 message = await self.mailbox(tenant_id).get()
@@ -115,7 +115,7 @@ class Tenants:
         return self.marks[tenant_id].pop(0)
 
     async def nothing_more(self, tenant_id: str = TENANT) -> None:
-        """No delivery is told to the tenant (marks are set aside)."""
+        """No queue message is told to the tenant (marks are set aside)."""
         await asyncio.sleep(SETTLE)
         mailbox = self.mailbox(tenant_id)
         while not mailbox.empty():
@@ -125,7 +125,7 @@ class Tenants:
 
 
 class Lot:
-    """One test's store and queue (shard 0), the deliveries its consumer took, and the ShardParkings it made."""
+    """One test's store and queue (shard 0), the queue messages its consumer took, and the ShardParkings it made."""
 
     def __init__(self, store: Store, kit: QueueKit) -> None:
         self.store = store
@@ -155,7 +155,7 @@ class Lot:
 
     async def take(self, n: int, *, first: int = 0, tenant_id: str = TENANT) -> list[Watched]:
         """n messages of the tenant published and taken by the consumer, left unacked: what the router holds."""
-        before = len(self.collector.deliveries)
+        before = len(self.collector.queue_messages)
         for i in range(first, first + n):
             await self.queue.publish(tenant_id, body_of(message_id(i, tenant_id)), message_id=message_id(i, tenant_id))
         taken = (await self.collector.wait_for(before + n))[before:]
@@ -170,8 +170,8 @@ class Lot:
         if expect:
             await self.collector.wait_for(expect)
         await asyncio.sleep(SETTLE)
-        assert len(self.collector.deliveries) == expect, self.collector.message_ids
-        return [Watched(d) for d in self.collector.deliveries]
+        assert len(self.collector.queue_messages) == expect, self.collector.message_ids
+        return [Watched(d) for d in self.collector.queue_messages]
 
     async def rows(self, tenant_id: str = TENANT) -> list[tuple[str, int]]:
         """The tenant's parked rows, (message id, attempt), in seq order."""
@@ -218,8 +218,8 @@ async def lot(lot_settings: Settings) -> AsyncIterator[Lot]:
         await store.close()
 
 
-def ids(deliveries: list[Any]) -> list[str]:
-    return [d.message_id for d in deliveries]
+def ids(queue_messages: list[Any]) -> list[str]:
+    return [d.message_id for d in queue_messages]
 
 
 # --- parking ----------------------------------------------------------------------------------------------------
@@ -228,11 +228,11 @@ def ids(deliveries: list[Any]) -> list[str]:
 async def test_a_parked_tenants_deliveries_are_written_in_order_and_acked_all_but_the_fence(lot: Lot) -> None:
     taken = await lot.take(5)
     parking = lot.parking(Tenants())
-    for delivery in taken:
-        parking.park(delivery)
+    for queue_message in taken:
+        parking.park(queue_message)
     assert parking.holds(TENANT) and not parking.holds(OTHER)
-    for delivery in taken[1:]:
-        assert await delivery.how() == "ack", "acked once written"
+    for queue_message in taken[1:]:
+        assert await queue_message.how() == "ack", "acked once written"
     rows = await lot.store.parked(SHARD, TENANT, limit=100)
     assert [(r.message_id, r.body, r.attempt, r.shard) for r in rows] == [
         (d.message_id, d.body, 1, SHARD) for d in taken
@@ -252,15 +252,15 @@ async def test_parked_rows_are_fed_back_in_order_at_the_tenants_pace_and_the_ten
     tenants = Tenants()
     parking = lot.parking(tenants)
     parked_tenants = parking_module._parked_tenants.get()
-    for delivery in taken:
-        parking.park(delivery)
+    for queue_message in taken:
+        parking.park(queue_message)
     assert parking_module._parked_tenants.get() == parked_tenants + 1
     fed = [await tenants.take()]
     fed.append(await tenants.take())
     # Two still in the store and not handed over (the tenant takes one at a time): still parked.
     assert parking.holds(TENANT)
     fed += [await tenants.take(), await tenants.take()]
-    assert all(type(d) is ParkedDelivery for d in fed)
+    assert all(type(d) is FedMessage for d in fed)
     assert ids(fed) == ids(taken), "in the order parked"
     assert [d.attempt for d in fed] == [1] * 4 and [d.body for d in fed] == [d.body for d in taken]
     # The last one handed over: unparked at once, while the rows wait for their settlement.
@@ -268,8 +268,8 @@ async def test_parked_rows_are_fed_back_in_order_at_the_tenants_pace_and_the_ten
     assert parking_module._parked_tenants.get() == parked_tenants
     assert await lot.rows() == [(d.message_id, 1) for d in taken]
     await tenants.nothing_more()
-    for delivery in fed:
-        await delivery.ack()
+    for queue_message in fed:
+        await queue_message.ack()
     assert await lot.store.parked_tenants(SHARD) == {}, "each row deleted by its ack"
     assert [e.event for e in lot.events].count("fed") == 4
 
@@ -280,16 +280,16 @@ async def test_a_tenant_parked_again_after_its_fence_was_lifted_starts_an_episod
     first, second = await lot.take(2), await lot.take(2, first=2)
     tenants = Tenants()
     parking = lot.parking(tenants)
-    for delivery in first:
-        parking.park(delivery)
+    for queue_message in first:
+        parking.park(queue_message)
     fed = [await tenants.take(), await tenants.take()]
     (await tenants.take_mark()).passed.set_result(None)
     assert await first[0].how() == "ack"
-    for delivery in fed:
-        await delivery.ack()
+    for queue_message in fed:
+        await queue_message.ack()
     await unparked(parking)
-    for delivery in second:
-        parking.park(delivery)
+    for queue_message in second:
+        parking.park(queue_message)
     assert parking.holds(TENANT)
     assert await second[1].how() == "ack"
     assert await lot.store.parking_fences(SHARD) == {TENANT: second[0].message_id}
@@ -300,26 +300,26 @@ async def test_deliveries_parked_while_the_earlier_ones_are_fed_follow_them(lot:
     taken = await lot.take(4)
     tenants = Tenants()
     parking = lot.parking(tenants)
-    for delivery in taken[:2]:
-        parking.park(delivery)
+    for queue_message in taken[:2]:
+        parking.park(queue_message)
     fed = [await tenants.take()]  # the feeder has read the first write; the second comes in meanwhile
-    for delivery in taken[2:]:
-        parking.park(delivery)
+    for queue_message in taken[2:]:
+        parking.park(queue_message)
     fed += [await tenants.take() for _ in range(3)]
     assert ids(fed) == ids(taken), "each once, in the order parked"
     await unparked(parking)
 
 
 async def test_a_tenant_parked_again_before_its_fence_was_lifted_keeps_that_fence(lot: Lot) -> None:
-    """The older fence still covers what the actor took before it: the new episode's deliveries are all acked."""
+    """The older fence still covers what the actor took before it: the new episode's queue messages are all acked."""
     first, second = await lot.take(1), await lot.take(2, first=1)
     tenants = Tenants()
     parking = lot.parking(tenants)
     parking.park(first[0])
     fed = [await tenants.take()]
     await unparked(parking)
-    for delivery in second:
-        parking.park(delivery)
+    for queue_message in second:
+        parking.park(queue_message)
     assert [await d.how() for d in second] == ["ack", "ack"]
     fed += [await tenants.take() for _ in second]
     assert ids(fed) == ids(first + second)
@@ -336,8 +336,8 @@ async def test_the_fence_is_cleared_and_acked_once_what_the_tenant_took_before_i
     taken = await lot.take(3)
     tenants = Tenants()
     parking = lot.parking(tenants)
-    for delivery in taken:
-        parking.park(delivery)
+    for queue_message in taken:
+        parking.park(queue_message)
     fed = [await tenants.take() for _ in taken]
     mark = await tenants.take_mark()  # told behind everything the actor took before the episode
     await asyncio.sleep(SETTLE)
@@ -346,8 +346,8 @@ async def test_the_fence_is_cleared_and_acked_once_what_the_tenant_took_before_i
     mark.passed.set_result(None)
     assert await taken[0].how() == "ack"
     assert await lot.store.parking_fences(SHARD) == {}
-    for delivery in fed:
-        await delivery.ack()
+    for queue_message in fed:
+        await queue_message.ack()
     await lot.restart_consumer(expect=0)
 
 
@@ -356,8 +356,8 @@ async def test_the_fence_waits_for_the_deliveries_taken_back_in_front_of_the_par
     newer = await lot.take(2, first=1)
     tenants = Tenants()
     parking = lot.parking(tenants)
-    for delivery in newer:
-        parking.park(delivery)
+    for queue_message in newer:
+        parking.park(queue_message)
     assert parking.take_back(older[0])
     fed = [await tenants.take() for _ in range(3)]
     (await tenants.take_mark()).passed.set_result(None)
@@ -370,7 +370,7 @@ async def test_the_fence_waits_for_the_deliveries_taken_back_in_front_of_the_par
     assert await lot.store.parking_fences(SHARD) == {}
 
 
-# --- deliveries handed back ---------------------------------------------------------------------------------------
+# --- queue messages handed back ---------------------------------------------------------------------------------------
 
 
 async def test_deliveries_handed_back_while_the_tenant_is_parked_are_fed_again_in_front_of_the_parked_rows(
@@ -380,8 +380,8 @@ async def test_deliveries_handed_back_while_the_tenant_is_parked_are_fed_again_i
     newer = await lot.take(3, first=2)
     tenants = Tenants()
     parking = lot.parking(tenants)
-    for delivery in newer:
-        parking.park(delivery)
+    for queue_message in newer:
+        parking.park(queue_message)
     fed = [await tenants.take()]  # the first parked row is in the actor's hands when the older ones come back
     assert parking.take_back(older[0]) and parking.take_back(older[1])
     fed += [await tenants.take() for _ in range(4)]
@@ -398,11 +398,11 @@ async def test_deliveries_handed_back_while_the_tenant_is_parked_are_fed_again_i
 async def test_a_delivery_handed_back_while_its_tenant_is_not_parked_goes_back_to_the_queue_and_is_remembered(
     lot: Lot,
 ) -> None:
-    [delivery] = await lot.take(1)
+    [queue_message] = await lot.take(1)
     parking = lot.parking(Tenants())
-    assert not parking.take_back(delivery), "not parked: through the queue"
-    assert parking.returned(delivery), "remembered until the queue brings it back"
-    assert not parking.returned(delivery), "once"
+    assert not parking.take_back(queue_message), "not parked: through the queue"
+    assert parking.returned(queue_message), "remembered until the queue brings it back"
+    assert not parking.returned(queue_message), "once"
     assert not parking.returned((await lot.take(1, first=1))[0]), "only what was handed back"
 
 
@@ -416,7 +416,7 @@ async def test_redeliveries_taken_back_are_bounded_by_hold_back_limit_and_keep_t
     assert not parking.take_back(redelivered[1], redelivered=True), "the limit reached: parked behind instead"
     assert parking.take_back(redelivered[2]), "the actor's own hand-backs are not bounded"
     row = ParkedMessage(seq=1, shard=SHARD, tenant_id=TENANT, message_id=parked.message_id, body=b"", attempt=1)
-    assert not parking.take_back(ParkedDelivery(row, parking)), "a parked one settles in the store, never the queue"
+    assert not parking.take_back(FedMessage(row, parking)), "a parked one settles in the store, never the queue"
     fed = [await tenants.take() for _ in range(3)]
     assert [(d.message_id, d.attempt) for d in fed] == [
         (redelivered[0].message_id, 1), (redelivered[2].message_id, 2), (parked.message_id, 1)
@@ -507,10 +507,10 @@ async def test_a_worker_taking_over_feeds_the_parked_rows_only_once_the_fence_co
     older = await lot.take(2)  # in the first worker's actor when the tenant was parked
     newer = await lot.take(3, first=2)
     first = lot.parking(Tenants())
-    for delivery in newer:
-        first.park(delivery)
-    for delivery in newer[1:]:
-        assert await delivery.how() == "ack"
+    for queue_message in newer:
+        first.park(queue_message)
+    for queue_message in newer[1:]:
+        assert await queue_message.how() == "ack"
     await first.close()  # the first worker goes away holding the older ones and the fence, unacked
     back = await lot.restart_consumer(expect=3)
     assert ids(back) == ids(older) + [newer[0].message_id], "in queue order: the older ones, then the fence"
@@ -521,8 +521,8 @@ async def test_a_worker_taking_over_feeds_the_parked_rows_only_once_the_fence_co
     assert second.fence_awaited(TENANT) == newer[0].message_id
     assert not second.holds(TENANT), "the older ones go to the actor, not behind the rows"
     await tenants.nothing_more()
-    for delivery in back[:2]:
-        await delivery.ack()  # the router handed them to the actor, which settled them
+    for queue_message in back[:2]:
+        await queue_message.ack()  # the router handed them to the actor, which settled them
     second.fence_came(back[2])
     assert second.fence_awaited(TENANT) is None and second.holds(TENANT)
     fed = [await tenants.take() for _ in newer]
@@ -573,8 +573,8 @@ async def test_parked_rows_nobody_feeds_are_poked_and_fed_once_loaded(lot: Lot) 
     await parking.load(again=True)
     assert not parking.holds(TENANT)
     await tenants.nothing_more()
-    for delivery in fed:
-        await delivery.ack()
+    for queue_message in fed:
+        await queue_message.ack()
     await parking.find_orphans()
     assert parking_module._pokes.labels().get() == pokes + 1, "nothing left parked"
 
@@ -603,8 +603,8 @@ async def test_close_finishes_the_write_under_way_and_leaves_the_rows_for_the_ne
     taken = await lot.take(4)
     tenants = Tenants()
     parking = lot.parking(tenants)
-    for delivery in taken:
-        parking.park(delivery)
+    for queue_message in taken:
+        parking.park(queue_message)
     await asyncio.sleep(0)  # the writer's first step: the write is under way
     await parking.close()
     assert all(d.settled.done() for d in taken[1:]), "written, so acked"
@@ -620,8 +620,8 @@ async def test_close_finishes_the_write_under_way_and_leaves_the_rows_for_the_ne
 async def test_close_before_a_write_began_leaves_its_deliveries_unacked_on_the_queue(lot: Lot) -> None:
     taken = await lot.take(3)
     parking = lot.parking(Tenants())
-    for delivery in taken:
-        parking.park(delivery)
+    for queue_message in taken:
+        parking.park(queue_message)
     await parking.close()  # before the writer's first step
     assert await lot.store.parked_tenants(SHARD) == {} and await lot.store.parking_fences(SHARD) == {}
     back = await lot.restart_consumer(expect=3)

@@ -16,7 +16,7 @@ from wabridge.actors.agent_media import AgentMedia
 from wabridge.genesys.auth import TokenProvider
 from wabridge.genesys.files import AgentFiles
 from wabridge.actors.contacts import Contacts
-from wabridge.genesys.delivery import GenesysDelivery
+from wabridge.genesys.open_messaging import OpenMessagingClient
 from wabridge.meta.graph import MetaGraph
 from wabridge.actors.outbound import OutboundSender
 from wabridge.codecs.receipts import read_state
@@ -82,7 +82,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         TrackingWriter(backends.store, max_delay=0.001) as tracker,
     ):
         tokens = TokenProvider(MemoryCache())
-        genesys = GenesysDelivery(tokens, timeout=2.0, backoff_base=0.01)
+        genesys = OpenMessagingClient(tokens, timeout=2.0, backoff_base=0.01)
         graph = MetaGraph(None, base_url="http://127.0.0.1:9")  # never called: statuses only send receipts
         media = AgentMedia(backends.objects, graph, AgentFiles(tokens))
         sender = OutboundSender(

@@ -24,7 +24,7 @@ from wabridge.sim import webhooks
 
 pytestmark = pytest.mark.anyio
 
-PREFETCH = 64  # the lanes admit half of it per tenant; the consumer holds at most this many unsettled deliveries
+PREFETCH = 64  # the lanes admit half of it per tenant; the consumer holds at most this many unsettled queue messages
 CUSTOMER = "15550000001"
 
 
@@ -110,7 +110,7 @@ class SlowRelay:
 
 
 class FailingRelay(HeldRelay):
-    """Holds `held_tenant` until `release`, then fails every message of it, as a bug would: each delivery is handed
+    """Holds `held_tenant` until `release`, then fails every message of it, as a bug would: each queue message is handed
     back until its last attempt, and then dead-lettered."""
 
     async def relay(self, tenant, inbound, received_at, *, replay: bool = False) -> str:
@@ -316,7 +316,7 @@ async def test_an_actor_stopped_to_make_room_while_its_router_waits_costs_no_mes
 ) -> None:
     """Room for one tenant actor and two busy tenants on two shards: each shard's router waits on its tenant's full
     mailbox while the other router has the registry stop that actor to make room for its own. The waiting router
-    hands the delivery to the tenant's next actor; it used to die of the closed mailbox, and the worker with it."""
+    hands the queue message to the tenant's next actor; it used to die of the closed mailbox, and the worker with it."""
     monkeypatch.setattr("wabridge.actors.worker.MAX_TENANT_ACTORS", 1)
     monkeypatch.setattr("wabridge.actors.worker.PARK_AFTER", 60.0)
     settings = embedded_settings.replace(mailbox_size=1, metrics_port=0, shards=2)
@@ -459,7 +459,7 @@ async def test_a_blocked_customer_whose_failed_message_comes_back_behind_the_oth
     back, so it is parked at the end), those would go back again and again while the customer waits for it, and end
     dead-lettered. Each waits until its last attempt at most: all are delivered, each once, none dead-lettered."""
     monkeypatch.setattr("wabridge.actors.worker.PARK_AFTER", 0.2)
-    monkeypatch.setattr("wabridge.actors.parking.ShardParking.returned", lambda self, delivery: False)
+    monkeypatch.setattr("wabridge.actors.parking.ShardParking.returned", lambda self, queue_message: False)
     settings = embedded_settings.replace(mailbox_size=2, metrics_port=0, shards=1)
     relay, first, others, dead = await hand_back_just_before_parking(settings)
     assert sorted(w for w in relay.delivered if w in first) == sorted(first), "each once"
@@ -471,15 +471,15 @@ async def test_deliveries_that_crash_their_tenant_actor_are_dead_lettered_and_st
     any_settings: Settings, monkeypatch
 ) -> None:
     """Issue 15: five poison webhooks in ten seconds made the worker's supervisor give up and `serve` exit, every
-    tenant down. Now each crash is charged to its delivery (dead-lettered on its last attempt, with the crash as the
-    reason) and to its tenant's actor (paused and restarted alone), never to the process."""
+    tenant down. Now each crash is charged to its queue message (dead-lettered on its last attempt, with the crash as
+    the reason) and to its tenant's actor (paused and restarted alone), never to the process."""
     monkeypatch.setattr("wabridge.engine.supervisor.COOL_DOWN", Backoff(0.05, 0.2, jitter=None))
     real_on_receive = TenantActor.on_receive
 
-    async def on_receive(self, delivery):
-        if getattr(delivery, "tenant_id", None) == poison_id:
+    async def on_receive(self, queue_message):
+        if getattr(queue_message, "tenant_id", None) == poison_id:
             raise OverflowError("int too large to convert to float")  # as a bug the data triggers would
-        return await real_on_receive(self, delivery)
+        return await real_on_receive(self, queue_message)
 
     monkeypatch.setattr(TenantActor, "on_receive", on_receive)
     settings = any_settings.replace(metrics_port=0, shards=1)  # one shard: both tenants share its consumer
@@ -509,16 +509,16 @@ async def test_deliveries_that_crash_their_tenant_actor_are_dead_lettered_and_st
 
 
 async def test_a_worker_closed_leaves_none_of_its_tasks_running(any_settings: Settings, monkeypatch) -> None:
-    """A delivery that crashed its tenant actor is handed back by a task of the worker's; when the worker is closed
+    """A queue message that crashed its tenant actor is handed back by a task of the worker's; when the worker is closed
     (here by the drain's deadline, while that hand-back is stuck), the task is cancelled and awaited with it rather
     than left running after the worker is gone."""
     monkeypatch.setattr("wabridge.engine.supervisor.COOL_DOWN", (0.05, 0.2))
     real_on_receive = TenantActor.on_receive
 
-    async def on_receive(self, delivery):
-        if getattr(delivery, "tenant_id", None) == "poisoned":
+    async def on_receive(self, queue_message):
+        if getattr(queue_message, "tenant_id", None) == "poisoned":
             raise OverflowError("a bug the data triggers")
-        return await real_on_receive(self, delivery)
+        return await real_on_receive(self, queue_message)
 
     handing_back = asyncio.Event()
 
@@ -527,8 +527,8 @@ async def test_a_worker_closed_leaves_none_of_its_tasks_running(any_settings: Se
         await asyncio.Event().wait()  # a queue that never answers
 
     monkeypatch.setattr(TenantActor, "on_receive", on_receive)
-    monkeypatch.setattr("wabridge.adapters.queue.sqlite.SqliteDelivery.retry", stuck_retry)
-    monkeypatch.setattr("wabridge.adapters.queue.amqp.AmqpDelivery.retry", stuck_retry)
+    monkeypatch.setattr("wabridge.adapters.queue.sqlite.SqliteQueueMessage.retry", stuck_retry)
+    monkeypatch.setattr("wabridge.adapters.queue.amqp.AmqpQueueMessage.retry", stuck_retry)
     settings = any_settings.replace(metrics_port=0, shards=1)
     async with opened_backends(settings) as backends, saas_adapters(backends) as saas:
         await backends.store.put_tenant(tenant("poisoned", ("100000000001",), "s1"))

@@ -1,4 +1,4 @@
-"""A worker process for the crash test: consumes from the SQLite queue at argv[1], holds every delivery unsettled,
+"""A worker process for the crash test: consumes from the SQLite queue at argv[1], holds every queue message unsettled,
 says "holding <message_id>" on stdout, then waits to be killed."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from wabridge.ports import Delivery
+from wabridge.ports import QueueMessage
 from wabridge.adapters.queue.sqlite import SqliteQueue
 from wabridge.engine.settings import Settings
 
@@ -16,8 +16,8 @@ async def main(data_dir: Path) -> None:
     queue = SqliteQueue(Settings(data_dir=data_dir))
     await queue.open()
 
-    async def hold(delivery: Delivery) -> None:
-        print("holding", delivery.message_id, flush=True)
+    async def hold(queue_message: QueueMessage) -> None:
+        print("holding", queue_message.message_id, flush=True)
 
     await queue.consume(hold)
     await asyncio.sleep(3600)

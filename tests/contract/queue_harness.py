@@ -1,4 +1,4 @@
-"""What the Queue contract tests share: building either adapter on isolated settings, collecting deliveries, and
+"""What the Queue contract tests share: building either adapter on isolated settings, collecting queue messages, and
 cleaning the shared broker afterwards."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from wabridge.ports import Delivery, Queue
+from wabridge.ports import QueueMessage, Queue
 from wabridge.adapters.queue.amqp import AmqpQueue
 from wabridge.adapters.queue.sqlite import SqliteQueue
 from wabridge.engine.secrets import Secret
@@ -50,40 +50,40 @@ class QueueKit:
 
 
 class Collector:
-    """A handler that records deliveries and settles them with `settle` (ack by default)."""
+    """A handler that records queue messages and settles them with `settle` (ack by default)."""
 
-    def __init__(self, settle: Callable[[Delivery], Awaitable[None]] | None = None) -> None:
-        self.deliveries: list[Delivery] = []
+    def __init__(self, settle: Callable[[QueueMessage], Awaitable[None]] | None = None) -> None:
+        self.queue_messages: list[QueueMessage] = []
         self._settle = settle
         self._changed = asyncio.Event()
 
-    async def __call__(self, delivery: Delivery) -> None:
-        self.deliveries.append(delivery)
+    async def __call__(self, queue_message: QueueMessage) -> None:
+        self.queue_messages.append(queue_message)
         self._changed.set()
         if self._settle is None:
-            await delivery.ack()
+            await queue_message.ack()
         else:
-            await self._settle(delivery)
+            await self._settle(queue_message)
 
     @property
     def message_ids(self) -> list[str]:
-        return [d.message_id for d in self.deliveries]
+        return [d.message_id for d in self.queue_messages]
 
-    async def wait_for(self, count: int, timeout: float = 20) -> list[Delivery]:
+    async def wait_for(self, count: int, timeout: float = 20) -> list[QueueMessage]:
         with anyio.fail_after(timeout):
-            while len(self.deliveries) < count:
+            while len(self.queue_messages) < count:
                 self._changed.clear()
                 await self._changed.wait()
-        return self.deliveries
+        return self.queue_messages
 
 
-async def hold(delivery: Delivery) -> None:
-    """Leave the delivery unsettled, as a consumer that crashes mid-work would."""
+async def hold(queue_message: QueueMessage) -> None:
+    """Leave the queue message unsettled, as a consumer that crashes mid-work would."""
 
 
-async def take_dead_letters(queue: Queue, count: int, timeout: float = 20) -> list[Delivery]:
+async def take_dead_letters(queue: Queue, count: int, timeout: float = 20) -> list[QueueMessage]:
     """Dead-lettering by the broker is asynchronous: poll until `count` dead letters are there."""
-    taken: list[Delivery] = []
+    taken: list[QueueMessage] = []
     with anyio.fail_after(timeout):
         while len(taken) < count:
             taken += await queue.dead_letters(count - len(taken))

@@ -17,7 +17,7 @@ import anyio
 import pytest
 
 from tests.contract.queue_harness import Collector, QueueKit, hold, take_dead_letters
-from wabridge.ports import BackendUnavailable, Delivery, Queue
+from wabridge.ports import BackendUnavailable, QueueMessage, Queue
 from wabridge.adapters.queue.sqlite import LEASE_TTL as LEASE_TTL_SECONDS
 from wabridge.adapters.queue.sqlite import SqliteQueue, shard_of
 from wabridge.engine.secrets import Secret
@@ -69,12 +69,12 @@ async def test_a_published_message_is_delivered_with_its_tenant_body_and_first_a
     await queue.publish("tenant-a", b'{"hello": 1}', message_id="wamid.1")
     got = Collector()
     consumer = await queue.consume(got)
-    (delivery,) = await got.wait_for(1)
-    assert (delivery.tenant_id, delivery.message_id, delivery.body) == ("tenant-a", "wamid.1", b'{"hello": 1}')
-    assert delivery.attempt == 1
-    assert 0 <= delivery.shard < queue.shards
+    (queue_message,) = await got.wait_for(1)
+    assert (queue_message.tenant_id, queue_message.message_id, queue_message.body) == ("tenant-a", "wamid.1", b'{"hello": 1}')
+    assert queue_message.attempt == 1
+    assert 0 <= queue_message.shard < queue.shards
     await anyio.sleep(0.3)
-    assert len(got.deliveries) == 1, "an acked message must not come back"
+    assert len(got.queue_messages) == 1, "an acked message must not come back"
     await consumer.stop()
 
 
@@ -107,7 +107,7 @@ async def test_each_tenants_messages_arrive_in_publish_order(kit: QueueKit) -> N
     consumer = await queue.consume(got, prefetch=64)
     await got.wait_for(40 * len(TENANTS))
     for tenant in TENANTS:
-        seen = [int(d.message_id.split("/")[1]) for d in got.deliveries if d.tenant_id == tenant]
+        seen = [int(d.message_id.split("/")[1]) for d in got.queue_messages if d.tenant_id == tenant]
         assert seen == list(range(40)), tenant
     await consumer.stop()
 
@@ -119,7 +119,7 @@ async def test_a_tenant_always_maps_to_the_same_shard_and_tenants_spread_over_sh
     got = Collector()
     consumer = await queue.consume(got)
     await got.wait_for(180)
-    shards_of = {t: {d.shard for d in got.deliveries if d.tenant_id == t} for t in tenants}
+    shards_of = {t: {d.shard for d in got.queue_messages if d.tenant_id == t} for t in tenants}
     assert all(len(s) == 1 for s in shards_of.values()), "a tenant's messages were split over shards"
     used = Counter(next(iter(s)) for s in shards_of.values())
     assert len(used) == queue.shards, f"60 tenants should reach all {queue.shards} shards: {used}"
@@ -131,7 +131,7 @@ async def test_a_tenant_always_maps_to_the_same_shard_and_tenants_spread_over_sh
     again = Collector()
     consumer = await queue.consume(again)
     await again.wait_for(60)
-    assert {d.tenant_id: d.shard for d in again.deliveries} == {t: next(iter(s)) for t, s in shards_of.items()}
+    assert {d.tenant_id: d.shard for d in again.queue_messages} == {t: next(iter(s)) for t, s in shards_of.items()}
     await consumer.stop()
 
 
@@ -142,8 +142,8 @@ async def test_consuming_selected_shards_delivers_only_those(kit: QueueKit) -> N
     consumer = await queue.consume(everything)
     await everything.wait_for(len(TENANTS))
     await consumer.stop()
-    shard = everything.deliveries[0].shard
-    expected = sorted(d.message_id for d in everything.deliveries if d.shard == shard)
+    shard = everything.queue_messages[0].shard
+    expected = sorted(d.message_id for d in everything.queue_messages if d.shard == shard)
     await publish_all(queue, [(t, f"{t}/1") for t in TENANTS])
     only = Collector()
     consumer = await queue.consume(only, shards=[shard])
@@ -162,8 +162,8 @@ async def test_an_unsettled_message_comes_back_with_the_next_attempt_after_its_c
     await consumer.stop()
     again = Collector()
     consumer = await queue.consume(again)
-    (delivery,) = await again.wait_for(1)
-    assert (delivery.message_id, delivery.attempt) == ("m1", 2)
+    (queue_message,) = await again.wait_for(1)
+    assert (queue_message.message_id, queue_message.attempt) == ("m1", 2)
     await consumer.stop()
 
 
@@ -178,7 +178,7 @@ async def test_messages_held_by_a_closed_process_are_redelivered_to_the_next_one
     again = Collector()
     consumer = await second.consume(again)
     await again.wait_for(2)
-    assert sorted((d.message_id, d.attempt) for d in again.deliveries) == [("m1", 2), ("m2", 2)]
+    assert sorted((d.message_id, d.attempt) for d in again.queue_messages) == [("m1", 2), ("m2", 2)]
     await consumer.stop()
 
 
@@ -186,15 +186,15 @@ async def test_a_message_retried_past_the_delivery_limit_becomes_a_dead_letter_w
     queue = await kit.open()
     await queue.publish("tenant-a", b"poison", message_id="m1")
 
-    async def always_retry(delivery: Delivery) -> None:
-        await delivery.retry()
+    async def always_retry(queue_message: QueueMessage) -> None:
+        await queue_message.retry()
 
     got = Collector(settle=always_retry)
     consumer = await queue.consume(got)
     await got.wait_for(queue_limit := kit.settings.delivery_limit)
     (dead,) = await take_dead_letters(queue, 1)
     await anyio.sleep(0.3)
-    assert [d.attempt for d in got.deliveries] == list(range(1, queue_limit + 1)), "exactly delivery_limit attempts"
+    assert [d.attempt for d in got.queue_messages] == list(range(1, queue_limit + 1)), "exactly delivery_limit attempts"
     assert (dead.message_id, dead.tenant_id, dead.body) == ("m1", "tenant-a", b"poison")
     assert dead.reason == "delivery_limit"  # type: ignore[attr-defined]
     await dead.ack()
@@ -206,8 +206,8 @@ async def test_dead_letter_keeps_the_reason_and_a_dead_letter_retried_is_deliver
     queue = await kit.open()
     await queue.publish("tenant-a", b"bad", message_id="m1")
 
-    async def reject(delivery: Delivery) -> None:
-        await delivery.dead_letter("genesys 400: missing text")
+    async def reject(queue_message: QueueMessage) -> None:
+        await queue_message.dead_letter("genesys 400: missing text")
 
     got = Collector(settle=reject)
     consumer = await queue.consume(got)
@@ -219,8 +219,8 @@ async def test_dead_letter_keeps_the_reason_and_a_dead_letter_retried_is_deliver
     await dead.retry()  # replay: back into its tenant's shard
     replayed = Collector()
     consumer = await queue.consume(replayed)
-    (delivery,) = await replayed.wait_for(1)
-    assert (delivery.message_id, delivery.body, delivery.attempt) == ("m1", b"bad", 1)
+    (queue_message,) = await replayed.wait_for(1)
+    assert (queue_message.message_id, queue_message.body, queue_message.attempt) == ("m1", b"bad", 1)
     assert await queue.dead_letters() == []
     await consumer.stop()
 
@@ -234,8 +234,8 @@ async def test_a_buried_message_is_a_dead_letter_with_its_reason_and_replays_int
     await dead.retry()  # replay
     replayed = Collector()
     consumer = await queue.consume(replayed)
-    (delivery,) = await replayed.wait_for(1)
-    assert (delivery.tenant_id, delivery.message_id, delivery.body) == ("tenant-a", "m9", b"parked \x00 body")
+    (queue_message,) = await replayed.wait_for(1)
+    assert (queue_message.tenant_id, queue_message.message_id, queue_message.body) == ("tenant-a", "m9", b"parked \x00 body")
     assert await queue.dead_letters() == []
     await consumer.stop()
 
@@ -256,8 +256,8 @@ async def test_a_named_queue_is_a_second_queue_its_messages_and_dead_letters_apa
     (customer,) = await inbound_got.wait_for(1)
     (agent,) = await outbound_got.wait_for(1)
     await anyio.sleep(0.3)
-    assert [(d.message_id, d.body) for d in inbound_got.deliveries] == [("in-1", b"customer")]
-    assert [(d.message_id, d.body) for d in outbound_got.deliveries] == [("out-1", b"agent")]
+    assert [(d.message_id, d.body) for d in inbound_got.queue_messages] == [("in-1", b"customer")]
+    assert [(d.message_id, d.body) for d in outbound_got.queue_messages] == [("out-1", b"agent")]
     assert customer.shard == agent.shard
     assert await main.dead_letters() == []
     (dead,) = await take_dead_letters(outbound, 1)
@@ -290,12 +290,12 @@ async def test_only_one_consumer_of_a_shard_receives_and_the_other_takes_over_wh
     await publish_all(queue_a, [(t, f"{t}/1") for t in TENANTS])
     await active.wait_for(1 + len(TENANTS))
     await anyio.sleep(0.5)
-    assert standby.deliveries == []
+    assert standby.queue_messages == []
     await consumer_a.stop()
     await publish_all(queue_a, [(t, f"{t}/2") for t in TENANTS])
     await standby.wait_for(len(TENANTS))
     assert sorted(standby.message_ids) == sorted(f"{t}/2" for t in TENANTS)
-    assert len(active.deliveries) == 1 + len(TENANTS)
+    assert len(active.queue_messages) == 1 + len(TENANTS)
     await consumer_b.stop()
 
 
@@ -303,15 +303,15 @@ async def test_a_handler_that_raises_hands_its_message_back_for_another_attempt(
     queue = await kit.open()
     await queue.publish("tenant-a", b"x", message_id="m1")
 
-    async def flaky(delivery: Delivery) -> None:
-        if delivery.attempt == 1:
+    async def flaky(queue_message: QueueMessage) -> None:
+        if queue_message.attempt == 1:
             raise RuntimeError("bug on first try")
-        await delivery.ack()
+        await queue_message.ack()
 
     got = Collector(settle=flaky)
     consumer = await queue.consume(got)
     await got.wait_for(2)
-    assert [d.attempt for d in got.deliveries] == [1, 2]
+    assert [d.attempt for d in got.queue_messages] == [1, 2]
     await consumer.stop()
 
 
@@ -402,7 +402,7 @@ async def test_publishing_and_consuming_resume_after_the_broker_comes_back(amqp_
                 await anyio.sleep(0.2)
     with anyio.fail_after(15):  # the consumer re-subscribes by itself
         while "after" not in got.message_ids:
-            await got.wait_for(len(got.deliveries) + 1)
+            await got.wait_for(len(got.queue_messages) + 1)
     # "before" may come twice if the cut beat its ack: at-least-once, never lost.
     assert set(got.message_ids) == {"before", "after"}
     await consumer.stop()
@@ -492,8 +492,8 @@ async def test_a_shard_lease_left_by_a_dead_process_is_taken_over_after_it_expir
         dead._consumers.clear()
         got = Collector()
         consumer = await alive.consume(got)
-        (delivery,) = await got.wait_for(1, timeout=10)
-        assert (delivery.message_id, delivery.attempt) == ("m1", 2)
+        (queue_message,) = await got.wait_for(1, timeout=10)
+        assert (queue_message.message_id, queue_message.attempt) == ("m1", 2)
         await consumer.stop()
     finally:
         await dead.close()
@@ -520,8 +520,8 @@ async def test_messages_held_by_a_killed_worker_process_are_redelivered_at_once(
         started = time.monotonic()
         got = Collector()
         consumer = await queue.consume(got)
-        (delivery,) = await got.wait_for(1, timeout=5)
-        assert (delivery.message_id, delivery.attempt) == ("m1", 2)
+        (queue_message,) = await got.wait_for(1, timeout=5)
+        assert (queue_message.message_id, queue_message.attempt) == ("m1", 2)
         assert time.monotonic() - started < LEASE_TTL_SECONDS
         await consumer.stop()
     finally:
@@ -567,9 +567,9 @@ async def test_many_publishes_in_flight_with_large_bodies_arrive_whole_and_once(
     got: dict[str, bytes] = {}
     done = asyncio.Event()
 
-    async def handler(delivery: Delivery) -> None:
-        got[delivery.message_id] = delivery.body
-        await delivery.ack()
+    async def handler(queue_message: QueueMessage) -> None:
+        got[queue_message.message_id] = queue_message.body
+        await queue_message.ack()
         if len(got) == len(bodies):
             done.set()
 
@@ -599,7 +599,7 @@ def test_direct_settlement_frames_are_byte_for_byte_what_pamqp_marshals(delivery
 
 @pytest.mark.servers
 async def test_settlements_given_out_of_order_in_one_turn_settle_exactly_their_own_messages(amqp_kit: QueueKit) -> None:
-    # One shard, so every delivery shares one channel and one settlement batch. Acking a high tag while lower ones
+    # One shard, so every queue message shares one channel and one settlement batch. Acking a high tag while lower ones
     # are unsettled must not ack those (no `multiple`), and a nack in the same batch must come back.
     queue = await amqp_kit.open(shards=1)
     ids = [f"m{n}" for n in range(40)]
@@ -607,10 +607,10 @@ async def test_settlements_given_out_of_order_in_one_turn_settle_exactly_their_o
         await queue.publish("tenant-a", b"x", message_id=message_id)
     held = Collector(settle=hold)
     consumer = await queue.consume(held, prefetch=64)
-    deliveries = {d.message_id: d for d in await held.wait_for(len(ids))}
+    queue_messages = {d.message_id: d for d in await held.wait_for(len(ids))}
     acked = ids[1::2][::-1]  # the odd ones, highest tag first: the even ones stay unsettled below each of them
     retried = ids[0:10:2]
-    await asyncio.gather(*(deliveries[m].ack() for m in acked), *(deliveries[m].retry() for m in retried))
+    await asyncio.gather(*(queue_messages[m].ack() for m in acked), *(queue_messages[m].retry() for m in retried))
     comeback = (await held.wait_for(len(ids) + len(retried)))[len(ids):]  # the nacks were written: back at once
     assert sorted((d.message_id, d.attempt) for d in comeback) == sorted((m, 2) for m in retried)
     await consumer.stop()  # returns everything not acked (a return the broker counts too)
@@ -623,7 +623,7 @@ async def test_settlements_given_out_of_order_in_one_turn_settle_exactly_their_o
     finally:
         await consumer.stop()
     assert sorted(again.message_ids) == sorted(set(ids) - set(acked))
-    attempts = {d.message_id: d.attempt for d in again.deliveries}
+    attempts = {d.message_id: d.attempt for d in again.queue_messages}
     assert {m: a for m, a in attempts.items() if a == 3} == {m: 3 for m in retried}
 
 
@@ -635,9 +635,9 @@ async def test_acks_given_just_before_the_consumer_stops_are_written_not_redeliv
         await queue.publish("tenant-a", b"x", message_id=message_id)
     held = Collector(settle=hold)
     consumer = await queue.consume(held, prefetch=64)
-    deliveries = await held.wait_for(len(ids))
+    queue_messages = await held.wait_for(len(ids))
     # Settled by tasks that have not run their flush yet when stop() begins: stop must write them first.
-    settling = [asyncio.ensure_future(d.ack()) for d in deliveries]
+    settling = [asyncio.ensure_future(d.ack()) for d in queue_messages]
     await consumer.stop()
     await asyncio.gather(*settling)
 

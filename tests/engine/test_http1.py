@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from wabridge.http.client import BodyTooLarge, Http1Pool, Http1Pools, HttpError
+from wabridge.http.client import ReplyTooLarge, Http1Pool, Http1Pools, HttpError
 
 pytestmark = pytest.mark.anyio
 
@@ -183,9 +183,9 @@ async def test_malformed_and_oversized_answers_are_http_errors() -> None:
         pool = Http1Pool(origin, max_body=10)
         with pytest.raises(HttpError, match="malformed"):
             await pool.request("GET", "/", {})
-        with pytest.raises(BodyTooLarge, match="over 10 bytes"):
+        with pytest.raises(ReplyTooLarge, match="over 10 bytes"):
             await pool.request("GET", "/", {})
-        with pytest.raises(BodyTooLarge, match="over 99 bytes"):  # a request's own limit wins over the pool's
+        with pytest.raises(ReplyTooLarge, match="over 99 bytes"):  # a request's own limit wins over the pool's
             await pool.request("GET", "/", {}, max_body=99)
         assert (await pool.request("GET", "/", {}, max_body=50)).body == b"z" * 50  # exactly the limit is kept
         await pool.aclose()

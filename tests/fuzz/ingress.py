@@ -648,10 +648,10 @@ async def canary_queued(port: int, settings: Settings, report: Report) -> None:
         return
     found = asyncio.Event()
 
-    async def handler(delivery: Any) -> None:
-        if decode_queued(delivery.body).body == body:
+    async def handler(queue_message: Any) -> None:
+        if decode_queued(queue_message.body).body == body:
             found.set()
-        await delivery.ack()
+        await queue_message.ack()
 
     async with open_backends(settings, ports=("queue",)) as backends:
         consumer = await backends.queue.consume(handler)

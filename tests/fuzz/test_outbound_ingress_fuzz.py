@@ -362,12 +362,12 @@ async def check_queue(port: int, settings: Settings, report: OutboundReport, gen
     wrong_route: list[str] = []
     done = asyncio.Event()
 
-    async def handler(delivery: Any) -> None:
-        webhook = decode_queued(delivery.body)
-        if delivery.tenant_id != webhook.tenant_id or not webhook.archive_key.startswith(webhook.tenant_id + "/"):
-            wrong_route.append(f"{delivery.tenant_id!r} {webhook.tenant_id!r} {webhook.archive_key!r}")
+    async def handler(queue_message: Any) -> None:
+        webhook = decode_queued(queue_message.body)
+        if queue_message.tenant_id != webhook.tenant_id or not webhook.archive_key.startswith(webhook.tenant_id + "/"):
+            wrong_route.append(f"{queue_message.tenant_id!r} {webhook.tenant_id!r} {webhook.archive_key!r}")
         queued[(webhook.tenant_id, webhook.body)] += 1
-        await delivery.ack()
+        await queue_message.ack()
         if all(queued[k] for k in canaries):
             done.set()
 

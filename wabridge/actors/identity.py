@@ -277,6 +277,6 @@ def _all_ids(inbound: Inbound) -> Sequence[str]:
 
 
 def customer_ids(results: Iterable[Result]) -> set[str]:
-    """Every id the customer messages among `results` name: two deliveries that share none can be resolved at once
+    """Every id the customer messages among `results` name: two queue messages that share none can be resolved at once
     with the same outcome as one after the other (each resolution writes only its own ids' entries)."""
     return {i for r in results if type(r) is Inbound for i in _all_ids(r)}

@@ -68,8 +68,8 @@ from wabridge.engine.settings import Settings
 from wabridge.http.server import (
     JSON,
     BadContentLength,
-    BodyTooLarge,
     ClientGone,
+    RequestTooLarge,
     Response,
     query_params,
     read_body,
@@ -180,7 +180,7 @@ class IngressApp(MetaWebhooks, GenesysWebhooks):
                 REQUESTS.labels(route, "408").inc()
                 proto.response_bytes(408, [("connection", "close")], b"request body timed out")
                 return
-            except BodyTooLarge:
+            except RequestTooLarge:
                 REQUESTS.labels(route, "413").inc()
                 if route == "genesys":
                     OUTBOUND_WEBHOOKS.labels("too_large").inc()

@@ -42,10 +42,10 @@ from wabridge.engine.metrics import REGISTRY, Capped
 from wabridge.engine.outage import hold_through_outage
 from wabridge.ports import (
     Contact,
-    DeliveryFailed,
     GenesysApi,
     MessageEventKind,
     MetaGraphApi,
+    PostFailed,
     SendRefused,
     TenantConfig,
     TrackingRecord,
@@ -332,7 +332,7 @@ class OutboundSender:
         body = receipt_body(receipt(message_id, to_id, to_id_type, status, at, reasons))  # type: ignore[arg-type]
         try:
             await self._genesys.receipt(tenant, body)
-        except DeliveryFailed as exc:
+        except PostFailed as exc:
             _receipts.labels(status, "refused").inc()
             log.error(
                 "Genesys refused the %s receipt of %s: %s",

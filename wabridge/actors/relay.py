@@ -4,14 +4,14 @@ ordering lane (tenant.py), so one customer's messages pass here one at a time, i
     seen before?   the tracking row says delivered / failed / dead-lettered → `duplicate`, not sent again
     conversation   state.py: memo → cache → store; a new customer's id is Genesys's answer (or a new one)
     media          media.py: Meta → object storage → presigned URL (or a text notice)
-    delivery       delivery.py: rate budget, OAuth token, POST with retries
+    posting        open_messaging.py: rate budget, OAuth token, POST with retries
     tracking       tracking.py: batched, and awaited — the queue message is acked only after this row is durable
 
 Errors: `BackendUnavailable` (store or objects down) before the message is sent propagates: the caller holds the
 message (`hold_through_outage`) and runs the relay again, which is safe since nothing left the bridge yet. Once
 Genesys has the message, the tracking write (and the conversation id it named) is retried here instead: running the
-whole relay again would send the message a second time. A Genesys refusal is not an error here: the message is tracked `failed` with its payload,
-so `wabridge replay` can send it again.
+whole relay again would send the message a second time. A Genesys refusal is not an error here: the message is tracked
+`failed` with its payload, so `wabridge replay` can send it again.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from wabridge.engine.logs import get_logger
 from wabridge.engine.metrics import REGISTRY, Capped
 from wabridge.engine.outage import hold_through_outage
 from wabridge.ports import (
-    DeliveryFailed,
     GenesysApi,
     MessageEventKind,
+    PostFailed,
     TenantConfig,
     TrackingRecord,
     TrackingStatus,
@@ -64,7 +64,7 @@ class Relay:
         store: TrackingStore,
         state: ConversationState,
         media: MediaFetcher,
-        delivery: GenesysApi,
+        open_messaging: GenesysApi,
         tracker: TrackingWriter,
         *,
         outage_hold: float | None = None,
@@ -77,7 +77,7 @@ class Relay:
         self._seen = TrackingLookups(store)  # the de-duplication reads, grouped across concurrent messages
         self._state = state
         self._media = media
-        self._delivery = delivery
+        self._open_messaging = open_messaging
         self._tracker = tracker
 
     async def relay(
@@ -121,8 +121,8 @@ class Relay:
                 _media_notices.labels(outcome.reason).inc()
 
         try:
-            delivered = await self._delivery.deliver(tenant, encode_genesys(message))
-        except DeliveryFailed as exc:
+            posted = await self._open_messaging.post_message(tenant, encode_genesys(message))
+        except PostFailed as exc:
             _failed.inc()
             _by_tenant.labels(tenant_id, TrackingStatus.FAILED).inc()
             log.warning("delivery failed", extra={"tenant_id": tenant_id, "wamid": route.wamid, "error": exc.error})
@@ -149,7 +149,7 @@ class Relay:
 
         # From here Genesys has the message: hold through an outage rather than let the caller send it again.
         # A new customer's conversation is named by Genesys's answer; only without one do we make an id.
-        conversation_id = delivered.conversation_id or known
+        conversation_id = posted.conversation_id or known
         if conversation_id is None:
             conversation_id = await self._hold(lambda: self._state.conversation_for(tenant_id, route.sender_id))
         elif conversation_id != known:
@@ -163,7 +163,7 @@ class Relay:
             conversation_id=conversation_id,
             attempts=1,
             error=media_error,
-            genesys_message_id=delivered.genesys_message_id,
+            genesys_message_id=posted.genesys_message_id,
             media_key=media_key,
         )
         await self._hold(lambda: self._tracker.record(record))

@@ -1,15 +1,15 @@
 """The tenant actor: one per tenant, supervised, found by tenant id in a registry (worker.py).
 
-It takes the queue deliveries of its tenant in shard order, turns each webhook into per-message results
+It takes the queue messages of its tenant in shard order, turns each webhook into per-message results
 (codecs.transform) and puts every customer message into that customer's ordering lane (engine.lanes): one
 customer's messages reach Genesys strictly in the order they were sent, different customers in parallel up to
-`tenant_concurrency`. A delivery is acked once all of its messages are tracked. A backend outage holds the message
+`tenant_concurrency`. A queue message is acked once all of its messages are tracked. A backend outage holds the message
 in place for as long as it lasts (engine/outage.py: retried, still unacked, its customer's lane waiting behind it)
 rather than spend one of the queue's few attempts on it, or send it behind its customer's newer messages; a message
-that fails otherwise (a bug), or a drain, hands its delivery back to the queue and it comes again — the relay's
-de-duplication makes the already-delivered ones `duplicate`s instead of second deliveries.
+that fails otherwise (a bug), or a drain, hands its queue message back to the queue and it comes again — the relay's
+de-duplication makes the already-delivered ones `duplicate`s instead of being posted twice.
 
-On the queue's last attempt (`delivery_limit`) a delivery with unfinished messages is not handed back: each
+On the queue's last attempt (`delivery_limit`) a queue message with unfinished messages is not handed back: each
 unfinished message is tracked `dead-lettered` with its payload, so it shows in tracking and `wabridge replay` can
 send it, and the webhook goes to the dead-letter queue with the reason. Handed back, the broker would have
 dead-lettered it just the same, but without a row: the messages would have looked never received.
@@ -39,9 +39,9 @@ from wabridge.engine.outage import hold_through_outage
 from wabridge.engine.tasks import Tasks
 from wabridge.ports import (
     BackendUnavailable,
-    Delivery,
     MessageEvent,
     MessageEventKind,
+    QueueMessage,
     TenantConfig,
     TrackingRecord,
     TrackingStatus,
@@ -56,13 +56,13 @@ _handed_back = REGISTRY.counter("wabridge_queue_retries_total", "Queue messages 
 DEAD_LETTERS = REGISTRY.counter("wabridge_dead_letters_total", "Queue messages moved to the dead-letter queue.", [])
 
 # (the tenant, or the outage that kept its lookup from answering; the message, or a status of an agent's message;
-# received at; the delivery's message id and attempt; where its webhook came from, for the tracking row and the
+# received at; the queue message's message id and attempt; where its webhook came from, for the tracking row and the
 # trail: engine/history.py)
 Job = tuple["TenantConfig | BackendUnavailable", "Inbound | StatusUpdate", float, str, int, Origin]
 
-ADMITTING = 256  # deliveries of one tenant whose customers are being named by the store at once
+ADMITTING = 256  # queue messages of one tenant whose customers are being named by the store at once
 
-# A customer blocked by a failure waits for the failed delivery and the ones sent back behind it to come back (see
+# A customer blocked by a failure waits for the failed queue message and the ones sent back behind it to come back (see
 # `_relay_job`): from the queue in milliseconds to seconds (behind what the worker prefetched), from parking at once.
 # Each message of the customer taken meanwhile goes back too, spending one of its attempts; should the next awaited
 # one not come back (the shard moved to another worker, say, or it came back behind them), the lane runs again after
@@ -72,7 +72,7 @@ BLOCK_FOR = 60.0  # s
 
 
 class Settled:
-    """A mark told to a tenant actor: `passed` resolves once every delivery it received before the mark is settled
+    """A mark told to a tenant actor: `passed` resolves once every queue message it received before the mark is settled
     (parking.py lifts a fence with it)."""
 
     def __init__(self) -> None:
@@ -90,7 +90,7 @@ class SentBack:
     __slots__ = ("order", "until")
 
     def __init__(self) -> None:
-        self.order: dict[tuple[str, str], int] = {}  # (delivery's message id, wamid) → the attempt it went back at
+        self.order: dict[tuple[str, str], int] = {}  # (queue message's message id, wamid) → the attempt it went back at
         self.until = 0.0  # waiting for them ends then (BLOCK_FOR)
 
 
@@ -110,25 +110,26 @@ class TenantActor(Actor):
         max_pending: int,
         delivery_limit: int,
         outage_hold: float,
-        take_back: Callable[[Delivery], bool] | None = None,
+        take_back: Callable[[QueueMessage], bool] | None = None,
         identity: CustomerIdentity | None = None,
         statuses: StatusReceipts | None = None,
     ) -> None:
         self.tenant_id = tenant_id
         self._statuses = statuses  # statuses.py: Meta's statuses of the agents' messages become Genesys receipts
         self._identity = identity  # identity.py: a customer's messages under one id, phone or BSUID
-        self._take_back = take_back  # parking.py: a delivery handed back while its tenant is parked
+        self._take_back = take_back  # parking.py: a queue message handed back while its tenant is parked
         self._delivery_limit = delivery_limit
         self._outage_hold = outage_hold
         self._directory = directory
         self._relay = relay
         self._tracker = tracker
         self._lanes: Lanes[str, Job, str] = Lanes(self._traced_job, concurrency=concurrency, max_pending=max_pending)
-        self._settling = Tasks(f"tenant:{tenant_id} settling")  # each delivery's ack or retry, once its messages end
+        # each queue message's ack or retry, once its messages end
+        self._settling = Tasks(f"tenant:{tenant_id} settling")
         # sender → its messages sent back to the queue by a failure, which the lane waits for (`_relay_job`)
         self._blocked: dict[str, SentBack] = {}
         self._stopping = False  # a drain: stop holding messages through an outage, hand them back instead
-        # Deliveries whose customers the store must name (identity.py) are resolved concurrently and admitted to the
+        # Queue messages whose customers the store must name (identity.py) are resolved concurrently and admitted to the
         # lanes in the order received: each waits for the one before (`_admitted`, the last link of that chain).
         # Awaited in turn here, first contacts were one store round trip each, one at a time: a burst of new
         # customers was capped near 400/s per tenant (bench, warm-up at 500/s).
@@ -146,23 +147,23 @@ class TenantActor(Actor):
 
     async def on_stop(self) -> None:
         self._stopping = True
-        if self._admitted is not None:  # every delivery taken reaches the lanes (a drain stops its holds)
+        if self._admitted is not None:  # every queue message taken reaches the lanes (a drain stops its holds)
             await asyncio.wait([self._admitted])
-        # Admitted messages finish (the drain deadline bounds this); then every delivery gets its ack or retry.
+        # Admitted messages finish (the drain deadline bounds this); then every queue message gets its ack or retry.
         await self._lanes.__aexit__(None, None, None)
         await self._settling.wait()
-        await self._admissions.wait()  # the marks passed once the deliveries before them are settled
+        await self._admissions.wait()  # the marks passed once the queue messages before them are settled
 
-    async def on_receive(self, delivery: Delivery) -> None:
-        if type(delivery) is Settled:
+    async def on_receive(self, queue_message: QueueMessage) -> None:
+        if type(queue_message) is Settled:
             if self._admitted is None or self._admitted.done():
                 before = asyncio.gather(*self._settling, return_exceptions=True)
-                before.add_done_callback(delivery._pass)
-            else:  # behind the deliveries still being admitted: the mark is a link of the chain too
-                self._spawn(self._pass_after_admitted(delivery, *self._link()))
+                before.add_done_callback(queue_message._pass)
+            else:  # behind the queue messages still being admitted: the mark is a link of the chain too
+                self._spawn(self._pass_after_admitted(queue_message, *self._link()))
             return
         try:
-            queued = decode_queued(delivery.body)
+            queued = decode_queued(queue_message.body)
             results = transform(queued.body)
         except Exception as exc:
             # The ingress verified and decoded this body: a queue message we cannot read will never become readable.
@@ -172,11 +173,11 @@ class TenantActor(Actor):
             DEAD_LETTERS.inc()
             self.log.error(
                 "unreadable queue message %s dead-lettered: %s: %s",
-                delivery.message_id,
+                queue_message.message_id,
                 type(exc).__name__,
                 str(exc)[:200],
             )
-            await delivery.dead_letter(f"unreadable: {type(exc).__name__}: {exc}"[:300])
+            await queue_message.dead_letter(f"unreadable: {type(exc).__name__}: {exc}"[:300])
             return
         tenant: TenantConfig | BackendUnavailable | None
         try:
@@ -188,20 +189,21 @@ class TenantActor(Actor):
             )
         except BackendUnavailable as exc:
             # A drain while the store is down. Each message fails in its customer's lane (`_relay_job`), behind the
-            # customer's earlier ones, and the delivery goes back like any unfinished one: raised from here, it would
-            # crash this actor; handed back from here, it would go back ahead of older messages still in the lanes.
+            # customer's earlier ones, and the queue message goes back like any unfinished one: raised from here, it
+            # would crash this actor; handed back from here, it would go back ahead of older messages still in the
+            # lanes.
             tenant = exc
         if tenant is None:
-            await self._unrouted(delivery, results)
+            await self._unrouted(queue_message, results)
             return
         if self._admitted is None or self._admitted.done():  # nothing before it still being admitted
             known: list[Any] | None = results
             if self._identity is not None and not isinstance(tenant, BackendUnavailable):
                 known = self._identity.known(self.tenant_id, results)  # the usual message: known here, no await
             if known is not None:
-                await self._admit(delivery, queued, known, tenant)
+                await self._admit(queue_message, queued, known, tenant)
                 return
-        # Behind deliveries still being admitted, or naming a customer the store must name: `_resolve_and_admit`
+        # Behind queue messages still being admitted, or naming a customer the store must name: `_resolve_and_admit`
         # looks its customers up (again: what it waits for may teach this process the answer) once its turn comes.
         await self._admitting.acquire()  # bounded: past it the actor takes no more (backpressure, as the lanes)
         ids = customer_ids(results)
@@ -209,7 +211,9 @@ class TenantActor(Actor):
         resolved = asyncio.get_running_loop().create_future()
         for i in ids:
             self._resolving[i] = resolved
-        self._spawn(self._resolve_and_admit(delivery, queued, results, tenant, related, ids, resolved, *self._link()))
+        self._spawn(
+            self._resolve_and_admit(queue_message, queued, results, tenant, related, ids, resolved, *self._link())
+        )
 
     def _link(self) -> tuple[asyncio.Future[None] | None, asyncio.Future[None]]:
         """(the last link of the admission chain, a new last link)."""
@@ -234,7 +238,7 @@ class TenantActor(Actor):
 
     async def _resolve_and_admit(
         self,
-        delivery: Delivery,
+        queue_message: QueueMessage,
         queued: Any,
         results: list[Any],
         tenant: TenantConfig | BackendUnavailable,
@@ -245,7 +249,7 @@ class TenantActor(Actor):
         this: asyncio.Future[None],
     ) -> None:
         """Name each message's customer — after the resolutions under way that name one of its ids, locally if
-        they taught this process enough, else by the store, through the hold — then, once the delivery received
+        they taught this process enough, else by the store, through the hold — then, once the queue message received
         before this one is admitted, admit this one."""
         try:
             try:
@@ -265,7 +269,7 @@ class TenantActor(Actor):
                 known, tenant = results, exc  # a drain, as for the tenant lookup: each message fails in its lane
             except Exception:
                 self.log.exception(
-                    "naming the customers of %s failed: they go under the ids they came with", delivery.message_id
+                    "naming the customers of %s failed: they go under the ids they came with", queue_message.message_id
                 )
                 known = results
             finally:
@@ -276,26 +280,26 @@ class TenantActor(Actor):
             if before is not None:
                 await before
             try:
-                await self._admit(delivery, queued, known, tenant)
+                await self._admit(queue_message, queued, known, tenant)
             except Exception:
-                self.log.exception("admitting %s failed: handed back", delivery.message_id)
-                await delivery.retry()
+                self.log.exception("admitting %s failed: handed back", queue_message.message_id)
+                await queue_message.retry()
         finally:
             this.set_result(None)
             self._admitting.release()
 
     async def _admit(
-        self, delivery: Delivery, queued: Any, results: list[Any], tenant: TenantConfig | BackendUnavailable
+        self, queue_message: QueueMessage, queued: Any, results: list[Any], tenant: TenantConfig | BackendUnavailable
     ) -> None:
-        """Each message of the delivery into its customer's lane, in payload order; its settlement once all are
+        """Each message of the queue message into its customer's lane, in payload order; its settlement once all are
         tracked."""
         pending: list[tuple[asyncio.Future[Any], Inbound | None]] = []  # and the message each one relays
-        origin = Origin(webhook_of(delivery.message_id), delivery.shard, queued.archive_key or None)
+        origin = Origin(webhook_of(queue_message.message_id), queue_message.shard, queued.archive_key or None)
         for result in results:
             match result:
                 case Inbound(route=route):
                     _inbound.inc()
-                    job = (tenant, result, queued.received_at, delivery.message_id, delivery.attempt, origin)
+                    job = (tenant, result, queued.received_at, queue_message.message_id, queue_message.attempt, origin)
                     future = await self._lanes.submit(route.sender_id, job)
                     pending.append((future, result))
                 case Skipped(wamid=str() as wamid, reason=reason, detail=detail):
@@ -314,10 +318,17 @@ class TenantActor(Actor):
                 case StatusUpdate():
                     _statuses.inc()
                     if self._statuses is not None:  # the agents' messages: a receipt to Genesys (statuses.py)
-                        job = (tenant, result, queued.received_at, delivery.message_id, delivery.attempt, origin)
+                        job = (
+                            tenant,
+                            result,
+                            queued.received_at,
+                            queue_message.message_id,
+                            queue_message.attempt,
+                            origin,
+                        )
                         future = await self._lanes.submit(self._statuses.lane_of(result), job)
                         pending.append((future, None))
-        self._settling.start(self._settle(delivery, pending, origin, queued.received_at))
+        self._settling.start(self._settle(queue_message, pending, origin, queued.received_at))
 
     async def _traced_job(self, sender_id: str, job: Job) -> str:
         """`_relay_job` in the message's trail: every line logged about it meanwhile names it, and its unusual
@@ -392,7 +403,7 @@ class TenantActor(Actor):
 
     async def _settle(
         self,
-        delivery: Delivery,
+        queue_message: QueueMessage,
         pending: list[tuple[asyncio.Future[Any], Inbound | None]],
         origin: Origin,
         received_at: float,
@@ -400,54 +411,54 @@ class TenantActor(Actor):
         outcomes = await asyncio.gather(*(future for future, _ in pending), return_exceptions=True)
         unfinished = [(o, inbound) for o, (_, inbound) in zip(outcomes, pending) if isinstance(o, BaseException)]
         if not unfinished:
-            await delivery.ack()
+            await queue_message.ack()
             return
         first = unfinished[0][0]
         # The lines below name the webhook and its unfinished messages, so grep on either finds them.
         context = {"webhook_id": origin.webhook_id, "wamids": [i.route.wamid for _, i in unfinished if i]}
-        if delivery.attempt < self._delivery_limit:
+        if queue_message.attempt < self._delivery_limit:
             _handed_back.inc()
             self._events(
                 unfinished,
                 origin,
                 MessageEventKind.HANDED_BACK,
-                f"attempt {delivery.attempt} of {self._delivery_limit}",
+                f"attempt {queue_message.attempt} of {self._delivery_limit}",
             )
             self.log.warning(
                 "delivery %s handed back (attempt %d): %d of %d messages unfinished, first: %s: %s",
-                delivery.message_id,
-                delivery.attempt,
+                queue_message.message_id,
+                queue_message.attempt,
                 len(unfinished),
                 len(outcomes),
                 type(first).__name__,
                 first,
                 extra=context,
             )
-            if self._take_back is None or not self._take_back(delivery):
-                await delivery.retry()
+            if self._take_back is None or not self._take_back(queue_message):
+                await queue_message.retry()
             return
-        reason = f"attempt {delivery.attempt} of {self._delivery_limit}: {type(first).__name__}: {first}"[:300]
+        reason = f"attempt {queue_message.attempt} of {self._delivery_limit}: {type(first).__name__}: {first}"[:300]
         for sender_id, blocked in list(self._blocked.items()):
             for key, attempt in list(blocked.order.items()):
-                if (key[0], attempt) == (delivery.message_id, delivery.attempt):
+                if (key[0], attempt) == (queue_message.message_id, queue_message.attempt):
                     del blocked.order[key]  # it will not come back: the messages behind it go on
             if not blocked.order:
                 del self._blocked[sender_id]
         marked = await self._mark_dead_lettered(
-            [inbound for _, inbound in unfinished if inbound], delivery, reason, origin, received_at
+            [inbound for _, inbound in unfinished if inbound], queue_message, reason, origin, received_at
         )
         self._events(unfinished, origin, MessageEventKind.DEAD_LETTERED, reason)
         DEAD_LETTERS.inc()
         self.log.error(
             "delivery %s dead-lettered: %d of %d messages unfinished (%d tracked dead-lettered), %s",
-            delivery.message_id,
+            queue_message.message_id,
             len(unfinished),
             len(outcomes),
             marked,
             reason,
             extra=context,
         )
-        await delivery.dead_letter(reason)
+        await queue_message.dead_letter(reason)
 
     def _events(
         self, unfinished: list[tuple[BaseException, Inbound | None]], origin: Origin, event: str, detail: str
@@ -470,7 +481,7 @@ class TenantActor(Actor):
     async def _mark_dead_lettered(
         self,
         inbounds: list[Inbound],
-        delivery: Delivery,
+        queue_message: QueueMessage,
         reason: str,
         origin: Origin | None = None,
         received_at: float | None = None,
@@ -485,7 +496,7 @@ class TenantActor(Actor):
                 tenant_id=self.tenant_id,
                 status=TrackingStatus.DEAD_LETTERED,
                 type=inbound.route.type,
-                attempts=delivery.attempt,
+                attempts=queue_message.attempt,
                 error=reason,
                 payload=pack_result(inbound),
                 created_at=now + i * 1e-6,
@@ -527,10 +538,10 @@ class TenantActor(Actor):
             TrackingRecord(wamid=wamid, tenant_id=self.tenant_id, status=status, error=error, **where)
         )
 
-    async def _unrouted(self, delivery: Delivery, results: list[Any]) -> None:
+    async def _unrouted(self, queue_message: QueueMessage, results: list[Any]) -> None:
         """The tenant was removed after the ingress accepted the webhook: nothing to deliver to."""
         self.log.warning("tenant %s no longer exists: %d items unrouted", self.tenant_id, len(results))
         for result in results:
             if isinstance(result, Inbound):
                 await self._track(result.route.wamid, TrackingStatus.UNROUTED, error="tenant removed")
-        await delivery.ack()
+        await queue_message.ack()

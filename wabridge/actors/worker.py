@@ -2,17 +2,17 @@
 
     queue shard ─(shard order)─▶ its router mailbox ─▶ registry of supervised TenantActors ─▶ lanes ─▶ relay
 
-The queue calls `_accept` for each delivery in shard order; `_accept` only puts it into its shard's bounded router
-mailbox (no await in between, so the order survives), and one router task per shard hands deliveries to their
+The queue calls `_accept` for each queue message in shard order; `_accept` only puts it into its shard's bounded router
+mailbox (no await in between, so the order survives), and one router task per shard hands queue messages to their
 tenant's actor. A full tenant mailbox makes that shard's router wait, which stops taking from that shard:
 backpressure all the way to the broker, whose prefetch window (per shard) bounds what this process holds.
 
 One router per shard, not one for the worker, and within a shard a tenant held back (its Genesys rate budget spent
-during a burst, its mailbox full) is parked (parking.py): its deliveries go to the store in order and come back to
+during a burst, its mailbox full) is parked (parking.py): its queue messages go to the store in order and come back to
 it at its pace, and the shard's other tenants move on.
 
 Drain (SIGTERM): stop routing and parking; every tenant actor finishes what its lanes admitted and settles its
-deliveries; then the consumer stops, and whatever was never routed goes back to the queue unacked (what was parked
+queue messages; then the consumer stops, and whatever was never routed goes back to the queue unacked (what was parked
 stays parked, for whoever consumes the shard next).
 """
 
@@ -48,7 +48,7 @@ from wabridge.engine.registry import Registry
 from wabridge.engine.status_server import serve_status
 from wabridge.engine.supervisor import Supervisor
 from wabridge.engine.tasks import Tasks, first_of
-from wabridge.ports import Delivery, GenesysApi, GenesysFiles, MetaGraphApi, MetaMediaApi
+from wabridge.ports import GenesysApi, GenesysFiles, MetaGraphApi, MetaMediaApi, QueueMessage
 
 if TYPE_CHECKING:
     from wabridge.adapters.backends import Backends  # the assembly's (cli/assembly.py): the ports it opened
@@ -142,10 +142,12 @@ class Worker:
         self.identity = CustomerIdentity(backends.cache, backends.store)
         # One router mailbox per shard this worker consumes (module docstring): the consumer delivers from those only.
         shard_numbers = shards if shards is not None else range(backends.queue.shards)
-        self._routers: dict[int, Mailbox[Delivery]] = {shard: Mailbox(self.prefetch) for shard in shard_numbers}
-        self._agent_routers: dict[int, Mailbox[Delivery]] = {shard: Mailbox(self.prefetch) for shard in shard_numbers}
+        self._routers: dict[int, Mailbox[QueueMessage]] = {shard: Mailbox(self.prefetch) for shard in shard_numbers}
+        self._agent_routers: dict[int, Mailbox[QueueMessage]] = {
+            shard: Mailbox(self.prefetch) for shard in shard_numbers
+        }
         self._router_died: asyncio.Future[None] | None = None
-        self._handing_back = Tasks("worker hand-backs")  # deliveries whose actor crashed on them (`_on_failed`)
+        self._handing_back = Tasks("worker hand-backs")  # queue messages whose actor crashed on them (`_on_failed`)
         self._parking: dict[int, ShardParking] = {}
         self._settings = settings
         _export_statistics(self)
@@ -177,42 +179,44 @@ class Worker:
             outage_hold=self._settings.outage_hold,
         )
 
-    def _take_back(self, delivery: Delivery) -> bool:
-        """A delivery its actor hands back: kept in front of its tenant's parked rows if it is parked (parking.py)."""
-        parking = self._parking.get(delivery.shard)
-        return parking is not None and parking.take_back(delivery)
+    def _take_back(self, queue_message: QueueMessage) -> bool:
+        """A queue message its actor hands back: kept in front of its tenant's parked rows if it is parked
+        (parking.py)."""
+        parking = self._parking.get(queue_message.shard)
+        return parking is not None and parking.take_back(queue_message)
 
-    async def _accept(self, delivery: Delivery) -> None:
+    async def _accept(self, queue_message: QueueMessage) -> None:
         try:
-            await self._routers[delivery.shard].send(delivery)
+            await self._routers[queue_message.shard].send(queue_message)
         except MailboxClosed:
             pass  # draining: left unsettled, it returns to the queue when the consumer stops
 
-    async def _accept_outbound(self, delivery: Delivery) -> None:
+    async def _accept_outbound(self, queue_message: QueueMessage) -> None:
         try:
-            await self._agent_routers[delivery.shard].send(delivery)
+            await self._agent_routers[queue_message.shard].send(queue_message)
         except MailboxClosed:
             pass  # draining: left unsettled, it returns to the queue when the consumer stops
 
-    def _on_failed(self, delivery: Any, exc: BaseException) -> None:
-        """A tenant actor crashed twice on this delivery (a bug the data triggers): it goes back to the queue, and on
-        its last attempt to the dead-letter queue with the crash as the reason, instead of looping forever. The crash
-        is charged to this delivery and to its tenant's actor only (the supervisor is per child): never the process."""
-        if not hasattr(delivery, "dead_letter"):
-            return  # a mark (tenant.Settled), not a delivery
-        if delivery.attempt >= self._settings.delivery_limit:
+    def _on_failed(self, queue_message: Any, exc: BaseException) -> None:
+        """A tenant actor crashed twice on this queue message (a bug the data triggers): it goes back to the queue, and
+        on its last attempt to the dead-letter queue with the crash as the reason, instead of looping forever. The crash
+        is charged to this queue message and to its tenant's actor only (the supervisor is per child): never the
+        process."""
+        if not hasattr(queue_message, "dead_letter"):
+            return  # a mark (tenant.Settled), not a queue message
+        if queue_message.attempt >= self._settings.delivery_limit:
             reason = f"crashed its tenant actor: {type(exc).__name__}: {exc}"[:300]
             DEAD_LETTERS.inc()
-            log.error("delivery %s dead-lettered: %s", delivery.message_id, reason)
-            settle = delivery.dead_letter(reason)
+            log.error("delivery %s dead-lettered: %s", queue_message.message_id, reason)
+            settle = queue_message.dead_letter(reason)
         else:
-            log.error("tenant actor failed on %r: %s: %s; handing it back", delivery, type(exc).__name__, exc)
-            settle = delivery.retry()
+            log.error("tenant actor failed on %r: %s: %s; handing it back", queue_message, type(exc).__name__, exc)
+            settle = queue_message.retry()
         self._handing_back.start(settle)
 
     async def _end_hand_backs(self, exc_type: Any, exc: Any, tb: Any) -> None:
         """A drain waits for the hand-backs to be written; a failure or the drain's deadline cancels them (unsettled,
-        their deliveries return to the queue when the consumer stops)."""
+        their queue messages return to the queue when the consumer stops)."""
         if exc_type is None:
             await self._handing_back.wait()
         else:
@@ -301,70 +305,71 @@ class Worker:
                 await routing.close()
                 await asyncio.gather(*(shard_parking.close() for shard_parking in parking.values()))
             # Leaving the stack: the registry stops every tenant actor (each finishes its lanes and settles its
-            # deliveries), then the supervisor, the consumer (unsettled deliveries go back), the writers and clients.
+            # queue messages), then the supervisor, the consumer (unsettled queue messages go back), the writers and
+            # clients.
 
-    def _start_router(self, routing: Tasks, shard: int, mailbox: Mailbox[Delivery], parking: ShardParking) -> None:
+    def _start_router(self, routing: Tasks, shard: int, mailbox: Mailbox[QueueMessage], parking: ShardParking) -> None:
         task = routing.start(self._route(mailbox, parking), name=f"worker-router-{shard}")
         task.add_done_callback(self._router_done)
 
     def _start_agent_router(
-        self, routing: Tasks, shard: int, mailbox: Mailbox[Delivery], agents: Registry[str]
+        self, routing: Tasks, shard: int, mailbox: Mailbox[QueueMessage], agents: Registry[str]
     ) -> None:
         task = routing.start(self._route_agents(mailbox, agents), name=f"worker-agent-router-{shard}")
         task.add_done_callback(self._router_done)
 
-    async def _route_agents(self, router: Mailbox[Delivery], agents: Registry[str]) -> None:
+    async def _route_agents(self, router: Mailbox[QueueMessage], agents: Registry[str]) -> None:
         """The outbound queue's shard to its tenants' agent actors, in shard order. No parking: agents write at a
         human pace, and a tenant whose mailbox is full holds up its shard's router (backpressure to the broker)."""
         while True:
-            delivery = await router.receive()
-            await self._hand_over(delivery, agents, None)
+            queue_message = await router.receive()
+            await self._hand_over(queue_message, agents, None)
 
     def _router_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or self._router_died is None or self._router_died.done():
             return
         self._router_died.set_exception(task.exception() or RuntimeError(f"{task.get_name()} ended"))
 
-    async def _route(self, router: Mailbox[Delivery], parking: ShardParking) -> None:
+    async def _route(self, router: Mailbox[QueueMessage], parking: ShardParking) -> None:
         tenants = parking.tenants
         while True:
-            delivery = await router.receive()
+            queue_message = await router.receive()
             if not parking.loaded:
-                await parking.load()  # the first delivery: this worker is the shard's active consumer now
-            if is_poke(delivery):
+                await parking.load()  # the first queue message: this worker is the shard's active consumer now
+            if is_poke(queue_message):
                 await parking.load(again=True)
-                await delivery.ack()
+                await queue_message.ack()
                 continue
-            returned = parking.returned(delivery)
-            if parking.holds(delivery.tenant_id):
+            returned = parking.returned(queue_message)
+            if parking.holds(queue_message.tenant_id):
                 # Behind what is parked already; unless its actor handed it back to the queue just before the tenant
                 # was parked (so it is older than every parked row): then in front of them.
-                if not returned or not parking.take_back(delivery, redelivered=True):
-                    parking.park(delivery)
+                if not returned or not parking.take_back(queue_message, redelivered=True):
+                    parking.park(queue_message)
                 continue
-            fence = parking.fence_awaited(delivery.tenant_id)
+            fence = parking.fence_awaited(queue_message.tenant_id)
             if fence is None:
-                await self._hand_over(delivery, tenants, parking)
-            elif delivery.message_id == fence:
-                parking.fence_came(delivery)  # the older ones are in; the parked rows come next
+                await self._hand_over(queue_message, tenants, parking)
+            elif queue_message.message_id == fence:
+                parking.fence_came(queue_message)  # the older ones are in; the parked rows come next
             else:
-                await self._hand_over(delivery, tenants, None)  # older than the parked rows: to the actor first
+                await self._hand_over(queue_message, tenants, None)  # older than the parked rows: to the actor first
 
     @staticmethod
-    async def _hand_over(delivery: Delivery, tenants: Registry[str], parking: ShardParking | None) -> None:
+    async def _hand_over(queue_message: QueueMessage, tenants: Registry[str], parking: ShardParking | None) -> None:
         """To its tenant's actor, or parked if that tenant is held back (unless `parking` is None)."""
         while True:
-            ref = await tenants.get(delivery.tenant_id)
+            ref = await tenants.get(queue_message.tenant_id)
             try:
                 if parking is None or len(ref.mailbox) < ref.mailbox.capacity:
-                    await ref.tell(delivery)
+                    await ref.tell(queue_message)
                     return
                 # Full: a busy tenant takes one soon; one that takes nothing for PARK_AFTER is held back (parking.py).
                 try:
                     async with asyncio.timeout(PARK_AFTER):
-                        await ref.tell(delivery)
+                        await ref.tell(queue_message)
                 except TimeoutError:
-                    parking.park(delivery)
+                    parking.park(queue_message)
                 return
             except MailboxClosed:
                 continue  # the actor was stopped under us (the registry making room): its next one takes it

@@ -46,8 +46,8 @@ async def saas_adapters(backends: Backends, *, far_end_hold: float | None = None
     from wabridge.engine.far_end import FarEnd
     from wabridge.engine.metrics import REGISTRY
     from wabridge.genesys.auth import TokenProvider
-    from wabridge.genesys.delivery import GenesysDelivery
     from wabridge.genesys.files import AgentFiles
+    from wabridge.genesys.open_messaging import OpenMessagingClient
     from wabridge.genesys.ratelimit import RateBudget
     from wabridge.meta.graph import MetaGraph
     from wabridge.meta.media import MetaMedia
@@ -58,7 +58,7 @@ async def saas_adapters(backends: Backends, *, far_end_hold: float | None = None
     private = settings.allow_private_media_urls
     tokens = TokenProvider(backends.cache, box=settings.secret_box())
     budget = RateBudget(backends.cache)
-    delivery = GenesysDelivery(
+    open_messaging = OpenMessagingClient(
         tokens,
         budget,
         far_end=FarEnd("genesys", hold_for=hold, retry_max=settings.far_end_retry_max),
@@ -72,20 +72,20 @@ async def saas_adapters(backends: Backends, *, far_end_hold: float | None = None
     files = AgentFiles(tokens, allow_private_urls=private)
     media = MetaMedia(settings.graph_api_url, allow_private_urls=private)
     # Typed as the ports: mypy checks here that each adapter satisfies the port the roles are written against.
-    genesys: GenesysApi = delivery
+    genesys: GenesysApi = open_messaging
     genesys_files: GenesysFiles = files
     meta: MetaGraphApi = graph
     meta_media: MetaMediaApi = media
 
     def stop_holding() -> None:
-        delivery.far_end.stop_holding()
+        open_messaging.far_end.stop_holding()
         graph.far_end.stop_holding()
 
     # What the adapters count, read at scrape time (deploy/grafana's dashboard).
     retries = REGISTRY.counter("wabridge_genesys_retries_total", "Genesys requests tried again, by reason.", ["reason"])
-    retries.labels("backoff").set_function(lambda: delivery.statistics().retries)
-    retries.labels("rate_limited").set_function(lambda: delivery.statistics().rate_limited)
-    retries.labels("relogin").set_function(lambda: delivery.statistics().relogins)
+    retries.labels("backoff").set_function(lambda: open_messaging.statistics().retries)
+    retries.labels("rate_limited").set_function(lambda: open_messaging.statistics().rate_limited)
+    retries.labels("relogin").set_function(lambda: open_messaging.statistics().relogins)
     used = REGISTRY.counter(
         "wabridge_oauth_tokens_total", "Genesys OAuth tokens used, by where they came from.", ["source"]
     )
@@ -96,7 +96,7 @@ async def saas_adapters(backends: Backends, *, far_end_hold: float | None = None
     waits.labels().set_function(lambda: budget.statistics().waits)
 
     async with contextlib.AsyncExitStack() as stack:
-        for close in (graph.aclose, files.aclose, tokens.aclose, delivery.aclose, media.aclose):
+        for close in (graph.aclose, files.aclose, tokens.aclose, open_messaging.aclose, media.aclose):
             stack.push_async_callback(close)
         yield SaaS(genesys, genesys_files, meta, meta_media, stop_holding)
 

@@ -45,7 +45,7 @@ FIRST_PAUSE = 1.0  # s before the first probe; doubling up to retry_max, with eq
 
 class FarEndDown(Exception):
     """Raised by a step when the far end, not the message, is at fault; wraps what the step would have raised past
-    the hold (`final`, e.g. a DeliveryFailed to track)."""
+    the hold (`final`, e.g. a PostFailed to track)."""
 
     def __init__(self, final: Exception) -> None:
         super().__init__(str(final))

@@ -3,7 +3,7 @@
 The tenant actor opens a `Trail` around each message it relays (and `wabridge replay` around each it sends again).
 While it is open, in that task:
   - every log line, by any logger, carries the message's tenant_id, wamid and webhook_id (engine/logs.py), so that
-    grep on any of them finds the lines about it, also those of code that never sees the message (the delivery
+    grep on any of them finds the lines about it, also those of code that never sees the message (the Open Messaging
     client's retries, the far end's hold);
   - `note(event, detail)` records an unusual step (a retry, a hold) from wherever it happens, without an await;
     the trail hands them to the tracking writer as `MessageEvent`s when it closes, and the writer writes them in
@@ -27,7 +27,7 @@ class EventSink(Protocol):
 
 
 class Origin(msgspec.Struct, frozen=True, gc=False):
-    """Where the messages of one queue delivery came from: one per delivery, shared by its messages."""
+    """Where the messages of one queue message came from: one per queue message, shared by its messages."""
 
     webhook_id: str
     shard: int | None = None

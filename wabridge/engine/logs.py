@@ -19,8 +19,8 @@ _encoder = msgspec.json.Encoder(enc_hook=str)
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 # The message the running task works on (engine/history.py sets it): its fields go on every line logged meanwhile,
-# by any logger (the delivery client's retries, the media fetcher's), so that grep on a wamid or a webhook id finds
-# them. Anything with `fields() -> dict`; a line's own `extra` wins over it.
+# by any logger (the Open Messaging client's retries, the media fetcher's), so that grep on a wamid or a webhook id
+# finds them. Anything with `fields() -> dict`; a line's own `extra` wins over it.
 MESSAGE_CONTEXT: ContextVar[Any] = ContextVar("wabridge_message_context", default=None)
 
 

@@ -70,7 +70,7 @@ class Settings:
     log_level: str = "INFO"
     tenant_concurrency: int = 32  # customers of one tenant handled in parallel
     mailbox_size: int = 1024
-    # Unacked deliveries a worker holds per shard: bounds its memory (~1 KB each) and what a crash hands back; one
+    # Unacked queue messages a worker holds per shard: bounds its memory (~1 KB each) and what a crash hands back; one
     # tenant's lanes take up to half of it before that tenant waits (and, held back, is parked: actors/parking.py).
     worker_prefetch: int = 4096
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from urllib.parse import urljoin, urlsplit
 
 from wabridge.genesys.auth import LoginFailed, TokenProvider
-from wabridge.http.client import AddressRefused, BodyTooLarge, Http1Pools, HttpError, Reply
+from wabridge.http.client import AddressRefused, Http1Pools, HttpError, Reply, ReplyTooLarge
 from wabridge.ports import FetchedFile, FetchFailed, FileTooLarge, TenantConfig
 
 RETRYABLE = frozenset({408, 425, 429})  # and every 5xx
@@ -62,7 +62,7 @@ class AgentFiles:
             if genesys_host(url, tenant):
                 token = await self._tokens.token(tenant)
             reply = await self._get(url, token, max_bytes)
-        except BodyTooLarge:
+        except ReplyTooLarge:
             raise FileTooLarge(f"more than {max_bytes} bytes") from None
         except LoginFailed as exc:
             raise FetchFailed(str(exc), final=exc.permanent) from None

@@ -18,7 +18,7 @@ and window). A counter round trip per message was about a quarter of the worker'
 
 Cache down (BackendUnavailable): the count falls back to a per-process counter for the same keys. Each process then
 spends the whole budget on its own, so N processes may send up to N× the budget until the cache is back; the 429
-path of the delivery client (Retry-After honoured) is what catches that overshoot.
+path of the Open Messaging client (Retry-After honoured) is what catches that overshoot.
 """
 
 from __future__ import annotations

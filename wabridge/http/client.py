@@ -25,8 +25,8 @@ Hardening, for a client that also fetches URLs it did not choose (media):
   - `public_only` pools connect only to public addresses (`refused_address`), checked on what the host name
     resolved to, and connect to exactly the addresses checked, so a second DNS answer cannot slip in between.
 
-Used for every request the worker makes per message: the Genesys POST (delivery.py), the OAuth login (auth.py), the
-media lookup and download from Meta (meta/media.py, which follows redirects itself) and the media put to S3
+Used for every request the worker makes per message: the Genesys POST (open_messaging.py), the OAuth login (auth.py),
+the media lookup and download from Meta (meta/media.py, which follows redirects itself) and the media put to S3
 (adapters/objects/s3.py, signed by miniopy's SigV4 signer).
 
 Errors: `HttpError` when no complete answer came (refused, reset, closed early, malformed, over a limit;
@@ -62,7 +62,7 @@ class HttpError(Exception):
     """The request got no complete answer (connection refused, reset or closed early, or a malformed response)."""
 
 
-class BodyTooLarge(HttpError):
+class ReplyTooLarge(HttpError):
     """The answer's body passed the request's `max_body`: reading stopped there and the connection was closed."""
 
 
@@ -118,7 +118,7 @@ class Reply:
         return self.headers.get(name)
 
 
-class _Connection(asyncio.Protocol):
+class _PoolConnection(asyncio.Protocol):
     """One keep-alive connection: one request at a time; httptools calls the on_* methods while parsing."""
 
     def __init__(self) -> None:
@@ -190,7 +190,7 @@ class _Connection(asyncio.Protocol):
         self._size += len(body)
         if self._size > self._max_body:
             # httptools wraps what a callback raises in HttpParserCallbackError; data_received unwraps this one.
-            raise BodyTooLarge(f"response body over {self._max_body} bytes")
+            raise ReplyTooLarge(f"response body over {self._max_body} bytes")
         self._body.append(body)
 
     def on_message_complete(self) -> None:
@@ -268,8 +268,8 @@ class Http1Pool:
         self._idle_timeout = idle_timeout
         self._max_body = max_body
         self._slots = asyncio.Semaphore(limit)
-        self._idle: list[_Connection] = []
-        self._open: set[_Connection] = set()
+        self._idle: list[_PoolConnection] = []
+        self._open: set[_PoolConnection] = set()
         self._closed = False
 
     def __repr__(self) -> str:
@@ -278,7 +278,7 @@ class Http1Pool:
     async def request(
         self, method: str, target: str, headers: dict[str, str], body: bytes = b"", *, max_body: int | None = None
     ) -> Reply:
-        """Send one request (`target`: path and query) and return the whole answer; `BodyTooLarge` past `max_body`
+        """Send one request (`target`: path and query) and return the whole answer; `ReplyTooLarge` past `max_body`
         bytes of body (the pool's when not given)."""
         if self._closed:
             raise HttpError("pool closed")
@@ -316,7 +316,7 @@ class Http1Pool:
                     # twice in the rare case the server did act on it and then closed without a byte of answer.
             return await self._exchange(await self._connect(), request, limit, no_body)
 
-    async def _exchange(self, connection: _Connection, request: bytes, max_body: int, no_body: bool) -> Reply:
+    async def _exchange(self, connection: _PoolConnection, request: bytes, max_body: int, no_body: bool) -> Reply:
         try:
             reply = await connection.exchange(request, max_body, no_body)
         except BaseException:
@@ -338,7 +338,7 @@ class Http1Pool:
         self._open.clear()
         self._idle.clear()
 
-    def _take_idle(self) -> _Connection | None:
+    def _take_idle(self) -> _PoolConnection | None:
         now = time.monotonic()
         while self._idle:
             connection = self._idle.pop()  # the most recently used: the least likely to have been closed by the server
@@ -348,7 +348,7 @@ class Http1Pool:
             connection.close()
         return None
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self) -> _PoolConnection:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._connect_timeout):
@@ -356,7 +356,7 @@ class Http1Pool:
                     connection = await self._connect_public(loop)
                 else:
                     _, connection = await loop.create_connection(
-                        _Connection,
+                        _PoolConnection,
                         self._host,
                         self._port,
                         ssl=self._ssl,
@@ -367,7 +367,7 @@ class Http1Pool:
         self._open.add(connection)
         return connection
 
-    async def _connect_public(self, loop: asyncio.AbstractEventLoop) -> _Connection:
+    async def _connect_public(self, loop: asyncio.AbstractEventLoop) -> _PoolConnection:
         """Resolve the host, refuse it if any address is not public (a name answering both kinds is not trusted),
         then connect to those very addresses in turn: TLS still checks the certificate against the host name."""
         found = await loop.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM)
@@ -380,7 +380,11 @@ class Http1Pool:
         for address in addresses:
             try:
                 _, connection = await loop.create_connection(
-                    _Connection, address, self._port, ssl=self._ssl, server_hostname=self._host if self._ssl else None
+                    _PoolConnection,
+                    address,
+                    self._port,
+                    ssl=self._ssl,
+                    server_hostname=self._host if self._ssl else None,
                 )
                 return connection
             except OSError as exc:

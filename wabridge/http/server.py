@@ -28,7 +28,7 @@ def text(status: int, body: str | bytes = b"") -> Response:
     return Response(status, TEXT, body.encode() if isinstance(body, str) else body)
 
 
-class BodyTooLarge(Exception):
+class RequestTooLarge(Exception):
     pass
 
 
@@ -47,7 +47,7 @@ async def read_body(proto: Any, headers: Mapping[str, str], limit: int) -> bytes
         if not (declared.isascii() and declared.isdigit()) or len(declared) > 19:  # int() refuses "²", and 5k digits
             raise BadContentLength(declared[:32])
         if int(declared) > limit:
-            raise BodyTooLarge()
+            raise RequestTooLarge()
         try:
             return await proto()  # the server frames the body by Content-Length: it cannot run past it
         except ProtocolClosed:
@@ -58,7 +58,7 @@ async def read_body(proto: Any, headers: Mapping[str, str], limit: int) -> bytes
     async for chunk in proto:
         size += len(chunk)
         if size > limit:
-            raise BodyTooLarge()
+            raise RequestTooLarge()
         chunks.append(chunk)
     return b"".join(chunks)
 

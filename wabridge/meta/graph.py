@@ -28,10 +28,10 @@ spent → wait for the next window. 0 = no budget. Cache down: counted in proces
 budget; Meta's 130429 and the throttle path catch the overshoot). Read marks and uploads are not budgeted: Meta counts
 messages.
 
-HTTP client: http/client.py, as delivery.py and media.py use: a send is one per agent message, the same hot path as
-the Genesys POST (docs/decisions.md). One keep-alive pool per tenant (delivery.py's choice), so one tenant's burst
-never takes every connection to Meta; uploads have their own pools with a longer timeout (up to 100 MB go up in one
-request).
+HTTP client: http/client.py, as open_messaging.py and media.py use: a send is one per agent message, the same hot path
+as the Genesys POST (docs/decisions.md). One keep-alive pool per tenant (open_messaging.py's choice), so one tenant's
+burst never takes every connection to Meta; uploads have their own pools with a longer timeout (up to 100 MB go up in
+one request).
 """
 
 from __future__ import annotations

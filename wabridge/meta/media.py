@@ -18,7 +18,7 @@ from urllib.parse import urljoin, urlsplit
 import msgspec
 
 from wabridge.codecs.results import sha256_digest
-from wabridge.http.client import AddressRefused, BodyTooLarge, Http1Pools, HttpError, Reply
+from wabridge.http.client import AddressRefused, Http1Pools, HttpError, Reply, ReplyTooLarge
 from wabridge.ports import FetchedFile, FetchFailed, TenantConfig
 
 # Step-1 answers that no retry can change, and the outcome reason each becomes.
@@ -85,7 +85,7 @@ class MetaMedia:
             raise _final("too_large", f"file_size {file_size}", file_size)
         try:
             response = await self._get(url, auth, max_bytes, self._downloads)
-        except BodyTooLarge:  # Meta's file_size was wrong or absent: reading stopped at the limit
+        except ReplyTooLarge:  # Meta's file_size was wrong or absent: reading stopped at the limit
             raise _final("too_large", f"more than {max_bytes} bytes", max_bytes + 1) from None
         status = response.status
         if status != 200:

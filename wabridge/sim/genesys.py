@@ -257,7 +257,7 @@ class Received:
         }
 
 
-_Response = tuple[int, bytes, tuple[tuple[str, str], ...]]
+_GenesysAnswer = tuple[int, bytes, tuple[tuple[str, str], ...]]
 
 
 class GenesysSim:
@@ -425,7 +425,7 @@ class GenesysSim:
         await _write(writer, response, keep_alive)
         return keep_alive
 
-    async def _dispatch(self, method: str, target: str, headers: dict[str, str], body: bytes) -> _Response:
+    async def _dispatch(self, method: str, target: str, headers: dict[str, str], body: bytes) -> _GenesysAnswer:
         parts = urlsplit(target)
         path, query = parts.path, parse_qs(parts.query)
         if method == "POST" and (match := MESSAGE_PATH.match(path)):
@@ -445,7 +445,7 @@ class GenesysSim:
 
     # --- login ------------------------------------------------------------------------------------------------------
 
-    async def _login(self, headers: dict[str, str], body: bytes) -> _Response:
+    async def _login(self, headers: dict[str, str], body: bytes) -> _GenesysAnswer:
         if (faulted := await self._apply_fault("login")) is not None:
             return faulted
         scheme, _, encoded = headers.get("authorization", "").partition(" ")
@@ -481,7 +481,7 @@ class GenesysSim:
 
     # --- inbound message --------------------------------------------------------------------------------------------
 
-    async def _inbound(self, integration_id: str, query: dict, headers: dict[str, str], body: bytes) -> _Response:
+    async def _inbound(self, integration_id: str, query: dict, headers: dict[str, str], body: bytes) -> _GenesysAnswer:
         self.stats.requests += 1
         if (refused := await self._admit(integration_id, headers)) is not None:
             return refused
@@ -498,7 +498,7 @@ class GenesysSim:
         grant = self._tokens.get(token) if scheme.lower() == "bearer" else None
         return grant if grant is not None and grant[1] > time.monotonic() else None
 
-    async def _admit(self, integration_id: str, headers: dict[str, str]) -> _Response | None:
+    async def _admit(self, integration_id: str, headers: dict[str, str]) -> _GenesysAnswer | None:
         """What every Open Messaging API call goes through: faults, token, the client's rate limit, integration."""
         if (faulted := await self._apply_fault("api")) is not None:
             return faulted
@@ -515,13 +515,13 @@ class GenesysSim:
 
     async def _receipt_or_event(
         self, integration_id: str, kind: str, headers: dict[str, str], body: bytes
-    ) -> _Response:
+    ) -> _GenesysAnswer:
         self.stats.requests += 1
         if (refused := await self._admit(integration_id, headers)) is not None:
             return refused
         return (self.agent.receipt if kind == "receipt" else self.agent.event)(integration_id, body)
 
-    def _count_request(self, client_id: str) -> _Response | None:
+    def _count_request(self, client_id: str) -> _GenesysAnswer | None:
         if self.rate_limit <= 0:
             return None
         now = time.time()
@@ -592,7 +592,7 @@ class GenesysSim:
 
     # --- faults and control -----------------------------------------------------------------------------------------
 
-    async def _apply_fault(self, target: str) -> _Response | None:
+    async def _apply_fault(self, target: str) -> _GenesysAnswer | None:
         fault = next((f for f in self._faults if f.target == target), None)
         if fault is None:
             return None
@@ -613,7 +613,7 @@ class GenesysSim:
             return 401, genesys_error(401, "bad.credentials", "Invalid login credentials."), ()
         return fault.status, genesys_error(fault.status, "injected.fault", "injected by the simulator"), headers
 
-    def _control(self, method: str, path: str, query: dict, body: bytes) -> _Response:
+    def _control(self, method: str, path: str, query: dict, body: bytes) -> _GenesysAnswer:
         if method == "GET" and path == "/sim/messages":
             conversation = query.get("conversationId", [None])[0]
             return 200, _encode(self.messages(conversation)), ()
@@ -656,7 +656,7 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
         await reader.readexactly(2)
 
 
-async def _write(writer: asyncio.StreamWriter, response: _Response, keep_alive: bool) -> None:
+async def _write(writer: asyncio.StreamWriter, response: _GenesysAnswer, keep_alive: bool) -> None:
     status, body, extra = response
     head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"]
     if not any(name.lower() == "content-type" for name, _ in extra):  # downloads name their own

@@ -47,7 +47,7 @@ DEFAULT_WEBHOOK_PATH = "/webhook/genesys/{tenantId}"
 RETRYABLE = frozenset({429}) | frozenset(range(500, 600))
 IdType = Literal["Phone", "Email", "Opaque"]
 _encode = msgspec.json.Encoder().encode
-_Response = tuple[int, bytes, tuple[tuple[str, str], ...]]
+_GenesysAnswer = tuple[int, bytes, tuple[tuple[str, str], ...]]
 
 
 # --- what the bridge sends back: receipts and typing events -----------------------------------------------------
@@ -489,7 +489,7 @@ class Agent:
 
     # --- receipts and events from the bridge ------------------------------------------------------------------------
 
-    def receipt(self, integration_id: str, body: bytes) -> _Response:
+    def receipt(self, integration_id: str, body: bytes) -> _GenesysAnswer:
         try:
             receipt = validate_receipt(body)
         except SchemaError as exc:
@@ -512,7 +512,7 @@ class Agent:
             record.receipts.append(entry)
         return 202, _encode(receipt), ()
 
-    def event(self, integration_id: str, body: bytes) -> _Response:
+    def event(self, integration_id: str, body: bytes) -> _GenesysAnswer:
         try:
             event = validate_event(body)
         except SchemaError as exc:
@@ -586,7 +586,7 @@ class Agent:
         for conv in out.values():
             conv.setdefault("timeline", []).sort(key=lambda entry: entry["at"])
 
-    def download(self, download_id: str, token_ok: bool) -> _Response:
+    def download(self, download_id: str, token_ok: bool) -> _GenesysAnswer:
         found = self.downloads.get(download_id)
         if found is not None:
             found.fetches.append({"at": time.time(), "authorized": token_ok})
@@ -597,7 +597,7 @@ class Agent:
         disposition = f'attachment; filename="{found.filename}"'
         return 200, found.data, (("Content-Type", found.mime), ("Content-Disposition", disposition))
 
-    async def control(self, method: str, path: str, query: dict, body: bytes) -> _Response:
+    async def control(self, method: str, path: str, query: dict, body: bytes) -> _GenesysAnswer:
         if method == "GET" and path == "/sim/agent/outbound":
             return 200, _encode(self.records(query.get("conversationId", [None])[0])), ()
         if method == "GET" and path == "/sim/agent/events":

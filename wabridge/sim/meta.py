@@ -584,7 +584,7 @@ async def run_load(
     send, receive = anyio.create_memory_object_stream[tuple[int, float]](max_pending)
 
     async def worker(due_requests: anyio.abc.ObjectReceiveStream[tuple[int, float]]) -> None:
-        conn = _Connection(target.hostname or "", target.port or 80, target.path or "/", timeout)
+        conn = _WebhookConnection(target.hostname or "", target.port or 80, target.path or "/", timeout)
         try:
             async with due_requests:
                 async for i, due in due_requests:
@@ -624,7 +624,7 @@ async def run_load(
     )
 
 
-class _Connection:
+class _WebhookConnection:
     """One keep-alive HTTP/1.1 connection that POSTs webhooks; reconnects after any failure."""
 
     def __init__(self, host: str, port: int, path: str, timeout: float) -> None:

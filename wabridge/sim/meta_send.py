@@ -59,7 +59,7 @@ MAX_UPLOAD_BODY = 100 * 1024 * 1024 + 64 * 1024  # the largest file (a document)
 MAX_RECORDS = 100_000
 MAX_CALLBACK_DATA = 512
 _VERSION = re.compile(r"^v\d+\.\d+$")
-_Response = tuple[int, str, bytes]
+_GraphAnswer = tuple[int, str, bytes]
 JSON = "application/json"
 
 # code → (title, details), as Meta words them (error-codes reference); the title is also the message.
@@ -431,7 +431,7 @@ class Outbound:
                 0
             )  # the connections' close runs on the next loop turn: the bridge sees EOF before we go
 
-    def control(self, method: str, parts: list[str], args: dict[str, Any]) -> _Response | None:
+    def control(self, method: str, parts: list[str], args: dict[str, Any]) -> _GraphAnswer | None:
         if method == "GET" and parts == ["sent"]:
             return 200, JSON, msgspec.json.encode(list(self.sent))
         if method == "GET" and parts == ["statuses"]:
@@ -459,7 +459,7 @@ class Outbound:
             return parts[0], parts[1]
         return None
 
-    async def handle(self, phone_number_id: str, what: str, headers: dict[str, str], body: bytes) -> _Response:
+    async def handle(self, phone_number_id: str, what: str, headers: dict[str, str], body: bytes) -> _GraphAnswer:
         if not self.authorized(headers):
             return 401, JSON, graph_error(190)
         if self.numbers and phone_number_id not in self.numbers:
@@ -500,7 +500,7 @@ class Outbound:
 
     # --- sends ------------------------------------------------------------------------------------------------------
 
-    async def _message(self, phone_number_id: str, body: bytes, injected: int | None) -> _Response:
+    async def _message(self, phone_number_id: str, body: bytes, injected: int | None) -> _GraphAnswer:
         try:
             doc = msgspec.json.decode(body)
         except msgspec.DecodeError:
@@ -565,7 +565,7 @@ class Outbound:
 
     # --- uploads ----------------------------------------------------------------------------------------------------
 
-    def _upload(self, headers: dict[str, str], body: bytes) -> _Response:
+    def _upload(self, headers: dict[str, str], body: bytes) -> _GraphAnswer:
         form = parse_multipart(body, headers.get("content-type", ""))
         if form.get("messaging_product", ("", b""))[1] != b"whatsapp":
             raise Invalid("Param messaging_product is required and must be 'whatsapp'")

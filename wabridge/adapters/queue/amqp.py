@@ -52,7 +52,7 @@ from wabridge.adapters.queue import amqp_wire
 from wabridge.engine.backoff import Backoff
 from wabridge.engine.settings import Settings
 from wabridge.engine.tasks import first_of
-from wabridge.ports import BackendUnavailable, Delivery
+from wabridge.ports import BackendUnavailable, QueueMessage
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def settle_frame(channel: int, delivery_tag: int, *, requeue: bool | None) -> by
 
 class Settlements:
     """The settlement writer of one consume channel. Pending frames are bounded by what the channel holds unacked
-    (its prefetch, or the dead letters taken), since each delivery settles once."""
+    (its prefetch, or the dead letters taken), since each queue message settles once."""
 
     __slots__ = ("_drained", "_flushing", "_frames", "channel")
 
@@ -198,7 +198,7 @@ class Settlements:
             self._flushing = None
 
 
-class AmqpDelivery:
+class AmqpQueueMessage:
     """One message from a shard (or the dead queue). Settlement on a channel that died is a no-op: the broker
     has already put the message back and will deliver it again (at-least-once)."""
 
@@ -230,7 +230,7 @@ class AmqpDelivery:
         self._settled = False
 
     def __repr__(self) -> str:
-        return f"AmqpDelivery(tenant_id={self.tenant_id!r}, message_id={self.message_id!r}, shard={self.shard})"
+        return f"AmqpQueueMessage(tenant_id={self.tenant_id!r}, message_id={self.message_id!r}, shard={self.shard})"
 
     async def ack(self) -> None:
         await self._settle(None)
@@ -276,7 +276,7 @@ class AmqpConsumer:
     """Subscriptions to some shards on one channel; re-subscribes after the broker comes back."""
 
     def __init__(
-        self, queue: AmqpQueue, handler: Callable[[Delivery], Awaitable[None]], shards: Sequence[int], prefetch: int
+        self, queue: AmqpQueue, handler: Callable[[QueueMessage], Awaitable[None]], shards: Sequence[int], prefetch: int
     ) -> None:
         self._queue = queue
         self._handler = handler
@@ -304,14 +304,14 @@ class AmqpConsumer:
         self._channel, self._settlements = channel, settlements
 
     def _on_message(self, shard: int, settlements: Settlements) -> ConsumerCallback:
-        # aiormq starts one task per delivery in arrival order, so handler invocations keep the shard's order.
+        # aiormq starts one task per queue message in arrival order, so handler invocations keep the shard's order.
         async def deliver(message: DeliveredMessage) -> None:
-            delivery = AmqpDelivery(self._queue, message, shard, settlements)
+            queue_message = AmqpQueueMessage(self._queue, message, shard, settlements)
             try:
-                await self._handler(delivery)
+                await self._handler(queue_message)
             except Exception:
-                log.exception("queue handler failed on %r; handing it back", delivery)
-                await delivery.retry()
+                log.exception("queue handler failed on %r; handing it back", queue_message)
+                await queue_message.retry()
 
         return deliver
 
@@ -462,11 +462,15 @@ class AmqpQueue:
     async def publish(self, tenant_id: str, body: bytes, *, message_id: str) -> None:
         await self._confirmed(self.queue_name, tenant_id, body, message_id, tenant_id, None)
 
-    async def _publish_dead(self, delivery: AmqpDelivery, reason: str) -> None:
-        headers = dict(delivery._message.header.properties.headers or {})
+    async def _publish_dead(self, queue_message: AmqpQueueMessage, reason: str) -> None:
+        headers = dict(queue_message._message.header.properties.headers or {})
         headers[REASON_HEADER] = reason
-        properties = spec.Basic.Properties(delivery_mode=PERSISTENT, message_id=delivery.message_id, headers=headers)
-        await self._confirmed("", dead_queue(self.queue_name), delivery.body, delivery.message_id, None, properties)
+        properties = spec.Basic.Properties(
+            delivery_mode=PERSISTENT, message_id=queue_message.message_id, headers=headers
+        )
+        await self._confirmed(
+            "", dead_queue(self.queue_name), queue_message.body, queue_message.message_id, None, properties
+        )
 
     async def bury(self, tenant_id: str, body: bytes, *, message_id: str, reason: str) -> None:
         headers: FieldTable = {TENANT_HEADER: tenant_id, REASON_HEADER: reason}
@@ -575,7 +579,7 @@ class AmqpQueue:
 
     async def consume(
         self,
-        handler: Callable[[Delivery], Awaitable[None]],
+        handler: Callable[[QueueMessage], Awaitable[None]],
         *,
         shards: Sequence[int] | None = None,
         prefetch: int = 256,
@@ -591,10 +595,10 @@ class AmqpQueue:
         self._consumers.add(consumer)
         return consumer
 
-    async def dead_letters(self, limit: int = 100) -> list[AmqpDelivery]:
-        """basic.get from the dead queue; the deliveries stay unacked on one channel until settled."""
+    async def dead_letters(self, limit: int = 100) -> list[AmqpQueueMessage]:
+        """basic.get from the dead queue; the queue messages stay unacked on one channel until settled."""
         connection = await self._connected()
-        taken: list[AmqpDelivery] = []
+        taken: list[AmqpQueueMessage] = []
         try:
             if self._dead_reader is None or self._dead_reader.channel.is_closed:
                 self._dead_reader = Settlements(await connection.channel(publisher_confirms=False))
@@ -603,7 +607,7 @@ class AmqpQueue:
                 message = await reader.channel.basic_get(dead_queue(self.queue_name), no_ack=False)
                 if not isinstance(message.delivery, spec.Basic.GetOk):
                     break
-                taken.append(AmqpDelivery(self, message, shard=-1, settlements=reader))
+                taken.append(AmqpQueueMessage(self, message, shard=-1, settlements=reader))
         except (*_BROKER_ERRORS, TimeoutError) as exc:
             raise BackendUnavailable(PORT, f"cannot read dead letters: {type(exc).__name__}") from None
         return taken

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 from wabridge.engine.settings import Settings
 from wabridge.engine.tasks import Tasks
-from wabridge.ports import BackendUnavailable, Delivery
+from wabridge.ports import BackendUnavailable, QueueMessage
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def shard_of(tenant_id: str, shards: int) -> int:
     return zlib.crc32(tenant_id.encode()) % shards
 
 
-class SqliteDelivery:
+class SqliteQueueMessage:
     __slots__ = (
         "_owner",
         "_queue",
@@ -98,7 +98,7 @@ class SqliteDelivery:
             self.shard = -1
 
     def __repr__(self) -> str:
-        return f"SqliteDelivery(tenant_id={self.tenant_id!r}, message_id={self.message_id!r}, shard={self.shard})"
+        return f"SqliteQueueMessage(tenant_id={self.tenant_id!r}, message_id={self.message_id!r}, shard={self.shard})"
 
     async def ack(self) -> None:
         await self._settle(lambda db: db.execute("DELETE FROM queue_messages WHERE seq = ?", (self._seq,)))
@@ -166,7 +166,11 @@ class SqliteConsumer:
     """One task that holds shard leases and feeds `handler` one task per row, in `seq` order."""
 
     def __init__(
-        self, queue: SqliteQueue, handler: Callable[[Delivery], Awaitable[None]], shards: Sequence[int], prefetch: int
+        self,
+        queue: SqliteQueue,
+        handler: Callable[[QueueMessage], Awaitable[None]],
+        shards: Sequence[int],
+        prefetch: int,
     ) -> None:
         self._queue = queue
         self._handler = handler
@@ -175,7 +179,7 @@ class SqliteConsumer:
         self.owner = uuid.uuid4().hex
         self.owned: frozenset[int] = frozenset()
         self._unsettled: set[int] = set()
-        self._handling = Tasks("sqlite consumer handlers")  # one per delivery, cancelled when the consumer stops
+        self._handling = Tasks("sqlite consumer handlers")  # one per queue message, cancelled when the consumer stops
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -199,7 +203,7 @@ class SqliteConsumer:
                 log.warning("sqlite queue consumer: %s", exc)
                 rows = []
             for row in rows:
-                self._deliver(SqliteDelivery(self._queue, row, self.owner))
+                self._deliver(SqliteQueueMessage(self._queue, row, self.owner))
             if not rows:
                 self._queue._wakeup.clear()
                 with contextlib.suppress(TimeoutError):
@@ -241,18 +245,18 @@ class SqliteConsumer:
         )
         return rows
 
-    def _deliver(self, delivery: SqliteDelivery) -> None:
-        self._unsettled.add(delivery._seq)
+    def _deliver(self, queue_message: SqliteQueueMessage) -> None:
+        self._unsettled.add(queue_message._seq)
         # Tasks start in creation order, so handler invocations keep the shard's order.
-        self._handling.start(self._handle(delivery))
+        self._handling.start(self._handle(queue_message))
 
-    async def _handle(self, delivery: SqliteDelivery) -> None:
+    async def _handle(self, queue_message: SqliteQueueMessage) -> None:
         try:
-            await self._handler(delivery)
+            await self._handler(queue_message)
         except Exception:
-            log.exception("queue handler failed on %r; handing it back", delivery)
+            log.exception("queue handler failed on %r; handing it back", queue_message)
             with contextlib.suppress(BackendUnavailable):
-                await delivery.retry()
+                await queue_message.retry()
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -368,9 +372,9 @@ class SqliteQueue:
             raise
         return results
 
-    def _settling(self, delivery: SqliteDelivery) -> SqliteConsumer | None:
+    def _settling(self, queue_message: SqliteQueueMessage) -> SqliteConsumer | None:
         for consumer in self._consumers:
-            if consumer.owner == delivery._owner:
+            if consumer.owner == queue_message._owner:
                 return consumer
         return None
 
@@ -395,7 +399,7 @@ class SqliteQueue:
 
     async def consume(
         self,
-        handler: Callable[[Delivery], Awaitable[None]],
+        handler: Callable[[QueueMessage], Awaitable[None]],
         *,
         shards: Sequence[int] | None = None,
         prefetch: int = 256,
@@ -410,7 +414,7 @@ class SqliteQueue:
         consumer.start()
         return consumer
 
-    async def dead_letters(self, limit: int = 100) -> list[SqliteDelivery]:
+    async def dead_letters(self, limit: int = 100) -> list[SqliteQueueMessage]:
         def take(db: sqlite3.Connection) -> list[tuple[Any, ...]]:
             rows = db.execute(
                 "SELECT seq, shard, tenant_id, message_id, body, attempts, reason FROM queue_messages "
@@ -420,7 +424,7 @@ class SqliteQueue:
             db.executemany("UPDATE queue_messages SET state = ? WHERE seq = ?", [(DEAD_TAKEN, r[0]) for r in rows])
             return rows
 
-        return [SqliteDelivery(self, row, None) for row in await self._write(take)]
+        return [SqliteQueueMessage(self, row, None) for row in await self._write(take)]
 
     async def ping(self) -> bool:
         try:

@@ -1,19 +1,19 @@
-"""The deliveries a parked tenant's actor is handed (parking.py's docstring): a parked message (`ParkedDelivery`,
-settled as its store row) and a queue delivery taken back while its tenant is parked (`HeldBack`)."""
+"""The queue messages a parked tenant's actor is handed (parking.py's docstring): a parked message (`FedMessage`,
+settled as its store row) and a queue message taken back while its tenant is parked (`HeldBack`)."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
-from wabridge.ports import Delivery, ParkedMessage
+from wabridge.ports import ParkedMessage, QueueMessage
 
 if TYPE_CHECKING:
     from wabridge.actors.parking import ShardParking
 
 
-class ParkedDelivery:
-    """A parked message handed to its tenant's actor: a `Delivery` whose settlement is a store row's."""
+class FedMessage:
+    """A parked message handed to its tenant's actor: a `QueueMessage` whose settlement is a store row's."""
 
     __slots__ = ("_lot", "_settled", "attempt", "body", "message_id", "seq", "shard", "tenant_id")
 
@@ -28,7 +28,7 @@ class ParkedDelivery:
         self._settled = False
 
     def __repr__(self) -> str:
-        return f"ParkedDelivery(tenant_id={self.tenant_id!r}, message_id={self.message_id!r}, seq={self.seq})"
+        return f"FedMessage(tenant_id={self.tenant_id!r}, message_id={self.message_id!r}, seq={self.seq})"
 
     async def ack(self) -> None:
         if not self._settled:
@@ -58,32 +58,32 @@ class ParkedDelivery:
 
 
 class HeldBack:
-    """A queue delivery handed back while its tenant is parked (`ShardParking.take_back`): fed to the actor again at
-    its next attempt, settled on the queue like the delivery it wraps."""
+    """A queue message handed back while its tenant is parked (`ShardParking.take_back`): fed to the actor again at
+    its next attempt, settled on the queue like the queue message it wraps."""
 
-    __slots__ = ("_delivery", "_lot", "attempt", "body", "message_id", "shard", "tenant_id")
+    __slots__ = ("_lot", "_queue_message", "attempt", "body", "message_id", "shard", "tenant_id")
 
-    def __init__(self, delivery: Delivery, lot: ShardParking, attempt: int) -> None:
-        self.tenant_id = delivery.tenant_id
-        self.message_id = delivery.message_id
-        self.body = delivery.body
-        self.shard = delivery.shard
+    def __init__(self, queue_message: QueueMessage, lot: ShardParking, attempt: int) -> None:
+        self.tenant_id = queue_message.tenant_id
+        self.message_id = queue_message.message_id
+        self.body = queue_message.body
+        self.shard = queue_message.shard
         self.attempt = attempt
-        self._delivery = delivery
+        self._queue_message = queue_message
         self._lot = lot
 
     def __repr__(self) -> str:
-        return f"HeldBack({self._delivery!r}, attempt={self.attempt})"
+        return f"HeldBack({self._queue_message!r}, attempt={self.attempt})"
 
     async def ack(self) -> None:
-        await self._settled_by(self._delivery.ack())
+        await self._settled_by(self._queue_message.ack())
 
     async def dead_letter(self, reason: str) -> None:
-        await self._settled_by(self._delivery.dead_letter(reason))
+        await self._settled_by(self._queue_message.dead_letter(reason))
 
     async def retry(self) -> None:
         """No longer parked (`take_back` refused it): back to the queue."""
-        await self._settled_by(self._delivery.retry())
+        await self._settled_by(self._queue_message.retry())
 
     async def _settled_by(self, settling: Awaitable[None]) -> None:
         try:

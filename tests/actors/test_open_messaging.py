@@ -1,4 +1,4 @@
-"""GenesysDelivery against the Genesys simulator: success, re-login, Retry-After, backoff, failures, the budget."""
+"""OpenMessagingClient against the Genesys simulator: success, re-login, Retry-After, backoff, failures, the budget."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from wabridge.genesys.auth import TokenProvider
-from wabridge.genesys.delivery import Delivered, DeliveryFailed, GenesysDelivery
+from wabridge.genesys.open_messaging import Posted, PostFailed, OpenMessagingClient
 from wabridge.engine.far_end import FarEnd
 from wabridge.genesys.ratelimit import RateBudget
 from wabridge.adapters.cache.memory import MemoryCache
@@ -51,10 +51,10 @@ def message(n: int = 1, wa_id: str = "16505551234") -> bytes:
 
 
 @contextlib.asynccontextmanager
-async def delivering(budget: RateBudget | None = None, **options) -> AsyncIterator[GenesysDelivery]:
-    """A GenesysDelivery with fast backoff, closed with its token provider on exit (before the simulator stops)."""
+async def delivering(budget: RateBudget | None = None, **options) -> AsyncIterator[OpenMessagingClient]:
+    """A OpenMessagingClient with fast backoff, closed with its token provider on exit (before the simulator stops)."""
     tokens = TokenProvider(MemoryCache())
-    client = GenesysDelivery(tokens, budget, **{"timeout": 2.0, "backoff_base": 0.01, **options})
+    client = OpenMessagingClient(tokens, budget, **{"timeout": 2.0, "backoff_base": 0.01, **options})
     try:
         yield client
     finally:
@@ -64,8 +64,8 @@ async def delivering(budget: RateBudget | None = None, **options) -> AsyncIterat
 
 async def test_a_delivered_message_returns_genesys_ids() -> None:
     async with GenesysSim(clients={"cid": "secret"}, integrations=["int-1"]) as sim, delivering() as client:
-        got = await client.deliver(tenant_for(sim.url), message())
-        assert got == Delivered(sim.messages()[0]["id"], conversation_id_for("int-1", "16505551234"))
+        got = await client.post_message(tenant_for(sim.url), message())
+        assert got == Posted(sim.messages()[0]["id"], conversation_id_for("int-1", "16505551234"))
         assert sim.messages()[0]["messageId"] == "wamid.1"
 
 
@@ -74,30 +74,30 @@ async def test_a_hundred_concurrent_deliveries_make_one_login() -> None:
         tenant = tenant_for(sim.url)
         async with anyio.create_task_group() as tg:
             for n in range(100):
-                tg.start_soon(client.deliver, tenant, message(n))
+                tg.start_soon(client.post_message, tenant, message(n))
         assert sim.stats.logins == 1 and sim.stats.accepted == 100
 
 
 async def test_a_401_drops_the_token_and_retries_once_with_a_new_one() -> None:
     async with GenesysSim() as sim, delivering() as client:
         tenant = tenant_for(sim.url)
-        await client.deliver(tenant, message(1))
+        await client.post_message(tenant, message(1))
         sim.add_fault(status=401)
-        await client.deliver(tenant, message(2))
+        await client.post_message(tenant, message(2))
         assert sim.stats.logins == 2 and sim.stats.accepted == 2 and client.statistics().relogins == 1
         sim.add_fault(status=401, count=2)
-        with pytest.raises(DeliveryFailed) as failed:
-            await client.deliver(tenant, message(3))
+        with pytest.raises(PostFailed) as failed:
+            await client.post_message(tenant, message(3))
         assert failed.value.permanent and failed.value.status == 401 and sim.stats.logins == 3
 
 
 async def test_a_429_waits_for_retry_after_then_delivers() -> None:
     async with GenesysSim() as sim, delivering() as client:
         tenant = tenant_for(sim.url)
-        await client.deliver(tenant, message(1))  # log in first: the wait measured is the 429's alone
+        await client.post_message(tenant, message(1))  # log in first: the wait measured is the 429's alone
         sim.add_fault(status=429, retry_after=1)
         started = time.monotonic()
-        await client.deliver(tenant, message(2))
+        await client.post_message(tenant, message(2))
         assert time.monotonic() - started >= 1.0
         assert sim.stats.faults == 1 and sim.stats.accepted == 2
 
@@ -105,15 +105,15 @@ async def test_a_429_waits_for_retry_after_then_delivers() -> None:
 async def test_server_errors_are_retried_with_backoff_until_one_succeeds() -> None:
     async with GenesysSim() as sim, delivering() as client:
         sim.add_fault(status=503, count=2)
-        got = await client.deliver(tenant_for(sim.url), message())
+        got = await client.post_message(tenant_for(sim.url), message())
         assert got.genesys_message_id and sim.stats.requests == 3
 
 
 async def test_three_server_errors_past_the_far_end_hold_fail_the_delivery() -> None:
     async with GenesysSim() as sim, delivering(far_end=FarEnd("genesys", hold_for=0)) as client:
         sim.add_fault(status=502, count=3)
-        with pytest.raises(DeliveryFailed) as failed:
-            await client.deliver(tenant_for(sim.url), message())
+        with pytest.raises(PostFailed) as failed:
+            await client.post_message(tenant_for(sim.url), message())
         assert (failed.value.attempts, failed.value.permanent, failed.value.status) == (3, False, 502)
         assert sim.stats.requests == 3 and sim.stats.accepted == 0
 
@@ -121,8 +121,8 @@ async def test_three_server_errors_past_the_far_end_hold_fail_the_delivery() -> 
 async def test_timeouts_count_as_attempts() -> None:
     async with GenesysSim() as sim, delivering(timeout=0.1, far_end=FarEnd("genesys", hold_for=0)) as client:
         sim.add_fault(latency_ms=400, count=3)
-        with pytest.raises(DeliveryFailed) as failed:
-            await client.deliver(tenant_for(sim.url), message())
+        with pytest.raises(PostFailed) as failed:
+            await client.post_message(tenant_for(sim.url), message())
         assert failed.value.attempts == 3 and "timed out" in failed.value.error and not failed.value.permanent
 
 
@@ -135,7 +135,7 @@ async def test_a_genesys_outage_holds_every_message_in_place_with_one_probe_at_a
     async with GenesysSim() as sim, delivering(far_end=far_end) as client:
         sim.add_fault(status=503, count=-1)
         tenant = tenant_for(sim.url)
-        held = [anyio_task(client.deliver(tenant, message(n, wa_id=f"1650555{n:04d}"))) for n in range(8)]
+        held = [anyio_task(client.post_message(tenant, message(n, wa_id=f"1650555{n:04d}"))) for n in range(8)]
         await anyio.sleep(2.0)  # far past the three quick attempts of the old behaviour
         assert not any(t.done() for t in held), "held, not failed"
         assert far_end.is_down("acme")
@@ -154,15 +154,15 @@ async def test_past_the_hold_the_waiting_messages_fail_and_a_drain_hands_them_ba
     async with GenesysSim() as sim, delivering(far_end=far_end) as client:
         sim.add_fault(status=503, count=-1)
         tenant = tenant_for(sim.url)
-        with pytest.raises(DeliveryFailed) as failed:
-            await client.deliver(tenant, message(1))
+        with pytest.raises(PostFailed) as failed:
+            await client.post_message(tenant, message(1))
         assert not failed.value.permanent and "503" in failed.value.error
         assert far_end.is_down("acme")
 
     far_end = FarEnd("genesys", hold_for=60, retry_max=0.1)
     async with GenesysSim() as sim, delivering(far_end=far_end) as client:
         sim.add_fault(status=503, count=-1)
-        held = anyio_task(client.deliver(tenant_for(sim.url), message(2)))
+        held = anyio_task(client.post_message(tenant_for(sim.url), message(2)))
         await anyio.sleep(0.5)
         far_end.stop_holding()
         with pytest.raises(BackendUnavailable):
@@ -178,21 +178,21 @@ def anyio_task(coro):
 async def test_a_rejected_body_fails_at_once_and_keeps_the_genesys_error() -> None:
     async with GenesysSim() as sim, delivering() as client:
         bad = msgspec.json.encode({"channel": {"messageId": "wamid.x", "time": "2026-06-08T20:59:43Z"}, "text": "x"})
-        with pytest.raises(DeliveryFailed) as failed:
-            await client.deliver(tenant_for(sim.url), bad)
+        with pytest.raises(PostFailed) as failed:
+            await client.post_message(tenant_for(sim.url), bad)
         assert failed.value.permanent and failed.value.attempts == 1 and failed.value.status == 400
         assert b"bad.request" in failed.value.body and sim.stats.requests == 1
 
 
 async def test_refused_credentials_fail_permanently_and_an_unreachable_genesys_past_the_hold_after_three_attempts() -> None:
     async with GenesysSim(clients={"cid": "secret"}) as sim, delivering() as client:
-        with pytest.raises(DeliveryFailed) as refused:
-            await client.deliver(tenant_for(sim.url, secret="wrong"), message())
+        with pytest.raises(PostFailed) as refused:
+            await client.post_message(tenant_for(sim.url, secret="wrong"), message())
         assert refused.value.permanent and sim.stats.requests == 0
     gone = sim.url  # nothing listens there any more
     async with delivering(far_end=FarEnd("genesys", hold_for=0)) as client:
-        with pytest.raises(DeliveryFailed) as unreachable:
-            await client.deliver(tenant_for(gone), message())
+        with pytest.raises(PostFailed) as unreachable:
+            await client.post_message(tenant_for(gone), message())
     assert unreachable.value.attempts == 3 and not unreachable.value.permanent
 
 
@@ -205,7 +205,7 @@ async def test_over_budget_deliveries_wait_for_the_next_window_and_genesys_sees_
         started = time.time()
         async with anyio.create_task_group() as tg:
             for i in range(n + 5):
-                tg.start_soon(client.deliver, tenant, message(i))
+                tg.start_soon(client.post_message, tenant, message(i))
         assert sim.stats.accepted == n + 5 and sim.stats.rate_limited == 0
         assert time.time() - started >= window - 0.05  # the extra five waited for the next window
         windows = [int(m["receivedAt"] // window) for m in sim.messages()]
@@ -217,5 +217,5 @@ async def test_past_the_client_cap_the_least_recent_tenant_pool_is_closed_and_re
         tenants = [tenant_for(sim.url, tenant_id=f"t{i}") for i in range(3)]
         for _ in range(2):
             for t in tenants:
-                await client.deliver(t, message())
+                await client.post_message(t, message())
         assert sim.stats.accepted == 6 and client.statistics().open_pools == 2

@@ -1,6 +1,6 @@
-"""GenesysDelivery.receipt (issue 17) against the Genesys simulator, whose receipt endpoint validates the body strictly:
-the receipts codecs/receipts.py builds are taken and filed with the agent's message; the request path is deliver's
-(401 → log in again, 5xx retried, other 4xx final); a 2xx that says Failed is a failure."""
+"""OpenMessagingClient.receipt (issue 17) against the Genesys simulator, whose receipt endpoint validates the body
+strictly: the receipts codecs/receipts.py builds are taken and filed with the agent's message; the request path is
+post_message's (401 → log in again, 5xx retried, other 4xx final); a 2xx that says Failed is a failure."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from wabridge.genesys.auth import TokenProvider
-from wabridge.genesys.delivery import DeliveryFailed, GenesysDelivery
+from wabridge.genesys.open_messaging import PostFailed, OpenMessagingClient
 from wabridge.engine.far_end import FarEnd
 from wabridge.codecs.receipts import Reason, receipt, receipt_body
 from wabridge.adapters.cache.memory import MemoryCache
@@ -42,9 +42,9 @@ def tenant_for(url: str) -> TenantConfig:
 
 
 @contextlib.asynccontextmanager
-async def delivering(**options) -> AsyncIterator[GenesysDelivery]:
+async def delivering(**options) -> AsyncIterator[OpenMessagingClient]:
     tokens = TokenProvider(MemoryCache())
-    client = GenesysDelivery(tokens, **{"timeout": 2.0, "backoff_base": 0.01, **options})
+    client = OpenMessagingClient(tokens, **{"timeout": 2.0, "backoff_base": 0.01, **options})
     try:
         yield client
     finally:
@@ -110,7 +110,7 @@ async def test_genesys_down_past_the_hold_fails_the_receipt_not_permanently() ->
     far_end = FarEnd("genesys", hold_for=0)
     async with GenesysSim(integrations=[INTEGRATION]) as sim, delivering(far_end=far_end) as client:
         sim.add_fault(status=502, count=3)
-        with pytest.raises(DeliveryFailed) as down:
+        with pytest.raises(PostFailed) as down:
             await client.receipt(tenant_for(sim.url), delivered("g-1"))
         assert (down.value.permanent, down.value.status) == (False, 502)
 
@@ -125,7 +125,7 @@ async def test_genesys_down_past_the_hold_fails_the_receipt_not_permanently() ->
 )
 async def test_a_receipt_genesys_refuses_fails_at_once_permanently_with_its_answer(body: bytes) -> None:
     async with GenesysSim(integrations=[INTEGRATION]) as sim, delivering() as client:
-        with pytest.raises(DeliveryFailed) as refused:
+        with pytest.raises(PostFailed) as refused:
             await client.receipt(tenant_for(sim.url), body)
         assert (refused.value.permanent, refused.value.status, refused.value.attempts) == (True, 400, 1)
         assert b"bad.request" in refused.value.body and sim.stats.rejected == 1
@@ -142,7 +142,7 @@ async def test_a_2xx_whose_answer_says_failed_is_a_permanent_failure() -> None:
             return 202, msgspec.json.encode(answer), ()
 
         sim.agent.receipt = refusing  # type: ignore[method-assign]
-        with pytest.raises(DeliveryFailed) as failure:
+        with pytest.raises(PostFailed) as failure:
             await client.receipt(tenant_for(sim.url), delivered("g-1"))
         assert (failure.value.permanent, failure.value.status) == (True, 202)
         assert b"UnknownMessage" in failure.value.body

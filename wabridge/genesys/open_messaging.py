@@ -1,14 +1,14 @@
-"""Deliver one encoded Genesys Open Messaging message: `await delivery.deliver(tenant, body) -> Delivered`; and one
-receipt for a message an agent sent: `await delivery.receipt(tenant, body)`.
+"""Post one encoded Genesys Open Messaging message: `await open_messaging.post_message(tenant, body) -> Posted`; and one
+receipt for a message an agent sent: `await open_messaging.receipt(tenant, body)`.
 
 POST {api}/api/v2/conversations/messages/{integrationId}/inbound/open/message?prefetchConversationId=true with the
 body as given (the codecs encode it; this module never decodes or logs it: it holds customer text). A receipt goes to
 …/inbound/open/receipt (codecs/receipts.py builds it) through the same request path: token, budget, retries, far end.
 What each answer does (a table, `OUTCOMES`, not a chain of ifs):
-  2xx              → Delivered(genesys_message_id, conversation_id or None); for a receipt, nothing, unless the
+  2xx              → Posted(genesys_message_id, conversation_id or None); for a receipt, nothing, unless the
                      answer says `"status":"Failed"` for a receipt that was not itself Failed (reference.md §3: a 2xx
                      may carry a failure; Genesys echoes the receipt, so a Failed receipt's echo says Failed too):
-                     DeliveryFailed(permanent=True)
+                     PostFailed(permanent=True)
   401              → drop the token, log in again, retry once (not counted as an attempt); a second 401 with the
                      fresh token is permanent: the OAuth client lacks the permission, no retry will fix it.
   429              → sleep Retry-After (capped; backoff when absent), retry; not counted as an attempt, since the
@@ -17,8 +17,8 @@ What each answer does (a table, `OUTCOMES`, not a chain of ifs):
   408, 5xx,        → back off (exponential from `backoff_base`, equal jitter) and retry: a blip; after `attempts`
   timeouts, errors   tries it is an outage of the tenant's Genesys (far_end.py): the message is held in place, the
                      tenant's messages take turns probing, and all go once Genesys answers; past the far-end hold
-                     DeliveryFailed(permanent=False): tracked `failed`, replayable.
-  other 4xx        → DeliveryFailed(permanent=True) at once, with the Genesys error body kept (bounded).
+                     PostFailed(permanent=False): tracked `failed`, replayable.
+  other 4xx        → PostFailed(permanent=True) at once, with the Genesys error body kept (bounded).
 A login refused (400/401/403 from /oauth/token) is permanent too; a login that times out or answers 5xx is an attempt.
 Each tenant has its own HTTP/1.1 keep-alive pool; at most `max_clients` pools, the least recently used closed first
 (once its in-flight requests finish).
@@ -43,9 +43,9 @@ from wabridge.engine.far_end import FarEnd, FarEndDown
 from wabridge.genesys.auth import LoginFailed, TokenProvider
 from wabridge.genesys.ratelimit import RateBudget
 from wabridge.http.client import Http1Pools, HttpError
-from wabridge.ports import Delivered, DeliveryFailed, TenantConfig
+from wabridge.ports import Posted, PostFailed, TenantConfig
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("wabridge.genesys.delivery")  # the logger name operators already filter on
 
 MESSAGE_PATH = "/api/v2/conversations/messages/{integration_id}/inbound/open/message?prefetchConversationId=true"
 RECEIPT_PATH = "/api/v2/conversations/messages/{integration_id}/inbound/open/receipt"
@@ -60,7 +60,7 @@ def outcome_of(status: int) -> str:
     return OUTCOMES.get(status, RETRY if status >= 500 else REJECTED)
 
 
-class DeliveryStatistics(msgspec.Struct, frozen=True):
+class PostStatistics(msgspec.Struct, frozen=True):
     delivered: int
     failed: int
     retries: int  # backoffs after 408/5xx/timeouts/unreachable
@@ -88,7 +88,7 @@ class _ReceiptStatus(msgspec.Struct):
 _decode_receipt_status = msgspec.json.Decoder(_ReceiptStatus).decode
 
 
-class GenesysDelivery:
+class OpenMessagingClient:
     def __init__(
         self,
         tokens: TokenProvider,
@@ -124,39 +124,39 @@ class GenesysDelivery:
             "receipts_failed": 0,
         }
 
-    def statistics(self) -> DeliveryStatistics:
-        return DeliveryStatistics(**self._counts, open_pools=len(self._pools))
+    def statistics(self) -> PostStatistics:
+        return PostStatistics(**self._counts, open_pools=len(self._pools))
 
-    async def deliver(self, tenant: TenantConfig, body: bytes) -> Delivered:
+    async def post_message(self, tenant: TenantConfig, body: bytes) -> Posted:
         try:
             _, content = await self._through_far_end(tenant, MESSAGE_PATH, body)
-        except DeliveryFailed:
+        except PostFailed:
             self._counts["failed"] += 1
             raise
         self._counts["delivered"] += 1
-        return _delivered(content, tenant.tenant_id)
+        return _posted(content, tenant.tenant_id)
 
     async def receipt(self, tenant: TenantConfig, body: bytes) -> None:
-        """POST one receipt (codecs/receipts.py's `receipt_body`); returns once Genesys took it. Raises DeliveryFailed
-        as `deliver` does, and also for a 2xx whose answer says Failed when the receipt did not."""
+        """POST one receipt (codecs/receipts.py's `receipt_body`); returns once Genesys took it. Raises PostFailed
+        as `post_message` does, and also for a 2xx whose answer says Failed when the receipt did not."""
         try:
             status, content = await self._through_far_end(tenant, RECEIPT_PATH, body)
             if _status(content) == "Failed" and _status(body) != "Failed":
-                raise DeliveryFailed(
+                raise PostFailed(
                     f"genesys answered the receipt HTTP {status} with status Failed",
                     1,
                     True,
                     status=status,
                     body=content,
                 )
-        except DeliveryFailed:
+        except PostFailed:
             self._counts["receipts_failed"] += 1
             raise
         self._counts["receipts"] += 1
 
     async def _through_far_end(self, tenant: TenantConfig, path: str, body: bytes) -> tuple[int, bytes]:
         return await self.far_end.through(
-            tenant.tenant_id, lambda: self._post(tenant, path, body), past_hold=lambda why: DeliveryFailed(why, 0)
+            tenant.tenant_id, lambda: self._post(tenant, path, body), past_hold=lambda why: PostFailed(why, 0)
         )
 
     async def _post(self, tenant: TenantConfig, path: str, body: bytes) -> tuple[int, bytes]:
@@ -172,7 +172,7 @@ class GenesysDelivery:
                 token = await self._tokens.token(tenant, credential)
             except LoginFailed as exc:
                 if exc.permanent:
-                    raise DeliveryFailed(str(exc), attempts, True, status=exc.status) from None
+                    raise PostFailed(str(exc), attempts, True, status=exc.status) from None
                 outcome, error = RETRY, str(exc)
             else:
                 try:
@@ -193,23 +193,23 @@ class GenesysDelivery:
                 case "relogin":
                     await self._tokens.invalidate(tenant, credential, token)
                     if relogged:
-                        raise DeliveryFailed(f"{error} with a fresh token", attempts, True, status=status, body=content)
+                        raise PostFailed(f"{error} with a fresh token", attempts, True, status=status, body=content)
                     relogged = True
                     self._counts["relogins"] += 1
                     attempts -= 1
                 case "rate-limited":
                     rate_limited += 1
                     if rate_limited > self._rate_limited_max:
-                        raise DeliveryFailed(f"{error} {rate_limited} times", attempts, status=status, body=content)
+                        raise PostFailed(f"{error} {rate_limited} times", attempts, status=status, body=content)
                     attempts -= 1
                     self._counts["rate_limited"] += 1
                     history.note("rate-limited", f"{error}, Retry-After {retry_after}")
                     await self._sleep(self._retry_after(retry_after, rate_limited))
                 case "rejected":
-                    raise DeliveryFailed(error, attempts, True, status=status, body=content)
+                    raise PostFailed(error, attempts, True, status=status, body=content)
                 case _:
                     if attempts >= self._attempts:  # not a blip: Genesys is down (far_end.py holds the message)
-                        raise FarEndDown(DeliveryFailed(error, attempts, status=status, body=content))
+                        raise FarEndDown(PostFailed(error, attempts, status=status, body=content))
                     self._counts["retries"] += 1
                     history.note("retried", f"attempt {attempts}: {error}")  # the message's trail: wabridge trace
                     log.info("delivery retry tenant=%s attempt=%d: %s", tenant.tenant_id, attempts, error)
@@ -246,11 +246,11 @@ def _status(content: bytes) -> object:
         return None
 
 
-def _delivered(content: bytes, tenant_id: str) -> Delivered:
+def _posted(content: bytes, tenant_id: str) -> Posted:
     try:
         reply = _decode_reply(content)
     except msgspec.DecodeError:
         # Genesys took it: failing now would make the bridge send it again, a duplicate. Keep going without an id.
         log.warning("delivery accepted but the reply was unreadable tenant=%s", tenant_id)
-        return Delivered("", None)
-    return Delivered(reply.id, reply.conversationId)
+        return Posted("", None)
+    return Posted(reply.id, reply.conversationId)
