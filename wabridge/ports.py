@@ -23,6 +23,7 @@ Their refusals are `PostFailed` (Genesys), `SendRefused` (Meta) and `FetchFailed
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -69,14 +70,15 @@ class TenantConfig(msgspec.Struct, frozen=True, kw_only=True):
     read_marks: bool = True  # mark the customer's latest inbound message read when an agent answers
 
 
-class TrackingStatus:
+class TrackingStatus(enum.StrEnum):
+    """A tracking row's status. A StrEnum: the database, the CLI and the JSON output see the same strings."""
+
     RECEIVED = "received"
     DELIVERED = "delivered"
     FAILED = "failed"
     DEAD_LETTERED = "dead-lettered"
     DUPLICATE = "duplicate"
     UNROUTED = "unrouted"
-    ALL = (RECEIVED, DELIVERED, FAILED, DEAD_LETTERED, DUPLICATE, UNROUTED)
 
 
 class TrackingRecord(msgspec.Struct, kw_only=True):

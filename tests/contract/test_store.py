@@ -317,7 +317,7 @@ async def test_list_tracking_filters_by_tenant_status_and_time(store):
     t0 = 1_700_000_000.0
     await store.write_tracking([
         TrackingRecord(wamid=f"w{i}", tenant_id="acme" if i % 2 else "globex",
-                       status=TrackingStatus.ALL[i % 4], created_at=t0 + i)
+                       status=tuple(TrackingStatus)[i % 4], created_at=t0 + i)
         for i in range(20)
     ])  # fmt: skip
     everything = await store.list_tracking()

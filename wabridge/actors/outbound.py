@@ -155,7 +155,9 @@ class OutboundSender:
     ) -> str:
         tenant_id = tenant.tenant_id
         existing = await self._seen.get(tenant_id, send.id)
-        if existing is not None and (existing.status in SETTLED if not replay else existing.status == "delivered"):
+        if existing is not None and (
+            existing.status in SETTLED if not replay else existing.status == TrackingStatus.DELIVERED
+        ):
             _duplicate.inc()
             _by_tenant.labels(tenant_id, TrackingStatus.DUPLICATE).inc()
             await self._tracker.record(self._record(tenant_id, send, TrackingStatus.DUPLICATE))

@@ -88,9 +88,9 @@ class Relay:
         *,
         replay: bool = False,
         origin: Origin | None = None,
-    ) -> str:
-        """Deliver one message; returns the tracking status it ended in. `origin`: its webhook, for the row; by
-        default the one of the trail the tenant actor opened for it (history.py)."""
+    ) -> TrackingStatus:
+        """Relay one message; returns its outcome, the tracking status it ended in. `origin`: its webhook, for the
+        row; by default the one of the trail the tenant actor opened for it (history.py)."""
         if replay and current() is None:  # `wabridge replay`: no tenant actor opened its trail (history.py)
             with Trail(tenant.tenant_id, inbound.route.wamid, origin, self._tracker) as trail:
                 trail.note(MessageEventKind.REPLAYED)
@@ -99,13 +99,15 @@ class Relay:
 
     async def _relay(
         self, tenant: TenantConfig, inbound: Inbound, received_at: float, replay: bool, origin: Origin | None
-    ) -> str:
+    ) -> TrackingStatus:
         route = inbound.route
         tenant_id = tenant.tenant_id
         if origin is None and (trail := current()) is not None:
             origin = trail.origin
         existing = await self._seen.get(tenant_id, route.wamid)
-        if existing is not None and (existing.status in SETTLED if not replay else existing.status == "delivered"):
+        if existing is not None and (
+            existing.status in SETTLED if not replay else existing.status == TrackingStatus.DELIVERED
+        ):
             _duplicate.inc()
             _by_tenant.labels(tenant_id, TrackingStatus.DUPLICATE).inc()
             await self._tracker.record(self._record(tenant_id, inbound, TrackingStatus.DUPLICATE))

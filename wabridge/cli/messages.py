@@ -29,7 +29,7 @@ def register(sub) -> None:
     p = sub.add_parser("messages", help="tracked messages, newest first", description=__doc__)
     p.add_argument("--tenant", help="only this tenant")
     p.add_argument("--customer", help="only this customer (phone number or BSUID)")
-    p.add_argument("--status", choices=TrackingStatus.ALL, action="append", help="only this state (repeatable)")
+    p.add_argument("--status", choices=tuple(TrackingStatus), action="append", help="only this state (repeatable)")
     p.add_argument("--since", type=_instant, help="received at or after this ISO-8601 time")
     p.add_argument("--until", type=_instant, help="received before this ISO-8601 time")
     p.add_argument("--direction", choices=tuple(DIRECTIONS), help="in: customer → Genesys; out: agent → customer")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from wabridge.ports import TrackingStatus
 
-_STATUSES = ", ".join(f"'{s}'" for s in TrackingStatus.ALL)
+_STATUSES = ", ".join(f"'{s}'" for s in tuple(TrackingStatus))
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: the whole first schema
