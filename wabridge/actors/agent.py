@@ -19,6 +19,8 @@ import asyncio
 import math
 import time
 
+import msgspec
+
 from wabridge.actors.directory import TenantDirectory
 from wabridge.actors.outbound import OUTBOUND, OutboundSender
 from wabridge.actors.tracking import TrackingWriter
@@ -39,8 +41,15 @@ _dead_letters = REGISTRY.counter(
 )
 _handed_back = REGISTRY.counter("wabridge_outbound_retries_total", "Agent webhooks handed back for redelivery.", [])
 
-# (the tenant, the decoded webhook, its raw body, received at, where it came from)
-Job = tuple[TenantConfig, OutboundResult, bytes, float, Origin]
+
+class Job(msgspec.Struct, frozen=True):
+    """An agent's message in its customer's lane."""
+
+    tenant: TenantConfig
+    result: OutboundResult  # the decoded webhook
+    raw: bytes  # its body as the agent's webhook carried it
+    received_at: float
+    origin: Origin  # where it came from, for the tracking row and the trail (engine/history.py)
 
 
 class AgentActor(Actor):
@@ -101,15 +110,14 @@ class AgentActor(Actor):
             return
         origin = Origin(webhook_of(queue_message.message_id), queue_message.shard, queued.archive_key or None)
         customer = getattr(result, "to_id", None) or getattr(result, "id", None) or queue_message.message_id
-        future = await self._lanes.submit(customer, (tenant, result, queued.body, queued.received_at, origin))
+        future = await self._lanes.submit(customer, Job(tenant, result, queued.body, queued.received_at, origin))
         self._settling.start(self._settle(queue_message, future, result))
 
     async def _job(self, customer: str, job: Job) -> str:
-        tenant, result, raw, received_at, origin = job
-        genesys_id = getattr(result, "id", None) or ""
-        with Trail(self.tenant_id, genesys_id, origin, self._tracker, direction=OUTBOUND):
+        genesys_id = getattr(job.result, "id", None) or ""
+        with Trail(self.tenant_id, genesys_id, job.origin, self._tracker, direction=OUTBOUND):
             return await hold_through_outage(
-                lambda: self._sender.handle(tenant, result, raw, received_at, origin=origin),
+                lambda: self._sender.handle(job.tenant, job.result, job.raw, job.received_at, origin=job.origin),
                 hold_for=math.inf,
                 give_up=self._giving_up,
                 report_after=self._outage_hold,

@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from wabridge.actors.directory import TenantDirectory
 from wabridge.actors.identity import CustomerIdentity, customer_ids
 from wabridge.actors.relay import Relay
@@ -31,7 +33,7 @@ from wabridge.codecs.results import Inbound, Skipped, StatusUpdate, pack_result
 from wabridge.codecs.routing import decode_queued
 from wabridge.codecs.transform import transform
 from wabridge.engine.actor import Actor
-from wabridge.engine.history import Origin, Trail, webhook_of
+from wabridge.engine.history import Origin, Trail, origin_fields, webhook_of
 from wabridge.engine.lanes import Lanes
 from wabridge.engine.logs import get_logger
 from wabridge.engine.metrics import REGISTRY
@@ -55,10 +57,26 @@ _inbound, _skipped, _statuses = (_items.labels(k) for k in ("message", "skipped"
 _handed_back = REGISTRY.counter("wabridge_queue_retries_total", "Queue messages handed back for redelivery.", [])
 DEAD_LETTERS = REGISTRY.counter("wabridge_dead_letters_total", "Queue messages moved to the dead-letter queue.", [])
 
-# (the tenant, or the outage that kept its lookup from answering; the message, or a status of an agent's message;
-# received at; the queue message's message id and attempt; where its webhook came from, for the tracking row and the
-# trail: engine/history.py)
-Job = tuple["TenantConfig | BackendUnavailable", "Inbound | StatusUpdate", float, str, int, Origin]
+
+class MessageJob(msgspec.Struct, frozen=True):
+    """A customer's message in its customer's lane."""
+
+    tenant: TenantConfig | BackendUnavailable  # or the outage that kept its lookup from answering
+    inbound: Inbound
+    received_at: float
+    message_id: str  # of the queue message it came in
+    attempt: int  # the queue message's
+    origin: Origin  # where its webhook came from, for the tracking row and the trail (engine/history.py)
+
+
+class StatusJob(msgspec.Struct, frozen=True):
+    """A status of an agent's message, in its customer's lane: a receipt to Genesys (statuses.py)."""
+
+    tenant: TenantConfig | BackendUnavailable
+    status: StatusUpdate
+
+
+Job = MessageJob | StatusJob
 
 ADMITTING = 256  # queue messages of one tenant whose customers are being named by the store at once
 
@@ -255,12 +273,15 @@ class TenantActor(Actor):
             try:
                 if related:
                     await asyncio.wait(related)
-                known = results
-                if self._identity is not None and not isinstance(tenant, BackendUnavailable):
-                    known = self._identity.known(self.tenant_id, results)
-                    if known is None:
+                known: list[Any] = results
+                identity = self._identity
+                if identity is not None and not isinstance(tenant, BackendUnavailable):
+                    here = identity.known(self.tenant_id, results)
+                    if here is not None:
+                        known = here
+                    else:
                         known = await hold_through_outage(
-                            lambda: self._identity.resolve(self.tenant_id, results),  # type: ignore[union-attr]
+                            lambda: identity.resolve(self.tenant_id, results),
                             hold_for=math.inf,
                             give_up=self._giving_up,
                             report_after=self._outage_hold,
@@ -299,7 +320,9 @@ class TenantActor(Actor):
             match result:
                 case Inbound(route=route):
                     _inbound.inc()
-                    job = (tenant, result, queued.received_at, queue_message.message_id, queue_message.attempt, origin)
+                    job = MessageJob(
+                        tenant, result, queued.received_at, queue_message.message_id, queue_message.attempt, origin
+                    )
                     future = await self._lanes.submit(route.sender_id, job)
                     pending.append((future, result))
                 case Skipped(wamid=str() as wamid, reason=reason, detail=detail):
@@ -318,15 +341,8 @@ class TenantActor(Actor):
                 case StatusUpdate():
                     _statuses.inc()
                     if self._statuses is not None:  # the agents' messages: a receipt to Genesys (statuses.py)
-                        job = (
-                            tenant,
-                            result,
-                            queued.received_at,
-                            queue_message.message_id,
-                            queue_message.attempt,
-                            origin,
-                        )
-                        future = await self._lanes.submit(self._statuses.lane_of(result), job)
+                        status = StatusJob(tenant, result)
+                        future = await self._lanes.submit(self._statuses.lane_of(result), status)
                         pending.append((future, None))
         self._settling.start(self._settle(queue_message, pending, origin, queued.received_at))
 
@@ -334,19 +350,19 @@ class TenantActor(Actor):
         """`_relay_job` in the message's trail: every line logged about it meanwhile names it, and its unusual
         steps are kept for `wabridge trace` (history.py). A status runs in its customer's lane too, so its receipt
         never passes the customer's earlier messages."""
-        if type(job[1]) is StatusUpdate:
+        if isinstance(job, StatusJob):
             return await self._status_job(job)
-        with Trail(self.tenant_id, job[1].route.wamid, job[5], self._tracker):
+        with Trail(self.tenant_id, job.inbound.route.wamid, job.origin, self._tracker):
             return await self._relay_job(sender_id, job)
 
-    async def _relay_job(self, sender_id: str, job: Job) -> str:
+    async def _relay_job(self, sender_id: str, job: MessageJob) -> str:
         """One message of a customer's lane. After a failure the customer's later messages fail too, and go back
         behind the one that failed; the lane then runs only the messages it sent back, each at a later attempt, in
         the order they went back (the queue returns them so, and parking feeds them so: parking.py), and sends
         back any other until the last of them has run. Unblocking once the failed one alone was back let a message
         taken between its return and its followers' (their hand-backs reach the queue later, behind newer
         messages the worker already holds) overtake them (an outage past the hold under load, chaos runs)."""
-        tenant, inbound, received_at, message_id, attempt, _ = job
+        tenant, inbound, message_id, attempt = job.tenant, job.inbound, job.message_id, job.attempt
         key = (message_id, inbound.route.wamid)
         blocked = self._blocked.get(sender_id)
         if blocked is not None:
@@ -375,7 +391,7 @@ class TenantActor(Actor):
             if isinstance(tenant, BackendUnavailable):
                 raise BackendUnavailable(tenant.port, "a drain cut the tenant's lookup short") from tenant
             return await hold_through_outage(
-                lambda: self._relay.relay(tenant, inbound, received_at),
+                lambda: self._relay.relay(tenant, inbound, job.received_at),
                 hold_for=math.inf,
                 report_after=self._outage_hold,
                 give_up=self._giving_up,
@@ -386,14 +402,14 @@ class TenantActor(Actor):
             blocked.until = time.monotonic() + BLOCK_FOR
             raise
 
-    async def _status_job(self, job: Job) -> str:
-        tenant, status = job[0], job[1]
+    async def _status_job(self, job: StatusJob) -> str:
+        tenant, statuses = job.tenant, self._statuses
         if isinstance(tenant, BackendUnavailable):
             raise BackendUnavailable(tenant.port, "a drain cut the tenant's lookup short") from tenant
-        assert self._statuses is not None and type(status) is StatusUpdate
+        assert statuses is not None  # a StatusJob is made only when there are statuses to apply
         return await hold_through_outage(
-            lambda: self._statuses.apply(tenant, status),
-            hold_for=math.inf,  # type: ignore[union-attr]
+            lambda: statuses.apply(tenant, job.status),
+            hold_for=math.inf,
             report_after=self._outage_hold,
             give_up=self._giving_up,
         )
@@ -524,16 +540,7 @@ class TenantActor(Actor):
         origin: Origin | None = None,
         received_at: float | None = None,
     ) -> None:
-        where = (
-            {}
-            if origin is None
-            else {
-                "webhook_id": origin.webhook_id,
-                "shard": origin.shard,
-                "archive_key": origin.archive_key,
-                "received_at": received_at,
-            }
-        )
+        where = {} if origin is None else origin_fields(origin, received_at)
         await self._tracker.record(
             TrackingRecord(wamid=wamid, tenant_id=self.tenant_id, status=status, error=error, **where)
         )
