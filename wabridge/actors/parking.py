@@ -134,9 +134,8 @@ class ShardParking:
         self._writing: list[QueueMessage] = []  # parked, not yet written; acked on the queue once written
         self._writer: asyncio.Task[None] | None = None
         self._more = asyncio.Event()  # set after each write and hand-back: a feeder that found nothing looks again
-        self._fences: dict[
-            str, QueueMessage
-        ] = {}  # tenant → its episode's first queue message, unacked (module docstring)
+        # tenant → its episode's first queue message, unacked (module docstring)
+        self._fences: dict[str, QueueMessage] = {}
         self._waiting_for: dict[str, tuple[str, int]] = {}  # taken over: tenant → (its fence, rows to feed after it)
         self._tasks = Tasks(f"parking of shard {shard}")  # the writer, feeders, fence lifts and waits: ended at a drain
         self.loaded = False
