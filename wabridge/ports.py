@@ -159,6 +159,23 @@ class ParkedMessage(msgspec.Struct, frozen=True, kw_only=True):
     attempt: int  # the queue's attempt count it carries (1 on first delivery)
 
 
+class MessageToPark(msgspec.Struct, frozen=True):
+    """A queue message to keep in the store (`ParkingStore.park`), before the store gives it its `seq`."""
+
+    tenant_id: str
+    message_id: str
+    body: bytes
+    attempt: int
+
+
+class ParkingFence(msgspec.Struct, frozen=True):
+    """Where a tenant's parking episode began: that queue message stays unacked until what came before it is settled
+    (actors/parking.py)."""
+
+    tenant_id: str
+    message_id: str
+
+
 # --- Queue ----------------------------------------------------------------------------------------------------------
 
 
@@ -367,14 +384,11 @@ class ParkingStore(Protocol):
     # parked messages: a worker takes the queue messages of a tenant that is held back (its Genesys rate budget
     # spent, its mailbox full) off its shard and keeps them here, in order, so the shard's other tenants are not held
     # up behind it; it feeds them back to the tenant in order and deletes each once settled.
-    async def park(
-        self, shard: int, messages: Sequence[tuple[str, str, bytes, int]], *, fences: Sequence[tuple[str, str]] = ()
-    ) -> None:
-        """(tenant_id, message_id, body, attempt) stored in the given order: each gets a higher seq than the ones
-        before it and than anything parked before this call; one round trip, durable when it returns. Empty: nothing.
-        `fences` (tenant_id, message_id), written in the same transaction: a tenant's parking episode began at that
-        queue message, which stays unacked until what came before it is settled (actors/parking.py); a tenant that
-        has a fence already keeps it."""
+    async def park(self, shard: int, messages: Sequence[MessageToPark], *, fences: Sequence[ParkingFence] = ()) -> None:
+        """`messages` stored in the given order: each gets a higher seq than the ones before it and than anything
+        parked before this call; one round trip, durable when it returns. Empty: nothing. `fences`, written in the
+        same transaction: a tenant's parking episode began at that queue message, which stays unacked until what came
+        before it is settled (actors/parking.py); a tenant that has a fence already keeps it."""
 
     async def parking_fences(self, shard: int) -> dict[str, str]:
         """Tenant → the message id of its fence, for the tenants of this shard that have one."""

@@ -20,7 +20,7 @@ from wabridge.actors import parking as parking_module
 from wabridge.actors.fed_messages import HeldBack, FedMessage
 from wabridge.actors.parking import POKE_PREFIX, ShardParking, is_poke
 from wabridge.actors.tenant import Settled
-from wabridge.ports import QueueMessage, MessageEvent, ParkedMessage, Store
+from wabridge.ports import QueueMessage, MessageEvent, MessageToPark, ParkedMessage, ParkingFence, Store
 from wabridge.engine.settings import Settings
 from wabridge.adapters.store.postgres import PostgresStore
 from wabridge.adapters.store.sqlite import SqliteStore
@@ -183,7 +183,9 @@ class Lot:
         """Rows left parked by a worker gone: written straight to the store."""
         ids = [message_id(i, tenant_id) for i in range(first, first + n)]
         await self.store.park(
-            SHARD, [(tenant_id, m, body_of(m), 1) for m in ids], fences=[(tenant_id, fence)] if fence else ()
+            SHARD,
+            [MessageToPark(tenant_id, m, body_of(m), 1) for m in ids],
+            fences=[ParkingFence(tenant_id, fence)] if fence else (),
         )
         return ids
 

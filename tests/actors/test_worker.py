@@ -20,6 +20,7 @@ from wabridge.engine.drain import Shutdown
 from wabridge.engine.backoff import Backoff
 from wabridge.adapters.queue.sqlite import shard_of
 from wabridge.engine.settings import Settings
+from wabridge.ports import MessageToPark
 from wabridge.sim import webhooks
 
 pytestmark = pytest.mark.anyio
@@ -250,8 +251,8 @@ async def test_parked_rows_nobody_feeds_and_no_delivery_points_to_are_found_by_a
         await backends.store.put_tenant(tenant(held_id, ("100000000001",), "s1"))
         messages = [webhooks.message("text", wa_id=f"1555{i:07d}") for i in range(20)]
         await backends.store.park(shard, [
-            (held_id, f"{held_id}-{i}", encode_queued(QueuedWebhook(held_id, time.time(), "", webhooks.webhook(
-                "100000000001", [message]))), 1)
+            MessageToPark(held_id, f"{held_id}-{i}", encode_queued(QueuedWebhook(held_id, time.time(), "",
+                webhooks.webhook("100000000001", [message]))), 1)
             for i, message in enumerate(messages)
         ])  # fmt: skip
         pokes = _pokes.labels().get()

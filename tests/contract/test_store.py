@@ -15,7 +15,9 @@ from wabridge.adapters.store.postgres import MIGRATIONS
 from wabridge.ports import (
     BackendUnavailable,
     GenesysCredential,
+    MessageToPark,
     ParkedMessage,
+    ParkingFence,
     PhoneNumberTaken,
     Store,
     TenantConfig,
@@ -344,8 +346,8 @@ async def all_parked(store: Store, shard: int, tenant_id: str) -> list[ParkedMes
 
 
 async def test_parked_messages_come_back_in_the_order_parked_byte_exact(store):
-    await store.park(3, [("acme", "m1", b"\x00\xff", 1), ("acme", "m2", b"", 2)])
-    await store.park(3, [("acme", "m3", b"third", 5)])
+    await store.park(3, [MessageToPark("acme", "m1", b"\x00\xff", 1), MessageToPark("acme", "m2", b"", 2)])
+    await store.park(3, [MessageToPark("acme", "m3", b"third", 5)])
     rows = await all_parked(store, 3, "acme")
     assert [(r.message_id, r.body, r.attempt) for r in rows] == [
         ("m1", b"\x00\xff", 1), ("m2", b"", 2), ("m3", b"third", 5)
@@ -358,7 +360,7 @@ async def test_a_large_park_keeps_the_given_order(store):
     # Ids whose sort order differs from the given one, so an unordered insert would show.
     ids = [f"m{(n * 7919) % 500:03d}" for n in range(500)]
     assert sorted(ids) != ids and len(set(ids)) == 500
-    await store.park(0, [("acme", i, i.encode(), 1) for i in ids])
+    await store.park(0, [MessageToPark("acme", i, i.encode(), 1) for i in ids])
     rows = await all_parked(store, 0, "acme")
     assert [r.message_id for r in rows] == ids
     assert [r.body for r in rows] == [i.encode() for i in ids]
@@ -370,9 +372,9 @@ async def test_park_with_no_messages_parks_nothing(store):
 
 
 async def test_parked_is_per_shard_and_tenant_and_pages_with_after_and_limit(store):
-    await store.park(1, [("acme", f"a{n}", b"x", 1) for n in range(250)])
-    await store.park(1, [("globex", "g1", b"x", 1)])
-    await store.park(2, [("acme", "other-shard", b"x", 1)])
+    await store.park(1, [MessageToPark("acme", f"a{n}", b"x", 1) for n in range(250)])
+    await store.park(1, [MessageToPark("globex", "g1", b"x", 1)])
+    await store.park(2, [MessageToPark("acme", "other-shard", b"x", 1)])
     pages, after = [], 0
     for _ in range(4):
         page = await store.parked(1, "acme", after=after, limit=100)
@@ -389,16 +391,17 @@ async def test_parked_is_per_shard_and_tenant_and_pages_with_after_and_limit(sto
 
 async def test_parked_tenants_counts_per_tenant_in_the_given_shard_only(store):
     assert await store.parked_tenants(1) == {}
-    await store.park(1, [("acme", "a1", b"", 1), ("globex", "g1", b"", 1), ("acme", "a2", b"", 1)])
-    await store.park(2, [("acme", "a3", b"", 1), ("initech", "i1", b"", 1)])
+    await store.park(1, [MessageToPark("acme", "a1", b"", 1), MessageToPark("globex", "g1", b"", 1),
+                         MessageToPark("acme", "a2", b"", 1)])
+    await store.park(2, [MessageToPark("acme", "a3", b"", 1), MessageToPark("initech", "i1", b"", 1)])
     assert await store.parked_tenants(1) == {"acme": 2, "globex": 1}
     assert await store.parked_tenants(2) == {"acme": 1, "initech": 1}
     assert await store.parked_tenants(3) == {}
 
 
 async def test_unpark_deletes_exactly_the_given_seqs_and_ignores_unknown_ones(store):
-    await store.park(1, [("acme", f"a{n}", b"", 1) for n in range(5)])
-    await store.park(2, [("acme", "b0", b"", 1)])
+    await store.park(1, [MessageToPark("acme", f"a{n}", b"", 1) for n in range(5)])
+    await store.park(2, [MessageToPark("acme", "b0", b"", 1)])
     seqs = [r.seq for r in await all_parked(store, 1, "acme")]
     other = (await all_parked(store, 2, "acme"))[0].seq
     await store.unpark([])
@@ -410,7 +413,7 @@ async def test_unpark_deletes_exactly_the_given_seqs_and_ignores_unknown_ones(st
 
 
 async def test_set_parked_attempt_changes_only_that_row(store):
-    await store.park(1, [("acme", "a0", b"", 1), ("acme", "a1", b"", 1)])
+    await store.park(1, [MessageToPark("acme", "a0", b"", 1), MessageToPark("acme", "a1", b"", 1)])
     first, second = await all_parked(store, 1, "acme")
     await store.set_parked_attempt(second.seq, 4)
     await store.set_parked_attempt(second.seq + 1000, 9)  # unknown: nothing happens
@@ -422,11 +425,11 @@ async def test_set_parked_attempt_changes_only_that_row(store):
 
 
 async def test_a_seq_is_never_handed_out_again_after_unpark(store):
-    await store.park(1, [("acme", f"a{n}", b"", 1) for n in range(3)])
+    await store.park(1, [MessageToPark("acme", f"a{n}", b"", 1) for n in range(3)])
     old = [r.seq for r in await all_parked(store, 1, "acme")]
     await store.unpark(old)
     assert await all_parked(store, 1, "acme") == []
-    await store.park(1, [("acme", f"b{n}", b"", 1) for n in range(3)])
+    await store.park(1, [MessageToPark("acme", f"b{n}", b"", 1) for n in range(3)])
     new = await all_parked(store, 1, "acme")
     assert [r.message_id for r in new] == ["b0", "b1", "b2"]
     assert min(r.seq for r in new) > max(old)
@@ -434,9 +437,11 @@ async def test_a_seq_is_never_handed_out_again_after_unpark(store):
 
 async def test_a_fence_is_written_with_its_rows_kept_until_cleared_and_one_per_tenant(store):
     assert await store.parking_fences(1) == {}
-    await store.park(1, [("acme", "f1", b"x", 1), ("acme", "f2", b"y", 1)], fences=[("acme", "f1")])
-    await store.park(1, [("acme", "f3", b"z", 1)], fences=[("acme", "f3")])  # acme's first fence stands
-    await store.park(2, [("globex", "g1", b"", 1)], fences=[("globex", "g1")])
+    await store.park(1, [MessageToPark("acme", "f1", b"x", 1), MessageToPark("acme", "f2", b"y", 1)],
+                     fences=[ParkingFence("acme", "f1")])
+    # acme's first fence stands
+    await store.park(1, [MessageToPark("acme", "f3", b"z", 1)], fences=[ParkingFence("acme", "f3")])
+    await store.park(2, [MessageToPark("globex", "g1", b"", 1)], fences=[ParkingFence("globex", "g1")])
     assert await store.parking_fences(1) == {"acme": "f1"}
     assert await store.parking_fences(2) == {"globex": "g1"}
     assert [r.message_id for r in await all_parked(store, 1, "acme")] == ["f1", "f2", "f3"]
@@ -465,13 +470,13 @@ async def test_postgres_down_raises_backend_unavailable_and_recovers_after_resto
         with pytest.raises(BackendUnavailable):
             await store.get_tenant("acme")
         with pytest.raises(BackendUnavailable):
-            await store.park(0, [("acme", "m1", b"body", 1)])
+            await store.park(0, [MessageToPark("acme", "m1", b"body", 1)])
         assert time.monotonic() - started < 10
         assert await store.ping() is False
         proxy.restore()
         await store.write_tracking([TrackingRecord(wamid="w1", tenant_id="acme", status="received")])
         assert (await store.get_tracking("acme", "w1")).status == "received"
-        await store.park(0, [("acme", "m2", b"body", 1)])
+        await store.park(0, [MessageToPark("acme", "m2", b"body", 1)])
         assert [r.message_id for r in await store.parked(0, "acme")] == ["m2"]
         assert await store.ping() is True
     finally:

@@ -72,7 +72,16 @@ from wabridge.engine.metrics import REGISTRY
 from wabridge.engine.outage import hold_through_outage
 from wabridge.engine.registry import Registry
 from wabridge.engine.tasks import Tasks
-from wabridge.ports import BackendUnavailable, MessageEvent, ParkedMessage, ParkingStore, Queue, QueueMessage
+from wabridge.ports import (
+    BackendUnavailable,
+    MessageEvent,
+    MessageToPark,
+    ParkedMessage,
+    ParkingFence,
+    ParkingStore,
+    Queue,
+    QueueMessage,
+)
 
 log = get_logger("parking")
 
@@ -300,9 +309,9 @@ class ShardParking:
         try:
             while self._writing and not self._closing:
                 batch = self._writing[:PARK_BATCH]
-                rows = [(d.tenant_id, d.message_id, d.body, d.attempt) for d in batch]
+                rows = [MessageToPark(d.tenant_id, d.message_id, d.body, d.attempt) for d in batch]
                 fenced = [d for d in batch if self._fences.get(d.tenant_id) is d]
-                fences = [(d.tenant_id, d.message_id) for d in fenced]
+                fences = [ParkingFence(d.tenant_id, d.message_id) for d in fenced]
                 await _until_up(lambda: self._store.park(self.shard, rows, fences=fences))
                 del self._writing[: len(batch)]
                 self._more.set()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from wabridge.ports import ParkedMessage
+from wabridge.ports import MessageToPark, ParkedMessage, ParkingFence
 
 # The rows are numbered by the sequence as the sorted SELECT yields them, so seq follows the caller's order.
 _PARK = """
@@ -26,9 +26,7 @@ class PostgresParking:
 
     # --- parked messages ---
 
-    async def park(
-        self, shard: int, messages: Sequence[tuple[str, str, bytes, int]], *, fences: Sequence[tuple[str, str]] = ()
-    ) -> None:
+    async def park(self, shard: int, messages: Sequence[MessageToPark], *, fences: Sequence[ParkingFence] = ()) -> None:
         if not messages and not fences:
             return
         async with self._conn() as conn, conn.transaction():
@@ -36,16 +34,16 @@ class PostgresParking:
                 await conn.executemany(
                     "INSERT INTO parking_fences (shard, tenant_id, message_id) VALUES ($1, $2, $3)"
                     " ON CONFLICT (shard, tenant_id) DO NOTHING",
-                    [(shard, tenant_id, message_id) for tenant_id, message_id in fences],
+                    [(shard, f.tenant_id, f.message_id) for f in fences],
                 )
             if messages:
                 await conn.execute(
                     _PARK,
                     shard,
-                    [m[0] for m in messages],
-                    [m[1] for m in messages],
-                    [m[2] for m in messages],
-                    [m[3] for m in messages],
+                    [m.tenant_id for m in messages],
+                    [m.message_id for m in messages],
+                    [m.body for m in messages],
+                    [m.attempt for m in messages],
                 )
 
     async def parking_fences(self, shard: int) -> dict[str, str]:

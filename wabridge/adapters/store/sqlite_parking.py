@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from wabridge.ports import ParkedMessage
+from wabridge.ports import MessageToPark, ParkedMessage, ParkingFence
 
 T = TypeVar("T")
 
@@ -21,19 +21,17 @@ class SqliteParking:
 
     # --- parked messages ---
 
-    async def park(
-        self, shard: int, messages: Sequence[tuple[str, str, bytes, int]], *, fences: Sequence[tuple[str, str]] = ()
-    ) -> None:
+    async def park(self, shard: int, messages: Sequence[MessageToPark], *, fences: Sequence[ParkingFence] = ()) -> None:
         if not messages and not fences:
             return
         now = time.time()
-        rows = [(shard, tenant_id, message_id, body, attempt, now) for tenant_id, message_id, body, attempt in messages]
+        rows = [(shard, m.tenant_id, m.message_id, m.body, m.attempt, now) for m in messages]
 
         def work(db: sqlite3.Connection) -> None:
             db.execute("BEGIN IMMEDIATE")
             db.executemany(
                 "INSERT OR IGNORE INTO parking_fences (shard, tenant_id, message_id) VALUES (?, ?, ?)",
-                [(shard, tenant_id, message_id) for tenant_id, message_id in fences],
+                [(shard, f.tenant_id, f.message_id) for f in fences],
             )
             # Inserted one by one in the given order, so AUTOINCREMENT numbers them in that order.
             db.executemany(
