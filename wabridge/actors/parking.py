@@ -56,6 +56,7 @@ fed_messages.py.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
 import uuid
@@ -312,7 +313,7 @@ class ShardParking:
                 rows = [MessageToPark(d.tenant_id, d.message_id, d.body, d.attempt) for d in batch]
                 fenced = [d for d in batch if self._fences.get(d.tenant_id) is d]
                 fences = [ParkingFence(d.tenant_id, d.message_id) for d in fenced]
-                await _until_up(lambda: self._store.park(self.shard, rows, fences=fences))
+                await _until_up(functools.partial(self._store.park, self.shard, rows, fences=fences))
                 del self._writing[: len(batch)]
                 self._more.set()
                 for fence in fenced:
@@ -360,7 +361,9 @@ class ShardParking:
                 if self._backlog[tenant_id] <= 0:
                     break
                 self._more.clear()
-                rows = await _until_up(lambda: self._store.parked(self.shard, tenant_id, after=after, limit=FEED_BATCH))
+                rows = await _until_up(
+                    functools.partial(self._store.parked, self.shard, tenant_id, after=after, limit=FEED_BATCH)
+                )
                 if not rows:
                     await self._more.wait()  # counted, not yet written: the router's write is under way
                     continue

@@ -425,7 +425,9 @@ class TenantActor(Actor):
         received_at: float,
     ) -> None:
         outcomes = await asyncio.gather(*(future for future, _ in pending), return_exceptions=True)
-        unfinished = [(o, inbound) for o, (_, inbound) in zip(outcomes, pending) if isinstance(o, BaseException)]
+        unfinished = [
+            (o, inbound) for o, (_, inbound) in zip(outcomes, pending, strict=True) if isinstance(o, BaseException)
+        ]
         if not unfinished:
             await queue_message.ack()
             return

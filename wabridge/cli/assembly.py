@@ -159,8 +159,8 @@ def serve_embedded(settings: Settings) -> None:
     """One ingress process: Granian's embedded server on this process's event loop.
 
     Why not Granian's process manager for one worker: its parent process holds a third of the ingress's memory to
-    supervise a single child, and serves no more (docs/decisions.md). SIGTERM/SIGINT stop it (the server finishes the requests it holds,
-    then the archive puts its last segments); a second signal exits at once.
+    supervise a single child, and serves no more (docs/decisions.md). SIGTERM/SIGINT stop it (the server finishes the
+    requests it holds, then the archive puts its last segments); a second signal exits at once.
     """
     import signal
 

@@ -1,9 +1,10 @@
 """Every line of wabridge that reaches into aiormq's internals, in one place, and the check that they still hold.
 
-adapters/queue/amqp.py writes batches of frames straight to a channel (one socket write for many publishes or settlements)
-and numbers its publishes itself. That uses three attributes aiormq does not promise: `Channel.delivery_tag` (the
-last publish's number, which aiormq increments in `basic_publish`), `Channel.confirmations` (tag → the future its
-Basic.Ack / Basic.Nack resolves) and `Channel.write_queue` (where `ChannelFrame`s wait for the connection's writer).
+adapters/queue/amqp.py writes batches of frames straight to a channel (one socket write for many publishes or
+settlements) and numbers its publishes itself. That uses three attributes aiormq does not promise:
+`Channel.delivery_tag` (the last publish's number, which aiormq increments in `basic_publish`), `Channel.confirmations`
+(tag → the future its Basic.Ack / Basic.Nack resolves) and `Channel.write_queue` (where `ChannelFrame`s wait for the
+connection's writer).
 They are proven against the aiormq releases in `PROVEN` (tests/contract/test_queue.py's frame-level tests run on the
 real broker); `check()` refuses to start on any other, with one line, rather than publish into a changed internal.
 """

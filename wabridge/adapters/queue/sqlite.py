@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -198,7 +199,11 @@ class SqliteConsumer:
                     self.owned = await self._queue._write(self._lease)
                     renewed = time.monotonic()
                 room = self._prefetch - len(self._unsettled)
-                rows = await self._queue._write(lambda db: self._take(db, room)) if self.owned and room > 0 else []
+                rows = (
+                    await self._queue._write(functools.partial(self._take, room=room))
+                    if self.owned and room > 0
+                    else []
+                )
             except BackendUnavailable as exc:
                 log.warning("sqlite queue consumer: %s", exc)
                 rows = []
@@ -341,14 +346,14 @@ class SqliteQueue:
             if not batch:
                 continue
             try:
-                results = await self._in_thread(lambda: self._transaction([op for op, _ in batch]))
+                results = await self._in_thread(functools.partial(self._transaction, [op for op, _ in batch]))
             except sqlite3.Error as exc:
                 failure = BackendUnavailable(PORT, f"sqlite: {exc}")
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(failure)
                 continue
-            for (_, future), (ok, value) in zip(batch, results):
+            for (_, future), (ok, value) in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(value) if ok else future.set_exception(value)
 
@@ -392,7 +397,8 @@ class SqliteQueue:
         shard = shard_of(tenant_id, self.shards)
         await self._write(
             lambda db: db.execute(
-                "INSERT INTO queue_messages (shard, tenant_id, message_id, body, state, reason) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO queue_messages (shard, tenant_id, message_id, body, state, reason)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
                 (shard, tenant_id, message_id, body, DEAD, reason),
             )
         )

@@ -52,7 +52,8 @@ WHERE t.tenant_id = u.tenant_id AND t.wamid = u.wamid
 """
 
 _TRACKING_COLUMNS = """wamid, tenant_id, status, direction, type, conversation_id, genesys_message_id, attempts, error,
-    payload, duplicates, extract(epoch FROM created_at)::float8 AS created_at, extract(epoch FROM updated_at)::float8 AS updated_at,
+    payload, duplicates, extract(epoch FROM created_at)::float8 AS created_at,
+    extract(epoch FROM updated_at)::float8 AS updated_at,
     webhook_id, shard, archive_key, extract(epoch FROM received_at)::float8 AS received_at, customer_id, media_key,
     meta_ids, meta_status"""
 _EVENT_COLUMNS = "tenant_id, wamid, webhook_id, direction, extract(epoch FROM at)::float8 AS at, event, detail"

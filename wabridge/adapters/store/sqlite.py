@@ -7,8 +7,9 @@ held after that is reported as BackendUnavailable (the caller retries later, as 
 
 Every call runs on one dedicated thread that owns the connection: the event loop never waits on the disk, and the
 connection is never shared between threads. A large write inline would stall every other task; point reads cost more
-through the thread but are rare (the cache answers hot keys), so one path for everything wins (docs/decisions.md). synchronous=FULL, because write_tracking promises durability on return
-and a batch of hundreds of rows pays for one fsync.
+through the thread but are rare (the cache answers hot keys), so one path for everything wins (docs/decisions.md).
+synchronous=FULL, because write_tracking promises durability on return and a batch of hundreds of rows pays for one
+fsync.
 
 The tables' DDL is in sqlite_schema.py; the queries in sqlite_tenants.py, sqlite_customers.py, sqlite_tracking.py
 and sqlite_parking.py, one mixin of the store each.
