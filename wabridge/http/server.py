@@ -41,7 +41,7 @@ class ClientGone(Exception):
 
 
 async def read_body(proto: Any, headers: Mapping[str, str], limit: int) -> bytes:
-    """The whole request body, at most `limit` bytes. Raises BodyTooLarge, BadContentLength or ClientGone."""
+    """The whole request body, at most `limit` bytes. Raises RequestTooLarge, BadContentLength or ClientGone."""
     declared = headers.get("content-length")
     if declared is not None:
         if not (declared.isascii() and declared.isdigit()) or len(declared) > 19:  # int() refuses "²", and 5k digits
