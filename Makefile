@@ -7,7 +7,7 @@ UV := $(if $(PY_UV),$(PY_UV),.tools/bin/uv)
 SERVICES := deploy/dev/services.sh
 export UV_LINK_MODE := copy
 
-.PHONY: venv services services-stop test test-pure demo bench bench-quick fuzz clean
+.PHONY: venv services services-stop lint test test-pure demo bench bench-quick fuzz clean
 
 .tools/bin/uv:
 	python3 -m venv .tools
@@ -25,8 +25,14 @@ services: venv
 services-stop:
 	$(SERVICES) stop
 
-# Starts throwaway real servers, runs the whole suite against them, and stops them whatever the outcome.
-test: venv
+# ruff (format check, then lint) and mypy over the package: clean, or the build stops here.
+lint: venv
+	.venv/bin/ruff format --check wabridge
+	.venv/bin/ruff check wabridge
+	.venv/bin/mypy
+
+# Lint first; then throwaway real servers, the whole suite against them, and the servers stopped whatever the outcome.
+test: lint
 	@$(SERVICES) start || { $(SERVICES) stop; exit 1; }
 	@set -a; eval "$$($(SERVICES) env)"; WABRIDGE_REQUIRE_SERVERS=1; set +a; \
 	.venv/bin/python -m pytest -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
