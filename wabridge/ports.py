@@ -241,6 +241,9 @@ class Queue(Protocol):
 
 @runtime_checkable
 class Cache(Protocol):
+    async def open(self) -> None:
+        """Ready to serve. Clients that connect on first use have nothing to do here."""
+
     async def get(self, key: str) -> bytes | None: ...
 
     async def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:

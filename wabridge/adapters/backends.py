@@ -100,9 +100,7 @@ async def open_backends(
             # Registered before open(): an adapter that fails half-way (a session made, a bucket refused) still
             # releases what it holds.
             stack.push_async_callback(adapter.close)
-            open_ = getattr(adapter, "open", None)  # the Cache port has no open(): its clients connect lazily
-            if open_ is not None:
-                await open_()
+            await adapter.open()
             if port == "store" and migrate:
                 await adapter.migrate()
             opened[port] = adapter

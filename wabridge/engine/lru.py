@@ -154,6 +154,9 @@ class LocalCache:
         """Forget the local copy (the next get asks the remote)."""
         self._forget(key)
 
+    async def open(self) -> None:
+        await self.remote.open()
+
     async def ping(self) -> bool:
         return await self.remote.ping()
 

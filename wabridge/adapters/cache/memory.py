@@ -58,6 +58,9 @@ class MemoryCache:
         self._entries.replace(key, str(count).encode())  # the window keeps its first deadline
         return count
 
+    async def open(self) -> None:
+        """Nothing to open: the map lives in this process."""
+
     async def ping(self) -> bool:
         return True
 

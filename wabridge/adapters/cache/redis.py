@@ -104,6 +104,9 @@ class RedisCache:
         count, _ = await self._call(both())
         return int(count)
 
+    async def open(self) -> None:
+        """Nothing to open: redis-py connects on first use, so a Redis still booting does not stop start-up."""
+
     async def ping(self) -> bool:
         try:
             return bool(await self._redis.ping())
