@@ -359,9 +359,9 @@ class TenantActor(Actor):
         """One message of a customer's lane. After a failure the customer's later messages fail too, and go back
         behind the one that failed; the lane then runs only the messages it sent back, each at a later attempt, in
         the order they went back (the queue returns them so, and parking feeds them so: parking.py), and sends
-        back any other until the last of them has run. Unblocking once the failed one alone was back let a message
-        taken between its return and its followers' (their hand-backs reach the queue later, behind newer
-        messages the worker already holds) overtake them (an outage past the hold under load, chaos runs)."""
+        back any other until the last of them has run: unblocking once the failed one alone is back would let a
+        message taken between its return and its followers' (their hand-backs reach the queue later, behind newer
+        messages the worker already holds) overtake them."""
         tenant, inbound, message_id, attempt = job.tenant, job.inbound, job.message_id, job.attempt
         key = (message_id, inbound.route.wamid)
         blocked = self._blocked.get(sender_id)

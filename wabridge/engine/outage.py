@@ -25,10 +25,10 @@ _held_long = REGISTRY.counter(
 )
 
 # A message is held in place through a backend outage for as long as it lasts, unacked, its customer's lane waiting
-# behind it: order is kept and no attempt is spent. Handed back to the queue past a bound instead, it went behind
-# newer messages of its customer, which the worker then took first (hundreds of reordered pairs in a chaos run;
-# tests/e2e/test_outage_order.py). A drain stops the hold (`give_up`) and hands it back; the broker's
-# consumer_timeout must exceed the longest outage to ride out (the dev services and compose set 2 h).
+# behind it: order is kept and no attempt is spent. Handed back to the queue past a bound instead, it would go behind
+# newer messages of its customer, which the worker would then take first (tests/e2e/test_outage_order.py). A drain
+# stops the hold (`give_up`) and hands it back; the broker's consumer_timeout must exceed the longest outage to ride
+# out (the dev services and compose set 2 h).
 HOLD_BACKOFF = Backoff(0.2, 5.0, jitter=None)  # s between tries
 
 T = TypeVar("T")
