@@ -257,7 +257,7 @@ class ShardParking:
             orphans = self._orphans(await self._store.parked_tenants(self.shard))
             if orphans:
                 poke = f"{POKE_PREFIX}{uuid.uuid4().hex}"
-                await self._queue.publish(next(iter(orphans)), b"", message_id=poke)  # any of them: its shard
+                await self._queue.publish(next(iter(orphans)), b"", message_id=poke, shard=self.shard)
                 _pokes.inc()
         except BackendUnavailable as exc:
             log.debug("looking for parked rows of shard %d: %s", self.shard, exc)
@@ -402,7 +402,9 @@ class ShardParking:
     async def bury(self, delivery: ParkedDelivery, reason: str) -> None:
         """To the queue's dead letters, where `wabridge replay` finds it as it finds any other; then unparked."""
         try:
-            await self._queue.bury(delivery.tenant_id, delivery.body, message_id=delivery.message_id, reason=reason)
+            await self._queue.bury(
+                delivery.tenant_id, delivery.body, message_id=delivery.message_id, reason=reason, shard=self.shard
+            )
         except BackendUnavailable as exc:
             log.error(
                 "parked message %s stays parked, its dead letter not written: %s",
