@@ -83,3 +83,32 @@ def test_list_shows_the_shard_or_hash(capsys) -> None:
 def test_least_loaded_ignores_unplaced_and_out_of_range_shards() -> None:
     assert least_loaded_shard([None, None, 5, 0, 0, 1], 4) == 2
     assert least_loaded_shard([], 4) == 0
+
+
+def test_place_puts_an_unplaced_tenant_on_the_least_loaded_shard_and_keeps_its_secrets(capsys) -> None:
+    for n in range(3):
+        assert main(add_numbered(f"tenant-{n}", n)) == 0  # shards 0, 1, 2
+
+    async def unplace() -> None:
+        store = SqliteStore(load_settings())
+        await store.open()
+        try:
+            await store._run(
+                lambda db: db.execute("UPDATE tenant_credentials SET shard = NULL WHERE tenant_id = 'tenant-1'")
+            )
+        finally:
+            await store.close()
+
+    anyio.run(unplace)
+    before = stored("tenant-1")
+    assert before.shard is None
+    capsys.readouterr()
+    assert main(["tenants", "place", "tenant-1"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == "tenant tenant-1 on shard 1"
+    assert "moves from its hash shard to shard 1" in err
+    assert stored("tenant-1") == msgspec.structs.replace(before, shard=1)
+    assert main(["tenants", "place", "tenant-1", "--shard", "3"]) == 0
+    assert stored("tenant-1").shard == 3
+    assert main(["tenants", "place", "tenant-1", "--shard", "9"]) == 2
+    assert main(["tenants", "place", "nobody"]) == 1

@@ -6,7 +6,8 @@ not a terminal (a pipe, a secrets manager), one line of stdin per `-` flag, in t
 
 `add` on an existing id replaces the tenant whole: what is not given takes its default, so an update without
 `--genesys-webhook-secret` leaves the tenant with none (the command says so on stderr). Its queue shard is the
-exception: a tenant keeps its shard unless `--shard` moves it (cli/placement.py).
+exception: a tenant keeps its shard unless `--shard` moves it (cli/placement.py). `place` sets only the shard: a
+tenant added before placement existed is placed with it, without giving its secrets again.
 """
 
 from __future__ import annotations
@@ -126,6 +127,13 @@ def register(sub) -> None:
 
     ls = tsub.add_parser("list", help="list tenants (no secrets shown)")
     ls.set_defaults(func=run_list)
+
+    place = tsub.add_parser(
+        "place", help="put a tenant on a queue shard: the least loaded, or --shard N (e.g. one added before placement)"
+    )
+    place.add_argument("tenant_id")
+    place.add_argument("--shard", type=int, metavar="N", help="the shard (default: the one with the fewest tenants)")
+    place.set_defaults(func=run_place)
 
     rm = tsub.add_parser("remove", help="remove a tenant")
     rm.add_argument("tenant_id")
@@ -275,6 +283,33 @@ def run_list(args: argparse.Namespace) -> int:
                 f"shard={'hash' if t.shard is None else t.shard}\t"
                 f"read_marks={'on' if t.read_marks else 'off'}"
             )
+        return 0
+
+    return anyio.run(_with_store, work)
+
+
+def run_place(args: argparse.Namespace) -> int:
+    shards = load_settings().shards
+    if args.shard is not None and not 0 <= args.shard < shards:
+        print(
+            f"wabridge tenants place: error: --shard must be within 0..{shards - 1} (WABRIDGE_SHARDS)", file=sys.stderr
+        )
+        return 2
+
+    async def work(store, directory) -> int:
+        tenant = await store.get_tenant(args.tenant_id)
+        if tenant is None:
+            print(f"wabridge tenants place: no tenant {args.tenant_id!r}", file=sys.stderr)
+            return 1
+        shard = args.shard
+        if shard is None:
+            others = [t.shard for t in await store.list_tenants() if t.tenant_id != tenant.tenant_id]
+            shard = least_loaded_shard(others, shards)
+        if shard != tenant.shard:
+            _placement(shard, tenant, [], shards)  # the note on what a move means for queued messages
+            await store.put_tenant(msgspec.structs.replace(tenant, shard=shard))
+            await directory.invalidate(tenant)
+        print(f"tenant {tenant.tenant_id} on shard {shard}")
         return 0
 
     return anyio.run(_with_store, work)
