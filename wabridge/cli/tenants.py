@@ -258,14 +258,18 @@ def _placement(asked: int | None, previous: TenantConfig | None, others: list[Te
             return previous.shard
         return least_loaded_shard([t.shard for t in others], shards)
     if previous is not None and previous.shard != asked:
-        # Messages already queued on the old shard may be delivered after newer ones on the new shard.
-        moved_from = "its hash shard" if previous.shard is None else f"shard {previous.shard}"
-        print(
-            f"wabridge tenants add: note: tenant {previous.tenant_id} moves from {moved_from} to shard {asked}; its "
-            "messages still queued there may arrive after newer ones (move a tenant while its queue is empty)",
-            file=sys.stderr,
-        )
+        _note_move("add", previous, asked)
     return asked
+
+
+def _note_move(command: str, previous: TenantConfig, shard: int) -> None:
+    """Messages already queued on the old shard may be delivered after newer ones on the new shard."""
+    moved_from = "its hash shard" if previous.shard is None else f"shard {previous.shard}"
+    print(
+        f"wabridge tenants {command}: note: tenant {previous.tenant_id} moves from {moved_from} to shard {shard}; "
+        "its messages still queued there may arrive after newer ones (move a tenant while its queue is empty)",
+        file=sys.stderr,
+    )
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -306,7 +310,7 @@ def run_place(args: argparse.Namespace) -> int:
             others = [t.shard for t in await store.list_tenants() if t.tenant_id != tenant.tenant_id]
             shard = least_loaded_shard(others, shards)
         if shard != tenant.shard:
-            _placement(shard, tenant, [], shards)  # the note on what a move means for queued messages
+            _note_move("place", tenant, shard)
             await store.put_tenant(msgspec.structs.replace(tenant, shard=shard))
             await directory.invalidate(tenant)
         print(f"tenant {tenant.tenant_id} on shard {shard}")

@@ -2,7 +2,8 @@
 
 Topology (declared idempotently by `open()` and again after every reconnect):
 
-    exchange  {queue_name}         x-consistent-hash, durable; routing key = tenant id
+    exchange  {queue_name}         x-consistent-hash, durable; routing key = tenant id (a tenant placed on a shard,
+                                   TenantConfig.shard, is published straight to that shard's queue instead)
     queues    {queue_name}.0 … .N-1 quorum, single-active-consumer, x-delivery-limit, dead-letter → .dead
     queue     {queue_name}.dead    quorum, not single-active (basic.get is refused on SAC queues)
 
