@@ -116,6 +116,10 @@ def targets(s: dict[str, Any]) -> list[dict[str, Any]]:
         add("failover takeover", f"{so['takeover_s']:.2f} s", "within seconds", so["takeover_s"] < 10)
         one, two = so["one_worker"]["delivered_per_s"], so["two_workers"]["delivered_per_s"]
         add("two workers / one worker", f"{two / max(one, 1):.2f}×", "(info: 2 cores shared)", True)
+        if "busier_over_lighter" in so:
+            ratio, per_worker = so["busier_over_lighter"], so["two_workers"]["messages_per_worker"]
+            add("two workers, 10 placed tenants: busier ÷ lighter worker's messages",
+                f"{ratio:.2f} ({per_worker[0]} / {per_worker[1]})", "≤ 1.3", ratio <= 1.3)  # fmt: skip
     for name, o in ((k, s.get("outbound", {}).get(k)) for k in ("servers", "embedded")):
         if o:  # 7. outbound: against the inbound direction of the same run, medians over rounds
             r, m = o["ratios"], o["medians"]

@@ -55,7 +55,7 @@ class MemoryQueue:
     def __init__(self) -> None:
         self.published: collections.deque[tuple[str, bytes, str]] = collections.deque(maxlen=10_000)
 
-    async def publish(self, tenant_id: str, body: bytes, *, message_id: str) -> None:
+    async def publish(self, tenant_id: str, body: bytes, *, message_id: str, shard: int | None = None) -> None:
         await asyncio.sleep(0)
         self.published.append((tenant_id, body, message_id))
 

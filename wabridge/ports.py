@@ -68,6 +68,9 @@ class TenantConfig(msgspec.Struct, frozen=True, kw_only=True):
     genesys_webhook_secret: Secret | None = None  # the integration's outbound secret token (HMAC key)
     send_rate_per_second: int = 80  # Meta send budget per phone number, across processes; 0 = no budget
     read_marks: bool = True  # mark the customer's latest inbound message read when an agent answers
+    # The queue shard its messages go to (`tenants add` places it); None: the queue's hash of the tenant id, as for
+    # the tenants stored before placement existed. Never changed by itself: a move could reorder queued messages.
+    shard: int | None = None
 
 
 class TrackingStatus(enum.StrEnum):
@@ -210,9 +213,10 @@ class Queue(Protocol):
     async def open(self) -> None:
         """Connect and declare the topology idempotently."""
 
-    async def publish(self, tenant_id: str, body: bytes, *, message_id: str) -> None:
+    async def publish(self, tenant_id: str, body: bytes, *, message_id: str, shard: int | None = None) -> None:
         """Returns once the message is durable (publisher confirm); raises BackendUnavailable otherwise.
-        Concurrent publishes are pipelined: each caller awaits only its own confirm."""
+        Concurrent publishes are pipelined: each caller awaits only its own confirm. `shard`: the tenant's placed
+        shard (TenantConfig.shard); None, or one out of range, routes by the hash of the tenant id."""
 
     async def consume(
         self,
@@ -224,9 +228,12 @@ class Queue(Protocol):
         """Deliver messages of the given shards (all by default) to `handler`. One active consumer per shard
         across all processes, so a tenant's messages arrive in publish order."""
 
-    async def bury(self, tenant_id: str, body: bytes, *, message_id: str, reason: str) -> None:
+    async def bury(
+        self, tenant_id: str, body: bytes, *, message_id: str, reason: str, shard: int | None = None
+    ) -> None:
         """Put a message straight into the dead letters, keeping `reason`: one that left the queue (parked in the
-        store, actors/parking.py) and then failed for good. Durable when it returns."""
+        store, actors/parking.py) and then failed for good. Durable when it returns. `shard`: the one it came from,
+        where a retry of the dead letter puts it back (None: the hash of the tenant id)."""
 
     async def dead_letters(self, limit: int = 100) -> list[QueueMessage]:
         """Take up to `limit` dead-lettered messages (settle each: ack drops it, retry republishes it)."""
@@ -284,7 +291,8 @@ class PhoneNumberTaken(ValueError):
 class TenantStore(Protocol):
     # tenants (secrets encrypted at rest with the SecretBox)
     async def put_tenant(self, tenant: TenantConfig) -> None:
-        """Insert or update; raises PhoneNumberTaken if another tenant owns one of its phone numbers."""
+        """Insert or update; raises PhoneNumberTaken if another tenant owns one of its phone numbers. An update
+        without a shard keeps the stored one."""
 
     async def get_tenant(self, tenant_id: str) -> TenantConfig | None: ...
 

@@ -169,7 +169,7 @@ async def _e2e_step(rig: Rig, bridge: Bridge, rate: float, seconds: float, label
     out = _strip(r) | {"audit": result, "delivered_per_s": delivered_rate, "drain_s": drained_s,
                        "cpu_cores_by_role": split.cores(), "cpu_us_per_message_by_role": split.per_message(len(acked)),
                        "delivered_per_second": per_second(times, r["wall_start"]),
-                       "_receive_times": times}  # fmt: skip
+                       "_receive_times": times, "_wamid_prefix": f"wamid.B{spec.run_tag}"}  # fmt: skip
     a = result
     _say(f"e2e {label} at {rate}/s: acked {r['ok']} ({r['ok_per_s']:.0f}/s), delivered {delivered_rate:.0f}/s, "
          f"e2e p50/p99 {a['e2e_latency_ms']['p50']:.1f}/{a['e2e_latency_ms']['p99']:.1f} ms, lost {a['lost']}, "
@@ -312,11 +312,19 @@ class ParkedSampler:
 async def scale_out(rig: Rig, figures: dict[str, Any]) -> dict[str, Any]:
     rate, seconds = (5000, 5) if rig.quick else (7000, 10)
     out: dict[str, Any] = {"simulator_rate_limit": "off"}
-    for name, workers in (("one_worker", [None]), ("two_workers", ["0,1", "2,3"])):
+    # The tenants are placed 3/3/2/2 over the 4 shards (rig.put_tenants, as `tenants add` does): each of two
+    # workers takes one shard of 3 tenants and one of 2.
+    for name, workers in (("one_worker", [None]), ("two_workers", ["0,2", "1,3"])):
         async with Bridge(rig, workers) as bridge:
             with Sampler(bridge.pids) as s:
                 out[name] = await _e2e_step(rig, bridge, rate, seconds, name[:3])
             out[name]["usage"] = s.summary()
+    by_shard = await _messages_by_shard(rig, out["two_workers"]["_wamid_prefix"])
+    per_worker = [sum(by_shard.get(int(s), 0) for s in w.split(",")) for w in ("0,2", "1,3")]
+    out["two_workers"]["messages_by_shard"] = by_shard
+    out["two_workers"]["messages_per_worker"] = per_worker
+    out["busier_over_lighter"] = round(max(per_worker) / max(min(per_worker), 1), 3)
+    _say(f"two workers: messages per worker {per_worker}, busier ÷ lighter {out['busier_over_lighter']:.2f}")
     # Failover: two workers on all shards; the first is active everywhere (single-active-consumer), the second waits.
     seconds = 8 if rig.quick else 20
     async with Bridge(rig, [None, None]) as bridge:
@@ -336,6 +344,23 @@ async def scale_out(rig: Rig, figures: dict[str, Any]) -> dict[str, Any]:
     _say(f"failover: takeover {out['takeover_s']:.2f} s, lost {step['audit']['lost']}, "
          f"duplicated {step['audit']['duplicated']}, reordered {step['audit']['reordered']}")
     return out
+
+
+async def _messages_by_shard(rig: Rig, wamid_prefix: str) -> dict[int, int]:
+    """The run's delivered messages per queue shard, from their tracking rows (the shard that carried each)."""
+    import asyncpg
+
+    assert rig.settings.database_url is not None
+    conn = await asyncpg.connect(rig.settings.database_url.reveal())
+    try:
+        rows = await conn.fetch(
+            "SELECT shard, count(*) AS n FROM message_tracking WHERE wamid LIKE $1 AND status = 'delivered'"
+            " GROUP BY shard",
+            wamid_prefix + "%",
+        )
+    finally:
+        await conn.close()
+    return {r["shard"]: r["n"] for r in rows if r["shard"] is not None}
 
 
 def _takeover(times: list[float], killed_at: float) -> float:

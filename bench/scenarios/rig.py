@@ -276,8 +276,12 @@ class Rig:
 
     async def put_tenants(self, *, rate_limit_per_minute: int, only: str | None = None) -> None:
         from wabridge.adapters.backends import open_backends
+        from wabridge.cli.placement import least_loaded_shard
 
         url = f"http://127.0.0.1:{self.genesys_port}"
+        placed: list[int | None] = []  # as `wabridge tenants add` places them one after the other
+        for _ in self.tenants:
+            placed.append(least_loaded_shard(placed, self.settings.shards))
         async with open_backends(self.settings, ports=("store", "cache")) as backends:
             for n, t in enumerate(self.tenants):
                 if only is not None and t.tenant_id != only:
@@ -287,7 +291,7 @@ class Rig:
                     verify_token=Secret("verify"), whatsapp_token=Secret("whatsapp-token"), genesys_api_url=url,
                     genesys_login_url=url, genesys_integration_id=f"integration-{n}",
                     credentials=(GenesysCredential(f"client-{n}-{self.tag}", Secret("client-secret")),),
-                    rate_limit_per_minute=rate_limit_per_minute,
+                    rate_limit_per_minute=rate_limit_per_minute, shard=placed[n],
                 ))  # fmt: skip
 
     # --- the bridge's processes ---

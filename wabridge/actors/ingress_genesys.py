@@ -75,7 +75,7 @@ class GenesysWebhooks:
                 message_id = f"{webhook_id}:{tenant.tenant_id}"
             key = self.outbound_archive.append(tenant.tenant_id, webhook_id, received_at, body)
             message = encode_queued(QueuedWebhook(tenant.tenant_id, received_at, key, body))
-            await self.backends.outbound.publish(tenant.tenant_id, message, message_id=message_id)
+            await self.backends.outbound.publish(tenant.tenant_id, message, message_id=message_id, shard=tenant.shard)
         except BackendUnavailable as exc:
             log.warning("answering Genesys 503: %s", exc)
             return "unavailable", _json(503, error="backend unavailable, retry later")

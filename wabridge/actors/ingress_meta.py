@@ -152,7 +152,7 @@ class MetaWebhooks:
                 parts = split_by_tenant(decoded, {n: t.tenant_id for n, t in owners.items()}, fallback=fallback)
             except MalformedWebhook:  # the split reads no more than the view did: should it ever, 400, not a 500
                 return text(400, "malformed webhook")
-        await self._enqueue(parts, body, received_at, shared=len(tenants) > 1 or bool(unknown))
+        await self._enqueue(parts, body, received_at, shared=len(tenants) > 1 or bool(unknown), tenants=tenants)
         return text(200, "ok")
 
     def _verified(self, tenants: Any, body: bytes, signature: str, *, skip: TenantConfig | None) -> bool:
@@ -178,7 +178,15 @@ class MetaWebhooks:
             matched |= _signature_ok(secret, body, signature)
         return matched
 
-    async def _enqueue(self, parts: dict[str, bytes], raw: bytes, received_at: float, *, shared: bool) -> None:
+    async def _enqueue(
+        self,
+        parts: dict[str, bytes],
+        raw: bytes,
+        received_at: float,
+        *,
+        shared: bool,
+        tenants: Mapping[str, TenantConfig],
+    ) -> None:
         webhook_id = _new_webhook_id(received_at)
         publishes = []
         assert self.archive is not None
@@ -187,15 +195,17 @@ class MetaWebhooks:
         for tenant_id, part in parts.items():
             key = shared_key if shared_key is not None else self.archive.append(tenant_id, webhook_id, received_at, raw)
             message = encode_queued(QueuedWebhook(tenant_id, received_at, key, part))
-            publishes.append(self._publish(tenant_id, message, f"{webhook_id}:{tenant_id}"))
+            placed = tenants.get(tenant_id)
+            shard = placed.shard if placed is not None else None
+            publishes.append(self._publish(tenant_id, message, f"{webhook_id}:{tenant_id}", shard))
         if len(publishes) == 1:
             await publishes[0]
         else:
             await asyncio.gather(*publishes)  # one failure → 503: Meta resends all, workers drop duplicates
 
-    async def _publish(self, tenant_id: str, message: bytes, message_id: str) -> None:
+    async def _publish(self, tenant_id: str, message: bytes, message_id: str, shard: int | None) -> None:
         started = time.perf_counter()
-        await self.backends.queue.publish(tenant_id, message, message_id=message_id)
+        await self.backends.queue.publish(tenant_id, message, message_id=message_id, shard=shard)
         PUBLISH_SECONDS.observe(time.perf_counter() - started)
         QUEUED.inc()
 

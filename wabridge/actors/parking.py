@@ -268,7 +268,7 @@ class ShardParking:
             orphans = self._orphans(await self._store.parked_tenants(self.shard))
             if orphans:
                 poke = f"{POKE_PREFIX}{uuid.uuid4().hex}"
-                await self._queue.publish(next(iter(orphans)), b"", message_id=poke)  # any of them: its shard
+                await self._queue.publish(next(iter(orphans)), b"", message_id=poke, shard=self.shard)
                 _pokes.inc()
         except BackendUnavailable as exc:
             log.debug("looking for parked rows of shard %d: %s", self.shard, exc)
@@ -419,7 +419,11 @@ class ShardParking:
         """To the queue's dead letters, where `wabridge replay` finds it as it finds any other; then unparked."""
         try:
             await self._queue.bury(
-                queue_message.tenant_id, queue_message.body, message_id=queue_message.message_id, reason=reason
+                queue_message.tenant_id,
+                queue_message.body,
+                message_id=queue_message.message_id,
+                reason=reason,
+                shard=self.shard,
             )
         except BackendUnavailable as exc:
             log.error(

@@ -5,7 +5,9 @@ not a terminal (a pipe, a secrets manager), one line of stdin per `-` flag, in t
 `--help`, with no prompt and no warning.
 
 `add` on an existing id replaces the tenant whole: what is not given takes its default, so an update without
-`--genesys-webhook-secret` leaves the tenant with none (the command says so on stderr).
+`--genesys-webhook-secret` leaves the tenant with none (the command says so on stderr). Its queue shard is the
+exception: a tenant keeps its shard unless `--shard` moves it (cli/placement.py). `place` sets only the shard: a
+tenant added before placement existed is placed with it, without giving its secrets again.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import getpass
 import sys
 
 import anyio
+import msgspec
 
+from wabridge.cli.placement import least_loaded_shard
 from wabridge.engine.secrets import Secret
 from wabridge.engine.settings import load_settings
 from wabridge.ports import GenesysCredential, PhoneNumberTaken, TenantConfig
@@ -112,10 +116,24 @@ def register(sub) -> None:
         default=True,
         help="mark the customer's latest message read when an agent answers (default: on)",
     )
+    add.add_argument(
+        "--shard",
+        type=int,
+        metavar="N",
+        help="the queue shard the tenant's messages go to (0..WABRIDGE_SHARDS-1; default: a new tenant goes to "
+        "the shard with the fewest tenants, an existing one keeps its own)",
+    )
     add.set_defaults(func=run_add)
 
     ls = tsub.add_parser("list", help="list tenants (no secrets shown)")
     ls.set_defaults(func=run_list)
+
+    place = tsub.add_parser(
+        "place", help="put a tenant on a queue shard: the least loaded, or --shard N (e.g. one added before placement)"
+    )
+    place.add_argument("tenant_id")
+    place.add_argument("--shard", type=int, metavar="N", help="the shard (default: the one with the fewest tenants)")
+    place.set_defaults(func=run_place)
 
     rm = tsub.add_parser("remove", help="remove a tenant")
     rm.add_argument("tenant_id")
@@ -199,11 +217,19 @@ def run_add(args: argparse.Namespace) -> int:
         print(f"wabridge tenants add: error: {exc}", file=sys.stderr)
         return 2
 
+    shards = load_settings().shards
+    if args.shard is not None and not 0 <= args.shard < shards:
+        print(f"wabridge tenants add: error: --shard must be within 0..{shards - 1} (WABRIDGE_SHARDS)", file=sys.stderr)
+        return 2
+
     async def work(store, directory) -> int:
+        nonlocal tenant
         # Every tenant opened first: a WABRIDGE_SECRET_KEY that cannot read the others must not seal a new one (the
         # bridge would then refuse to start); it stops here with the CLI's one-line error instead.
-        await store.list_tenants()
+        others = await store.list_tenants()
         previous = await store.get_tenant(tenant.tenant_id)
+        shard = _placement(args.shard, previous, others, shards)
+        tenant = msgspec.structs.replace(tenant, shard=shard)
         try:
             await store.put_tenant(tenant)
         except PhoneNumberTaken as exc:
@@ -224,6 +250,28 @@ def run_add(args: argparse.Namespace) -> int:
     return anyio.run(_with_store, work)
 
 
+def _placement(asked: int | None, previous: TenantConfig | None, others: list[TenantConfig], shards: int) -> int | None:
+    """The tenant's shard: the one asked for; else the one it has (None: routed by hash, as before placement); a new
+    tenant, the least loaded."""
+    if asked is None:
+        if previous is not None:
+            return previous.shard
+        return least_loaded_shard([t.shard for t in others], shards)
+    if previous is not None and previous.shard != asked:
+        _note_move("add", previous, asked)
+    return asked
+
+
+def _note_move(command: str, previous: TenantConfig, shard: int) -> None:
+    """Messages already queued on the old shard may be delivered after newer ones on the new shard."""
+    moved_from = "its hash shard" if previous.shard is None else f"shard {previous.shard}"
+    print(
+        f"wabridge tenants {command}: note: tenant {previous.tenant_id} moves from {moved_from} to shard {shard}; "
+        "its messages still queued there may arrive after newer ones (move a tenant while its queue is empty)",
+        file=sys.stderr,
+    )
+
+
 def run_list(args: argparse.Namespace) -> int:
     async def work(store, directory) -> int:
         tenants = await store.list_tenants()
@@ -236,8 +284,36 @@ def run_list(args: argparse.Namespace) -> int:
                 f"rate_limit={f'{t.rate_limit_per_minute}/min' if t.rate_limit_per_minute else 'none'}\t"
                 f"webhook_secret={'set' if t.genesys_webhook_secret is not None else 'none'}\t"
                 f"send_rate={f'{t.send_rate_per_second}/s' if t.send_rate_per_second else 'none'}\t"
+                f"shard={'hash' if t.shard is None else t.shard}\t"
                 f"read_marks={'on' if t.read_marks else 'off'}"
             )
+        return 0
+
+    return anyio.run(_with_store, work)
+
+
+def run_place(args: argparse.Namespace) -> int:
+    shards = load_settings().shards
+    if args.shard is not None and not 0 <= args.shard < shards:
+        print(
+            f"wabridge tenants place: error: --shard must be within 0..{shards - 1} (WABRIDGE_SHARDS)", file=sys.stderr
+        )
+        return 2
+
+    async def work(store, directory) -> int:
+        tenant = await store.get_tenant(args.tenant_id)
+        if tenant is None:
+            print(f"wabridge tenants place: no tenant {args.tenant_id!r}", file=sys.stderr)
+            return 1
+        shard = args.shard
+        if shard is None:
+            others = [t.shard for t in await store.list_tenants() if t.tenant_id != tenant.tenant_id]
+            shard = least_loaded_shard(others, shards)
+        if shard != tenant.shard:
+            _note_move("place", tenant, shard)
+            await store.put_tenant(msgspec.structs.replace(tenant, shard=shard))
+            await directory.invalidate(tenant)
+        print(f"tenant {tenant.tenant_id} on shard {shard}")
         return 0
 
     return anyio.run(_with_store, work)

@@ -2,7 +2,8 @@
 
 Topology (declared idempotently by `open()` and again after every reconnect):
 
-    exchange  {queue_name}         x-consistent-hash, durable; routing key = tenant id
+    exchange  {queue_name}         x-consistent-hash, durable; routing key = tenant id (a tenant placed on a shard,
+                                   TenantConfig.shard, is published straight to that shard's queue instead)
     queues    {queue_name}.0 … .N-1 quorum, single-active-consumer, x-delivery-limit, dead-letter → .dead
     queue     {queue_name}.dead    quorum, not single-active (basic.get is refused on SAC queues)
 
@@ -49,6 +50,7 @@ from pamqp.common import FieldTable
 from pamqp.header import ContentHeader
 
 from wabridge.adapters.queue import amqp_wire
+from wabridge.adapters.queue.placement import placed_shard
 from wabridge.engine.backoff import Backoff
 from wabridge.engine.settings import Settings
 from wabridge.engine.tasks import first_of
@@ -59,6 +61,7 @@ log = logging.getLogger(__name__)
 PORT = "queue"
 TENANT_HEADER = "tenant_id"
 REASON_HEADER = "x-wabridge-reason"
+SHARD_HEADER = "x-wabridge-shard"  # on a dead letter we wrote: the shard it came from, where a retry puts it back
 PERSISTENT = 2
 
 CONNECT_TIMEOUT = 3.0  # s: a broker that does not answer by then is down for the ingress (503)
@@ -237,7 +240,8 @@ class AmqpQueueMessage:
 
     async def retry(self) -> None:
         if self.shard < 0:  # from the dead queue: put it back in its shard, then drop the dead copy
-            await self._queue.publish(self.tenant_id, self.body, message_id=self.message_id)
+            shard = _origin_shard(self._message.header.properties.headers or {}, self._queue.queue_name)
+            await self._queue.publish(self.tenant_id, self.body, message_id=self.message_id, shard=shard)
             await self.ack()
             return
         await self._settle(True)
@@ -459,12 +463,17 @@ class AmqpQueue:
 
     # --- publishing -------------------------------------------------------------------------------------------
 
-    async def publish(self, tenant_id: str, body: bytes, *, message_id: str) -> None:
-        await self._confirmed(self.queue_name, tenant_id, body, message_id, tenant_id, None)
+    async def publish(self, tenant_id: str, body: bytes, *, message_id: str, shard: int | None = None) -> None:
+        placed = placed_shard(self.queue_name, shard, self.shards)
+        if placed is None:
+            await self._confirmed(self.queue_name, tenant_id, body, message_id, tenant_id, None)
+        else:  # straight into the shard's queue through the default exchange
+            await self._confirmed("", shard_queue(self.queue_name, placed), body, message_id, tenant_id, None)
 
     async def _publish_dead(self, queue_message: AmqpQueueMessage, reason: str) -> None:
         headers = dict(queue_message._message.header.properties.headers or {})
         headers[REASON_HEADER] = reason
+        headers[SHARD_HEADER] = queue_message.shard
         properties = spec.Basic.Properties(
             delivery_mode=PERSISTENT, message_id=queue_message.message_id, headers=headers
         )
@@ -472,8 +481,12 @@ class AmqpQueue:
             "", dead_queue(self.queue_name), queue_message.body, queue_message.message_id, None, properties
         )
 
-    async def bury(self, tenant_id: str, body: bytes, *, message_id: str, reason: str) -> None:
+    async def bury(
+        self, tenant_id: str, body: bytes, *, message_id: str, reason: str, shard: int | None = None
+    ) -> None:
         headers: FieldTable = {TENANT_HEADER: tenant_id, REASON_HEADER: reason}
+        if shard is not None:
+            headers[SHARD_HEADER] = shard
         properties = spec.Basic.Properties(delivery_mode=PERSISTENT, message_id=message_id, headers=headers)
         await self._confirmed("", dead_queue(self.queue_name), body, message_id, None, properties)
 
@@ -660,4 +673,18 @@ def _dead_reason(headers: dict[str, Any]) -> str | None:
     deaths = headers.get("x-death")
     if deaths:
         return _text(deaths[0].get("reason", "")) or None
+    return None
+
+
+def _origin_shard(headers: dict[str, Any], queue_name: str) -> int | None:
+    """The shard a dead letter came from: ours (SHARD_HEADER), else the queue the broker dead-lettered it from
+    (x-death); None when neither tells (then the hash of the tenant id routes it)."""
+    shard = headers.get(SHARD_HEADER)
+    if isinstance(shard, int) and not isinstance(shard, bool):
+        return shard
+    for death in headers.get("x-death") or ():
+        origin = _text(death.get("queue", "")) if isinstance(death, dict) else ""
+        prefix, _, number = origin.rpartition(".")
+        if prefix == queue_name and number.isdigit():
+            return int(number)
     return None

@@ -1,7 +1,8 @@
 """The Queue port embedded: one SQLite file (WAL) under settings.data_dir, with the RabbitMQ adapter's semantics.
 
-- Shards: `zlib.crc32(tenant_id) % shards` (stable across processes and restarts; not the broker's hash, which does
-  not need to match because the two adapters never share messages).
+- Shards: the tenant's placed shard when the publisher gives one, else `zlib.crc32(tenant_id) % shards` (stable
+  across processes and restarts; not the broker's hash, which does not need to match because the two adapters
+  never share messages).
 - Durability: `publish` returns after the COMMIT (synchronous=FULL). Every write goes through one writer task that
   takes all pending operations from a bounded buffer and runs them in one transaction on one worker thread (group
   commit: one fsync for many publishes, and the event loop never blocks on the disk).
@@ -30,6 +31,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from wabridge.adapters.queue.placement import placed_shard
 from wabridge.engine.settings import Settings
 from wabridge.engine.tasks import Tasks
 from wabridge.ports import BackendUnavailable, QueueMessage
@@ -383,8 +385,8 @@ class SqliteQueue:
                 return consumer
         return None
 
-    async def publish(self, tenant_id: str, body: bytes, *, message_id: str) -> None:
-        shard = shard_of(tenant_id, self.shards)
+    async def publish(self, tenant_id: str, body: bytes, *, message_id: str, shard: int | None = None) -> None:
+        shard = self._shard(tenant_id, shard)
         await self._write(
             lambda db: db.execute(
                 "INSERT INTO queue_messages (shard, tenant_id, message_id, body) VALUES (?, ?, ?, ?)",
@@ -393,8 +395,10 @@ class SqliteQueue:
         )
         self._wakeup.set()
 
-    async def bury(self, tenant_id: str, body: bytes, *, message_id: str, reason: str) -> None:
-        shard = shard_of(tenant_id, self.shards)
+    async def bury(
+        self, tenant_id: str, body: bytes, *, message_id: str, reason: str, shard: int | None = None
+    ) -> None:
+        shard = self._shard(tenant_id, shard)
         await self._write(
             lambda db: db.execute(
                 "INSERT INTO queue_messages (shard, tenant_id, message_id, body, state, reason)"
@@ -402,6 +406,10 @@ class SqliteQueue:
                 (shard, tenant_id, message_id, body, DEAD, reason),
             )
         )
+
+    def _shard(self, tenant_id: str, shard: int | None) -> int:
+        placed = placed_shard(str(self.path), shard, self.shards)
+        return shard_of(tenant_id, self.shards) if placed is None else placed
 
     async def consume(
         self,

@@ -126,4 +126,7 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (tenant_id, customer_id)
     );
     """,
+    # 7: the queue shard a tenant is placed on (TenantConfig.shard); NULL for the tenants stored before, which keep
+    # the hash routing they had
+    "ALTER TABLE tenant_credentials ADD COLUMN shard integer",
 )

@@ -25,8 +25,9 @@ class PostgresTenants:
             await conn.execute(
                 """INSERT INTO tenant_credentials (tenant_id, phone_number_ids, app_secret, verify_token,
                        whatsapp_token, genesys_api_url, genesys_login_url, genesys_integration_id, credentials,
-                       rate_limit_per_minute, key_id, genesys_webhook_secret, send_rate_per_second, read_marks)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                       rate_limit_per_minute, key_id, genesys_webhook_secret, send_rate_per_second, read_marks,
+                       shard)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
                    ON CONFLICT (tenant_id) DO UPDATE SET phone_number_ids = EXCLUDED.phone_number_ids,
                        app_secret = EXCLUDED.app_secret, verify_token = EXCLUDED.verify_token,
                        whatsapp_token = EXCLUDED.whatsapp_token, genesys_api_url = EXCLUDED.genesys_api_url,
@@ -35,7 +36,7 @@ class PostgresTenants:
                        credentials = EXCLUDED.credentials, rate_limit_per_minute = EXCLUDED.rate_limit_per_minute,
                        key_id = EXCLUDED.key_id, genesys_webhook_secret = EXCLUDED.genesys_webhook_secret,
                        send_rate_per_second = EXCLUDED.send_rate_per_second, read_marks = EXCLUDED.read_marks,
-                       updated_at = now()""",
+                       shard = coalesce(EXCLUDED.shard, tenant_credentials.shard), updated_at = now()""",
                 row["tenant_id"],
                 row["phone_number_ids"],
                 row["app_secret"],
@@ -50,6 +51,7 @@ class PostgresTenants:
                 row["genesys_webhook_secret"],
                 row["send_rate_per_second"],
                 row["read_marks"],
+                row["shard"],
             )
             phones = list(tenant.phone_number_ids)
             await conn.execute(

@@ -38,6 +38,7 @@ def seal_tenant(box: SecretBox, tenant: TenantConfig) -> dict[str, Any]:
         "rate_limit_per_minute": tenant.rate_limit_per_minute,
         "send_rate_per_second": tenant.send_rate_per_second,
         "read_marks": tenant.read_marks,
+        "shard": tenant.shard,
         "key_id": box.primary_key_id,
     }
     for field in SECRET_FIELDS:
@@ -79,6 +80,7 @@ def open_tenant(box: SecretBox, row: Any) -> TenantConfig:
         else Secret(box.decrypt(webhook_secret, context=f"{t}:genesys_webhook_secret")),
         send_rate_per_second=row["send_rate_per_second"],
         read_marks=bool(row["read_marks"]),  # SQLite keeps it as 0/1
+        shard=row["shard"],
     )
 
 

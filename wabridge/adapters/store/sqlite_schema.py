@@ -128,4 +128,6 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (tenant_id, customer_id)
     );
     """,
+    # 7: the queue shard a tenant is placed on, as postgres.py's migration 7
+    "ALTER TABLE tenant_credentials ADD COLUMN shard INTEGER",
 )

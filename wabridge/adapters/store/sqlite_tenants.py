@@ -28,6 +28,7 @@ _TENANT_COLUMNS = (
     "genesys_webhook_secret",
     "send_rate_per_second",
     "read_marks",
+    "shard",
 )
 
 
@@ -63,7 +64,8 @@ class SqliteTenants:
                 )
             columns = ", ".join(_TENANT_COLUMNS)
             marks_row = ", ".join("?" * (len(_TENANT_COLUMNS) + 1))
-            updates = ", ".join(f"{c} = excluded.{c}" for c in _TENANT_COLUMNS[1:])
+            updates = ", ".join(f"{c} = excluded.{c}" for c in _TENANT_COLUMNS[1:-1])
+            updates += ", shard = coalesce(excluded.shard, tenant_credentials.shard)"
             db.execute(
                 f"INSERT INTO tenant_credentials ({columns}, updated_at) VALUES ({marks_row})"
                 f" ON CONFLICT (tenant_id) DO UPDATE SET {updates}, updated_at = excluded.updated_at",
