@@ -13,7 +13,7 @@ from wabridge.actors.parking import ShardParking, is_poke
 from wabridge.adapters.store.postgres import PostgresStore
 from wabridge.adapters.store.sqlite import SqliteStore
 from wabridge.engine.settings import Settings
-from wabridge.ports import Store
+from wabridge.ports import MessageToPark, Store
 
 pytestmark = pytest.mark.anyio
 
@@ -46,7 +46,7 @@ async def test_the_poke_for_orphaned_rows_goes_into_their_shard_not_the_tenants_
     (hashed,) = await probe.wait_for(1)
     await consumer.stop()
     shard = (hashed.shard + 1) % queue.shards
-    await store.park(shard, [(TENANT, "w1:campaign", body_of("w1:campaign"), 1)])
+    await store.park(shard, [MessageToPark(TENANT, "w1:campaign", body_of("w1:campaign"), 1)])
     parking = ShardParking(shard, store, queue, Tenants(), delivery_limit=3, hold_back_limit=1024, events=list().append)
     got = Collector(settle=hold)
     consumer = await queue.consume(got, shards=[shard])
