@@ -139,7 +139,9 @@ async def test_one_scrape_counts_the_webhooks_every_granian_worker_accepted(
 def test_share_between_processes_empties_the_directory_of_a_previous_run(tmp_path, monkeypatch) -> None:
     stale = tmp_path / "counter_123.db"
     stale.write_bytes(b"x")
-    monkeypatch.delenv(metrics.MULTIPROC_DIR, raising=False)
+    # setenv first: monkeypatch then puts back the variable's absence, which `share_between_processes` would
+    # otherwise leak into every later test's bridge processes (they would all share this directory's metrics).
+    monkeypatch.setenv(metrics.MULTIPROC_DIR, "")
     metrics.share_between_processes(str(tmp_path))
     assert os.environ[metrics.MULTIPROC_DIR] == str(tmp_path) and not stale.exists()
 
