@@ -7,28 +7,24 @@ its own file in PROMETHEUS_MULTIPROC_DIR, and the process that answers a scrape 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.actors.test_ingress import granian_ingress
 from tests.conftest import REPO
 from wabridge.adapters.backends import open_backends
-from wabridge.cli.assembly import WORKERS_KILL_TIMEOUT
 from wabridge.engine import metrics
 from wabridge.engine.secrets import Secret
-from wabridge.engine.settings import Settings, settings_environment
+from wabridge.engine.settings import Settings
 from wabridge.ports import GenesysCredential, TenantConfig
 
 pytestmark = pytest.mark.anyio
@@ -59,38 +55,6 @@ async def embedded(embedded_settings: Settings) -> AsyncIterator:
     async with open_backends(embedded_settings) as backends:  # migrates the store
         await backends.store.put_tenant(SHOP)
         yield backends
-
-
-@contextlib.contextmanager
-def granian_ingress(settings: Settings, workers: int) -> Iterator[str]:
-    """`serve_ingress` in a subprocess (as `wabridge serve --role ingress` runs it) until SIGTERM; its base URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        settings = settings.replace(port=s.getsockname()[1])
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WABRIDGE_")} | settings_environment(settings)
-    code = (
-        "from wabridge.engine.settings import load_settings\n"
-        "from wabridge.cli.assembly import serve_ingress\n"
-        f"serve_ingress(load_settings(), workers={workers})\n"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=REPO)
-    base = f"http://127.0.0.1:{settings.port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                    break
-            assert proc.poll() is None and time.monotonic() < deadline, "granian did not start"
-            time.sleep(0.1)
-        yield base
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(WORKERS_KILL_TIMEOUT + 15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def sample(text: str, name: str, **labels: str) -> float:
